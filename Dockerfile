@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+# callgate: the gateway plus an embedded redis-server (AOF) and SQLite ledger under /data.
+# For production, point CALLGATE_REDIS_URL / CALLGATE_DATABASE_URL at managed services;
+# the embedded Redis is then never started.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# redis-server: the embedded Redis started by `callgate serve` without CALLGATE_REDIS_URL.
+# tini: PID 1 that forwards SIGTERM to callgate (which stops Redis last) and reaps zombies.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends redis-server tini \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN groupadd --system --gid 10001 callgate \
+ && useradd --system --uid 10001 --gid callgate --home-dir /app --no-create-home \
+      --shell /usr/sbin/nologin callgate
+
+WORKDIR /app
+
+# Dependencies first, in their own layer, so that code changes do not reinstall them:
+# install the project from a stub package, then drop it.
+COPY pyproject.toml ./
+RUN mkdir gateway && touch gateway/__init__.py README.md \
+ && pip install . \
+ && pip uninstall -y callgate \
+ && rm -rf gateway README.md build *.egg-info
+
+COPY . .
+# gateway/store.py finds the function library at <package dir>/../lua, which holds in a
+# source checkout but not in site-packages; link it there until lua/ ships as package data.
+# config/ is found relative to the working directory (/app).
+RUN pip install --no-deps . \
+ && rm -rf build *.egg-info \
+ && ln -s /app/lua "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/lua" \
+ && mkdir -p /data \
+ && chown callgate:callgate /data
+
+USER callgate
+
+ENV CALLGATE_HTTP_HOST=0.0.0.0 \
+    CALLGATE_DATA_DIR=/data
+VOLUME /data
+EXPOSE 8080
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('CALLGATE_HTTP_PORT', '8080') + '/healthz', timeout=2)"]
+
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["callgate", "serve"]

@@ -1,0 +1,378 @@
+"""HTTP handlers of the v1 API (api.md): validate, authorize, call one service, answer JSON.
+
+Handlers stay thin: every rule lives in gateway.calls (call control), gateway.admin
+(administration) or Redis (lua/). Routes are a flat list at the bottom; each names the
+roles it admits and whether it is scoped to the tenant in its path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import available_timezones
+
+import orjson
+import phonenumbers
+from aiohttp import web
+
+from gateway import admin as admin_mod
+from gateway import calls as calls_mod
+from gateway.admin import DIAL_OUT, AdminService, UserSpec, e164_number
+from gateway.auth import Authenticator, Principal
+from gateway.calls import AuthorizeRequest, CallService
+from gateway.clock import Clock, parse_rfc3339
+from gateway.config import Settings
+from gateway.errors import FieldError, ValidationError
+from gateway.money import parse_money
+from gateway.store import Store, TenantSettings
+from gateway.validate import CALL_ID_RE, ID_RE, IDEMPOTENCY_KEY_RE, Fields, json_object, path_id
+from gateway.validate import query_month as _query_month
+
+log = logging.getLogger(__name__)
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+STORE: web.AppKey[Store] = web.AppKey("store", Store)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock", Clock)
+CALLS: web.AppKey[CallService] = web.AppKey("calls", CallService)
+ADMIN: web.AppKey[AdminService] = web.AppKey("admin", AdminService)
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
+
+BODY_LIMIT_BYTES = 64 * 1024
+PROBLEM = "application/problem+json"
+_TIMEZONES = frozenset(available_timezones())
+
+Handler = Callable[[web.Request, "Ctx"], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    principal: Principal
+    tenant_id: str
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def problem(status: int, title: str, detail: str, errors: Sequence[FieldError] = (),
+            slug: str | None = None) -> web.Response:
+    doc: dict[str, Any] = {
+        "type": f"urn:callgate:problem:{slug or title.lower().replace(' ', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        doc["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    return web.Response(body=orjson.dumps(doc), status=status, content_type=PROBLEM)
+
+
+@web.middleware
+async def problems_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure leaves as an RFC 9457 problem document; bad input is never a 500."""
+    try:
+        return await handler(request)
+    except ValidationError as exc:
+        title = "Request too large" if exc.status == 413 else "Invalid request"
+        return problem(exc.status, title, str(exc), exc.errors, slug="validation")
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "Request too large", f"the body exceeds {BODY_LIMIT_BYTES} bytes",
+                       [FieldError("body", f"must be at most {BODY_LIMIT_BYTES} bytes")],
+                       slug="validation")
+    except (calls_mod.TenantNotFound, admin_mod.TenantNotFound):
+        return problem(404, "Not found", "no such tenant", slug="tenant-not-found")
+    except calls_mod.CallNotFound:
+        return problem(404, "Not found", "no such call", slug="call-not-found")
+    except admin_mod.NotFound:
+        return problem(404, "Not found", "no such resource", slug="not-found")
+    except calls_mod.CallEnded:
+        return problem(409, "Conflict", "the call has already ended", slug="call-ended")
+    except admin_mod.Conflict as exc:
+        return problem(409, "Conflict", str(exc), slug="conflict")
+    except calls_mod.ServiceUnavailable:
+        return problem(503, "Service unavailable", "Redis is unavailable; retry",
+                       slug="service-unavailable")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return problem(exc.status, exc.reason, exc.text or exc.reason, slug=str(exc.status))
+        raise
+    except calls_mod.UNAVAILABLE as exc:
+        log.warning("%s %s: Redis unavailable: %r", request.method, request.path, exc)
+        return problem(503, "Service unavailable", "Redis is unavailable; retry",
+                       slug="service-unavailable")
+
+
+def guarded(handler: Handler, roles: Sequence[str], tenant_scoped: bool = True) -> Callable[
+    [web.Request], Awaitable[web.StreamResponse]
+]:
+    """Authenticate (401), check the path ids (400), the role (403), the tenant (404)."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        principal = request.app[AUTH].authenticate(request.headers.get("Authorization"))
+        if principal is None:
+            return problem(401, "Unauthorized", "a valid bearer token is required")
+        tenant_id = ""
+        if tenant_scoped:
+            tenant_id = path_id(request.match_info["tenant_id"], "tenant_id")
+        if "user_id" in request.match_info:
+            path_id(request.match_info["user_id"], "user_id")
+        if "call_id" in request.match_info:
+            path_id(request.match_info["call_id"], "call_id", CALL_ID_RE)
+        if not principal.has_role(roles):
+            return problem(403, "Forbidden", f"role {principal.role} may not do this")
+        if tenant_scoped and not principal.may_act_for(tenant_id):
+            return problem(404, "Not found", "no such tenant", slug="tenant-not-found")
+        return await handler(request, Ctx(principal, tenant_id))
+
+    return wrapper
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    return json_object(await request.read())
+
+
+# -- call control ------------------------------------------------------------------------
+
+AUTHORIZE_FIELDS = ("call_id", "direction", "user_id", "to", "from", "started_at")
+
+
+def parse_authorize(body: dict[str, Any], now: int, skew: int) -> AuthorizeRequest:
+    f = Fields(body, AUTHORIZE_FIELDS)
+    call_id = f.string("call_id", required=True, max_len=128, pattern=CALL_ID_RE,
+                       hint="must be 1-128 characters of [A-Za-z0-9._:@-]")
+    direction = f.choice("direction", ("outbound", "inbound"), default="outbound")
+    user_id = f.string("user_id", max_len=64, pattern=ID_RE,
+                       hint="must be 1-64 characters of [A-Za-z0-9._-]")
+    to = f.string("to", required=True, max_len=64)
+    from_ = f.string("from", max_len=64)
+    started_raw = f.string("started_at", max_len=64)
+    if direction == "outbound" and "user_id" not in body:
+        f.fail("user_id", "is required for an outbound call")
+    if direction == "inbound" and "from" not in body:
+        f.fail("from", "is required for an inbound call (the caller's number)")
+    started: int | None = None
+    if started_raw is not None:
+        started = parse_rfc3339(started_raw)
+        if started is None:
+            f.fail("started_at", "must be an RFC 3339 time with offset, e.g. 2026-11-27T10:00:00Z")
+        elif abs(started - now) > skew:
+            f.fail("started_at", f"must lie within {skew} s of the gateway clock")
+    f.done()
+    assert call_id is not None and direction is not None and to is not None
+    return AuthorizeRequest(call_id, direction, user_id, to, from_, started)
+
+
+async def authorize_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    app = request.app
+    req = parse_authorize(
+        await _body(request), int(app[CLOCK].now()), app[SETTINGS].clock_skew_seconds
+    )
+    return json_response(await app[CALLS].authorize(ctx.tenant_id, req))
+
+
+def _seconds_field(body: dict[str, Any], name: str) -> int:
+    f = Fields(body, (name,))
+    value = f.integer(name, required=True, minimum=0, maximum=31 * 86400)
+    f.done()
+    assert value is not None
+    return value
+
+
+async def extend_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    used = _seconds_field(await _body(request), "used_seconds")
+    body = await request.app[CALLS].extend(ctx.tenant_id, request.match_info["call_id"], used)
+    return json_response(body)
+
+
+async def end_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    duration = _seconds_field(await _body(request), "duration_seconds")
+    body = await request.app[CALLS].end(ctx.tenant_id, request.match_info["call_id"], duration)
+    return json_response(body)
+
+
+async def get_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    return json_response(
+        await request.app[CALLS].get(ctx.tenant_id, request.match_info["call_id"])
+    )
+
+
+# -- tenants -----------------------------------------------------------------------------
+
+
+def parse_tenant(body: dict[str, Any], tenant_id: str, settings: Settings) -> TenantSettings:
+    f = Fields(body, ("name", "currency", "timezone", "charge_inbound_calls",
+                      "max_concurrent_calls"))
+    name = f.string("name", default=tenant_id, max_len=200)
+    currency = f.string("currency", default=settings.default_currency, max_len=3)
+    if currency is not None and currency not in settings.rate_decks:
+        f.fail("currency", "no rate deck for this currency; known: "
+               + ", ".join(sorted(settings.rate_decks)))
+    tz = f.string("timezone", default=settings.default_timezone, max_len=64)
+    if tz is not None and tz not in _TIMEZONES:
+        f.fail("timezone", "must be an IANA time zone such as Europe/Paris or UTC")
+    charge_inbound = f.boolean("charge_inbound_calls", default=False)
+    maxc = f.integer("max_concurrent_calls", minimum=1, maximum=1_000_000, nullable=True)
+    f.done()
+    assert name is not None and currency is not None and tz is not None
+    return TenantSettings(name, currency, tz, charge_inbound, maxc)
+
+
+async def put_tenant(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    spec = parse_tenant(await _body(request), ctx.tenant_id, request.app[SETTINGS])
+    body, created = await request.app[ADMIN].put_tenant(ctx.tenant_id, spec)
+    return json_response(body, 201 if created else 200)
+
+
+async def get_tenant(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    return json_response(await request.app[ADMIN].get_tenant(ctx.tenant_id))
+
+
+# -- users -------------------------------------------------------------------------------
+
+USER_FIELDS = ("country", "plan", "dial_out", "credits_allowed", "monthly_spend_limit",
+               "max_concurrent_calls", "numbers")
+
+
+def parse_user(body: dict[str, Any], settings: Settings) -> UserSpec:
+    f = Fields(body, USER_FIELDS)
+    country = f.string("country", required=True, max_len=2)
+    if country is not None and country not in phonenumbers.SUPPORTED_REGIONS:
+        f.fail("country", "must be an ISO 3166 alpha-2 country code such as US, CA or GB")
+    plan = f.choice("plan", tuple(settings.plans), required=True)
+    dial_out = f.choice("dial_out", DIAL_OUT, default=DIAL_OUT[0])
+    credits_allowed = f.boolean("credits_allowed", default=True)
+    limit: int | None = None
+    if f.has("monthly_spend_limit"):
+        try:
+            limit = parse_money(f.raw("monthly_spend_limit"), "monthly_spend_limit",
+                                allow_zero=True)
+        except ValidationError as exc:
+            f.errors.extend(exc.errors)
+    maxc = f.integer("max_concurrent_calls", minimum=1, maximum=10_000, nullable=True)
+    numbers: list[str] = []
+    for i, raw in enumerate(f.string_list("numbers", max_items=20)):
+        try:
+            n = e164_number(raw, f"numbers[{i}]")
+        except ValidationError as exc:
+            f.errors.extend(exc.errors)
+            continue
+        if n not in numbers:
+            numbers.append(n)
+    f.done()
+    assert country is not None and plan is not None and dial_out is not None
+    return UserSpec(country, plan, dial_out, credits_allowed, limit, maxc, tuple(numbers))
+
+
+async def put_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    spec = parse_user(await _body(request), request.app[SETTINGS])
+    body, created = await request.app[ADMIN].put_user(
+        ctx.tenant_id, request.match_info["user_id"], spec
+    )
+    return json_response(body, 201 if created else 200)
+
+
+async def get_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    return json_response(
+        await request.app[ADMIN].get_user(ctx.tenant_id, request.match_info["user_id"])
+    )
+
+
+async def delete_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    await request.app[ADMIN].delete_user(ctx.tenant_id, request.match_info["user_id"])
+    return web.Response(status=204)
+
+
+# -- credits, pools, toll-free numbers --------------------------------------------------------
+
+
+async def topup(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    body = await _body(request)
+    f = Fields(body, ("amount", "idempotency_key"))
+    amount: int | None = None
+    if "amount" not in body:
+        f.fail("amount", "is required")
+    else:
+        try:
+            amount = parse_money(body["amount"], "amount")
+        except ValidationError as exc:
+            f.errors.extend(exc.errors)
+    key = f.string("idempotency_key", required=True, max_len=128, pattern=IDEMPOTENCY_KEY_RE,
+                   hint="must be 1-128 printable ASCII characters without spaces")
+    f.done()
+    assert amount is not None and key is not None
+    return json_response(await request.app[ADMIN].topup(ctx.tenant_id, key, amount))
+
+
+async def get_credits(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    return json_response(await request.app[ADMIN].credits(ctx.tenant_id))
+
+
+async def get_pools(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    month = _query_month(request.query)
+    return json_response(await request.app[ADMIN].pools(ctx.tenant_id, month))
+
+
+async def put_tollfree(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    number = e164_number(request.match_info["e164"], "e164", toll_free=True)
+    body, created = await request.app[ADMIN].put_tollfree(ctx.tenant_id, number)
+    return json_response(body, 201 if created else 200)
+
+
+async def delete_tollfree(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    number = e164_number(request.match_info["e164"], "e164")
+    await request.app[ADMIN].delete_tollfree(ctx.tenant_id, number)
+    return web.Response(status=204)
+
+
+# -- operations (no token) ----------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE]
+    checks: dict[str, str] = {}
+    try:
+        checks["redis"] = "ok" if await store.ping() else "failing"
+        checks["functions"] = "ok" if await store.functions_loaded() else "missing"
+    except calls_mod.UNAVAILABLE as exc:
+        checks["redis"] = f"unreachable: {exc}"
+    ready = all(v == "ok" for v in checks.values()) and len(checks) == 2
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                         200 if ready else 503)
+
+
+SWITCH = ("switch",)
+ADMIN_ROLE = ("admin",)
+OPERATOR = ("operator",)
+T = "/v1/tenants/{tenant_id}"
+
+ROUTES: list[tuple[str, str, Handler, Sequence[str]]] = [
+    ("POST", f"{T}/calls", authorize_call, SWITCH),
+    ("POST", f"{T}/calls/{{call_id}}/extend", extend_call, SWITCH),
+    ("POST", f"{T}/calls/{{call_id}}/end", end_call, SWITCH),
+    ("GET", f"{T}/calls/{{call_id}}", get_call, ("switch", "admin")),
+    ("PUT", T, put_tenant, OPERATOR),
+    ("GET", T, get_tenant, ADMIN_ROLE),
+    ("PUT", f"{T}/users/{{user_id}}", put_user, ADMIN_ROLE),
+    ("GET", f"{T}/users/{{user_id}}", get_user, ADMIN_ROLE),
+    ("DELETE", f"{T}/users/{{user_id}}", delete_user, ADMIN_ROLE),
+    ("POST", f"{T}/credits/topups", topup, ADMIN_ROLE),
+    ("GET", f"{T}/credits", get_credits, ADMIN_ROLE),
+    ("GET", f"{T}/pools", get_pools, ADMIN_ROLE),
+    ("PUT", f"{T}/toll-free-numbers/{{e164}}", put_tollfree, ADMIN_ROLE),
+    ("DELETE", f"{T}/toll-free-numbers/{{e164}}", delete_tollfree, ADMIN_ROLE),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    for method, path, handler, roles in ROUTES:
+        app.router.add_route(method, path, guarded(handler, roles))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,63 @@
+"""The aiohttp application: ``create_app(settings)`` with its resources in cleanup_ctx."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.admin import AdminService
+from gateway.api import (
+    ADMIN,
+    AUTH,
+    BODY_LIMIT_BYTES,
+    CALLS,
+    CLOCK,
+    SETTINGS,
+    STORE,
+    add_routes,
+    problems_middleware,
+)
+from gateway.auth import Authenticator
+from gateway.calls import UNAVAILABLE, CallService
+from gateway.clock import Clock, SystemClock
+from gateway.config import Settings
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None,
+               store: Store | None = None) -> web.Application:
+    """The gateway. ``settings.redis_url`` must be set (``serve`` starts a local Redis
+    first when the configuration names none); tests may pass their own clock and store."""
+    app = web.Application(middlewares=[problems_middleware], client_max_size=BODY_LIMIT_BYTES)
+    app[SETTINGS] = settings
+    app[CLOCK] = clock or SystemClock()
+    app[AUTH] = Authenticator(settings.operator_token, settings.tokens)
+
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        own = store is None
+        if store is None:
+            if not settings.redis_url:
+                raise RuntimeError("create_app needs settings.redis_url")
+            s = Store.from_url(settings.redis_url, settings.partitions)
+        else:
+            s = store
+        try:
+            await s.load_functions()
+        except UNAVAILABLE as exc:
+            # Not fatal: calls are denied (emergency allowed) until Redis answers, and the
+            # library is loaded on the first call that finds it missing.
+            log.error("Redis unavailable at start-up: %r", exc)
+        app[STORE] = s
+        app[CALLS] = CallService(settings, s, app[CLOCK])
+        app[ADMIN] = AdminService(settings, s, app[CLOCK])
+        yield
+        if own:
+            await s.close()
+
+    app.cleanup_ctx.append(redis_ctx)
+    add_routes(app)
+    return app

@@ -1,0 +1,318 @@
+"""Call control: what Python decides before the one Redis round trip, and the answers.
+
+Python computes everything Redis does not hold (destination country and type, emergency
+status, blocked ranges, the rate, the month) and hands it to one FCALL, which applies the
+user-dependent rules atomically (lua/50_authorize.lua). Emergency calls are recognised here,
+before Redis, so they are allowed even when Redis is down (D11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.clock import Clock, candidate_months, month_of, rfc3339
+from gateway.config import Settings
+from gateway.money import format_money
+from gateway.numbers import Destination, classify, normalise_e164
+from gateway.rating import Rate
+from gateway.redisclient import RedisUnavailable, ReplyError
+from gateway.store import AuthorizeArgs, Bill, Decision, Status, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+SIP_CODES: dict[str, int] = {
+    "pool_exhausted_no_credits": 402,
+    "insufficient_credits": 402,
+    "spend_limit_reached": 402,
+    "no_calling_plan": 403,
+    "dial_out_policy": 403,
+    "destination_blocked": 403,
+    "credits_not_allowed": 403,
+    "unknown_user": 404,
+    "invalid_destination": 484,
+    "concurrency_limit": 486,
+    "service_unavailable": 503,
+}
+
+# Failures of the one round trip that turn into deny / service_unavailable (or, for an
+# emergency call, into an allow): never a hang, never a 500.
+UNAVAILABLE = (TimeoutError, RedisUnavailable, ReplyError, OSError)
+
+
+class TenantNotFound(Exception):
+    pass
+
+
+class CallNotFound(Exception):
+    pass
+
+
+class CallEnded(Exception):
+    pass
+
+
+class ServiceUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeRequest:
+    call_id: str
+    direction: str
+    user_id: str | None
+    to: str
+    from_: str | None
+    started_at: int | None
+
+
+_NO_RATE = Rate("", "", "outbound", 0, 0, 60, 60)
+
+
+class CallService:
+    def __init__(self, settings: Settings, store: Store, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self._timeout_s = settings.redis_timeout_ms / 1000
+        # Tenant currency and time zone, as last seen; authorize checks them in Lua and
+        # answers the real ones when they changed, so a stale entry costs one retry.
+        self._tenant_cache: dict[str, tuple[str, str]] = {}
+        self._zone_lists: dict[str, str] = {}
+
+    # -- authorize ------------------------------------------------------------------------
+
+    def _zone_list(self, country: str) -> str:
+        zl = self._zone_lists.get(country)
+        if zl is None:
+            zl = "," + ",".join(sorted(self.settings.zone_of(country))) + ","
+            self._zone_lists[country] = zl
+        return zl
+
+    def _predeny(self, dest: Destination) -> tuple[str, bool]:
+        """(deny reason decided without the user, credits-only) for an outbound destination."""
+        if dest.e164 is None:
+            return "invalid_destination", False
+        digits = dest.e164[1:]
+        if any(digits.startswith(p) for p in self.settings.blocked_prefixes):
+            return "destination_blocked", False
+        if dest.number_type in ("premium_rate", "shared_cost"):
+            rules = self.settings.countries.get(dest.country or "")
+            allowed = rules is not None and (
+                rules.allow_premium_rate
+                if dest.number_type == "premium_rate"
+                else rules.allow_shared_cost
+            )
+            return ("", True) if allowed else ("destination_blocked", False)
+        return "", False
+
+    def _rate(self, currency: str, number: str | None, kind: str) -> Rate:
+        deck = self.settings.rate_decks.get(currency)
+        if deck is None or number is None:
+            return _NO_RATE
+        return deck.lookup(number, kind) or _NO_RATE
+
+    def _args(
+        self, tenant_id: str, req: AuthorizeRequest, dest: Destination, now: int,
+        currency: str, tz: str,
+    ) -> AuthorizeArgs:
+        started = req.started_at if req.started_at is not None else now
+        predeny, credits_only = "", False
+        to = dest.e164 or req.to
+        if req.direction == "outbound":
+            predeny, credits_only = self._predeny(dest)
+            rate = self._rate(currency, dest.e164, "outbound")
+        else:
+            origin = normalise_e164(req.from_ or "")
+            kind = "toll_free_inbound" if dest.number_type == "toll_free" else "outbound"
+            rate = self._rate(currency, origin or "", kind)
+        return AuthorizeArgs(
+            tenant_id=tenant_id, call_id=req.call_id, now=now, month=month_of(started, tz),
+            currency=currency, timezone=tz, direction=req.direction,
+            user_id=req.user_id or "", to=to, from_=req.from_ or "",
+            dest_country=dest.country or "", dest_type=dest.number_type,
+            dest_zone=self._zone_list(dest.country) if dest.country else "",
+            emergency_regions=(
+                "," + ",".join(sorted(dest.emergency_regions)) + ","
+                if dest.emergency_regions and req.direction == "outbound" else ""
+            ),
+            predeny=predeny, credits_only=credits_only, rate_prefix=rate.prefix,
+            rate_micro_per_minute=rate.rate_per_minute_micro,
+            connection_fee_micro=rate.connection_fee_micro,
+            initial_increment=rate.initial_increment_seconds,
+            subsequent_increment=rate.subsequent_increment_seconds,
+            grant_max_seconds=self.settings.grant_seconds,
+            retention_seconds=self.settings.call_retention_seconds, started_at=started,
+        )
+
+    async def authorize(self, tenant_id: str, req: AuthorizeRequest) -> dict[str, Any]:
+        now = int(self.clock.now())
+        dest = classify(req.to)
+        emergency = req.direction == "outbound" and bool(dest.emergency_regions)
+        currency, tz = self._tenant_cache.get(
+            tenant_id, (self.settings.default_currency, self.settings.default_timezone)
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                try:
+                    decision = await self.store.authorize(
+                        self._args(tenant_id, req, dest, now, currency, tz)
+                    )
+                except StoreError as exc:
+                    if exc.status is not Status.TENANT_SETTINGS_CHANGED:
+                        raise
+                    currency, tz = str(exc.detail[0]), str(exc.detail[1])
+                    self._tenant_cache[tenant_id] = (currency, tz)
+                    decision = await self.store.authorize(
+                        self._args(tenant_id, req, dest, now, currency, tz)
+                    )
+        except StoreError as exc:
+            if exc.status is Status.TENANT_NOT_FOUND:
+                self._tenant_cache.pop(tenant_id, None)
+                raise TenantNotFound(tenant_id) from exc
+            raise
+        except UNAVAILABLE as exc:
+            log.warning("authorize %s/%s without Redis: %r", tenant_id, req.call_id, exc)
+            if emergency:
+                decision = Decision("allow", "emergency", "free", self.settings.grant_seconds,
+                                    now + self.settings.grant_seconds, "emergency", "",
+                                    "emergency")
+            else:
+                decision = Decision("deny", "service_unavailable", "", 0, now, "",
+                                    dest.country or "", dest.number_type)
+        else:
+            if len(self._tenant_cache) > 100_000:
+                self._tenant_cache.clear()
+            self._tenant_cache[tenant_id] = (currency, tz)
+        return decision_body(req.call_id, decision)
+
+    # -- extend, end, get -------------------------------------------------------------------
+
+    async def extend(self, tenant_id: str, call_id: str, used_seconds: int) -> dict[str, Any]:
+        now = int(self.clock.now())
+        months = candidate_months(now, self.settings.clock_skew_seconds)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                decision = await self.store.extend(
+                    tenant_id, call_id, now, used_seconds, months, self.settings.grant_seconds
+                )
+        except StoreError as exc:
+            raise _lifecycle_error(exc) from exc
+        except UNAVAILABLE as exc:
+            log.warning("extend %s/%s without Redis: %r", tenant_id, call_id, exc)
+            decision = Decision("deny", "service_unavailable", "", 0, now, "", "", "")
+        return decision_body(call_id, decision)
+
+    async def end(self, tenant_id: str, call_id: str, duration_seconds: int) -> dict[str, Any]:
+        now = int(self.clock.now())
+        months = candidate_months(now, self.settings.clock_skew_seconds)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                bill = await self.store.end(
+                    tenant_id, call_id, now, duration_seconds, months,
+                    self.settings.call_retention_seconds,
+                )
+        except StoreError as exc:
+            raise _lifecycle_error(exc) from exc
+        except UNAVAILABLE as exc:
+            # Not billed: the switch must retry (end is idempotent); the reaper bills the
+            # call as fully used if it never gets through (D33).
+            raise ServiceUnavailable(str(exc)) from exc
+        return bill_body(call_id, bill)
+
+    async def get(self, tenant_id: str, call_id: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self._timeout_s * 10):
+                rec = await self.store.call_get(tenant_id, call_id)
+        except UNAVAILABLE as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+        if rec is None:
+            raise CallNotFound(call_id)
+        return call_body(call_id, rec)
+
+
+def _lifecycle_error(exc: StoreError) -> Exception:
+    if exc.status is Status.CALL_NOT_FOUND:
+        return CallNotFound()
+    if exc.status is Status.CALL_ENDED:
+        return CallEnded()
+    return exc
+
+
+def decision_body(call_id: str, d: Decision) -> dict[str, Any]:
+    allowed = d.decision == "allow"
+    return {
+        "call_id": call_id,
+        "decision": d.decision,
+        "reason": d.reason,
+        "granted_seconds": d.granted_seconds,
+        "grant_expires_at": rfc3339(d.grant_expires_at) if allowed else None,
+        "source": d.source or None,
+        "sip_code": None if allowed else SIP_CODES[d.reason],
+        "destination": {
+            "country": d.destination_country or None,
+            "type": d.destination_type or None,
+            "class": d.destination_class or None,
+        },
+    }
+
+
+def _billed(dom: int, intl: int, credits_micro: int) -> dict[str, Any]:
+    return {
+        "domestic_pool_minutes": dom,
+        "international_pool_minutes": intl,
+        "credits": format_money(credits_micro),
+    }
+
+
+def bill_body(call_id: str, b: Bill) -> dict[str, Any]:
+    return {
+        "call_id": call_id,
+        "state": b.state,
+        "duration_seconds": b.duration_seconds,
+        "billed": _billed(b.domestic_pool_minutes,
+                          b.international_pool_minutes, b.credits_micro),
+        "overrun_seconds": b.overrun_seconds,
+    }
+
+
+def call_body(call_id: str, r: dict[str, str]) -> dict[str, Any]:
+    state = {"denied": "ended"}.get(r["st"], r["st"])
+    body: dict[str, Any] = {
+        "call_id": call_id,
+        "state": state,
+        "direction": r.get("dir"),
+        "user_id": r.get("uid") or None,
+        "to": r.get("to"),
+        "from": r.get("from") or None,
+        "decision": r.get("d"),
+        "reason": r.get("rsn"),
+        "source": r.get("src") or None,
+        "destination": {
+            "country": r.get("dc") or None,
+            "type": r.get("dt") or None,
+            "class": r.get("cls") or None,
+        },
+        "month": f"{r['mon'][:4]}-{r['mon'][4:]}" if r.get("mon") else None,
+        "started_at": rfc3339(int(r["sa"])) if r.get("sa") else None,
+        "authorized_at": rfc3339(int(r["t0"])) if r.get("t0") else None,
+        "granted_seconds_total": int(r.get("h") or 0),
+        "grant_expires_at": rfc3339(int(r["gexp"])) if r["st"] == "active" else None,
+        "grants": [
+            {"source": g["source"], "seconds": g["seconds"], "at": rfc3339(int(g["at"])),
+             "expires_at": rfc3339(int(g["expires_at"]))}
+            for g in orjson.loads(r.get("grants") or "[]")
+        ],
+        "rate_prefix": ("+" + r["rp"]) if r.get("rp") else None,
+    }
+    if r["st"] in ("ended", "expired"):
+        body["duration_seconds"] = int(r.get("dur") or 0)
+        body["billed"] = _billed(int(r.get("bdp") or 0),
+                                 int(r.get("bip") or 0), int(r.get("bc") or 0))
+        body["overrun_seconds"] = int(r.get("over") or 0)
+        body["ended_at"] = rfc3339(int(r["ended"])) if r.get("ended") else None
+    return body

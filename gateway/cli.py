@@ -1,0 +1,212 @@
+"""The ``callgate`` command: ``serve`` and the operator's tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+
+log = logging.getLogger("callgate")
+
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None = None) -> None:
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port,
+                       backlog=1024)
+    await site.start()
+    if ready:
+        print(ready, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Graceful: stop accepting, let in-flight requests finish, then close Redis.
+    await runner.cleanup()
+
+
+def _worker(settings: Settings, reuse_port: bool) -> None:
+    _install_uvloop()
+    asyncio.run(_serve_async(settings, reuse_port))
+
+
+class _RedisSupervisor:
+    """Runs the embedded redis-server (AOF on) and restarts it if it dies."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from gateway.redisproc import RedisServer
+
+        self.server = RedisServer(data_dir / "redis", appendonly=True, appendfsync="everysec",
+                                  name="callgate-redis")
+        self._stop = threading.Event()
+
+    def start(self) -> str:
+        self.server.start()
+        sock = self.server.unixsocket
+        threading.Thread(target=self._watch, name="redis-supervisor", daemon=True).start()
+        return f"unix://{sock}" if sock else self.server.url
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            if not self.server.is_running():
+                log.error("embedded redis-server died; restarting it (AOF replays)")
+                try:
+                    self.server.restart()
+                except Exception:  # keep supervising: the next tick tries again
+                    log.exception("restarting redis-server failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.server.stop()
+
+
+async def _create_demo(settings: Settings) -> None:
+    from gateway.demo import create_demo_tenant
+
+    await create_demo_tenant(settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.workers is not None:
+        settings = replace(settings, workers=args.workers)
+    if args.port is not None:
+        settings = replace(settings, http_port=args.port)
+    supervisor: _RedisSupervisor | None = None
+    if not settings.redis_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        supervisor = _RedisSupervisor(settings.data_dir)
+        settings = replace(settings, redis_url=supervisor.start())
+        log.info("embedded redis-server running (AOF on) in %s", settings.data_dir / "redis")
+    try:
+        if args.demo:
+            _install_uvloop()
+            asyncio.run(_create_demo(settings))
+        return _run_workers(settings)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+
+
+def _run_workers(settings: Settings) -> int:
+    workers = max(1, settings.workers)
+    banner = f"callgate listening on http://{settings.http_host}:{settings.http_port} " \
+             f"({workers} worker{'s' if workers > 1 else ''})"
+    if workers == 1:
+        _install_uvloop()
+        asyncio.run(_serve_async(settings, reuse_port=False, ready=banner))
+        return 0
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child: one event loop on the shared port (SO_REUSEPORT)
+            code = 0
+            try:
+                _worker(settings, reuse_port=True)
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    print(banner, flush=True)
+    return _wait_children(children)
+
+
+def _wait_children(children: list[int]) -> int:
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for pid in children:
+        while True:
+            try:
+                _, code = os.waitpid(pid, 0)
+                status = status or os.waitstatus_to_exitcode(code)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+    return status
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from gateway.auth import token_sha256
+
+    token = "cg_" + secrets.token_urlsafe(32)
+    token_id = args.id or f"{args.role}-{secrets.token_hex(4)}"
+    tenants = ", ".join(f'"{t}"' for t in args.tenant)
+    print(f"token (shown once, store it now): {token}", file=sys.stderr)
+    print("# add to the configuration file (tokens are kept as SHA-256 only):")
+    print("[[tokens]]")
+    print(f'id = "{token_id}"')
+    print(f'role = "{args.role}"')
+    print(f"tenants = [{tenants}]")
+    print(f'sha256 = "{token_sha256(token)}"')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="callgate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the HTTP gateway")
+    s.add_argument("--workers", type=int, help="HTTP worker processes (CALLGATE_WORKERS)")
+    s.add_argument("--port", type=int, help="HTTP port (CALLGATE_HTTP_PORT)")
+    s.add_argument("--demo", action="store_true",
+                   help="create the demo tenant of the configuration and print curl examples")
+    s.set_defaults(func=cmd_serve)
+    t = sub.add_parser("token", help="API tokens")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    tc = tsub.add_parser("create", help="mint a token; prints its configuration entry")
+    tc.add_argument("--role", choices=("switch", "admin", "operator"), required=True)
+    tc.add_argument("--tenant", action="append", default=[], help="tenant it acts for")
+    tc.add_argument("--id", help="token id shown in audit records")
+    tc.set_defaults(func=cmd_token_create)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CALLGATE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"callgate: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

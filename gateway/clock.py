@@ -1,0 +1,85 @@
+"""Time, injectable: the gateway asks a Clock, tests drive a ManualClock across months."""
+
+from __future__ import annotations
+
+import functools
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that moves only when told to (tests, simulations)."""
+
+    def __init__(self, start: float) -> None:
+        self._t = start
+
+    def now(self) -> float:
+        return self._t
+
+    def set(self, t: float) -> None:
+        self._t = t
+
+    def advance(self, seconds: float) -> None:
+        self._t += seconds
+
+
+@functools.lru_cache(maxsize=1024)
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def month_of(ts: int, tz: str) -> str:
+    """YYYYMM of the instant ts in time zone tz: the month a call is charged to (D7)."""
+    return datetime.fromtimestamp(ts, zone(tz)).strftime("%Y%m")
+
+
+def previous_month(yyyymm: str) -> str:
+    y, m = int(yyyymm[:4]), int(yyyymm[4:])
+    return f"{y - 1}12" if m == 1 else f"{y}{m - 1:02d}"
+
+
+# Every UTC offset in use lies within -12 h .. +14 h.
+_OFFSET_BOUND = timedelta(hours=14)
+
+
+def candidate_months(now: int, clock_skew_seconds: int) -> tuple[str, str, str]:
+    """The months (any time zone) a call still alive at ``now`` may have started in.
+
+    A call's month is that of its start in the tenant's zone; the start lies within
+    ``clock_skew_seconds`` of its authorization, which precedes ``now``. So it is at most
+    the UTC month of now + skew + 14 h and, for any call younger than about four weeks, at
+    least the month before the UTC month of now - 14 h. Knowing no time zone keeps extend
+    and end one round trip with no tenant lookup.
+    """
+    t = datetime.fromtimestamp(now, UTC)
+    low = (t - _OFFSET_BOUND).strftime("%Y%m")
+    high = (t + _OFFSET_BOUND + timedelta(seconds=clock_skew_seconds)).strftime("%Y%m")
+    return previous_month(low), low, high
+
+
+def rfc3339(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def parse_rfc3339(text: str) -> int | None:
+    """Seconds since the epoch of an RFC 3339 timestamp with an explicit offset, else None."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None or "T" not in text.upper():
+        return None
+    return int(dt.timestamp())

@@ -1,0 +1,114 @@
+"""The whole Redis keyspace of callgate, in one place.
+
+Every key carries the partition hash tag ``{pNNN}`` where ``NNN = crc32(tenant_id) mod P``:
+all keys of one tenant live in one Redis Cluster slot, so one function call can touch the
+tenant's pools, wallet, call record and the partition's event stream atomically. The tag is
+added here and nowhere else; Lua functions receive every key through ``KEYS``.
+
+Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the tenant's zone):
+
+    {pNNN}:t:T               hash   settings (name, cur, tz, chg_in, maxc, ver), wallet
+                                    (bal, res: micro-units), act (active PSTN calls)
+    {pNNN}:t:T:users         hash   U -> JSON user record (country, plan, dial_out, limits, numbers)
+    {pNNN}:t:T:numbers       hash   +E164 -> U (users' inbound numbers)
+    {pNNN}:t:T:tollfree      hash   +E164 -> registered-at seconds (tenant toll-free numbers)
+    {pNNN}:t:T:pools         hash   lic:CC:PLAN licences assigned; dmin:/imin:CC:PLAN minutes per user
+    {pNNN}:t:T:m:YYYYMM      hash   u:/r:CC:PLAN:KIND used / reserved minutes; s:/sr:U
+                                    spent / reserved credits (micro-units); expires 400
+                                    days after its last write
+    {pNNN}:t:T:uact          hash   U -> active PSTN calls of that user
+    {pNNN}:t:T:topups        hash   idempotency key -> "amount_micro|balance_after_micro"
+    {pNNN}:t:T:c:C           hash   one call: decision, grants, reservations, bill
+    {pNNN}:active            zset   "T/C" scored by current grant expiry (seconds), for the reaper
+    {pNNN}:events            stream every change of state, for the persister
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+PARTITIONS_DEFAULT = 64
+
+
+def partition_of(tenant_id: str, partitions: int) -> int:
+    """The partition of a tenant: stable across processes and restarts (crc32, not hash())."""
+    return zlib.crc32(tenant_id.encode()) % partitions
+
+
+def partition_tag(partition: int) -> str:
+    return f"{{p{partition:03d}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """Keys shared by every tenant of one partition."""
+
+    tag: str
+
+    @property
+    def active(self) -> str:
+        return f"{self.tag}:active"
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}:events"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeys:
+    """Keys of one tenant; construct with :func:`tenant_keys`."""
+
+    tenant_id: str
+    tag: str
+
+    @property
+    def partition(self) -> PartitionKeys:
+        return PartitionKeys(self.tag)
+
+    @property
+    def tenant(self) -> str:
+        return f"{self.tag}:t:{self.tenant_id}"
+
+    @property
+    def users(self) -> str:
+        return f"{self.tenant}:users"
+
+    @property
+    def numbers(self) -> str:
+        return f"{self.tenant}:numbers"
+
+    @property
+    def tollfree(self) -> str:
+        return f"{self.tenant}:tollfree"
+
+    @property
+    def pools(self) -> str:
+        return f"{self.tenant}:pools"
+
+    @property
+    def user_active(self) -> str:
+        return f"{self.tenant}:uact"
+
+    @property
+    def topups(self) -> str:
+        return f"{self.tenant}:topups"
+
+    def month(self, yyyymm: str) -> str:
+        return f"{self.tenant}:m:{yyyymm}"
+
+    def call(self, call_id: str) -> str:
+        return f"{self.tenant}:c:{call_id}"
+
+
+def tenant_keys(tenant_id: str, partitions: int) -> TenantKeys:
+    return TenantKeys(tenant_id, partition_tag(partition_of(tenant_id, partitions)))
+
+
+def all_partitions(partitions: int) -> list[PartitionKeys]:
+    return [PartitionKeys(partition_tag(p)) for p in range(partitions)]
+
+
+def active_member(tenant_id: str, call_id: str) -> str:
+    """Member of the partition's active zset; '/' occurs in neither id (api.md id grammar)."""
+    return f"{tenant_id}/{call_id}"

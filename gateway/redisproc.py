@@ -1,0 +1,597 @@
+"""Start and supervise local ``redis-server`` processes.
+
+Used by ``callgate serve`` when no Redis URL is configured (one embedded server with AOF
+in the data directory), by the test-suite fixtures (a session-scoped server and a
+three-primary cluster) and by crash tests (``kill`` + ``restart`` replays the AOF).
+
+Invariants:
+
+* Every server binds 127.0.0.1 only, on a port chosen here (never a standard port), and
+  keeps everything it writes — config, AOF, log, unix socket, ``nodes.conf`` — in its
+  own data directory.
+* A server is "ready" only when it answers PING *and* reports our child's pid: a port
+  taken by someone else between :func:`free_port` and the bind can never be mistaken
+  for ours.
+* Children do not outlive the parent: on Linux the kernel sends them SIGTERM when the
+  parent dies (``PR_SET_PDEATHSIG``, also after SIGKILL), and an ``atexit`` hook stops
+  whatever is still running at a normal interpreter exit. Each child runs in its own
+  process group so that a terminal Ctrl-C reaches the parent only; the parent then
+  stops Redis last, after whatever still needs it has drained.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = [
+    "CLUSTER_SLOTS",
+    "REDIS_VERSION_MIN",
+    "RedisCluster",
+    "RedisServer",
+    "find_redis_cli",
+    "find_redis_server",
+    "free_port",
+]
+
+log = logging.getLogger(__name__)
+
+CLUSTER_SLOTS = 16384
+# 7.0: Redis Functions, `cluster-port` (an explicit cluster bus port, see RedisServer).
+REDIS_VERSION_MIN = (7, 0)
+
+_INSTALL_HINT = (
+    "install Redis >= 7.0: `apt-get install -y redis-server` on Debian/Ubuntu "
+    "(or `make redis`), `brew install redis` on macOS, or put redis-server on PATH"
+)
+# Searched after PATH, for environments (cron, systemd units) that start with a bare PATH.
+_FALLBACK_BIN_DIRS = ("/usr/local/bin", "/usr/bin", "/usr/sbin")
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+_UNIX_SOCKET_PATH_MAX_BYTES = 107
+_LOG_TAIL_LINES = 30
+_POLL_INTERVAL_MIN_SECONDS = 0.005
+_POLL_INTERVAL_MAX_SECONDS = 0.1
+_PROBE_TIMEOUT_SECONDS = 0.5
+_BIND_ATTEMPTS_MAX = 3
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_APPENDFSYNC_VALUES = ("always", "everysec", "no")
+
+
+def _find_executable(name: str) -> str | None:
+    search_path = os.pathsep.join([os.environ.get("PATH", ""), *_FALLBACK_BIN_DIRS])
+    return shutil.which(name, path=search_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _redis_server_version(path: str) -> tuple[int, int, int]:
+    output = subprocess.run(
+        [path, "--version"], capture_output=True, text=True, timeout=10.0, check=True
+    ).stdout
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", output)
+    if match is None:
+        raise RuntimeError(f"cannot parse the version of {path}: {output.strip()!r}")
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def find_redis_server() -> str:
+    """Return the path of a ``redis-server`` >= 7.0.
+
+    Raises:
+        RuntimeError: with an install hint when it is missing or too old.
+    """
+    path = _find_executable("redis-server")
+    if path is None:
+        raise RuntimeError(f"redis-server not found: {_INSTALL_HINT}")
+    version = _redis_server_version(path)
+    if version[:2] < REDIS_VERSION_MIN:
+        found = ".".join(map(str, version))
+        raise RuntimeError(f"{path} is Redis {found}, callgate needs >= 7.0: {_INSTALL_HINT}")
+    return path
+
+
+def find_redis_cli() -> str:
+    """Return the path of ``redis-cli``, preferring the one next to ``redis-server``.
+
+    Raises:
+        RuntimeError: with an install hint when it is missing.
+    """
+    sibling = Path(find_redis_server()).with_name("redis-cli")
+    if os.access(sibling, os.X_OK):
+        return str(sibling)
+    path = _find_executable("redis-cli")
+    if path is None:
+        raise RuntimeError(f"redis-cli not found (package redis-tools): {_INSTALL_HINT}")
+    return path
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice).
+
+    Racy by nature: the caller must bind it soon and cope with losing it
+    (:meth:`RedisServer.start` retries with another port when the port was its own pick).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies.
+
+    Caveat (from prctl(2)): the signal fires when the *thread* that forked the child
+    exits, so start servers from a long-lived thread (the main thread, typically).
+    Returns None where ``prctl`` does not exist; ``atexit`` is then the only safety net.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent_pid = os.getpid()
+    death_signal = int(signal.SIGTERM)
+
+    def hook() -> None:  # runs in the child between fork and exec: keep it minimal
+        prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+def _conf_quote(value: str | Path) -> str:
+    """Quote a value for redis.conf (a double-quoted string with C-like escapes)."""
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _read_tail(path: Path, offset: int, lines_max: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            data = file.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-lines_max:])
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _as_dict(reply: Any) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise TypeError(f"expected a dict reply from redis-py, got {type(reply).__name__}")
+    return reply
+
+
+def _probe_client(port: int) -> redis.Redis:
+    """A client that fails fast: the caller polls, so redis-py must not retry or back off
+    (its default retries connection errors with a backoff of seconds)."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_connect_timeout=_PROBE_TIMEOUT_SECONDS,
+        socket_timeout=_PROBE_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+# Servers started and not yet stopped by this process; stopped at interpreter exit.
+_live_servers: set[RedisServer] = set()
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    for server in list(_live_servers):
+        try:
+            server.stop(timeout_s=5.0)
+        except Exception:  # exit must go on; the death signal is the last resort
+            log.exception("could not stop %r at exit", server)
+
+
+class RedisStartError(RuntimeError):
+    """redis-server did not become ready; the message ends with its log tail."""
+
+    def __init__(self, message: str, log_tail: str) -> None:
+        self.log_tail = log_tail
+        tail = log_tail or "(log is empty)"
+        super().__init__(f"{message}\n--- redis-server log tail ---\n{tail}")
+
+
+class RedisServer:
+    """One ``redis-server`` child process bound to 127.0.0.1, its files in ``data_dir``.
+
+    The config is written to ``data_dir/redis.conf`` at each start; ``extra_args``
+    (e.g. ``["--maxmemory", "64mb"]``) are passed on the command line and override it.
+    With ``cluster=True`` the node is cluster-enabled with its own ``nodes.conf`` and an
+    explicit cluster bus port (``cluster-port``): the default bus port, port + 10000,
+    would overflow 65535 for ports from the kernel's ephemeral range.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
+        cluster: bool = False,
+        name: str = "redis",
+        cluster_port: int | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        if appendfsync not in _APPENDFSYNC_VALUES:
+            raise ValueError(f"appendfsync must be one of {_APPENDFSYNC_VALUES}: {appendfsync!r}")
+        if isinstance(extra_args, str):
+            raise TypeError("extra_args must be a sequence of arguments, not one string")
+        self.data_dir = Path(data_dir).resolve()
+        self.name = name
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = tuple(extra_args)
+        self.cluster = cluster
+        self.die_with_parent = die_with_parent
+        # A port we picked may be swapped for another if it is lost before the bind; a
+        # port given by the caller, or one a server already listened on, never is.
+        self._port_pinned = port is not None
+        self._port = port if port is not None else free_port()
+        self._cluster_port_pinned = cluster_port is not None
+        self._cluster_port: int | None = None
+        if cluster:
+            self._cluster_port = cluster_port if cluster_port is not None else free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        # Where this start's output begins in the (appended) log files, for error tails.
+        self._log_offset = 0
+        self._stdio_offset = 0
+
+    def __repr__(self) -> str:
+        state = f"pid={self._process.pid}" if self.is_running() and self._process else "stopped"
+        return f"<RedisServer {self.name} 127.0.0.1:{self._port} {state} dir={self.data_dir}>"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def cluster_port(self) -> int | None:
+        """The cluster bus port, or None for a standalone server."""
+        return self._cluster_port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self._port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def conf_path(self) -> Path:
+        return self.data_dir / "redis.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    @property
+    def unixsocket(self) -> Path | None:
+        """The unix socket, or None when its path is too long for ``sun_path``."""
+        path = self.data_dir / "redis.sock"
+        if len(os.fsencode(path)) > _UNIX_SOCKET_PATH_MAX_BYTES:
+            return None
+        return path
+
+    @property
+    def _stdio_path(self) -> Path:
+        # Errors from before the logfile is open (a bad config line) go to stdout/stderr.
+        return self.data_dir / "redis.stdio.log"
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start the server and return once it answers PING (AOF loaded).
+
+        Raises:
+            RuntimeError: if it is already running.
+            RedisStartError: if it exits or is not ready within ``timeout_s``; the
+                process is killed and the message carries its log tail.
+        """
+        deadline = time.monotonic() + timeout_s
+        attempts = 1 if self._port_pinned else _BIND_ATTEMPTS_MAX
+        for attempt in range(1, attempts + 1):
+            self._spawn()
+            try:
+                self._await_ready(deadline)
+            except RedisStartError as error:
+                if attempt < attempts and "already in use" in error.log_tail:
+                    log.info("%s: port %d was taken, trying another", self.name, self._port)
+                    self._port = free_port()
+                    if self.cluster and not self._cluster_port_pinned:
+                        self._cluster_port = free_port()
+                    continue
+                raise
+            self._port_pinned = self._cluster_port_pinned = True
+            return
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM the server and wait for it to exit; idempotent.
+
+        On SIGTERM Redis flushes and fsyncs the AOF before exiting. If it is still
+        running after ``timeout_s`` it is killed (and a warning logged).
+        """
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not exit %.1fs after SIGTERM, killing it", self, timeout_s)
+                process.kill()
+                process.wait()
+        _live_servers.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no AOF flush beyond ``appendfsync``) and reap it."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        _live_servers.discard(self)
+
+    def restart(self, timeout_s: float = 10.0) -> None:
+        """Stop if running, then start on the same port and data dir; the AOF replays."""
+        self.stop(timeout_s)
+        self.start(timeout_s)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _config_lines(self) -> list[str]:
+        lines = [
+            f"# Written by gateway.redisproc for {self.name}; rewritten at every start.",
+            "bind 127.0.0.1",
+            f"port {self._port}",
+            "protected-mode yes",
+            "daemonize no",
+            f"dir {_conf_quote(self.data_dir)}",
+            f"logfile {_conf_quote(self.log_path)}",
+            # Durability comes from the AOF alone; no RDB snapshots.
+            'save ""',
+            f"appendonly {'yes' if self.appendonly else 'no'}",
+            f"appendfsync {self.appendfsync}",
+            # Grants and balances must never be evicted: fail writes instead.
+            "maxmemory-policy noeviction",
+        ]
+        unixsocket = self.unixsocket
+        if unixsocket is not None:
+            lines += [f"unixsocket {_conf_quote(unixsocket)}", "unixsocketperm 700"]
+        if self.cluster:
+            lines += [
+                "cluster-enabled yes",
+                'cluster-config-file "nodes.conf"',
+                f"cluster-port {self._cluster_port}",
+            ]
+        return lines
+
+    def _spawn(self) -> None:
+        if self.is_running():
+            raise RuntimeError(f"{self!r} is already running")
+        executable = find_redis_server()
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.conf_path.write_text("\n".join(self._config_lines()) + "\n", encoding="utf-8")
+        self._log_offset = _file_size(self.log_path)
+        self._stdio_offset = _file_size(self._stdio_path)
+        preexec_fn = _die_with_parent_hook() if self.die_with_parent else None
+        with self._stdio_path.open("ab") as stdio:
+            self._process = subprocess.Popen(
+                [executable, str(self.conf_path), *self.extra_args],
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=stdio,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                process_group=0,
+                preexec_fn=preexec_fn,
+            )
+        _live_servers.add(self)
+
+    def _log_tail(self) -> str:
+        parts = [
+            _read_tail(self._stdio_path, self._stdio_offset),
+            _read_tail(self.log_path, self._log_offset),
+        ]
+        return "\n".join(part for part in parts if part)
+
+    def _fail(self, message: str) -> RedisStartError:
+        self.kill()
+        return RedisStartError(f"{self.name}: {message}", self._log_tail())
+
+    def _await_ready(self, deadline: float) -> None:
+        process = self._process
+        assert process is not None, "_await_ready before _spawn"
+        client = _probe_client(self._port)
+        interval = _POLL_INTERVAL_MIN_SECONDS
+        try:
+            while True:
+                returncode = process.poll()
+                if returncode is not None:
+                    raise self._fail(f"redis-server exited with code {returncode} during start")
+                if self._probe(client, process.pid):
+                    return
+                if time.monotonic() >= deadline:
+                    raise self._fail(f"not ready on 127.0.0.1:{self._port} before the deadline")
+                time.sleep(interval)
+                interval = min(interval * 2, _POLL_INTERVAL_MAX_SECONDS)
+        finally:
+            client.close()
+
+    def _probe(self, client: redis.Redis, pid: int) -> bool:
+        """True when PING succeeds and the answering server is our child."""
+        try:
+            if not client.ping():
+                return False
+            server_pid = int(_as_dict(client.info("server"))["process_id"])
+        except (redis.ConnectionError, redis.TimeoutError):  # includes BusyLoadingError
+            return False
+        # Another pid means someone else owns the port; our child will fail to bind and exit.
+        return server_pid == pid
+
+
+class RedisCluster:
+    """Three primaries (no replicas) on free ports, cluster-enabled, joined with
+    ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``; ready when
+    every node reports ``cluster_state:ok`` and all 16384 slots are assigned.
+
+    Meant for tests: ``data_dir`` must not hold a previous cluster (``start`` refuses
+    node directories with a ``nodes.conf``). Single nodes can then be killed and
+    restarted through :attr:`nodes`; they keep their ports and cluster identity.
+    """
+
+    def __init__(self, data_dir: Path, primaries: int = 3) -> None:
+        if primaries < 3:
+            raise ValueError(f"a Redis Cluster needs at least 3 primaries, got {primaries}")
+        self.data_dir = Path(data_dir).resolve()
+        self._nodes = [
+            RedisServer(self.data_dir / f"node-{index}", cluster=True, name=f"cluster-node-{index}")
+            for index in range(primaries)
+        ]
+
+    def __repr__(self) -> str:
+        return f"<RedisCluster {self.url} dir={self.data_dir}>"
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        return list(self._nodes)
+
+    @property
+    def url(self) -> str:
+        addresses = ",".join(f"127.0.0.1:{node.port}" for node in self._nodes)
+        return f"redis+cluster://{addresses}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start every node, join them into one cluster and wait until it serves all slots.
+
+        Raises:
+            RuntimeError: if a node directory already holds a cluster, or the cluster
+                does not form in time (every node is stopped again).
+        """
+        deadline = time.monotonic() + timeout_s
+        for node in self._nodes:
+            if (node.data_dir / "nodes.conf").exists():
+                raise RuntimeError(f"{node.data_dir} already holds a cluster node (nodes.conf)")
+        try:
+            for node in self._nodes:
+                node.start(timeout_s=max(deadline - time.monotonic(), 0.1))
+            self._create(deadline)
+            self._await_ok(deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop every node; idempotent."""
+        for node in self._nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _create(self, deadline: float) -> None:
+        command = [
+            find_redis_cli(),
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{node.port}" for node in self._nodes),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
+        try:
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=max(deadline - time.monotonic(), 0.1),
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"redis-cli --cluster create timed out: {command}") from error
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed with code {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}"
+            )
+
+    def _await_ok(self, deadline: float) -> None:
+        interval = _POLL_INTERVAL_MIN_SECONDS
+        pending = list(self._nodes)
+        last_info: dict[str, Any] = {}
+        while pending:
+            node = pending[0]
+            with _probe_client(node.port) as client:
+                last_info = _as_dict(client.cluster("INFO"))
+            if (
+                last_info.get("cluster_state") == "ok"
+                and int(last_info.get("cluster_slots_assigned", 0)) == CLUSTER_SLOTS
+                and int(last_info.get("cluster_known_nodes", 0)) == len(self._nodes)
+            ):
+                pending.pop(0)
+                continue
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{node.name} did not reach cluster_state:ok: {last_info}")
+            time.sleep(interval)
+            interval = min(interval * 2, _POLL_INTERVAL_MAX_SECONDS)

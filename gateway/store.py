@@ -1,0 +1,329 @@
+"""The Redis side of callgate: the `callgate` function library and one typed call per operation.
+
+Every call-control operation is exactly one FCALL (one round trip). Keys come from
+gateway.keys; arguments are strings and integers prepared here; the replies are turned
+into small typed records. The library is (re)loaded on every primary at start-up and
+transparently whenever a node answers that it does not know a function (a restarted or
+newly promoted node without the library): callers never see that error.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.keys import TenantKeys, tenant_keys
+from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LIBRARY_NAME = "callgate"
+
+
+class Status(enum.IntEnum):
+    """First element of every function reply; mirrors the constants of lua/00_lib.lua."""
+
+    OK = 0
+    TENANT_NOT_FOUND = -1
+    TENANT_SETTINGS_CHANGED = -2
+    CALL_NOT_FOUND = -3
+    CALL_ENDED = -4
+    NUMBER_CONFLICT = -5
+    IDEMPOTENCY_CONFLICT = -6
+    CURRENCY_LOCKED = -7
+    NOT_FOUND = -8
+    BALANCE_LIMIT = -9
+
+
+class StoreError(Exception):
+    """A function answered a non-OK status; ``status`` says which, ``detail`` any payload."""
+
+    def __init__(self, status: Status, detail: Sequence[Any] = ()) -> None:
+        self.status = status
+        self.detail = list(detail)
+        super().__init__(f"{status.name} {self.detail}")
+
+
+def library_source(lua_dir: Path = LUA_DIR) -> str:
+    """The library: every lua/*.lua file in name order (00_lib.lua carries the shebang)."""
+    files = sorted(lua_dir.glob("*.lua"))
+    if not files or not files[0].read_text().startswith("#!lua name=" + LIBRARY_NAME):
+        raise RuntimeError(f"{lua_dir}: the first Lua file must declare the library")
+    return "\n".join(f.read_text() for f in files)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    name: str
+    currency: str
+    timezone: str
+    charge_inbound_calls: bool
+    max_concurrent_calls: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What authorize and extend answer (times in seconds since the epoch)."""
+
+    decision: str
+    reason: str
+    source: str  # "" on deny
+    granted_seconds: int
+    grant_expires_at: int
+    destination_class: str
+    destination_country: str
+    destination_type: str
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    state: str
+    duration_seconds: int
+    domestic_pool_minutes: int
+    international_pool_minutes: int
+    credits_micro: int
+    overrun_seconds: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeArgs:
+    """Everything the authorize function needs that Redis does not hold (see its header)."""
+
+    tenant_id: str
+    call_id: str
+    now: int
+    month: str
+    currency: str
+    timezone: str
+    direction: str
+    user_id: str
+    to: str
+    from_: str
+    dest_country: str
+    dest_type: str
+    dest_zone: str
+    emergency_regions: str
+    predeny: str
+    credits_only: bool
+    rate_prefix: str
+    rate_micro_per_minute: int
+    connection_fee_micro: int
+    initial_increment: int
+    subsequent_increment: int
+    grant_max_seconds: int
+    retention_seconds: int
+    started_at: int
+
+
+def _str(v: Any) -> str:
+    return "" if v is None or v is False else str(v)
+
+
+def _flat_to_dict(flat: Sequence[Any]) -> dict[str, str]:
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+class Store:
+    def __init__(self, backend: Backend, partitions: int) -> None:
+        self.backend = backend
+        self.partitions = partitions
+        self._source = library_source()
+
+    @classmethod
+    def from_url(cls, url: str, partitions: int, connect_timeout_s: float = 1.0) -> Store:
+        return cls(backend_from_url(url, connect_timeout_s), partitions)
+
+    def keys(self, tenant_id: str) -> TenantKeys:
+        return tenant_keys(tenant_id, self.partitions)
+
+    async def load_functions(self) -> None:
+        await self.backend.on_all_primaries("FUNCTION", "LOAD", "REPLACE", self._source)
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def ping(self) -> bool:
+        replies = await self.backend.on_all_primaries("PING")
+        return all(r == "PONG" for r in replies)
+
+    async def functions_loaded(self) -> bool:
+        replies = await self.backend.on_all_primaries(
+            "FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME
+        )
+        return all(bool(r) for r in replies)
+
+    async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
+        """One FCALL, routed by its first key; reloads the library once if a node lacks it."""
+        cmd = ("FCALL", name, len(keys), *keys, *args)
+        try:
+            reply = await self.backend.execute(keys[0], *cmd)
+        except ReplyError as exc:
+            if "Function not found" not in str(exc):
+                raise
+            await self.load_functions()
+            reply = await self.backend.execute(keys[0], *cmd)
+        assert isinstance(reply, list), reply
+        return reply
+
+    async def _checked(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
+        reply = await self.fcall(name, keys, args)
+        status = Status(int(reply[0]))
+        if status is not Status.OK:
+            raise StoreError(status, reply[1:])
+        return reply
+
+    async def raw(self, routing_key: str, *args: Arg) -> Any:
+        """A plain command routed by key (reads of the admin API)."""
+        return await self.backend.execute(routing_key, *args)
+
+    # -- tenants, users, numbers, credits -------------------------------------------------
+
+    async def tenant_put(self, tenant_id: str, now: int, s: TenantSettings) -> bool:
+        k = self.keys(tenant_id)
+        reply = await self._checked(
+            "tenant_put",
+            [k.tenant, k.partition.events],
+            [tenant_id, now, s.name, s.currency, s.timezone, int(s.charge_inbound_calls),
+             _str(s.max_concurrent_calls)],
+        )
+        return bool(reply[1])
+
+    async def tenant_get(self, tenant_id: str) -> dict[str, str] | None:
+        k = self.keys(tenant_id)
+        flat = await self.raw(k.tenant, "HGETALL", k.tenant)
+        return _flat_to_dict(flat) if flat else None
+
+    def _user_keys(self, tenant_id: str) -> list[str]:
+        k = self.keys(tenant_id)
+        return [k.tenant, k.users, k.pools, k.numbers, k.tollfree, k.partition.events]
+
+    async def user_put(self, tenant_id: str, user_id: str, now: int, record_json: str) -> bool:
+        reply = await self._checked(
+            "user_put", self._user_keys(tenant_id), [tenant_id, user_id, now, record_json]
+        )
+        return bool(reply[1])
+
+    async def user_get(self, tenant_id: str, user_id: str) -> str | None:
+        k = self.keys(tenant_id)
+        value = await self.raw(k.users, "HGET", k.users, user_id)
+        return None if value is None else str(value)
+
+    async def user_delete(self, tenant_id: str, user_id: str, now: int) -> None:
+        await self._checked("user_delete", self._user_keys(tenant_id), [tenant_id, user_id, now])
+
+    async def topup(
+        self, tenant_id: str, idempotency_key: str, amount_micro: int, now: int
+    ) -> tuple[int, bool]:
+        k = self.keys(tenant_id)
+        reply = await self._checked(
+            "topup",
+            [k.tenant, k.topups, k.partition.events],
+            [tenant_id, idempotency_key, amount_micro, now],
+        )
+        return int(reply[1]), bool(reply[2])
+
+    async def credits_get(self, tenant_id: str) -> tuple[str, int, int]:
+        """(currency, balance, reserved) in micro-units."""
+        k = self.keys(tenant_id)
+        reply = await self._checked("credits_get", [k.tenant], [])
+        return str(reply[1]), int(reply[2] or 0), int(reply[3] or 0)
+
+    async def tollfree_put(self, tenant_id: str, number: str, now: int) -> bool:
+        k = self.keys(tenant_id)
+        reply = await self._checked(
+            "tollfree_put",
+            [k.tenant, k.tollfree, k.numbers, k.partition.events],
+            [tenant_id, number, now],
+        )
+        return bool(reply[1])
+
+    async def tollfree_delete(self, tenant_id: str, number: str, now: int) -> None:
+        k = self.keys(tenant_id)
+        await self._checked(
+            "tollfree_delete",
+            [k.tenant, k.tollfree, k.numbers, k.partition.events],
+            [tenant_id, number, now],
+        )
+
+    async def tollfree_list(self, tenant_id: str) -> list[str]:
+        k = self.keys(tenant_id)
+        return sorted(str(n) for n in await self.raw(k.tollfree, "HKEYS", k.tollfree))
+
+    async def pools_get(
+        self, tenant_id: str, month: str
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """(pools hash, month hash) of one consistent snapshot."""
+        k = self.keys(tenant_id)
+        reply = await self._checked("pools_get", [k.tenant, k.pools, k.month(month)], [])
+        return _flat_to_dict(reply[1]), _flat_to_dict(reply[2])
+
+    # -- call control: one FCALL each ----------------------------------------------------
+
+    async def authorize(self, a: AuthorizeArgs) -> Decision:
+        k = self.keys(a.tenant_id)
+        p = k.partition
+        reply = await self._checked(
+            "authorize",
+            [k.tenant, k.users, k.call(a.call_id), k.pools, k.month(a.month), k.numbers,
+             k.tollfree, k.user_active, p.active, p.events],
+            [a.tenant_id, a.call_id, a.now, a.month, a.currency, a.timezone, a.direction,
+             a.user_id, a.to, a.from_, a.dest_country, a.dest_type, a.dest_zone,
+             a.emergency_regions, a.predeny, int(a.credits_only), a.rate_prefix,
+             a.rate_micro_per_minute, a.connection_fee_micro, a.initial_increment,
+             a.subsequent_increment, a.grant_max_seconds, a.retention_seconds, a.started_at],
+        )
+        return Decision(
+            decision=reply[2], reason=reply[3], source=_str(reply[4]),
+            granted_seconds=int(reply[5]), grant_expires_at=int(reply[6]),
+            destination_class=_str(reply[7]), destination_country=_str(reply[8]),
+            destination_type=_str(reply[9]), replayed=bool(reply[1]),
+        )
+
+    def _lifecycle_keys(self, tenant_id: str, call_id: str, months: Sequence[str]) -> list[str]:
+        assert len(months) == 3, months
+        k = self.keys(tenant_id)
+        return [k.tenant, k.call(call_id), k.pools, *(k.month(m) for m in months),
+                k.partition.active, k.partition.events, k.user_active]
+
+    async def extend(
+        self, tenant_id: str, call_id: str, now: int, used_seconds: int,
+        months: Sequence[str], grant_max_seconds: int,
+    ) -> Decision:
+        reply = await self._checked(
+            "extend",
+            self._lifecycle_keys(tenant_id, call_id, months),
+            [tenant_id, call_id, now, used_seconds, *months, grant_max_seconds],
+        )
+        return Decision(
+            decision=reply[1], reason=reply[2], source=_str(reply[3]),
+            granted_seconds=int(reply[4]), grant_expires_at=int(reply[5]),
+            destination_class=_str(reply[6]), destination_country=_str(reply[7]),
+            destination_type=_str(reply[8]),
+        )
+
+    async def end(
+        self, tenant_id: str, call_id: str, now: int, duration_seconds: int,
+        months: Sequence[str], retention_seconds: int, *, expired: bool = False,
+        grace_seconds: int = 0,
+    ) -> Bill:
+        reply = await self._checked(
+            "end_call",
+            self._lifecycle_keys(tenant_id, call_id, months),
+            [tenant_id, call_id, now, duration_seconds, *months, retention_seconds,
+             "expired" if expired else "switch", grace_seconds],
+        )
+        return Bill(
+            state=str(reply[1]), duration_seconds=int(reply[2]),
+            domestic_pool_minutes=int(reply[3]), international_pool_minutes=int(reply[4]),
+            credits_micro=int(reply[5]), overrun_seconds=int(reply[6]),
+            replayed=bool(reply[7]),
+        )
+
+    async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
+        k = self.keys(tenant_id)
+        flat = await self.raw(k.call(call_id), "HGETALL", k.call(call_id))
+        return _flat_to_dict(flat) if flat else None

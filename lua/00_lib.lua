@@ -1,0 +1,120 @@
+#!lua name=callgate
+--[[
+callgate Redis function library: shared helpers.
+
+The files of lua/ are concatenated in name order into ONE Redis Functions library (this
+file first: it carries the shebang and the helpers the others use as upvalues). Each
+other file registers one atomic operation with redis.register_function.
+
+Conventions of every function:
+  * keys arrive through KEYS only; no function builds a key name;
+  * ARGV are strings; each is converted once, at the top, with tonumber where numeric;
+  * time is integer seconds since the epoch, given by the caller (injectable clock);
+  * money is integer micro-units (1e-6) of the tenant's currency; every per-call charge is
+    a multiple of 100 micro-units (0.0001), so balances stay exact to four decimals;
+  * pools count whole minutes;
+  * the first element of every reply is a status code, shared with Python through
+    gateway/store.py (Status):
+       0 OK, -1 TENANT_NOT_FOUND, -2 TENANT_SETTINGS_CHANGED, -3 CALL_NOT_FOUND,
+      -4 CALL_ENDED, -5 NUMBER_CONFLICT, -6 IDEMPOTENCY_CONFLICT, -7 CURRENCY_LOCKED,
+      -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT
+  * every change of state XADDs one event to the partition stream in the same atomic step.
+
+Lua numbers are IEEE doubles: integers are exact below 2^53 (9e15 micro-units = 9e9 units
+of currency), far above any balance or per-call product computed here.
+--]]
+
+local OK = 0
+local TENANT_NOT_FOUND = -1
+local TENANT_SETTINGS_CHANGED = -2
+local CALL_NOT_FOUND = -3
+local CALL_ENDED = -4
+local NUMBER_CONFLICT = -5
+local IDEMPOTENCY_CONFLICT = -6
+local CURRENCY_LOCKED = -7
+local NOT_FOUND = -8
+local BALANCE_LIMIT = -9
+
+-- Minutes are 60 s; pools are charged in whole minutes per call (D8).
+local function ceil_div(a, b)
+  return math.floor((a + b - 1) / b)
+end
+
+local function num(v)
+  if v == false or v == nil or v == '' then return 0 end
+  return tonumber(v)
+end
+
+-- Billable seconds under increments A/B (D20): 0 unanswered, else max(A, A + ceil((d-A)/B)*B).
+local function billable_seconds(d, a, b)
+  if d <= 0 then return 0 end
+  if d <= a then return a end
+  return a + ceil_div(d - a, b) * b
+end
+
+-- Credits for d answered seconds at a rate (micro-units per minute), connection fee once
+-- per answered call, rounded UP to 100 micro-units (0.0001) per call (D20).
+local function credit_cost(d, rate, fee, a, b)
+  if d <= 0 then return 0 end
+  local exact = fee + ceil_div(rate * billable_seconds(d, a, b), 60)
+  return ceil_div(exact, 100) * 100
+end
+
+-- Largest L in [0, cap] with credit_cost(L) <= budget (closed form; mirrors
+-- gateway.rating.max_affordable_seconds, which is its tested reference).
+local function max_affordable(budget, rate, fee, a, b, cap)
+  if cap <= 0 or budget < 0 then return 0 end
+  if rate == 0 then
+    if credit_cost(1, rate, fee, a, b) <= budget then return cap end
+    return 0
+  end
+  -- cost(L) <= budget  <=>  fee + ceil(rate*bill/60) <= floor(budget/100)*100
+  --                     <=>  rate*bill <= 60*(floor(budget/100)*100 - fee)
+  local room = math.floor(budget / 100) * 100 - fee
+  if room < 0 then return 0 end
+  local max_bill = math.floor(60 * room / rate)
+  if max_bill < a then return 0 end
+  local k = math.floor((max_bill - a) / b)
+  local max_len = a + k * b
+  if max_len > cap then return cap end
+  return max_len
+end
+
+local function in_list(list, item)
+  -- list is ",A,B," ; item a bare token
+  if list == '' or item == '' then return false end
+  return string.find(list, ',' .. item .. ',', 1, true) ~= nil
+end
+
+local function emit(stream, etype, tenant_id, now, data)
+  data.type = etype
+  data.tenant = tenant_id
+  data.ts = now
+  return redis.call('XADD', stream, '*', 'type', etype, 'tenant', tenant_id,
+    'data', cjson.encode(data))
+end
+
+-- Current used and reserved minutes of a pool in one month hash.
+local function pool_usage(month_key, pool)
+  local vals = redis.call('HMGET', month_key, 'u:' .. pool, 'r:' .. pool)
+  return num(vals[1]), num(vals[2])
+end
+
+-- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user.
+local function pool_capacity(pools_key, pool)
+  local cc, plan, kind = string.match(pool, '^([^:]+):([^:]+):([^:]+)$')
+  local per_field = (kind == 'domestic') and 'dmin:' or 'imin:'
+  local vals = redis.call('HMGET', pools_key, 'lic:' .. cc .. ':' .. plan,
+    per_field .. cc .. ':' .. plan)
+  return num(vals[1]) * num(vals[2])
+end
+
+-- Adds delta to an integer hash field, deleting it at zero so hashes stay small.
+local function hincr_or_del(key, field, delta)
+  if delta == 0 then return 0 end
+  local v = redis.call('HINCRBY', key, field, delta)
+  if v == 0 then redis.call('HDEL', key, field) end
+  return v
+end
+
+local MONTH_TTL_SECONDS = 400 * 86400

@@ -1,0 +1,82 @@
+--[[
+user_put / user_delete: a user's licence, policy, limits and numbers. A licence change
+updates pool capacity in the same atomic step (D4, D6): capacity is derived from the
+licence count, never stored, so it can never drift from the assignments.
+
+user_put
+KEYS[1] tenant hash     {p}:t:T
+KEYS[2] users hash      {p}:t:T:users
+KEYS[3] pools hash      {p}:t:T:pools
+KEYS[4] numbers hash    {p}:t:T:numbers
+KEYS[5] toll-free hash  {p}:t:T:tollfree
+KEYS[6] events stream   {p}:events
+ARGV[1] tenant id
+ARGV[2] user id
+ARGV[3] now (seconds)
+ARGV[4] user record, JSON, stored verbatim: {country, plan, pstn (bool: the plan may call
+        the PSTN), dial_out, credits_allowed, numbers ([+E164]), dmin / imin (domestic /
+        international minutes per user of (country, plan) from configuration; 0: no pool),
+        and, when set, monthly_spend_limit_micro, max_concurrent_calls (absent: no limit)}
+
+Returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {NUMBER_CONFLICT, number}
+
+user_delete
+KEYS[1..6] as user_put;  ARGV[1] tenant id, ARGV[2] user id, ARGV[3] now
+Returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
+--]]
+
+local function release_user(k_users, k_pools, k_numbers, uid, old)
+  if old.dmin and old.dmin > 0 or old.imin and old.imin > 0 then
+    hincr_or_del(k_pools, 'lic:' .. old.country .. ':' .. old.plan, -1)
+  end
+  for _, n in ipairs(old.numbers or {}) do
+    if redis.call('HGET', k_numbers, n) == uid then redis.call('HDEL', k_numbers, n) end
+  end
+end
+
+local function user_put(KEYS, ARGV)
+  local k_tenant, k_users, k_pools, k_numbers, k_tollfree, k_events =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+  local tid, uid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+  local user = cjson.decode(ARGV[4])
+  local dmin, imin = tonumber(user.dmin) or 0, tonumber(user.imin) or 0
+
+  if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
+  for _, n in ipairs(user.numbers) do
+    local owner = redis.call('HGET', k_numbers, n)
+    if (owner and owner ~= uid) or redis.call('HEXISTS', k_tollfree, n) == 1 then
+      return {NUMBER_CONFLICT, n}
+    end
+  end
+
+  local raw_old = redis.call('HGET', k_users, uid)
+  if raw_old then release_user(k_users, k_pools, k_numbers, uid, cjson.decode(raw_old)) end
+
+  if dmin > 0 or imin > 0 then
+    local pool = user.country .. ':' .. user.plan
+    redis.call('HINCRBY', k_pools, 'lic:' .. pool, 1)
+    -- Minutes per user follow the configuration in force at the latest licence change.
+    redis.call('HSET', k_pools, 'dmin:' .. pool, dmin, 'imin:' .. pool, imin)
+  end
+  for _, n in ipairs(user.numbers) do redis.call('HSET', k_numbers, n, uid) end
+  redis.call('HSET', k_users, uid, ARGV[4])
+  emit(k_events, raw_old and 'user.updated' or 'user.created', tid, now,
+    {user = uid, record = ARGV[4]})
+  return {OK, raw_old and 0 or 1}
+end
+
+local function user_delete(KEYS, ARGV)
+  local k_tenant, k_users, k_pools, k_numbers, k_events = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+    KEYS[6]
+  local tid, uid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+  if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
+  local raw_old = redis.call('HGET', k_users, uid)
+  if not raw_old then return {NOT_FOUND} end
+  release_user(k_users, k_pools, k_numbers, uid, cjson.decode(raw_old))
+  redis.call('HDEL', k_users, uid)
+  emit(k_events, 'user.deleted', tid, now, {user = uid})
+  return {OK}
+end
+
+redis.register_function('user_put', user_put)
+redis.register_function('user_delete', user_delete)

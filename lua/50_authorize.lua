@@ -1,0 +1,253 @@
+--[[
+authorize: decide a new call and reserve its first grant (D9-D29, D32), atomically.
+
+KEYS[1]  tenant hash        {p}:t:T
+KEYS[2]  users hash         {p}:t:T:users
+KEYS[3]  call hash          {p}:t:T:c:C
+KEYS[4]  pools hash         {p}:t:T:pools
+KEYS[5]  month hash         {p}:t:T:m:YYYYMM   (month of the call's start, tenant zone)
+KEYS[6]  numbers hash       {p}:t:T:numbers
+KEYS[7]  toll-free hash     {p}:t:T:tollfree
+KEYS[8]  user-active hash   {p}:t:T:uact
+KEYS[9]  active zset        {p}:active
+KEYS[10] events stream      {p}:events
+ARGV[1]  tenant id              ARGV[2]  call id
+ARGV[3]  now (s)                ARGV[4]  month YYYYMM of KEYS[5]
+ARGV[5]  currency and ARGV[6] time zone the caller computed rate and month under; checked
+         against the tenant (else TENANT_SETTINGS_CHANGED, currency, zone: recompute, retry)
+ARGV[7]  direction outbound|inbound
+ARGV[8]  user id ("" inbound)   ARGV[9] to (+E164 or short code)   ARGV[10] from ("" if none)
+ARGV[11] destination country ("" unknown)
+ARGV[12] destination number type (gateway.numbers; "emergency", "invalid")
+ARGV[13] countries of the destination's domestic zone, ",US,PR,CA," ("" none)
+ARGV[14] regions where ARGV[9] is an emergency short code, ",US,CA," ("" none)
+ARGV[15] deny reason decided before Redis ("" | invalid_destination | destination_blocked)
+ARGV[16] "1": destination payable from credits only (allowed premium / shared cost, D13)
+ARGV[17] rate prefix ("" : no rate, credits cannot pay)
+ARGV[18] rate (micro-units / minute)   ARGV[19] connection fee (micro-units)
+ARGV[20] initial increment A (s)        ARGV[21] subsequent increment B (s)
+ARGV[22] largest grant (s)             ARGV[23] retention of a closed call record (s)
+ARGV[24] started_at (s)
+
+Returns {OK, replayed 0|1, decision, reason, source, granted_seconds, grant_expires_at,
+         class, destination country, destination type}
+      | {TENANT_NOT_FOUND} | {TENANT_SETTINGS_CHANGED, currency, time zone}
+--]]
+
+local CALL_REPLY_FIELDS = {'d', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt'}
+
+local function call_reply(k_call, replayed)
+  local v = redis.call('HMGET', k_call, unpack(CALL_REPLY_FIELDS))
+  return {OK, replayed, v[1], v[2], v[3], tonumber(v[4]), tonumber(v[5]), v[6], v[7], v[8]}
+end
+
+-- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
+-- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
+-- reserved minutes, or nil when the pool does not exist (no licence assigned).
+local function pool_grant(k_pools, k_month, pool, pool_s, pool_r, cap)
+  local capacity = pool_capacity(k_pools, pool)
+  if capacity <= 0 then return nil end
+  local used, reserved = pool_usage(k_month, pool)
+  local remaining = capacity - used - reserved
+  if remaining < 0 then remaining = 0 end  -- D6: capacity fell below use
+  local g = math.min(cap, (pool_r + remaining) * 60 - pool_s)
+  if g <= 0 then return 0, pool_r end
+  local new_r = ceil_div(pool_s + g, 60)
+  redis.call('HINCRBY', k_month, 'r:' .. pool, new_r - pool_r)
+  redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
+  return g, new_r
+end
+
+-- Reserve up to cap more seconds of credits for a call already holding cred_s seconds
+-- (cred_r micro-units reserved). Returns granted seconds and the new reservation, or 0 and
+-- 'money' | 'limit' when the wallet or the user's monthly spend limit cannot pay (D19, D22).
+local function credit_grant(c, cred_s, cred_r, cap)
+  local r = c.rate
+  local t = redis.call('HMGET', c.k_tenant, 'bal', 'res')
+  local avail = num(t[1]) - num(t[2])
+  local len = max_affordable(avail + cred_r, r.rate, r.fee, r.a, r.b, cred_s + cap)
+  if len - cred_s <= 0 then return 0, 'money' end
+  local sfield, srfield = 's:' .. c.uid, 'sr:' .. c.uid
+  if c.limit ~= nil then
+    local s = redis.call('HMGET', c.k_month, sfield, srfield)
+    local room = c.limit - num(s[1]) - num(s[2]) + cred_r
+    len = max_affordable(room, r.rate, r.fee, r.a, r.b, len)
+    if len - cred_s <= 0 then return 0, 'limit' end
+  end
+  local new_r = credit_cost(len, r.rate, r.fee, r.a, r.b)
+  redis.call('HINCRBY', c.k_tenant, 'res', new_r - cred_r)
+  if c.uid ~= '' then
+    hincr_or_del(c.k_month, srfield, new_r - cred_r)
+    redis.call('EXPIRE', c.k_month, MONTH_TTL_SECONDS)
+  end
+  return len - cred_s, new_r
+end
+
+-- The paying step shared by authorize and extend: pool (unless the call already moved to
+-- credits or may only use credits), then credits, else the D17 deny reason.
+-- Mutates st (pool_s, pool_r, cred_s, cred_r); returns granted seconds, source | deny reason.
+local function pay(c, st, cap)
+  local pool_existed = false
+  if st.pool ~= '' and st.cred_s == 0 and not c.credits_only then
+    local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.pool_s, st.pool_r, cap)
+    if g ~= nil then
+      pool_existed = true
+      if g > 0 then
+        st.pool_s, st.pool_r = st.pool_s + g, new_r
+        return g, st.kind .. '_pool'
+      end
+    end
+  end
+  if not c.credits_allowed then return 0, 'credits_not_allowed' end
+  if c.rate.prefix == '' then return 0, 'destination_blocked' end
+  local g, new_r = credit_grant(c, st.cred_s, st.cred_r, cap)
+  if g == 0 then
+    if new_r == 'limit' then return 0, 'spend_limit_reached' end
+    return 0, pool_existed and 'pool_exhausted_no_credits' or 'insufficient_credits'
+  end
+  st.cred_s, st.cred_r = st.cred_s + g, new_r
+  return g, 'credits'
+end
+
+local function deny(reason, class)
+  return {decision = 'deny', reason = reason, source = '', granted = 0, class = class or ''}
+end
+
+local function allow_free(reason, class, cap, counted)
+  return {decision = 'allow', reason = reason, source = 'free', granted = cap, class = class,
+          free = true, counted = counted}
+end
+
+local function over_concurrency(c, user)
+  local umax = user.max_concurrent_calls
+  if umax ~= nil and num(redis.call('HGET', c.k_uact, c.uid)) >= umax then return true end
+  local t = redis.call('HMGET', c.k_tenant, 'maxc', 'act')
+  return t[1] ~= '' and t[1] ~= false and num(t[2]) >= tonumber(t[1])
+end
+
+-- Outbound rules in order: emergency (D11) > unknown user (D26) > invalid / blocked (D13,
+-- D14) > no plan (D24) > dial-out policy (D23) > concurrency (D25) > toll-free (D12) >
+-- sources (D15, D16).
+local function decide_outbound(c, st, A)
+  local raw = redis.call('HGET', c.k_users, c.uid)
+  local user = raw and cjson.decode(raw)
+  if A.emergency_regions ~= '' then
+    -- Decided before Redis already; here only confirmed against the user's country. A
+    -- caller we cannot place (unknown user) still gets the call: life safety first.
+    if not user or in_list(A.emergency_regions, user.country) then
+      return allow_free('emergency', 'emergency', A.grant_max, false)
+    end
+    return deny('invalid_destination')
+  end
+  if not user then return deny('unknown_user') end
+  if A.predeny ~= '' then return deny(A.predeny) end
+  if not user.pstn then return deny('no_calling_plan') end
+  local domestic = in_list(A.zone, user.country)
+  local class = domestic and 'domestic' or 'international'
+  if user.dial_out == 'none' or (user.dial_out == 'domestic_only' and not domestic) then
+    return deny('dial_out_policy', class)
+  end
+  if over_concurrency(c, user) then return deny('concurrency_limit', class) end
+  if A.dtype == 'toll_free' and domestic then
+    return allow_free('toll_free', 'toll_free', A.grant_max, true)
+  end
+  c.credits_allowed = user.credits_allowed
+  c.limit = user.monthly_spend_limit_micro
+  st.kind = class
+  st.pool = user.country .. ':' .. user.plan .. ':' .. class
+  local g, what = pay(c, st, A.grant_max)
+  if g == 0 then return deny(what, class) end
+  return {decision = 'allow', reason = what, source = what, granted = g, class = class,
+          counted = true}
+end
+
+-- Inbound (D27, D28): to the tenant's toll-free number (credits at the origin's toll-free
+-- rate), to a user's number (free, or D15 when the tenant charges inbound calls).
+local function decide_inbound(c, st, A)
+  if redis.call('HEXISTS', c.k_tollfree, A.to) == 1 then
+    c.credits_allowed, c.credits_only = true, true
+    local g, what = pay(c, st, A.grant_max)
+    if g == 0 then return deny('insufficient_credits', 'toll_free_inbound') end
+    return {decision = 'allow', reason = 'credits', source = 'credits', granted = g,
+            class = 'toll_free_inbound', counted = false}
+  end
+  local uid = redis.call('HGET', c.k_numbers, A.to)
+  if not uid then return deny('unknown_user', 'inbound') end
+  c.uid = uid
+  if redis.call('HGET', c.k_tenant, 'chg_in') ~= '1' then
+    return allow_free('inbound_free', 'inbound', A.grant_max, false)
+  end
+  local user = cjson.decode(redis.call('HGET', c.k_users, uid))
+  c.credits_allowed = user.credits_allowed
+  c.limit = user.monthly_spend_limit_micro
+  st.kind = 'domestic'
+  st.pool = user.country .. ':' .. user.plan .. ':domestic'
+  local g, what = pay(c, st, A.grant_max)
+  if g == 0 then return deny(what, 'inbound') end
+  return {decision = 'allow', reason = what, source = what, granted = g, class = 'inbound',
+          counted = false}
+end
+
+local function authorize(KEYS, ARGV)
+  local A = {
+    tid = ARGV[1], cid = ARGV[2], now = tonumber(ARGV[3]), month = ARGV[4],
+    currency = ARGV[5], tz = ARGV[6], direction = ARGV[7], uid = ARGV[8], to = ARGV[9],
+    from = ARGV[10], dcountry = ARGV[11], dtype = ARGV[12], zone = ARGV[13],
+    emergency_regions = ARGV[14], predeny = ARGV[15], credits_only = ARGV[16] == '1',
+    grant_max = tonumber(ARGV[22]), retention = tonumber(ARGV[23]),
+    started = tonumber(ARGV[24]),
+  }
+  local c = {
+    k_tenant = KEYS[1], k_users = KEYS[2], k_call = KEYS[3], k_pools = KEYS[4],
+    k_month = KEYS[5], k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8],
+    uid = A.uid, credits_only = A.credits_only, credits_allowed = true, limit = nil,
+    rate = {prefix = ARGV[17], rate = tonumber(ARGV[18]), fee = tonumber(ARGV[19]),
+            a = tonumber(ARGV[20]), b = tonumber(ARGV[21])},
+  }
+  local k_active, k_events = KEYS[9], KEYS[10]
+
+  local t = redis.call('HMGET', c.k_tenant, 'cur', 'tz')
+  if not t[1] then return {TENANT_NOT_FOUND} end
+  if t[1] ~= A.currency or t[2] ~= A.tz then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
+  if redis.call('EXISTS', c.k_call) == 1 then return call_reply(c.k_call, 1) end  -- D32
+
+  local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
+  local o
+  if A.direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
+
+  local allowed = o.decision == 'allow'
+  local expires = A.now + o.granted
+  if not allowed then expires = A.now end
+  redis.call('HSET', c.k_call,
+    'st', allowed and 'active' or 'denied', 'dir', A.direction, 'uid', c.uid, 'to', A.to,
+    'from', A.from, 'mon', A.month, 't0', A.now, 'sa', A.started,
+    'd', o.decision, 'rsn', o.reason, 'src', o.source, 'g', o.granted, 'exp', expires,
+    'cls', o.class, 'dc', A.dcountry, 'dt', A.dtype,
+    'free', o.free and 1 or 0, 'cnt', o.counted and 1 or 0,
+    'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and 1 or 0,
+    'ca', c.credits_allowed and 1 or 0, 'sl', c.limit or '',
+    'rp', c.rate.prefix, 'rr', c.rate.rate, 'rf', c.rate.fee, 'ra', c.rate.a, 'rb', c.rate.b,
+    'h', o.granted, 'ps', st.pool_s, 'cs', st.cred_s, 'pr', st.pool_r, 'cr', st.cred_r,
+    'gexp', expires, 'ext', 0)
+  if allowed then
+    redis.call('HSET', c.k_call, 'grants', cjson.encode({{source = o.source,
+      seconds = o.granted, at = A.now, expires_at = expires}}))
+    redis.call('ZADD', k_active, expires, A.tid .. '/' .. A.cid)
+    if o.counted then
+      redis.call('HINCRBY', c.k_tenant, 'act', 1)
+      redis.call('HINCRBY', c.k_uact, c.uid, 1)
+    end
+  else
+    redis.call('HSET', c.k_call, 'grants', '[]')
+    redis.call('EXPIRE', c.k_call, A.retention)
+  end
+  emit(k_events, allowed and 'call.allowed' or 'call.denied', A.tid, A.now, {
+    call_id = A.cid, direction = A.direction, user = c.uid, to = A.to, from = A.from,
+    reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
+    country = A.dcountry, number_type = A.dtype, month = A.month, started_at = A.started,
+    pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
+    rate_prefix = c.rate.prefix})
+  return call_reply(c.k_call, 0)
+end
+
+redis.register_function('authorize', authorize)

@@ -1,0 +1,194 @@
+--[[
+extend / end_call: the rest of a call's life (D18, D29-D31, D33).
+
+A call's time is a horizon h (seconds since answer it may last) made of a pool segment
+[0, ps) followed by a credit segment [ps, ps + cs): once a call moves to credits it stays
+there (D18). Reservations: pr = ceil(ps / 60) pool minutes, cr = cost(cs) micro-units.
+
+extend
+KEYS[1] tenant hash {p}:t:T      KEYS[2] call hash {p}:t:T:c:C     KEYS[3] pools hash
+KEYS[4..6] month hashes of the three months the call may have started in (caller's
+           candidates; see gateway/store.py), ARGV[5..7] their YYYYMM in the same order
+KEYS[7] active zset {p}:active   KEYS[8] events stream {p}:events
+ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] used seconds so far
+ARGV[8] largest grant (s)
+The new grant counts from now: the horizon becomes used + granted. A retried extend with the
+same used seconds reserves nothing more (it releases and re-reserves the same time).
+Returns {OK, decision, reason, source, granted_seconds, grant_expires_at, class, country,
+         number type} | {CALL_NOT_FOUND} | {CALL_ENDED}
+
+end_call
+KEYS as extend, without KEYS[3] semantics (pools hash unused but passed for symmetry);
+KEYS[9] user-active hash {p}:t:T:uact
+ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] answered duration (s)
+ARGV[5..7] months  ARGV[8] retention (s)  ARGV[9] "switch" | "expired"
+ARGV[10] reaper grace (s), only with "expired": the call is closed only if its grant
+         expired at least that long ago, and billed as fully used (D33).
+Returns {OK, state, duration, domestic pool minutes, international pool minutes, credits
+         micro, overrun seconds, replayed 0|1} | {CALL_NOT_FOUND} | {CALL_ENDED} (expired
+         call not yet due)
+--]]
+
+local CALL_STATE_FIELDS = {'st', 'uid', 'mon', 'free', 'cnt', 'pool', 'kind', 'co', 'ca',
+  'sl', 'rp', 'rr', 'rf', 'ra', 'rb', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'src', 'rsn',
+  'cls', 'dc', 'dt', 'ext', 'dur', 'bdp', 'bip', 'bc', 'over'}
+
+local function load_call(k_call)
+  local v = redis.call('HMGET', k_call, unpack(CALL_STATE_FIELDS))
+  if not v[1] then return nil end
+  local s = {}
+  for i, f in ipairs(CALL_STATE_FIELDS) do s[f] = v[i] end
+  return s
+end
+
+-- The month hash of the call's month among the caller's candidates, or nil.
+local function month_key(KEYS, ARGV, mon)
+  for i = 0, 2 do
+    if ARGV[5 + i] == mon then return KEYS[4 + i] end
+  end
+  return nil
+end
+
+local function ctx_of(KEYS, call, k_month)
+  return {
+    k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
+    uid = call.uid, credits_only = call.co == '1', credits_allowed = call.ca == '1',
+    limit = tonumber(call.sl),
+    rate = {prefix = call.rp, rate = num(call.rr), fee = num(call.rf), a = num(call.ra),
+            b = num(call.rb)},
+  }
+end
+
+-- Shrink the call's horizon to u seconds, releasing reservations beyond it.
+local function truncate(c, st, u)
+  if u <= st.pool_s then st.pool_s, st.cred_s = u, 0 else st.cred_s = u - st.pool_s end
+  local pool_r = ceil_div(st.pool_s, 60)
+  if st.pool ~= '' and pool_r ~= st.pool_r then
+    hincr_or_del(c.k_month, 'r:' .. st.pool, pool_r - st.pool_r)
+  end
+  local r = c.rate
+  local cred_r = credit_cost(st.cred_s, r.rate, r.fee, r.a, r.b)
+  if cred_r ~= st.cred_r then
+    redis.call('HINCRBY', c.k_tenant, 'res', cred_r - st.cred_r)
+    if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, cred_r - st.cred_r) end
+  end
+  st.pool_r, st.cred_r = pool_r, cred_r
+end
+
+local function extend(KEYS, ARGV)
+  local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
+  local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local grant_max = tonumber(ARGV[8])
+  local call = load_call(k_call)
+  if not call then return {CALL_NOT_FOUND} end
+  if call.st ~= 'active' then return {CALL_ENDED} end
+
+  local h = num(call.h)
+  local u = math.max(0, math.min(used, h))
+  local g, source, reason = grant_max, 'free', call.rsn
+  local k_month = month_key(KEYS, ARGV, call.mon)
+  local st = {pool = call.pool, kind = call.kind, pool_s = num(call.ps), pool_r = num(call.pr),
+              cred_s = num(call.cs), cred_r = num(call.cr)}
+  if call.free ~= '1' then
+    if not k_month then
+      -- The call started before the previous month: no further time (its month is closed).
+      g, reason = 0, 'service_unavailable'
+    else
+      local c = ctx_of(KEYS, call, k_month)
+      truncate(c, st, u)
+      g, reason = pay(c, st, grant_max)
+      if g > 0 then source = reason end
+    end
+  end
+
+  local decision = g > 0 and 'allow' or 'deny'
+  local expires = num(call.gexp)
+  if g > 0 then
+    expires = now + g
+    local grants = cjson.decode(redis.call('HGET', k_call, 'grants'))
+    grants[#grants + 1] = {source = source, seconds = g, at = now, expires_at = expires,
+                           used_seconds = u}
+    redis.call('HSET', k_call, 'h', u + g, 'ps', st.pool_s, 'cs', st.cred_s, 'pr', st.pool_r,
+      'cr', st.cred_r, 'gexp', expires, 'ext', num(call.ext) + 1,
+      'grants', cjson.encode(grants))
+    redis.call('ZADD', k_active, expires, tid .. '/' .. cid)
+  end
+  emit(k_events, decision == 'allow' and 'call.extended' or 'call.extension_denied', tid, now,
+    {call_id = cid, used_seconds = u, reason = reason, source = g > 0 and source or '',
+     granted_seconds = g, pool_reserved_minutes = st.pool_r,
+     credits_reserved_micro = st.cred_r})
+  return {OK, decision, reason, g > 0 and source or '', g, expires, call.cls, call.dc, call.dt}
+end
+
+local function bill_reply(call, replayed)
+  return {OK, call.st, num(call.dur), num(call.bdp), num(call.bip), num(call.bc),
+          num(call.over), replayed}
+end
+
+local function end_call(KEYS, ARGV)
+  local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
+    KEYS[9]
+  local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local retention, how, grace = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10] or '0')
+  local call = load_call(k_call)
+  if not call then return {CALL_NOT_FOUND} end
+  if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
+  if call.st == 'denied' then
+    call.st = 'ended'
+    return bill_reply(call, 1)
+  end
+  local h = num(call.h)
+  if how == 'expired' then
+    if now < num(call.gexp) + grace then return {CALL_ENDED} end
+    duration = h  -- D33: the switch was told to cut the call at the end of its grant
+  end
+  if duration < 0 then duration = 0 end
+  local billed_s = math.min(duration, h)
+  local overrun = duration - billed_s
+  local ps, cs = num(call.ps), num(call.cs)
+  local pool_used = math.min(billed_s, ps)
+  local cred_used = billed_s - pool_used
+  local pool_min = ceil_div(pool_used, 60)
+  local c = ctx_of(KEYS, call, nil)
+  local r = c.rate
+  local credits = credit_cost(cred_used, r.rate, r.fee, r.a, r.b)
+  local pr, cr = num(call.pr), num(call.cr)
+
+  local k_month = month_key(KEYS, ARGV, call.mon)
+  if k_month then
+    if call.pool ~= '' then
+      hincr_or_del(k_month, 'r:' .. call.pool, -pr)
+      hincr_or_del(k_month, 'u:' .. call.pool, pool_min)
+    end
+    if call.uid ~= '' and (credits ~= 0 or cr ~= 0) then
+      hincr_or_del(k_month, 'sr:' .. call.uid, -cr)
+      hincr_or_del(k_month, 's:' .. call.uid, credits)
+    end
+    redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
+  end
+  if credits ~= 0 or cr ~= 0 then
+    redis.call('HINCRBY', k_tenant, 'res', -cr)
+    redis.call('HINCRBY', k_tenant, 'bal', -credits)
+  end
+  if call.cnt == '1' then
+    redis.call('HINCRBY', k_tenant, 'act', -1)
+    hincr_or_del(k_uact, call.uid, -1)
+  end
+  local dom = call.kind == 'domestic' and pool_min or 0
+  local intl = call.kind == 'international' and pool_min or 0
+  local state = how == 'expired' and 'expired' or 'ended'
+  redis.call('HSET', k_call, 'st', state, 'dur', duration, 'bdp', dom, 'bip', intl,
+    'bc', credits, 'over', overrun, 'pr', 0, 'cr', 0, 'ended', now)
+  redis.call('EXPIRE', k_call, retention)
+  redis.call('ZREM', k_active, tid .. '/' .. cid)
+  emit(k_events, 'call.' .. state, tid, now, {call_id = cid, duration_seconds = duration,
+    billed_seconds = billed_s, overrun_seconds = overrun, pool = call.pool,
+    pool_minutes = pool_min, credits_micro = credits, month = call.mon, user = call.uid,
+    rate_prefix = call.rp})
+  call.st, call.dur, call.bdp, call.bip, call.bc, call.over = state, duration, dom, intl,
+    credits, overrun
+  return bill_reply(call, 0)
+end
+
+redis.register_function('extend', extend)
+redis.register_function('end_call', end_call)
