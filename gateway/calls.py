@@ -176,7 +176,7 @@ class CallService:
                 raise TenantNotFound(tenant_id) from exc
             raise
         except UNAVAILABLE as exc:
-            log.warning("authorize %s/%s without Redis: %r", tenant_id, req.call_id, exc)
+            _log_failure("authorize", tenant_id, req.call_id, exc)
             if emergency:
                 decision = Decision("allow", "emergency", "free", self.settings.grant_seconds,
                                     now + self.settings.grant_seconds, "emergency", "",
@@ -203,7 +203,7 @@ class CallService:
         except StoreError as exc:
             raise _lifecycle_error(exc) from exc
         except UNAVAILABLE as exc:
-            log.warning("extend %s/%s without Redis: %r", tenant_id, call_id, exc)
+            _log_failure("extend", tenant_id, call_id, exc)
             decision = Decision("deny", "service_unavailable", "", 0, now, "", "", "")
         return decision_body(call_id, decision)
 
@@ -219,6 +219,7 @@ class CallService:
         except StoreError as exc:
             raise _lifecycle_error(exc) from exc
         except UNAVAILABLE as exc:
+            _log_failure("end", tenant_id, call_id, exc)
             # Not billed: the switch must retry (end is idempotent); the reaper bills the
             # call as fully used if it never gets through (D33).
             raise ServiceUnavailable(str(exc)) from exc
@@ -233,6 +234,14 @@ class CallService:
         if rec is None:
             raise CallNotFound(call_id)
         return call_body(call_id, rec)
+
+
+def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> None:
+    # An error reply is a fault of ours (a bug in a function, Redis out of memory): loud.
+    if isinstance(exc, ReplyError):
+        log.error("%s %s/%s: Redis error reply: %s", op, tenant_id, call_id, exc)
+    else:
+        log.warning("%s %s/%s without Redis: %r", op, tenant_id, call_id, exc)
 
 
 def _lifecycle_error(exc: StoreError) -> Exception:

@@ -312,7 +312,7 @@ def _url_setting(
     root: _Table, env: Mapping[str, str], name: str, var: str, check: Callable[[str, str], str]
 ) -> str | None:
     raw, key = _env_or_file(root, env, name, var)
-    if raw is None or raw == "":  # an empty variable unsets the file's URL
+    if raw is None or (raw == "" and key == var):  # an empty variable unsets the file's URL
         return None
     return check(_str(raw, key), key)
 

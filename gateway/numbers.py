@@ -608,8 +608,10 @@ def _classify_with_library(raw: str, number: str) -> Destination:
 
 def _classify_international(raw: str, digits: str) -> Destination:
     """Country code, national prefix, then one folded-regex match: parse + validate + type."""
-    if len(digits) < 3 or digits[0] == "0":
+    if not digits or digits[0] == "0":
         return _invalid(raw, "must start with + and a country code")
+    if len(digits) < 3:
+        return _invalid(raw, "too short: expected + then a country code and a number")
     plan = _PLANS.get(digits[:1]) or _PLANS.get(digits[:2]) or _PLANS.get(digits[:3])
     if plan is None:
         return _invalid(raw, f"unknown country code: +{digits[:3]}...")
@@ -637,7 +639,14 @@ def _classify_international(raw: str, digits: str) -> Destination:
         return _invalid(raw, f"too short for {plan.plus_cc}")
     if length > plan.max_length:
         return _invalid(raw, f"too long for {plan.plus_cc}")
-    return _invalid(raw, f"not a valid number for {region or plan.plus_cc}")
+    return _invalid(raw, f"not a valid number for {region or _shared_code_name(plan)}")
+
+
+def _shared_code_name(plan: _Plan) -> str:
+    """"+44 (GB, GG, IM, JE)": the regions help a human, but +1 has too many to list."""
+    if len(plan.regions) <= 4:
+        return f"{plan.plus_cc} ({', '.join(plan.regions)})"
+    return plan.plus_cc
 
 
 def _classify(raw: str) -> Destination:

@@ -109,7 +109,14 @@ local function pool_capacity(pools_key, pool)
   return num(vals[1]) * num(vals[2])
 end
 
--- Adds delta to an integer hash field, deleting it at zero so hashes stay small.
+-- Adds delta to an integer hash field. A zero delta is skipped: Lua formats -0 as "-0",
+-- which HINCRBY rejects.
+local function hincr(key, field, delta)
+  if delta == 0 then return nil end
+  return redis.call('HINCRBY', key, field, delta)
+end
+
+-- As hincr, deleting the field at zero so hashes stay small.
 local function hincr_or_del(key, field, delta)
   if delta == 0 then return 0 end
   local v = redis.call('HINCRBY', key, field, delta)

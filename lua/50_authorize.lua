@@ -53,7 +53,7 @@ local function pool_grant(k_pools, k_month, pool, pool_s, pool_r, cap)
   local g = math.min(cap, (pool_r + remaining) * 60 - pool_s)
   if g <= 0 then return 0, pool_r end
   local new_r = ceil_div(pool_s + g, 60)
-  redis.call('HINCRBY', k_month, 'r:' .. pool, new_r - pool_r)
+  hincr(k_month, 'r:' .. pool, new_r - pool_r)
   redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
   return g, new_r
 end
@@ -75,7 +75,7 @@ local function credit_grant(c, cred_s, cred_r, cap)
     if len - cred_s <= 0 then return 0, 'limit' end
   end
   local new_r = credit_cost(len, r.rate, r.fee, r.a, r.b)
-  redis.call('HINCRBY', c.k_tenant, 'res', new_r - cred_r)
+  hincr(c.k_tenant, 'res', new_r - cred_r)
   if c.uid ~= '' then
     hincr_or_del(c.k_month, srfield, new_r - cred_r)
     redis.call('EXPIRE', c.k_month, MONTH_TTL_SECONDS)

@@ -69,7 +69,7 @@ local function truncate(c, st, u)
   local r = c.rate
   local cred_r = credit_cost(st.cred_s, r.rate, r.fee, r.a, r.b)
   if cred_r ~= st.cred_r then
-    redis.call('HINCRBY', c.k_tenant, 'res', cred_r - st.cred_r)
+    hincr(c.k_tenant, 'res', cred_r - st.cred_r)
     if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, cred_r - st.cred_r) end
   end
   st.pool_r, st.cred_r = pool_r, cred_r
@@ -167,8 +167,8 @@ local function end_call(KEYS, ARGV)
     redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
   end
   if credits ~= 0 or cr ~= 0 then
-    redis.call('HINCRBY', k_tenant, 'res', -cr)
-    redis.call('HINCRBY', k_tenant, 'bal', -credits)
+    hincr(k_tenant, 'res', -cr)
+    hincr(k_tenant, 'bal', -credits)
   end
   if call.cnt == '1' then
     redis.call('HINCRBY', k_tenant, 'act', -1)

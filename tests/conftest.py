@@ -65,7 +65,7 @@ def test_settings(redis_url: str, **overrides: object) -> Settings:
     return replace(base, redis_url=redis_url, **overrides)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["single"])
+@pytest.fixture
 def store_url(request: pytest.FixtureRequest) -> str:
     """The Redis the store-level tests run on; tests marked ``cluster`` also run on a
     local 3-primary Redis Cluster (see pytest_generate_tests below)."""
@@ -77,10 +77,10 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "cluster"
-    ):
-        metafunc.parametrize("store_url", ["single", "cluster"], indirect=True)
+    if "store_url" in metafunc.fixturenames:
+        on_cluster = metafunc.definition.get_closest_marker("cluster") is not None
+        topologies = ["single", "cluster"] if on_cluster else ["single"]
+        metafunc.parametrize("store_url", topologies, indirect=True)
 
 
 @pytest.fixture

@@ -39,7 +39,11 @@ def test_parse_money_rejects_non_strings_with_the_documented_message(value: obje
     with pytest.raises(ValidationError) as caught:
         parse_money(value, "amount")
     assert caught.value.errors[0].field == "amount"
-    assert caught.value.errors[0].message == NOT_A_STRING == 'money must be a decimal string, e.g. "25.00"'
+    assert (
+        caught.value.errors[0].message
+        == NOT_A_STRING
+        == 'money must be a decimal string, e.g. "25.00"'
+    )
 
 
 BAD_STRINGS = [
@@ -65,8 +69,8 @@ BAD_STRINGS = [
     "0x10",
     "01",
     "00.5",
-    "١",  # ARABIC-INDIC DIGIT ONE: int() would take it
-    "１",  # FULLWIDTH DIGIT ONE
+    "\u0661",  # ARABIC-INDIC DIGIT ONE: int() would take it
+    "\uff11",  # FULLWIDTH DIGIT ONE
     "12.34567",  # five decimals
     "0.00001",
     "1000000000000.0001",  # above 10^12 units

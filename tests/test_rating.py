@@ -293,10 +293,14 @@ def test_duplicate_prefix_and_kind_is_rejected_naming_both_lines() -> None:
     ("text", "column"),
     [
         ("", "prefix"),
-        ("prefix,description,kind,rate,connection_fee,initial_increment,subsequent_increment\n",
-         "rate_per_minute"),
-        ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment\n",
-         "subsequent_increment"),
+        (
+            "prefix,description,kind,rate,connection_fee,initial_increment,subsequent_increment\n",
+            "rate_per_minute",
+        ),
+        (
+            "prefix,description,kind,rate_per_minute,connection_fee,initial_increment\n",
+            "subsequent_increment",
+        ),
         ("44,UK,outbound,0.02,,,\n", "prefix"),
     ],
 )
@@ -350,8 +354,10 @@ def test_a_100k_row_deck_loads(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(loaded) == 100_000
     assert loaded.lookup("+2999999123", KIND_OUTBOUND) is not None
     with capsys.disabled():
-        print(f"\n100,000-row deck: loaded in {elapsed:.2f} s (under tracemalloc), "
-              f"peak traced memory {peak / 2**20:.1f} MiB")
+        print(
+            f"\n100,000-row deck: loaded in {elapsed:.2f} s (under tracemalloc), "
+            f"peak traced memory {peak / 2**20:.1f} MiB"
+        )
 
 
 # --- the shipped decks ------------------------------------------------------------------------
@@ -361,9 +367,20 @@ def test_a_100k_row_deck_loads(capsys: pytest.CaptureFixture[str]) -> None:
 def test_default_decks_load_and_cover_the_worked_examples(currency: str) -> None:
     loaded = RateDeck.from_csv((RATES_DIR / f"{currency}.csv").read_text("utf-8"), currency)
     assert len(loaded) >= 40
-    for number in ("+12125550100", "+14165550100", "+17875550100", "+442071838750",
-                   "+447700900123", "+33123456789", "+49301234567", "+61212345678",
-                   "+81312345678", "+525512345678", "+912212345678", "+551112345678"):
+    for number in (
+        "+12125550100",
+        "+14165550100",
+        "+17875550100",
+        "+442071838750",
+        "+447700900123",
+        "+33123456789",
+        "+49301234567",
+        "+61212345678",
+        "+81312345678",
+        "+525512345678",
+        "+912212345678",
+        "+551112345678",
+    ):
         assert loaded.lookup(number, KIND_OUTBOUND) is not None, number
     assert loaded.lookup("+18765550100", KIND_OUTBOUND).prefix == "1876"  # type: ignore[union-attr]
     # Every country code can reach a toll-free number: the world-zone rows catch them all.
