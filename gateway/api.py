@@ -150,9 +150,9 @@ def parse_authorize(body: dict[str, Any], now: int, skew: int) -> AuthorizeReque
     to = f.string("to", required=True, max_len=64)
     from_ = f.string("from", max_len=64)
     started_raw = f.string("started_at", max_len=64)
-    if direction == "outbound" and "user_id" not in body:
+    if direction == "outbound" and body.get("user_id") is None:
         f.fail("user_id", "is required for an outbound call")
-    if direction == "inbound" and "from" not in body:
+    if direction == "inbound" and body.get("from") is None:
         f.fail("from", "is required for an inbound call (the caller's number)")
     started: int | None = None
     if started_raw is not None:

@@ -102,12 +102,9 @@ class CallService:
             return "destination_blocked", False
         if dest.number_type in ("premium_rate", "shared_cost"):
             rules = self.settings.countries.get(dest.country or "")
-            allowed = rules is not None and (
-                rules.allow_premium_rate
-                if dest.number_type == "premium_rate"
-                else rules.allow_shared_cost
-            )
-            return ("", True) if allowed else ("destination_blocked", False)
+            if rules is not None and rules.allows(dest.number_type, digits):
+                return "", True
+            return "destination_blocked", False
         return "", False
 
     def _rate(self, currency: str, number: str | None, kind: str) -> Rate:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -74,12 +75,19 @@ def rfc3339(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+# RFC 3339 date-time exactly (section 5.6): fromisoformat alone also takes ISO 8601 forms
+# such as week dates, basic format or hour-only offsets.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
 def parse_rfc3339(text: str) -> int | None:
-    """Seconds since the epoch of an RFC 3339 timestamp with an explicit offset, else None."""
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+    """Seconds since the epoch of an RFC 3339 date-time, else None."""
+    if _RFC3339.fullmatch(text) is None:
         return None
-    if dt.tzinfo is None or "T" not in text.upper():
+    try:
+        dt = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError:  # e.g. month 13
         return None
     return int(dt.timestamp())

@@ -72,6 +72,18 @@ class CountryRules:
 
     allow_premium_rate: bool = False
     allow_shared_cost: bool = False
+    # Premium-rate or shared-cost ranges (E.164 digits, no "+") allowed from credits even
+    # when their class is not: national regulators and libphonenumber do not always agree
+    # on a range's class (GB 084x/087x are "shared cost" to Ofcom, premium to the library).
+    allowed_prefixes: tuple[str, ...] = ()
+
+    def allows(self, number_type: str, digits: str) -> bool:
+        """Whether a premium-rate / shared-cost destination may be called (from credits)."""
+        if number_type == "premium_rate" and self.allow_premium_rate:
+            return True
+        if number_type == "shared_cost" and self.allow_shared_cost:
+            return True
+        return any(digits.startswith(p) for p in self.allowed_prefixes)
 
 
 @dataclass(frozen=True)
@@ -395,15 +407,21 @@ def _countries(table: _Table) -> dict[str, CountryRules]:
         countries[country] = CountryRules(
             allow_premium_rate=_bool(rules.take("allow_premium_rate"), rules, "allow_premium_rate"),
             allow_shared_cost=_bool(rules.take("allow_shared_cost"), rules, "allow_shared_cost"),
+            allowed_prefixes=_prefix_list(rules.take("allowed_prefixes", []),
+                                          rules.key_of("allowed_prefixes")),
         )
         rules.done()
     return countries
 
 
 def _blocked_prefixes(value: object) -> tuple[str, ...]:
+    return _prefix_list(value, "blocked_prefixes")
+
+
+def _prefix_list(value: object, name: str) -> tuple[str, ...]:
     prefixes: dict[str, None] = {}  # ordered set: duplicates are harmless, kept once
-    for i, item in enumerate(_list(value, "blocked_prefixes")):
-        key = f"blocked_prefixes[{i}]"
+    for i, item in enumerate(_list(value, name)):
+        key = f"{name}[{i}]"
         match = _PREFIX_RE.fullmatch(_str(item, key))
         if match is None:
             raise ConfigError(key, "must be 1-15 digits (optional '+'), not starting with 0")

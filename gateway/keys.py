@@ -12,7 +12,8 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
     {pNNN}:t:T:users         hash   U -> JSON user record (country, plan, dial_out, limits, numbers)
     {pNNN}:t:T:numbers       hash   +E164 -> U (users' inbound numbers)
     {pNNN}:t:T:tollfree      hash   +E164 -> registered-at seconds (tenant toll-free numbers)
-    {pNNN}:t:T:pools         hash   lic:CC:PLAN licences assigned; dmin:/imin:CC:PLAN minutes per user
+    {pNNN}:t:T:pools         hash   lic:CC:PLAN licences assigned; dmin:/imin:CC:PLAN
+                                    minutes per user
     {pNNN}:t:T:m:YYYYMM      hash   u:/r:CC:PLAN:KIND used / reserved minutes; s:/sr:U
                                     spent / reserved credits (micro-units); expires 400
                                     days after its last write

@@ -34,7 +34,6 @@ HEADER = (
 )
 DEFAULT_INCREMENT_SECONDS = 60
 MAX_INCREMENT_SECONDS = 3600
-MAX_PREFIX_DIGITS = 15  # E.164 numbers have at most 15 digits
 SECONDS_PER_MINUTE = 60
 # (micro-units * 60) per 0.0001 step: divides the x60-scaled cost into whole steps.
 _COST_DIVISOR = SECONDS_PER_MINUTE * MICRO_PER_MONEY_STEP
@@ -42,7 +41,7 @@ _COST_DIVISOR = SECONDS_PER_MINUTE * MICRO_PER_MONEY_STEP
 # Country codes never start with 0, so neither does a prefix of an E.164 number.
 _PREFIX_RE = re.compile(r"\+?([1-9][0-9]{0,14})", re.ASCII)
 _INCREMENT_RE = re.compile(r"[1-9][0-9]{0,3}", re.ASCII)
-_DIGITS_RE = re.compile(r"[0-9]{1,15}", re.ASCII)
+_DIGITS_RE = re.compile(r"[0-9]{1,15}", re.ASCII)  # E.164: at most 15 digits
 _CURRENCY_RE = re.compile(r"[A-Z]{3}", re.ASCII)
 
 
@@ -59,8 +58,8 @@ class Rate:
     subsequent_increment_seconds: int  # B: the step after A, >= 1
 
     def __post_init__(self) -> None:
-        # Invariants the formulas rely on; checked even for rows built in code.
-        # "" is allowed for placeholder rows built in code (e.g. "no rate"); decks refuse it.
+        # Invariants the formulas rely on, checked for rows built in code too. An empty
+        # prefix is allowed for placeholder rows (e.g. "no rate"); a deck refuses them.
         if self.prefix and (_DIGITS_RE.fullmatch(self.prefix) is None or self.prefix[0] == "0"):
             raise ValueError(f"prefix must be 1-15 digits not starting with 0: {self.prefix!r}")
         if self.kind not in KINDS:
@@ -321,8 +320,9 @@ def max_affordable_seconds(budget_micro: int, rate: Rate, cap_seconds: int) -> i
     billable(A + kB) = A + kB. cost is non-decreasing in d, so every L' <= L is payable too.
     A budget below zero (e.g. a spend limit lowered below what was already spent) buys 0,
     even at a zero rate.
-    Lua note: 6000U exceeds 2^53 for budgets above ~1.5 * 10^12 micro-units, so a port on
-    Lua 5.1 doubles must keep budgets below that or divide before multiplying.
+    Lua note: Redis runs Lua 5.1, whose numbers are doubles (exact integers up to 2^53).
+    6000U ~ 60 * budget passes 2^53 above ~1.5 * 10^14 micro-units (150 million currency
+    units); a port must cap the budget it feeds in (a grant never needs more) or divide first.
     """
     if cap_seconds < 0:
         raise ValueError(f"cap_seconds must be >= 0, got {cap_seconds}")

@@ -9,6 +9,7 @@ newly promoted node without the library): callers never see that error.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,10 +128,17 @@ def _flat_to_dict(flat: Sequence[Any]) -> dict[str, str]:
     return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+# Bound on administrative and read operations; call control brings its own, tighter bound
+# (CallService, redis_timeout_ms) so that a switch never waits.
+ADMIN_TIMEOUT_SECONDS = 2.0
+
+
 class Store:
-    def __init__(self, backend: Backend, partitions: int) -> None:
+    def __init__(self, backend: Backend, partitions: int,
+                 admin_timeout_s: float = ADMIN_TIMEOUT_SECONDS) -> None:
         self.backend = backend
         self.partitions = partitions
+        self.admin_timeout_s = admin_timeout_s
         self._source = library_source()
 
     @classmethod
@@ -141,19 +149,22 @@ class Store:
         return tenant_keys(tenant_id, self.partitions)
 
     async def load_functions(self) -> None:
-        await self.backend.on_all_primaries("FUNCTION", "LOAD", "REPLACE", self._source)
+        async with asyncio.timeout(self.admin_timeout_s):
+            await self.backend.on_all_primaries("FUNCTION", "LOAD", "REPLACE", self._source)
 
     async def close(self) -> None:
         await self.backend.close()
 
     async def ping(self) -> bool:
-        replies = await self.backend.on_all_primaries("PING")
+        async with asyncio.timeout(self.admin_timeout_s):
+            replies = await self.backend.on_all_primaries("PING")
         return all(r == "PONG" for r in replies)
 
     async def functions_loaded(self) -> bool:
-        replies = await self.backend.on_all_primaries(
-            "FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME
-        )
+        async with asyncio.timeout(self.admin_timeout_s):
+            replies = await self.backend.on_all_primaries(
+                "FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME
+            )
         return all(bool(r) for r in replies)
 
     async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
@@ -169,16 +180,24 @@ class Store:
         assert isinstance(reply, list), reply
         return reply
 
-    async def _checked(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
-        reply = await self.fcall(name, keys, args)
+    async def _checked(self, name: str, keys: Sequence[str], args: Sequence[Arg],
+                       bounded: bool = True) -> list[Any]:
+        """One FCALL whose non-OK status raises StoreError. ``bounded``: under the admin
+        timeout; call control passes False and bounds the call itself."""
+        if bounded:
+            async with asyncio.timeout(self.admin_timeout_s):
+                reply = await self.fcall(name, keys, args)
+        else:
+            reply = await self.fcall(name, keys, args)
         status = Status(int(reply[0]))
         if status is not Status.OK:
             raise StoreError(status, reply[1:])
         return reply
 
     async def raw(self, routing_key: str, *args: Arg) -> Any:
-        """A plain command routed by key (reads of the admin API)."""
-        return await self.backend.execute(routing_key, *args)
+        """A plain command routed by key (reads of the admin API), under the admin timeout."""
+        async with asyncio.timeout(self.admin_timeout_s):
+            return await self.backend.execute(routing_key, *args)
 
     # -- tenants, users, numbers, credits -------------------------------------------------
 
@@ -275,6 +294,7 @@ class Store:
              a.emergency_regions, a.predeny, int(a.credits_only), a.rate_prefix,
              a.rate_micro_per_minute, a.connection_fee_micro, a.initial_increment,
              a.subsequent_increment, a.grant_max_seconds, a.retention_seconds, a.started_at],
+            bounded=False,
         )
         return Decision(
             decision=reply[2], reason=reply[3], source=_str(reply[4]),
@@ -297,6 +317,7 @@ class Store:
             "extend",
             self._lifecycle_keys(tenant_id, call_id, months),
             [tenant_id, call_id, now, used_seconds, *months, grant_max_seconds],
+            bounded=False,
         )
         return Decision(
             decision=reply[1], reason=reply[2], source=_str(reply[3]),
@@ -315,6 +336,7 @@ class Store:
             self._lifecycle_keys(tenant_id, call_id, months),
             [tenant_id, call_id, now, duration_seconds, *months, retention_seconds,
              "expired" if expired else "switch", grace_seconds],
+            bounded=False,
         )
         return Bill(
             state=str(reply[1]), duration_seconds=int(reply[2]),

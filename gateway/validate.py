@@ -91,6 +91,9 @@ class Fields:
         v = self.obj[name]
         if v is None and nullable:
             return None
+        if isinstance(v, float) and v.is_integer():  # e.g. 10**30, which JSON parses as float
+            self._fail(name, f"must be an integer between {minimum} and {maximum}")
+            return default
         if isinstance(v, bool) or not isinstance(v, int):
             self._fail(name, "must be an integer" + (" or null" if nullable else ""))
             return default

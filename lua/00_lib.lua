@@ -62,8 +62,13 @@ end
 
 -- Largest L in [0, cap] with credit_cost(L) <= budget (closed form; mirrors
 -- gateway.rating.max_affordable_seconds, which is its tested reference).
+-- Budgets above 1e14 micro-units are capped: 60 x budget must stay below 2^53, and no
+-- grant (cap <= 1 day) at any sane rate needs more.
+local BUDGET_CAP = 1e14
+
 local function max_affordable(budget, rate, fee, a, b, cap)
   if cap <= 0 or budget < 0 then return 0 end
+  if budget > BUDGET_CAP then budget = BUDGET_CAP end
   if rate == 0 then
     if credit_cost(1, rate, fee, a, b) <= budget then return cap end
     return 0

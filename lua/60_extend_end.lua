@@ -146,8 +146,9 @@ local function end_call(KEYS, ARGV)
   local billed_s = math.min(duration, h)
   local overrun = duration - billed_s
   local ps, cs = num(call.ps), num(call.cs)
+  -- Free time (emergency, toll-free, inbound) is in the horizon but in neither segment.
   local pool_used = math.min(billed_s, ps)
-  local cred_used = billed_s - pool_used
+  local cred_used = math.min(billed_s - pool_used, cs)
   local pool_min = ceil_div(pool_used, 60)
   local c = ctx_of(KEYS, call, nil)
   local r = c.rate

@@ -58,7 +58,7 @@ from tests.gwclient import OPERATOR_TOKEN  # noqa: E402
 T0 = 1_795_773_600
 
 
-def test_settings(redis_url: str, **overrides: object) -> Settings:
+def make_settings(redis_url: str, **overrides: object) -> Settings:
     from dataclasses import replace
 
     base = load_settings(env={"CALLGATE_OPERATOR_TOKEN": OPERATOR_TOKEN})
@@ -98,6 +98,6 @@ def tenant_id() -> str:
 async def gw(
     store_url: str, clock: ManualClock, aiohttp_client: Any
 ) -> AsyncIterator[Gateway]:
-    settings = test_settings(store_url)
+    settings = make_settings(store_url)
     client = await aiohttp_client(create_app(settings, clock=clock))
     yield Gateway(client, clock, settings)

@@ -124,7 +124,8 @@ def test_default_config_zones_countries_decks_and_demo() -> None:
     assert not settings.is_domestic("US", "JM")  # other +1 countries are international
     assert not settings.is_domestic("GB", "FR")
     assert settings.zone_of("FR") == frozenset({"FR"})
-    assert settings.rules_for("GB") == CountryRules(allow_shared_cost=True)
+    assert settings.rules_for("GB") == CountryRules(
+        allow_shared_cost=True, allowed_prefixes=("4484", "4487"))
     assert settings.rules_for("FR") == CountryRules(allow_premium_rate=True)
     assert settings.rules_for("DE") == CountryRules()
     assert {"881", "882", "883", "979"} <= set(settings.blocked_prefixes)
@@ -237,7 +238,8 @@ def test_empty_optional_variables_mean_unset(tmp_path: Path) -> None:
         ("CALLGATE_GRANT_SECONDS", "0"),
         ("CALLGATE_GRANT_SECONDS", "86401"),
         ("CALLGATE_GRANT_SECONDS", "1.5"),
-        ("CALLGATE_CLOCK_SKEW_SECONDS", "\uff11")("CALLGATE_WORKERS", "0"),  # FULLWIDTH DIGIT ONE,
+        ("CALLGATE_CLOCK_SKEW_SECONDS", "\uff11"),  # FULLWIDTH DIGIT ONE
+        ("CALLGATE_WORKERS", "0"),
         ("CALLGATE_PARTITIONS", "0"),
         ("CALLGATE_REDIS_TIMEOUT_MS", "0"),
         ("CALLGATE_REAPER_GRACE_SECONDS", "x"),
