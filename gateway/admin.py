@@ -84,9 +84,11 @@ class AdminService:
 
     # -- tenants --------------------------------------------------------------------------
 
-    async def put_tenant(self, tenant_id: str, s: TenantSettings) -> tuple[dict[str, Any], bool]:
+    async def put_tenant(
+        self, tenant_id: str, s: TenantSettings, actor: str
+    ) -> tuple[dict[str, Any], bool]:
         try:
-            created = await self.store.tenant_put(tenant_id, self._now(), s)
+            created = await self.store.tenant_put(tenant_id, self._now(), s, actor)
         except StoreError as exc:
             raise _raise_store(exc) from exc
         return await self.get_tenant(tenant_id), created
@@ -130,12 +132,12 @@ class AdminService:
         return record
 
     async def put_user(
-        self, tenant_id: str, user_id: str, spec: UserSpec
+        self, tenant_id: str, user_id: str, spec: UserSpec, actor: str
     ) -> tuple[dict[str, Any], bool]:
         record = self._record(spec)
         try:
             created = await self.store.user_put(
-                tenant_id, user_id, self._now(), orjson.dumps(record).decode()
+                tenant_id, user_id, self._now(), orjson.dumps(record).decode(), actor
             )
         except StoreError as exc:
             raise _raise_store(exc) from exc
@@ -149,22 +151,26 @@ class AdminService:
             raise NotFound()
         return user_body(user_id, orjson.loads(raw))
 
-    async def delete_user(self, tenant_id: str, user_id: str) -> None:
+    async def delete_user(self, tenant_id: str, user_id: str, actor: str) -> None:
         try:
-            await self.store.user_delete(tenant_id, user_id, self._now())
+            await self.store.user_delete(tenant_id, user_id, self._now(), actor)
         except StoreError as exc:
             raise _raise_store(exc) from exc
 
     # -- credits --------------------------------------------------------------------------
 
-    async def topup(self, tenant_id: str, key: str, amount_micro: int) -> dict[str, Any]:
+    async def topup(
+        self, tenant_id: str, key: str, amount_micro: int, actor: str
+    ) -> dict[str, Any]:
         currency, balance, _ = await self.credits_raw(tenant_id)
         if balance + amount_micro > BALANCE_MAX_MICRO:
             raise ValidationError.one(
                 "amount", f"the balance may not exceed {format_money(BALANCE_MAX_MICRO)}"
             )
         try:
-            balance, _ = await self.store.topup(tenant_id, key, amount_micro, self._now())
+            balance, _ = await self.store.topup(
+                tenant_id, key, amount_micro, self._now(), actor
+            )
         except StoreError as exc:
             raise _raise_store(exc) from exc
         return {"balance": format_money(balance), "currency": currency}
@@ -186,16 +192,18 @@ class AdminService:
 
     # -- toll-free numbers ----------------------------------------------------------------
 
-    async def put_tollfree(self, tenant_id: str, number: str) -> tuple[dict[str, Any], bool]:
+    async def put_tollfree(
+        self, tenant_id: str, number: str, actor: str
+    ) -> tuple[dict[str, Any], bool]:
         try:
-            created = await self.store.tollfree_put(tenant_id, number, self._now())
+            created = await self.store.tollfree_put(tenant_id, number, self._now(), actor)
         except StoreError as exc:
             raise _raise_store(exc) from exc
         return {"number": number}, created
 
-    async def delete_tollfree(self, tenant_id: str, number: str) -> None:
+    async def delete_tollfree(self, tenant_id: str, number: str, actor: str) -> None:
         try:
-            await self.store.tollfree_delete(tenant_id, number, self._now())
+            await self.store.tollfree_delete(tenant_id, number, self._now(), actor)
         except StoreError as exc:
             raise _raise_store(exc) from exc
 

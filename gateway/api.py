@@ -51,6 +51,11 @@ class Ctx:
     principal: Principal
     tenant_id: str
 
+    @property
+    def actor(self) -> str:
+        """Who acts, for the audit trail: the token's id, never the token."""
+        return self.principal.token_id
+
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
@@ -223,7 +228,7 @@ def parse_tenant(body: dict[str, Any], tenant_id: str, settings: Settings) -> Te
 
 async def put_tenant(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     spec = parse_tenant(await _body(request), ctx.tenant_id, request.app[SETTINGS])
-    body, created = await request.app[ADMIN].put_tenant(ctx.tenant_id, spec)
+    body, created = await request.app[ADMIN].put_tenant(ctx.tenant_id, spec, ctx.actor)
     return json_response(body, 201 if created else 200)
 
 
@@ -270,7 +275,7 @@ def parse_user(body: dict[str, Any], settings: Settings) -> UserSpec:
 async def put_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     spec = parse_user(await _body(request), request.app[SETTINGS])
     body, created = await request.app[ADMIN].put_user(
-        ctx.tenant_id, request.match_info["user_id"], spec
+        ctx.tenant_id, request.match_info["user_id"], spec, ctx.actor
     )
     return json_response(body, 201 if created else 200)
 
@@ -282,7 +287,7 @@ async def get_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 
 async def delete_user(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    await request.app[ADMIN].delete_user(ctx.tenant_id, request.match_info["user_id"])
+    await request.app[ADMIN].delete_user(ctx.tenant_id, request.match_info["user_id"], ctx.actor)
     return web.Response(status=204)
 
 
@@ -304,7 +309,7 @@ async def topup(request: web.Request, ctx: Ctx) -> web.StreamResponse:
                    hint="must be 1-128 printable ASCII characters without spaces")
     f.done()
     assert amount is not None and key is not None
-    return json_response(await request.app[ADMIN].topup(ctx.tenant_id, key, amount))
+    return json_response(await request.app[ADMIN].topup(ctx.tenant_id, key, amount, ctx.actor))
 
 
 async def get_credits(request: web.Request, ctx: Ctx) -> web.StreamResponse:
@@ -318,13 +323,13 @@ async def get_pools(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 async def put_tollfree(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     number = e164_number(request.match_info["e164"], "e164", toll_free=True)
-    body, created = await request.app[ADMIN].put_tollfree(ctx.tenant_id, number)
+    body, created = await request.app[ADMIN].put_tollfree(ctx.tenant_id, number, ctx.actor)
     return json_response(body, 201 if created else 200)
 
 
 async def delete_tollfree(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     number = e164_number(request.match_info["e164"], "e164")
-    await request.app[ADMIN].delete_tollfree(ctx.tenant_id, number)
+    await request.app[ADMIN].delete_tollfree(ctx.tenant_id, number, ctx.actor)
     return web.Response(status=204)
 
 

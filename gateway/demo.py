@@ -7,6 +7,8 @@ from gateway.clock import SystemClock
 from gateway.config import Settings
 from gateway.store import Store, TenantSettings
 
+ACTOR = "make-run-demo"  # the audit trail's "who" for what the demo set-up creates
+
 
 async def create_demo_tenant(settings: Settings) -> None:
     demo = settings.demo_tenant
@@ -17,18 +19,18 @@ async def create_demo_tenant(settings: Settings) -> None:
     try:
         await store.load_functions()
         await admin.put_tenant(
-            demo.id, TenantSettings(demo.name, demo.currency, demo.timezone, False, None)
+            demo.id, TenantSettings(demo.name, demo.currency, demo.timezone, False, None), ACTOR
         )
         for u in demo.users:
             numbers = tuple(e164_number(n, "numbers") for n in u.numbers)
             await admin.put_user(demo.id, u.id, UserSpec(u.country, u.plan, u.dial_out, True,
-                                                         None, None, numbers))
+                                                         None, None, numbers), ACTOR)
         for n in demo.toll_free_numbers:
             await admin.put_tollfree(demo.id, e164_number(n, "toll_free_numbers",
-                                                          toll_free=True))
+                                                          toll_free=True), ACTOR)
         if demo.credits_micro:
             # Keyed by the amount: a restart does not top the demo wallet up again.
-            await admin.topup(demo.id, f"demo-initial-{demo.credits}", demo.credits_micro)
+            await admin.topup(demo.id, f"demo-initial-{demo.credits}", demo.credits_micro, ACTOR)
     finally:
         await store.close()
     print(demo_instructions(settings))

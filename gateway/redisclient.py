@@ -54,8 +54,8 @@ class _Protocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
 
     def send(self, packed: bytes, fut: asyncio.Future[Any]) -> None:
         self._out.append(packed)

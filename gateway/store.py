@@ -201,13 +201,13 @@ class Store:
 
     # -- tenants, users, numbers, credits -------------------------------------------------
 
-    async def tenant_put(self, tenant_id: str, now: int, s: TenantSettings) -> bool:
+    async def tenant_put(self, tenant_id: str, now: int, s: TenantSettings, actor: str) -> bool:
         k = self.keys(tenant_id)
         reply = await self._checked(
             "tenant_put",
             [k.tenant, k.partition.events],
             [tenant_id, now, s.name, s.currency, s.timezone, int(s.charge_inbound_calls),
-             _str(s.max_concurrent_calls)],
+             _str(s.max_concurrent_calls), actor],
         )
         return bool(reply[1])
 
@@ -220,9 +220,11 @@ class Store:
         k = self.keys(tenant_id)
         return [k.tenant, k.users, k.pools, k.numbers, k.tollfree, k.partition.events]
 
-    async def user_put(self, tenant_id: str, user_id: str, now: int, record_json: str) -> bool:
+    async def user_put(
+        self, tenant_id: str, user_id: str, now: int, record_json: str, actor: str
+    ) -> bool:
         reply = await self._checked(
-            "user_put", self._user_keys(tenant_id), [tenant_id, user_id, now, record_json]
+            "user_put", self._user_keys(tenant_id), [tenant_id, user_id, now, record_json, actor]
         )
         return bool(reply[1])
 
@@ -231,17 +233,19 @@ class Store:
         value = await self.raw(k.users, "HGET", k.users, user_id)
         return None if value is None else str(value)
 
-    async def user_delete(self, tenant_id: str, user_id: str, now: int) -> None:
-        await self._checked("user_delete", self._user_keys(tenant_id), [tenant_id, user_id, now])
+    async def user_delete(self, tenant_id: str, user_id: str, now: int, actor: str) -> None:
+        await self._checked(
+            "user_delete", self._user_keys(tenant_id), [tenant_id, user_id, now, actor]
+        )
 
     async def topup(
-        self, tenant_id: str, idempotency_key: str, amount_micro: int, now: int
+        self, tenant_id: str, idempotency_key: str, amount_micro: int, now: int, actor: str
     ) -> tuple[int, bool]:
         k = self.keys(tenant_id)
         reply = await self._checked(
             "topup",
             [k.tenant, k.topups, k.partition.events],
-            [tenant_id, idempotency_key, amount_micro, now],
+            [tenant_id, idempotency_key, amount_micro, now, actor],
         )
         return int(reply[1]), bool(reply[2])
 
@@ -251,21 +255,21 @@ class Store:
         reply = await self._checked("credits_get", [k.tenant], [])
         return str(reply[1]), int(reply[2] or 0), int(reply[3] or 0)
 
-    async def tollfree_put(self, tenant_id: str, number: str, now: int) -> bool:
+    async def tollfree_put(self, tenant_id: str, number: str, now: int, actor: str) -> bool:
         k = self.keys(tenant_id)
         reply = await self._checked(
             "tollfree_put",
             [k.tenant, k.tollfree, k.numbers, k.partition.events],
-            [tenant_id, number, now],
+            [tenant_id, number, now, actor],
         )
         return bool(reply[1])
 
-    async def tollfree_delete(self, tenant_id: str, number: str, now: int) -> None:
+    async def tollfree_delete(self, tenant_id: str, number: str, now: int, actor: str) -> None:
         k = self.keys(tenant_id)
         await self._checked(
             "tollfree_delete",
             [k.tenant, k.tollfree, k.numbers, k.partition.events],
-            [tenant_id, number, now],
+            [tenant_id, number, now, actor],
         )
 
     async def tollfree_list(self, tenant_id: str) -> list[str]:

@@ -10,6 +10,7 @@ ARGV[4] currency (ISO 4217)
 ARGV[5] time zone (IANA)
 ARGV[6] charge_inbound_calls "1" | "0"
 ARGV[7] max concurrent PSTN calls of the tenant ("" = no cap)
+ARGV[8] actor: id of the token that made the change (audit trail)
 
 Returns {OK, created 1|0} or {CURRENCY_LOCKED} when the currency would change while the
 wallet holds or reserves credits (money never silently changes currency).
@@ -18,6 +19,7 @@ local function tenant_put(KEYS, ARGV)
   local k_tenant, k_events = KEYS[1], KEYS[2]
   local tid, now = ARGV[1], tonumber(ARGV[2])
   local name, cur, tz, chg_in, maxc = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+  local actor = ARGV[8]
 
   local old = redis.call('HMGET', k_tenant, 'cur', 'bal', 'res', 'ver')
   local created = old[1] == false
@@ -31,7 +33,7 @@ local function tenant_put(KEYS, ARGV)
     'maxc', maxc, 'updated', now, 'ver', num(old[4]) + 1)
   emit(k_events, created and 'tenant.created' or 'tenant.updated', tid, now,
     {name = name, currency = cur, timezone = tz, charge_inbound_calls = chg_in == '1',
-     max_concurrent_calls = maxc})
+     max_concurrent_calls = maxc, actor = actor})
   return {OK, created and 1 or 0}
 end
 

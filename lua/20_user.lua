@@ -17,11 +17,12 @@ ARGV[4] user record, JSON, stored verbatim: {country, plan, pstn (bool: the plan
         the PSTN), dial_out, credits_allowed, numbers ([+E164]), dmin / imin (domestic /
         international minutes per user of (country, plan) from configuration; 0: no pool),
         and, when set, monthly_spend_limit_micro, max_concurrent_calls (absent: no limit)}
+ARGV[5] actor: id of the token that made the change (audit trail)
 
 Returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {NUMBER_CONFLICT, number}
 
 user_delete
-KEYS[1..6] as user_put;  ARGV[1] tenant id, ARGV[2] user id, ARGV[3] now
+KEYS[1..6] as user_put;  ARGV[1] tenant id, ARGV[2] user id, ARGV[3] now, ARGV[4] actor
 Returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
 --]]
 
@@ -61,7 +62,7 @@ local function user_put(KEYS, ARGV)
   for _, n in ipairs(user.numbers) do redis.call('HSET', k_numbers, n, uid) end
   redis.call('HSET', k_users, uid, ARGV[4])
   emit(k_events, raw_old and 'user.updated' or 'user.created', tid, now,
-    {user = uid, record = ARGV[4]})
+    {user = uid, record = ARGV[4], actor = ARGV[5]})
   return {OK, raw_old and 0 or 1}
 end
 
@@ -74,7 +75,7 @@ local function user_delete(KEYS, ARGV)
   if not raw_old then return {NOT_FOUND} end
   release_user(k_users, k_pools, k_numbers, uid, cjson.decode(raw_old))
   redis.call('HDEL', k_users, uid)
-  emit(k_events, 'user.deleted', tid, now, {user = uid})
+  emit(k_events, 'user.deleted', tid, now, {user = uid, actor = ARGV[4]})
   return {OK}
 end
 

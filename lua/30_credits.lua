@@ -8,6 +8,7 @@ ARGV[1] tenant id
 ARGV[2] idempotency key
 ARGV[3] amount (micro-units, > 0)
 ARGV[4] now (seconds)
+ARGV[5] actor: id of the token that made the change (audit trail)
 
 Returns {OK, balance_micro, replayed 1|0} | {TENANT_NOT_FOUND}
       | {IDEMPOTENCY_CONFLICT} (same key, different amount) | {BALANCE_LIMIT}
@@ -27,7 +28,7 @@ local function topup(KEYS, ARGV)
   local balance = redis.call('HINCRBY', k_tenant, 'bal', amount)
   redis.call('HSET', k_topups, key, amount .. '|' .. balance)
   emit(k_events, 'credits.topped_up', tid, now,
-    {idempotency_key = key, amount_micro = amount, balance_micro = balance})
+    {idempotency_key = key, amount_micro = amount, balance_micro = balance, actor = ARGV[5]})
   return {OK, tostring(balance), 0}
 end
 

@@ -8,6 +8,7 @@ KEYS[4] events stream   {p}:events
 ARGV[1] tenant id
 ARGV[2] number (+E164)
 ARGV[3] now (seconds)
+ARGV[4] actor: id of the token that made the change (audit trail)
 
 tollfree_put returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {NUMBER_CONFLICT, number}
 tollfree_delete returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
@@ -19,7 +20,7 @@ local function tollfree_put(KEYS, ARGV)
   if redis.call('HEXISTS', k_numbers, number) == 1 then return {NUMBER_CONFLICT, number} end
   local created = redis.call('HSETNX', k_tollfree, number, now)
   if created == 1 then
-    emit(k_events, 'tollfree.added', tid, now, {number = number})
+    emit(k_events, 'tollfree.added', tid, now, {number = number, actor = ARGV[4]})
   end
   return {OK, created}
 end
@@ -29,7 +30,7 @@ local function tollfree_delete(KEYS, ARGV)
   local tid, number, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
   if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
   if redis.call('HDEL', k_tollfree, number) == 0 then return {NOT_FOUND} end
-  emit(k_events, 'tollfree.removed', tid, now, {number = number})
+  emit(k_events, 'tollfree.removed', tid, now, {number = number, actor = ARGV[4]})
   return {OK}
 end
 

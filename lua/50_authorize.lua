@@ -141,9 +141,9 @@ local function decide_outbound(c, st, A)
   end
   if not user then return deny('unknown_user') end
   if A.predeny ~= '' then return deny(A.predeny) end
-  if not user.pstn then return deny('no_calling_plan') end
   local domestic = in_list(A.zone, user.country)
   local class = domestic and 'domestic' or 'international'
+  if not user.pstn then return deny('no_calling_plan', class) end
   if user.dial_out == 'none' or (user.dial_out == 'domestic_only' and not domestic) then
     return deny('dial_out_policy', class)
   end

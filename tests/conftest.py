@@ -6,12 +6,14 @@ tests are never skipped silently for lack of Redis.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis
+import uvloop
 
 from gateway.app import create_app
 from gateway.clock import ManualClock
@@ -48,6 +50,12 @@ def redis_sync(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_server.url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """The suite runs on uvloop, as the gateway does in production."""
+    return uvloop.EventLoopPolicy()
 
 
 # -- the gateway under test ----------------------------------------------------------------
