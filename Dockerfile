@@ -30,12 +30,10 @@ RUN mkdir gateway && touch gateway/__init__.py README.md \
  && rm -rf gateway README.md build *.egg-info
 
 COPY . .
-# gateway/store.py finds the function library at <package dir>/../lua, which holds in a
-# source checkout but not in site-packages; link it there until lua/ ships as package data.
-# config/ is found relative to the working directory (/app).
+# The Lua library ships inside the package (gateway/lua links to lua/); config/ is found
+# relative to the working directory (/app).
 RUN pip install --no-deps . \
  && rm -rf build *.egg-info \
- && ln -s /app/lua "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/lua" \
  && mkdir -p /data \
  && chown callgate:callgate /data
 

@@ -19,7 +19,9 @@ from typing import Any
 from gateway.keys import TenantKeys, tenant_keys
 from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+# lua/ at the top of the repository; gateway/lua links to it so that it also ships inside the
+# package (wheels copy the files) and is found the same way installed or not.
+LUA_DIR = Path(__file__).resolve().parent / "lua"
 LIBRARY_NAME = "callgate"
 
 
