@@ -13,3 +13,11 @@ async def test_domestic_call_allowed_and_billed(gw: Gateway, tenant_id: str) -> 
     assert b["billed"]["domestic_pool_minutes"] == 2, b
     p = await gw.pool(t, "US", "domestic", "domestic")
     assert p["used_minutes"] == 2 and p["reserved_minutes"] == 0 and p["capacity_minutes"] == 3000
+
+
+async def test_suite_runs_on_uvloop() -> None:
+    import asyncio
+
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
