@@ -18,8 +18,8 @@ import orjson
 from gateway.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.config import Settings
 from gateway.money import format_money
-from gateway.numbers import Destination, classify, normalise_e164
-from gateway.rating import Rate
+from gateway.numbers import Destination, classify
+from gateway.rating import Rate, RateDeck
 from gateway.redisclient import RedisUnavailable, ReplyError
 from gateway.store import AuthorizeArgs, Bill, Decision, Status, Store, StoreError
 
@@ -83,6 +83,7 @@ class CallService:
         # answers the real ones when they changed, so a stale entry costs one retry.
         self._tenant_cache: dict[str, tuple[str, str]] = {}
         self._zone_lists: dict[str, str] = {}
+        self._dearest_rates: dict[tuple[int, str], Rate] = {}
 
     # -- authorize ------------------------------------------------------------------------
 
@@ -109,9 +110,23 @@ class CallService:
 
     def _rate(self, currency: str, number: str | None, kind: str) -> Rate:
         deck = self.settings.rate_decks.get(currency)
-        if deck is None or number is None:
+        if deck is None:
             return _NO_RATE
+        if number is None:
+            # A caller we cannot place (anonymous, withheld): the dearest toll-free inbound
+            # rate, so the tenant is never charged less than the call may cost.
+            return self._dearest(deck, kind) if kind == "toll_free_inbound" else _NO_RATE
         return deck.lookup(number, kind) or _NO_RATE
+
+    def _dearest(self, deck: RateDeck, kind: str) -> Rate:
+        key = (id(deck), kind)
+        rate = self._dearest_rates.get(key)
+        if rate is None:
+            rates = [r for r in deck.rows() if r.kind == kind]
+            rate = max(rates, key=lambda r: (r.rate_per_minute_micro, r.connection_fee_micro),
+                       default=_NO_RATE)
+            self._dearest_rates[key] = rate
+        return rate
 
     def _args(
         self, tenant_id: str, req: AuthorizeRequest, dest: Destination, now: int,
@@ -124,9 +139,9 @@ class CallService:
             predeny, credits_only = self._predeny(dest)
             rate = self._rate(currency, dest.e164, "outbound")
         else:
-            origin = normalise_e164(req.from_ or "")
+            origin = classify(req.from_ or "").e164
             kind = "toll_free_inbound" if dest.number_type == "toll_free" else "outbound"
-            rate = self._rate(currency, origin or "", kind)
+            rate = self._rate(currency, origin, kind)
         return AuthorizeArgs(
             tenant_id=tenant_id, call_id=req.call_id, now=now, month=month_of(started, tz),
             currency=currency, timezone=tz, direction=req.direction,
@@ -171,21 +186,26 @@ class CallService:
             if exc.status is Status.TENANT_NOT_FOUND:
                 self._tenant_cache.pop(tenant_id, None)
                 raise TenantNotFound(tenant_id) from exc
-            raise
+            # The tenant's settings changed again between our two attempts: no answer.
+            _log_failure("authorize", tenant_id, req.call_id, exc)
+            decision = self._without_redis(dest, emergency, now)
         except UNAVAILABLE as exc:
             _log_failure("authorize", tenant_id, req.call_id, exc)
-            if emergency:
-                decision = Decision("allow", "emergency", "free", self.settings.grant_seconds,
-                                    now + self.settings.grant_seconds, "emergency", "",
-                                    "emergency")
-            else:
-                decision = Decision("deny", "service_unavailable", "", 0, now, "",
-                                    dest.country or "", dest.number_type)
+            decision = self._without_redis(dest, emergency, now)
         else:
             if len(self._tenant_cache) > 100_000:
                 self._tenant_cache.clear()
             self._tenant_cache[tenant_id] = (currency, tz)
         return decision_body(req.call_id, decision)
+
+    def _without_redis(self, dest: Destination, emergency: bool, now: int) -> Decision:
+        """The answer when Redis could not decide: emergency calls go through (D11)."""
+        if emergency:
+            grant = self.settings.grant_seconds
+            return Decision("allow", "emergency", "free", grant, now + grant, "emergency", "",
+                            "emergency")
+        return Decision("deny", "service_unavailable", "", 0, now, "", dest.country or "",
+                        dest.number_type)
 
     # -- extend, end, get -------------------------------------------------------------------
 

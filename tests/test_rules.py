@@ -300,3 +300,17 @@ async def test_tenant_currency_change_uses_its_deck(gw: Gateway, tenant_id: str)
     assert bill["billed"]["credits"] == usd(credit_cost_micro(60, rate))
     r = await gw.req("PUT", f"/v1/tenants/{t}", {"name": t, "currency": "USD"}, status=409)
     assert "currency" in r["detail"]
+
+
+async def test_d28_anonymous_caller_rated_at_dearest_toll_free_rate(
+    gw: Gateway, tenant: str
+) -> None:
+    await gw.req("PUT", f"/v1/tenants/{tenant}/toll-free-numbers/{US_TOLL_FREE}", status=201)
+    await gw.topup(tenant, "1.00", "k")
+    d = await gw.call(tenant, "anon", US_TOLL_FREE, direction="inbound", **{"from": "anonymous"})
+    assert (d["decision"], d["source"]) == ("allow", "credits")
+    bill = await gw.end(tenant, "anon", 60)
+    deck = gw.settings.rate_decks["USD"]
+    dearest = max((r for r in deck.rows() if r.kind == "toll_free_inbound"),
+                  key=lambda r: (r.rate_per_minute_micro, r.connection_fee_micro))
+    assert bill["billed"]["credits"] == usd(credit_cost_micro(60, dearest))
