@@ -42,7 +42,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         if store is None:
             if not settings.redis_url:
                 raise RuntimeError("create_app needs settings.redis_url")
-            s = Store.from_url(settings.redis_url, settings.partitions)
+            s = Store.for_settings(settings)
         else:
             s = store
         try:

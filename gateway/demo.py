@@ -14,7 +14,7 @@ async def create_demo_tenant(settings: Settings) -> None:
     demo = settings.demo_tenant
     if demo is None or not settings.redis_url:
         return
-    store = Store.from_url(settings.redis_url, settings.partitions)
+    store = Store.for_settings(settings)
     admin = AdminService(settings, store, SystemClock())
     try:
         await store.load_functions()

@@ -286,6 +286,12 @@ class ClusterBackend(Backend):
         packed = pack_command(args)
         try:
             return await self._nodes[owner].execute_packed(packed)
+        except RedisUnavailable:
+            # The node is gone (crash, failover): learn the new owners in the background so
+            # that the next call reaches the promoted replica; this one fails fast.
+            if self._refreshing is None:
+                self._background = asyncio.ensure_future(self._refresh_quietly())
+            raise
         except ReplyError as exc:
             msg = str(exc)
             if msg.startswith("MOVED "):

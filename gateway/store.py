@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.config import Settings
 from gateway.keys import TenantKeys, tenant_keys
 from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url
 
@@ -144,8 +145,19 @@ class Store:
         self._source = library_source()
 
     @classmethod
-    def from_url(cls, url: str, partitions: int, connect_timeout_s: float = 1.0) -> Store:
-        return cls(backend_from_url(url, connect_timeout_s), partitions)
+    def from_url(cls, url: str, partitions: int, connect_timeout_s: float = 1.0,
+                 admin_timeout_s: float = ADMIN_TIMEOUT_SECONDS) -> Store:
+        return cls(backend_from_url(url, connect_timeout_s), partitions, admin_timeout_s)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Store:
+        """The store of a running gateway: administrative operations get at least ten times
+        the call-control bound (never less than ADMIN_TIMEOUT_SECONDS)."""
+        call_s = settings.redis_timeout_ms / 1000
+        assert settings.redis_url, "the Redis URL is resolved before the store is opened"
+        return cls.from_url(settings.redis_url, settings.partitions,
+                            connect_timeout_s=max(1.0, call_s),
+                            admin_timeout_s=max(ADMIN_TIMEOUT_SECONDS, 10 * call_s))
 
     def keys(self, tenant_id: str) -> TenantKeys:
         return tenant_keys(tenant_id, self.partitions)

@@ -68,10 +68,14 @@ T0 = 1_795_773_600
 
 
 def make_settings(redis_url: str, **overrides: object) -> Settings:
+    """Settings for a gateway under test. The call-control bound is raised to 5 s: a loaded
+    2-core CI machine must not turn into spurious service_unavailable answers. The tests of
+    that bound (test_redis_down.py) set it back to 100 ms."""
     from dataclasses import replace
 
     base = load_settings(env={"CALLGATE_OPERATOR_TOKEN": OPERATOR_TOKEN})
-    return replace(base, redis_url=redis_url, **overrides)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"redis_timeout_ms": 5000, **overrides}
+    return replace(base, redis_url=redis_url, **fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def gw_own(own_redis: RedisServer, aiohttp_client: Any) -> AsyncIterator[Gateway]:
-    settings = make_settings(own_redis.url)
+    settings = make_settings(own_redis.url, redis_timeout_ms=100)
     clock = ManualClock(T0)
     client = await aiohttp_client(create_app(settings, clock=clock))
     gw = Gateway(client, clock, settings)
