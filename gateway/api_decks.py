@@ -13,6 +13,7 @@ the row that rates that number in this worker's current deck, or 404.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -73,7 +74,9 @@ def parse_deck(raw: bytes, currency: str) -> tuple[RateDeck, str]:
 
 async def put_deck(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     currency = path_currency(request)
-    deck, text = parse_deck(await _read_limited(request, DECK_LIMIT_BYTES), currency)
+    raw = await _read_limited(request, DECK_LIMIT_BYTES)
+    # A large deck takes about a second to parse: off the event loop, calls go on meanwhile.
+    deck, text = await asyncio.to_thread(parse_deck, raw, currency)
     version = await store_deck(request.app[STORE], deck, text, int(request.app[CLOCK].now()),
                                ctx.actor)
     # This worker rates with it at once; the others within DECK_POLL_SECONDS.
