@@ -28,6 +28,7 @@ from gateway.calls import UNAVAILABLE, CallService
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.decks import DECKS, Decks, poll_decks
+from gateway.openapi import add_openapi_route
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -81,4 +82,5 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     add_routes(app)
     add_deck_routes(app)
     add_audit_routes(app)
+    add_openapi_route(app)  # last: it describes the routes above
     return app

@@ -24,13 +24,14 @@ local function topup(KEYS, ARGV)
     if tonumber(prev_amount) ~= amount then return {IDEMPOTENCY_CONFLICT} end
     return {OK, prev_balance, 1}
   end
-  -- Lua and JSON clients hold integers exactly below 2^53: refuse to go near it.
-  if num(redis.call('HGET', k_tenant, 'bal')) + amount > 2^53 then return {BALANCE_LIMIT} end
+  -- Lua writes numbers with 14 significant digits (tostring, '..', cjson): a balance must
+  -- stay below 1e14 micro-units to reach the ledger and the client exactly.
+  if num(redis.call('HGET', k_tenant, 'bal')) + amount >= 1e14 then return {BALANCE_LIMIT} end
   local balance = redis.call('HINCRBY', k_tenant, 'bal', amount)
   redis.call('HSET', k_topups, key, amount .. '|' .. balance)
   audit(k_audit, k_events, 'credits.topped_up', tid, now,
     {idempotency_key = key, amount_micro = amount, balance_micro = balance, actor = ARGV[5]})
-  return {OK, tostring(balance), 0}
+  return {OK, string.format('%d', balance), 0}
 end
 
 redis.register_function('topup', topup)
