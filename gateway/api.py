@@ -8,7 +8,7 @@ roles it admits and whether it is scoped to the tenant in its path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import available_timezones
@@ -208,14 +208,16 @@ async def get_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 # -- tenants -----------------------------------------------------------------------------
 
 
-def parse_tenant(body: dict[str, Any], tenant_id: str, settings: Settings) -> TenantSettings:
+def parse_tenant(body: dict[str, Any], tenant_id: str, settings: Settings,
+                 currencies: Collection[str] | None = None) -> TenantSettings:
+    """`currencies`: those with a rate deck now (uploaded ones too); default: the config's."""
+    known = settings.rate_decks if currencies is None else currencies
     f = Fields(body, ("name", "currency", "timezone", "charge_inbound_calls",
                       "max_concurrent_calls"))
     name = f.string("name", default=tenant_id, max_len=200)
     currency = f.string("currency", default=settings.default_currency, max_len=3)
-    if currency is not None and currency not in settings.rate_decks:
-        f.fail("currency", "no rate deck for this currency; known: "
-               + ", ".join(sorted(settings.rate_decks)))
+    if currency is not None and currency not in known:
+        f.fail("currency", "no rate deck for this currency; known: " + ", ".join(sorted(known)))
     tz = f.string("timezone", default=settings.default_timezone, max_len=64)
     if tz is not None and tz not in _TIMEZONES:
         f.fail("timezone", "must be an IANA time zone such as Europe/Paris or UTC")
@@ -227,7 +229,8 @@ def parse_tenant(body: dict[str, Any], tenant_id: str, settings: Settings) -> Te
 
 
 async def put_tenant(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    spec = parse_tenant(await _body(request), ctx.tenant_id, request.app[SETTINGS])
+    spec = parse_tenant(await _body(request), ctx.tenant_id, request.app[SETTINGS],
+                        request.app[CALLS].decks.current)
     body, created = await request.app[ADMIN].put_tenant(ctx.tenant_id, spec, ctx.actor)
     return json_response(body, 201 if created else 200)
 

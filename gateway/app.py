@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -19,10 +21,14 @@ from gateway.api import (
     add_routes,
     problems_middleware,
 )
+from gateway.api_audit import add_audit_routes
+from gateway.api_decks import add_deck_routes
 from gateway.auth import Authenticator
 from gateway.calls import UNAVAILABLE, CallService
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
+from gateway.decks import DECKS, Decks, poll_decks
+from gateway.openapi import add_openapi_route
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app[SETTINGS] = settings
     app[CLOCK] = clock or SystemClock()
     app[AUTH] = Authenticator(settings.operator_token, settings.tokens)
+    app[DECKS] = Decks(settings.rate_decks)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         own = store is None
@@ -52,12 +59,28 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             # library is loaded on the first call that finds it missing.
             log.error("Redis unavailable at start-up: %r", exc)
         app[STORE] = s
-        app[CALLS] = CallService(settings, s, app[CLOCK])
+        app[CALLS] = CallService(settings, s, app[CLOCK], app[DECKS])
         app[ADMIN] = AdminService(settings, s, app[CLOCK])
         yield
         if own:
             await s.close()
 
+    async def decks_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Uploaded decks: loaded before the first request when Redis answers, then polled.
+        try:
+            await app[DECKS].refresh(app[STORE])
+        except Exception as exc:
+            log.warning("rate decks not loaded from Redis at start-up: %r", exc)
+        task = asyncio.create_task(poll_decks(app[STORE], app[DECKS]), name="deck-poller")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(decks_ctx)
     add_routes(app)
+    add_deck_routes(app)
+    add_audit_routes(app)
+    add_openapi_route(app)  # last: it describes the routes above
     return app

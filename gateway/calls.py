@@ -17,6 +17,7 @@ import orjson
 
 from gateway.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.config import Settings
+from gateway.decks import Decks
 from gateway.money import format_money
 from gateway.numbers import Destination, classify
 from gateway.rating import Rate, RateDeck
@@ -74,10 +75,14 @@ _NO_RATE = Rate("", "", "outbound", 0, 0, 60, 60)
 
 
 class CallService:
-    def __init__(self, settings: Settings, store: Store, clock: Clock) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Clock,
+                 decks: Decks | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        # Rate decks by currency, replaced at run time when a new deck is uploaded
+        # (gateway.decks); the configuration's decks until then.
+        self.decks = decks if decks is not None else Decks(settings.rate_decks)
         self._timeout_s = settings.redis_timeout_ms / 1000
         # Tenant currency and time zone, as last seen; authorize checks them in Lua and
         # answers the real ones when they changed, so a stale entry costs one retry.
@@ -109,7 +114,7 @@ class CallService:
         return "", False
 
     def _rate(self, currency: str, number: str | None, kind: str) -> Rate:
-        deck = self.settings.rate_decks.get(currency)
+        deck = self.decks.current.get(currency)
         if deck is None:
             return _NO_RATE
         if number is None:
@@ -246,6 +251,9 @@ class CallService:
         try:
             async with asyncio.timeout(self._timeout_s * 10):
                 rec = await self.store.call_get(tenant_id, call_id)
+                if rec is None and not await self.store.tenant_exists(tenant_id):
+                    # A missing tenant answers alike on every route (api.md).
+                    raise TenantNotFound(tenant_id)
         except UNAVAILABLE as exc:
             raise ServiceUnavailable(str(exc)) from exc
         if rec is None:
@@ -264,6 +272,8 @@ def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> N
 def _lifecycle_error(exc: StoreError) -> Exception:
     if exc.status is Status.CALL_NOT_FOUND:
         return CallNotFound()
+    if exc.status is Status.TENANT_NOT_FOUND:
+        return TenantNotFound()
     if exc.status is Status.CALL_ENDED:
         return CallEnded()
     return exc

@@ -162,19 +162,63 @@ def _wait_children(children: list[int]) -> int:
     return status
 
 
+def token_entry_toml(token_id: str, role: str, tenants: Sequence[str], digest: str) -> str:
+    """The ``[[tokens]]`` table of one token, as the configuration file holds it."""
+    listed = ", ".join(f'"{t}"' for t in tenants)
+    return (f'[[tokens]]\nid = "{token_id}"\nrole = "{role}"\ntenants = [{listed}]\n'
+            f'sha256 = "{digest}"\n')
+
+
+def _token_args_error(args: argparse.Namespace) -> str | None:
+    from gateway.validate import ID_RE
+
+    for name in [args.id or "", *args.tenant]:
+        if name and ID_RE.fullmatch(name) is None:
+            return f"{name!r}: ids are 1-64 characters of [A-Za-z0-9._-]"
+    if args.role == "operator" and args.tenant:
+        return "an operator token acts for every tenant: give no --tenant"
+    if args.role != "operator" and not args.tenant:
+        return f"a {args.role} token needs at least one --tenant it may act for"
+    return None
+
+
+def _append_entry(config: Path, entry: str) -> None:
+    """Append `entry` to `config` only if the result is a valid configuration."""
+    old = config.read_text(encoding="utf-8")
+    new = old + ("" if not old or old.endswith("\n") else "\n") + "\n" + entry
+    tmp = config.with_name(f".{config.name}.{os.getpid()}.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    try:
+        load_settings(env={}, path=tmp)  # e.g. a duplicate id: refused, file untouched
+        os.chmod(tmp, config.stat().st_mode & 0o7777)
+        os.replace(tmp, config)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
+    """Mint a token. The token goes to stdout once and is never stored; its configuration
+    entry (SHA-256, role, tenants) is appended to --write CONFIG, or else printed to stdout
+    after it for the operator to paste (token on stderr then, so that a redirection of
+    stdout captures only the entry)."""
     from gateway.auth import token_sha256
 
+    problem = _token_args_error(args)
+    if problem:
+        print(f"callgate token create: {problem}", file=sys.stderr)
+        return 2
     token = "cg_" + secrets.token_urlsafe(32)
     token_id = args.id or f"{args.role}-{secrets.token_hex(4)}"
-    tenants = ", ".join(f'"{t}"' for t in args.tenant)
+    entry = token_entry_toml(token_id, args.role, args.tenant, token_sha256(token))
+    if args.write:
+        _append_entry(Path(args.write), entry)
+        print(f"# token {token_id!r} added to {args.write}; restart callgate to use it",
+              file=sys.stderr)
+        print(token)
+        return 0
     print(f"token (shown once, store it now): {token}", file=sys.stderr)
     print("# add to the configuration file (tokens are kept as SHA-256 only):")
-    print("[[tokens]]")
-    print(f'id = "{token_id}"')
-    print(f'role = "{args.role}"')
-    print(f"tenants = [{tenants}]")
-    print(f'sha256 = "{token_sha256(token)}"')
+    print(entry, end="")
     return 0
 
 
@@ -193,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--role", choices=("switch", "admin", "operator"), required=True)
     tc.add_argument("--tenant", action="append", default=[], help="tenant it acts for")
     tc.add_argument("--id", help="token id shown in audit records")
+    tc.add_argument("--write", metavar="CONFIG",
+                    help="append the entry to this configuration file (validated first) and "
+                         "print only the token")
     tc.set_defaults(func=cmd_token_create)
     return p
 

@@ -22,6 +22,16 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
     {pNNN}:t:T:c:C           hash   one call: decision, grants, reservations, bill
     {pNNN}:active            zset   "T/C" scored by current grant expiry (seconds), for the reaper
     {pNNN}:events            stream every change of state, for the persister
+    {pNNN}:t:T:audit         list   newest-first JSON of the tenant's admin changes (who, what,
+                                    when), capped at AUDIT_MAX_ENTRIES; the ledger keeps all
+
+Global keys (not per tenant) carry their own hash tag ``{decks}``, so the deck keys and their
+stream share one cluster slot and one function call can replace a deck atomically:
+
+    {decks}:deck:CUR         string the rate deck of currency CUR, CSV as uploaded
+    {decks}:version          string counter, +1 on every deck upload (workers poll it)
+    {decks}:versions         hash   CUR -> the global version of its last upload
+    {decks}:events           stream deck.replaced events (actor, currency, rows, version)
 """
 
 from __future__ import annotations
@@ -95,11 +105,29 @@ class TenantKeys:
     def topups(self) -> str:
         return f"{self.tenant}:topups"
 
+    @property
+    def audit(self) -> str:
+        return f"{self.tenant}:audit"
+
     def month(self, yyyymm: str) -> str:
         return f"{self.tenant}:m:{yyyymm}"
 
     def call(self, call_id: str) -> str:
         return f"{self.tenant}:c:{call_id}"
+
+
+# Audit entries kept per tenant in Redis; older ones live only in the ledger.
+AUDIT_MAX_ENTRIES = 1000
+
+DECKS_TAG = "{decks}"
+DECKS_VERSION = f"{DECKS_TAG}:version"
+DECKS_VERSIONS = f"{DECKS_TAG}:versions"
+DECKS_EVENTS = f"{DECKS_TAG}:events"
+
+
+def deck_key(currency: str) -> str:
+    """The CSV of one currency's rate deck, as last uploaded."""
+    return f"{DECKS_TAG}:deck:{currency}"
 
 
 def tenant_keys(tenant_id: str, partitions: int) -> TenantKeys:

@@ -123,21 +123,20 @@ class RateDeck:
         mean 60/60 and an empty connection fee means none. Blank lines are skipped.
         """
         deck = cls(currency, ())
-        first_lines: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}
-        reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")), strict=True)
-        rows = _rows_with_errors(reader)
-        _check_header(next(rows, None))
-        previous_end = reader.line_num
-        for fields in rows:
-            # line_num counts physical lines: a quoted field may span several of them.
-            line, previous_end = previous_end + 1, reader.line_num
+        rows = _numbered_rows(text)
+        _check_header(next(rows, (0, None))[1])
+        # Real decks repeat descriptions ("United Kingdom - Mobile") and amounts on thousands
+        # of rows: one shared object per distinct text keeps a 100,000-row deck small.
+        shared: dict[str, str] = {}
+        amounts: dict[tuple[str, str], int] = {}
+        for line, fields in rows:
             if not fields:
                 continue
-            rate = _parse_row(fields, line)
+            rate = _parse_row(fields, line, shared, amounts)
             if deck._add(rate) is not None:
-                first_line = first_lines[rate.kind][rate.prefix]
-                raise DeckError(line, "prefix", _duplicate(rate, first_line))
-            first_lines[rate.kind][rate.prefix] = line
+                # Rare (an error): find the first line again rather than keep a line
+                # number per row, which would cost ~10 MB while a large deck loads.
+                raise DeckError(line, "prefix", _duplicate(rate, _first_line(text, rate)))
         return deck
 
     def lookup(self, number: str, kind: str) -> Rate | None:
@@ -176,6 +175,28 @@ class RateDeck:
         return out.getvalue()
 
 
+def _numbered_rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, fields) for every CSV row; the header is line 1."""
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")), strict=True)
+    previous_end = 0
+    for fields in _rows_with_errors(reader):
+        # line_num counts physical lines: a quoted field may span several of them.
+        line, previous_end = previous_end + 1, reader.line_num
+        yield line, fields
+
+
+def _first_line(text: str, rate: Rate) -> int:
+    """The line of the first row with `rate`'s prefix and kind (the text parsed before)."""
+    rows = _numbered_rows(text)
+    next(rows, None)
+    for line, fields in rows:
+        if fields:
+            row = _parse_row(fields, line)
+            if (row.prefix, row.kind) == (rate.prefix, rate.kind):
+                return line
+    raise AssertionError("a duplicate without a first occurrence")
+
+
 def _check_header(header: list[str] | None) -> None:
     if header is not None and tuple(header) == HEADER:
         return
@@ -207,16 +228,20 @@ def _rows_with_errors(reader: _CsvReader) -> Iterator[list[str]]:
         yield fields
 
 
-def _parse_row(fields: list[str], line: int) -> Rate:
+def _parse_row(fields: list[str], line: int, shared: dict[str, str] | None = None,
+               amounts: dict[tuple[str, str], int] | None = None) -> Rate:
+    """One deck row; `shared` and `amounts` memoise repeated texts and amounts."""
     if len(fields) != len(HEADER):
         raise DeckError(line, "", f"expected {len(HEADER)} fields, got {len(fields)}")
     prefix, description, kind, rate, fee, initial, subsequent = fields
+    if shared is not None:
+        description = shared.setdefault(description, description)
     return Rate(
         prefix=_parse_prefix(prefix, line),
         description=description,
         kind=_parse_kind(kind, line),
-        rate_per_minute_micro=_parse_amount(rate, "rate_per_minute", line, allow_empty=False),
-        connection_fee_micro=_parse_amount(fee, "connection_fee", line, allow_empty=True),
+        rate_per_minute_micro=_memo_amount(amounts, rate, "rate_per_minute", line, False),
+        connection_fee_micro=_memo_amount(amounts, fee, "connection_fee", line, True),
         initial_increment_seconds=_parse_increment(initial, "initial_increment", line),
         subsequent_increment_seconds=_parse_increment(subsequent, "subsequent_increment", line),
     )
@@ -231,9 +256,21 @@ def _parse_prefix(text: str, line: int) -> str:
 
 
 def _parse_kind(text: str, line: int) -> str:
-    if text not in KINDS:
-        raise DeckError(line, "kind", f"must be one of {', '.join(KINDS)}: {text!r}")
-    return text
+    for kind in KINDS:  # the constant, not the row's own copy of the text
+        if text == kind:
+            return kind
+    raise DeckError(line, "kind", f"must be one of {', '.join(KINDS)}: {text!r}")
+
+
+def _memo_amount(memo: dict[tuple[str, str], int] | None, text: str, column: str, line: int,
+                 allow_empty: bool) -> int:
+    if memo is None:
+        return _parse_amount(text, column, line, allow_empty=allow_empty)
+    key = (column, text)
+    value = memo.get(key)
+    if value is None:
+        value = memo[key] = _parse_amount(text, column, line, allow_empty=allow_empty)
+    return value
 
 
 def _parse_amount(text: str, column: str, line: int, *, allow_empty: bool) -> int:

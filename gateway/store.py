@@ -219,7 +219,7 @@ class Store:
         k = self.keys(tenant_id)
         reply = await self._checked(
             "tenant_put",
-            [k.tenant, k.partition.events],
+            [k.tenant, k.partition.events, k.audit],
             [tenant_id, now, s.name, s.currency, s.timezone, int(s.charge_inbound_calls),
              _str(s.max_concurrent_calls), actor],
         )
@@ -232,7 +232,7 @@ class Store:
 
     def _user_keys(self, tenant_id: str) -> list[str]:
         k = self.keys(tenant_id)
-        return [k.tenant, k.users, k.pools, k.numbers, k.tollfree, k.partition.events]
+        return [k.tenant, k.users, k.pools, k.numbers, k.tollfree, k.partition.events, k.audit]
 
     async def user_put(
         self, tenant_id: str, user_id: str, now: int, record_json: str, actor: str
@@ -258,7 +258,7 @@ class Store:
         k = self.keys(tenant_id)
         reply = await self._checked(
             "topup",
-            [k.tenant, k.topups, k.partition.events],
+            [k.tenant, k.topups, k.partition.events, k.audit],
             [tenant_id, idempotency_key, amount_micro, now, actor],
         )
         return int(reply[1]), bool(reply[2])
@@ -273,7 +273,7 @@ class Store:
         k = self.keys(tenant_id)
         reply = await self._checked(
             "tollfree_put",
-            [k.tenant, k.tollfree, k.numbers, k.partition.events],
+            [k.tenant, k.tollfree, k.numbers, k.partition.events, k.audit],
             [tenant_id, number, now, actor],
         )
         return bool(reply[1])
@@ -282,7 +282,7 @@ class Store:
         k = self.keys(tenant_id)
         await self._checked(
             "tollfree_delete",
-            [k.tenant, k.tollfree, k.numbers, k.partition.events],
+            [k.tenant, k.tollfree, k.numbers, k.partition.events, k.audit],
             [tenant_id, number, now, actor],
         )
 
@@ -362,6 +362,10 @@ class Store:
             credits_micro=int(reply[5]), overrun_seconds=int(reply[6]),
             replayed=bool(reply[7]),
         )
+
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        k = self.keys(tenant_id)
+        return bool(await self.raw(k.tenant, "EXISTS", k.tenant))
 
     async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)

@@ -99,6 +99,20 @@ local function emit(stream, etype, tenant_id, now, data)
     'data', cjson.encode(data))
 end
 
+-- An admin change: its event on the partition stream and, in the same atomic step, the same
+-- record (plus the stream entry id) on the tenant's capped audit list, newest first.
+-- data.actor is the id of the token that made the change, never the token.
+-- AUDIT_MAX_ENTRIES mirrors gateway/keys.py.
+local AUDIT_MAX_ENTRIES = 1000
+
+local function audit(k_audit, stream, etype, tenant_id, now, data)
+  local id = emit(stream, etype, tenant_id, now, data)
+  data.id = id
+  redis.call('LPUSH', k_audit, cjson.encode(data))
+  redis.call('LTRIM', k_audit, 0, AUDIT_MAX_ENTRIES - 1)
+  return id
+end
+
 -- Current used and reserved minutes of a pool in one month hash.
 local function pool_usage(month_key, pool)
   local vals = redis.call('HMGET', month_key, 'u:' .. pool, 'r:' .. pool)

@@ -3,6 +3,7 @@ tenant_put: create or update a tenant's settings (PUT /v1/tenants/{t}).
 
 KEYS[1] tenant hash          {p}:t:T
 KEYS[2] events stream        {p}:events
+KEYS[3] audit list           {p}:t:T:audit (the event, newest first, capped)
 ARGV[1] tenant id
 ARGV[2] now (seconds)
 ARGV[3] name
@@ -16,7 +17,7 @@ Returns {OK, created 1|0} or {CURRENCY_LOCKED} when the currency would change wh
 wallet holds or reserves credits (money never silently changes currency).
 --]]
 local function tenant_put(KEYS, ARGV)
-  local k_tenant, k_events = KEYS[1], KEYS[2]
+  local k_tenant, k_events, k_audit = KEYS[1], KEYS[2], KEYS[3]
   local tid, now = ARGV[1], tonumber(ARGV[2])
   local name, cur, tz, chg_in, maxc = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
   local actor = ARGV[8]
@@ -31,7 +32,7 @@ local function tenant_put(KEYS, ARGV)
   end
   redis.call('HSET', k_tenant, 'name', name, 'cur', cur, 'tz', tz, 'chg_in', chg_in,
     'maxc', maxc, 'updated', now, 'ver', num(old[4]) + 1)
-  emit(k_events, created and 'tenant.created' or 'tenant.updated', tid, now,
+  audit(k_audit, k_events, created and 'tenant.created' or 'tenant.updated', tid, now,
     {name = name, currency = cur, timezone = tz, charge_inbound_calls = chg_in == '1',
      max_concurrent_calls = maxc, actor = actor})
   return {OK, created and 1 or 0}

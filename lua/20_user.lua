@@ -10,6 +10,7 @@ KEYS[3] pools hash      {p}:t:T:pools
 KEYS[4] numbers hash    {p}:t:T:numbers
 KEYS[5] toll-free hash  {p}:t:T:tollfree
 KEYS[6] events stream   {p}:events
+KEYS[7] audit list      {p}:t:T:audit (the event, newest first, capped)
 ARGV[1] tenant id
 ARGV[2] user id
 ARGV[3] now (seconds)
@@ -22,7 +23,7 @@ ARGV[5] actor: id of the token that made the change (audit trail)
 Returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {NUMBER_CONFLICT, number}
 
 user_delete
-KEYS[1..6] as user_put;  ARGV[1] tenant id, ARGV[2] user id, ARGV[3] now, ARGV[4] actor
+KEYS[1..7] as user_put;  ARGV[1] tenant id, ARGV[2] user id, ARGV[3] now, ARGV[4] actor
 Returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
 --]]
 
@@ -36,8 +37,8 @@ local function release_user(k_users, k_pools, k_numbers, uid, old)
 end
 
 local function user_put(KEYS, ARGV)
-  local k_tenant, k_users, k_pools, k_numbers, k_tollfree, k_events =
-    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+  local k_tenant, k_users, k_pools, k_numbers, k_tollfree, k_events, k_audit =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
   local tid, uid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
   local user = cjson.decode(ARGV[4])
   local dmin, imin = tonumber(user.dmin) or 0, tonumber(user.imin) or 0
@@ -61,21 +62,21 @@ local function user_put(KEYS, ARGV)
   end
   for _, n in ipairs(user.numbers) do redis.call('HSET', k_numbers, n, uid) end
   redis.call('HSET', k_users, uid, ARGV[4])
-  emit(k_events, raw_old and 'user.updated' or 'user.created', tid, now,
+  audit(k_audit, k_events, raw_old and 'user.updated' or 'user.created', tid, now,
     {user = uid, record = ARGV[4], actor = ARGV[5]})
   return {OK, raw_old and 0 or 1}
 end
 
 local function user_delete(KEYS, ARGV)
-  local k_tenant, k_users, k_pools, k_numbers, k_events = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-    KEYS[6]
+  local k_tenant, k_users, k_pools, k_numbers, k_events, k_audit = KEYS[1], KEYS[2], KEYS[3],
+    KEYS[4], KEYS[6], KEYS[7]
   local tid, uid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
   if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
   local raw_old = redis.call('HGET', k_users, uid)
   if not raw_old then return {NOT_FOUND} end
   release_user(k_users, k_pools, k_numbers, uid, cjson.decode(raw_old))
   redis.call('HDEL', k_users, uid)
-  emit(k_events, 'user.deleted', tid, now, {user = uid, actor = ARGV[4]})
+  audit(k_audit, k_events, 'user.deleted', tid, now, {user = uid, actor = ARGV[4]})
   return {OK}
 end
 

@@ -4,6 +4,7 @@ topup: add to a tenant's wallet, once per idempotency key (D19).
 KEYS[1] tenant hash     {p}:t:T
 KEYS[2] top-ups hash    {p}:t:T:topups
 KEYS[3] events stream   {p}:events
+KEYS[4] audit list      {p}:t:T:audit (the event, newest first, capped)
 ARGV[1] tenant id
 ARGV[2] idempotency key
 ARGV[3] amount (micro-units, > 0)
@@ -14,7 +15,7 @@ Returns {OK, balance_micro, replayed 1|0} | {TENANT_NOT_FOUND}
       | {IDEMPOTENCY_CONFLICT} (same key, different amount) | {BALANCE_LIMIT}
 --]]
 local function topup(KEYS, ARGV)
-  local k_tenant, k_topups, k_events = KEYS[1], KEYS[2], KEYS[3]
+  local k_tenant, k_topups, k_events, k_audit = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local tid, key, amount, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
   local seen = redis.call('HGET', k_topups, key)
@@ -23,13 +24,14 @@ local function topup(KEYS, ARGV)
     if tonumber(prev_amount) ~= amount then return {IDEMPOTENCY_CONFLICT} end
     return {OK, prev_balance, 1}
   end
-  -- Lua and JSON clients hold integers exactly below 2^53: refuse to go near it.
-  if num(redis.call('HGET', k_tenant, 'bal')) + amount > 2^53 then return {BALANCE_LIMIT} end
+  -- Lua writes numbers with 14 significant digits (tostring, '..', cjson): a balance must
+  -- stay below 1e14 micro-units to reach the ledger and the client exactly.
+  if num(redis.call('HGET', k_tenant, 'bal')) + amount >= 1e14 then return {BALANCE_LIMIT} end
   local balance = redis.call('HINCRBY', k_tenant, 'bal', amount)
   redis.call('HSET', k_topups, key, amount .. '|' .. balance)
-  emit(k_events, 'credits.topped_up', tid, now,
+  audit(k_audit, k_events, 'credits.topped_up', tid, now,
     {idempotency_key = key, amount_micro = amount, balance_micro = balance, actor = ARGV[5]})
-  return {OK, tostring(balance), 0}
+  return {OK, string.format('%d', balance), 0}
 end
 
 redis.register_function('topup', topup)

@@ -15,7 +15,9 @@ ARGV[8] largest grant (s)
 The new grant counts from now: the horizon becomes used + granted. A retried extend with the
 same used seconds reserves nothing more (it releases and re-reserves the same time).
 Returns {OK, decision, reason, source, granted_seconds, grant_expires_at, class, country,
-         number type} | {CALL_NOT_FOUND} | {CALL_ENDED}
+         number type} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND} | {CALL_ENDED}
+An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so that a missing
+tenant looks the same on every route (and the same as another tenant's, api.md).
 
 end_call
 KEYS as extend, without KEYS[3] semantics (pools hash unused but passed for symmetry);
@@ -25,8 +27,8 @@ ARGV[5..7] months  ARGV[8] retention (s)  ARGV[9] "switch" | "expired"
 ARGV[10] reaper grace (s), only with "expired": the call is closed only if its grant
          expired at least that long ago, and billed as fully used (D33).
 Returns {OK, state, duration, domestic pool minutes, international pool minutes, credits
-         micro, overrun seconds, replayed 0|1} | {CALL_NOT_FOUND} | {CALL_ENDED} (expired
-         call not yet due)
+         micro, overrun seconds, replayed 0|1} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND}
+         | {CALL_ENDED} (expired call not yet due)
 --]]
 
 local CALL_STATE_FIELDS = {'st', 'uid', 'mon', 'free', 'cnt', 'pool', 'kind', 'co', 'ca',
@@ -75,12 +77,18 @@ local function truncate(c, st, u)
   st.pool_r, st.cred_r = pool_r, cred_r
 end
 
+-- Only on the not-found path: costs nothing to a call that exists.
+local function missing_call(k_tenant)
+  if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
+  return {CALL_NOT_FOUND}
+end
+
 local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
   local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local grant_max = tonumber(ARGV[8])
   local call = load_call(k_call)
-  if not call then return {CALL_NOT_FOUND} end
+  if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
 
   local h = num(call.h)
@@ -131,7 +139,7 @@ local function end_call(KEYS, ARGV)
   local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local retention, how, grace = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10] or '0')
   local call = load_call(k_call)
-  if not call then return {CALL_NOT_FOUND} end
+  if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
   if call.st == 'denied' then
     call.st = 'ended'

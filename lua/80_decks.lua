@@ -1,0 +1,34 @@
+--[[
+deck_put: replace the rate deck of one currency (PUT /v1/rate-decks/{currency}).
+
+The gateway has parsed and validated the whole CSV before calling: a deck reaches Redis
+only whole and valid. Storing it, bumping the version the workers poll and recording the
+change happen in this one atomic step, so no worker can see a new version without its deck,
+nor a deck change without its event.
+
+KEYS[1] deck string      {decks}:deck:CUR (the CSV as uploaded)
+KEYS[2] version counter  {decks}:version (one counter for every currency)
+KEYS[3] events stream    {decks}:events
+KEYS[4] versions hash    {decks}:versions (currency -> version of its last upload, so a
+                         worker re-parses only the decks that changed)
+ARGV[1] currency (ISO 4217)
+ARGV[2] the deck, CSV text
+ARGV[3] rows in the deck
+ARGV[4] now (seconds)
+ARGV[5] actor: id of the token that made the change (audit trail)
+
+Returns {OK, version (the counter after this upload)}
+--]]
+local function deck_put(KEYS, ARGV)
+  local k_deck, k_version, k_events, k_versions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local currency, csv, rows, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local actor = ARGV[5]
+  redis.call('SET', k_deck, csv)
+  local version = redis.call('INCR', k_version)
+  redis.call('HSET', k_versions, currency, version)
+  emit(k_events, 'deck.replaced', '', now,
+    {currency = currency, rows = rows, bytes = #csv, version = version, actor = actor})
+  return {OK, version}
+end
+
+redis.register_function('deck_put', deck_put)
