@@ -19,6 +19,7 @@ from gateway.api import (
     add_routes,
     problems_middleware,
 )
+from gateway.api_cdrs import ledger_ctx
 from gateway.auth import Authenticator
 from gateway.calls import UNAVAILABLE, CallService
 from gateway.clock import Clock, SystemClock
@@ -59,5 +60,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             await s.close()
 
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(ledger_ctx)  # GET …/cdrs reads the ledger (opened on first use)
     add_routes(app)
     return app
