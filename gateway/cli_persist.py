@@ -105,6 +105,51 @@ def cmd_export_cdrs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rebuild_or_audit(settings: Settings, what: str, force: bool) -> int:
+    import time
+
+    from gateway.ledger import open_ledger
+    from gateway.ledger_audit import audit
+    from gateway.persist import persister_status
+    from gateway.rebuild import expected_state, rebuild, redis_is_empty
+    from gateway.store import Store
+
+    assert settings.redis_url
+    store = Store.from_url(settings.redis_url, settings.partitions)
+    ledger = await open_ledger(settings.database_url_effective)
+    now = int(time.time())
+    try:
+        if what == "rebuild":
+            ex = await expected_state(ledger, settings.partitions, now,
+                                      settings.clock_skew_seconds)
+            if not force and not await redis_is_empty(store, ex):
+                print("callgate: Redis already holds tenants; rebuild restores into an "
+                      "empty Redis (--force to write anyway)", file=sys.stderr)
+                return 1
+            keys = await rebuild(store, ledger, now, settings.clock_skew_seconds)
+            print(f"rebuilt {keys} keys from the ledger")
+            return 0
+        status = await persister_status(store)
+        print(f"persister backlog: {status['backlog_entries']} entries, "
+              f"lag {status['lag_seconds']} s")
+        problems = await audit(store, ledger, now, settings.clock_skew_seconds)
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} discrepanc{'y' if len(problems) == 1 else 'ies'}")
+        return 1 if problems else 0
+    finally:
+        await ledger.close()
+        await store.close()
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    return int(_run(_rebuild_or_audit(_settings_with_redis(), "rebuild", args.force)))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return int(_run(_rebuild_or_audit(_settings_with_redis(), "audit", False)))
+
+
 def register(sub: Any) -> None:
     """Adds the persistence commands to the ``callgate`` parser's subparsers."""
     p = sub.add_parser("persist", help="run the persister (Redis streams -> ledger)")
@@ -118,3 +163,9 @@ def register(sub: Any) -> None:
     e.add_argument("--format", choices=("csv",), default="csv")
     e.add_argument("--output", default="-", help="file (default: standard output)")
     e.set_defaults(func=cmd_export_cdrs)
+    r = sub.add_parser("rebuild", help="restore an empty Redis from the ledger")
+    r.add_argument("--force", action="store_true", help="write even if Redis is not empty")
+    r.set_defaults(func=cmd_rebuild)
+    a = sub.add_parser("audit", help="compare Redis with the ledger; non-zero on any "
+                                     "discrepancy")
+    a.set_defaults(func=cmd_audit)

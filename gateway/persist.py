@@ -113,6 +113,17 @@ class Persister:
     async def step(self, stream: str) -> int:
         """One round on one stream: own pending first (after a restart under the same
         name), claims, then new entries. Returns entries written."""
+        try:
+            return await self._step(stream)
+        except ReplyError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or its group vanished (Redis lost its data, or was flushed and
+            # rebuilt): recreate the group from the stream's start.
+            self._groups_ready.discard(stream)
+            return await self._step(stream)
+
+    async def _step(self, stream: str) -> int:
         await self._ensure_group(stream)
         done = await self._claim(stream)
         starts = (">",) if stream in self._own_checked else ("0", ">")

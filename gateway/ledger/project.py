@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     from gateway.ledger.base import Tx
 
@@ -63,15 +65,27 @@ async def _tollfree_remove(tx: Tx, t: str, d: dict[str, Any]) -> None:
                      t, _s(d.get("number")))
 
 
+def _record(d: dict[str, Any]) -> str:
+    """The call's Redis record carried by the event (HGETALL, flat) as a JSON object."""
+    flat = d.get("call") or []
+    if isinstance(flat, dict):  # cjson writes an empty table as {}
+        return "{}"
+    return orjson.dumps({str(flat[i]): str(flat[i + 1])
+                         for i in range(0, len(flat) - 1, 2)}).decode()
+
+
 async def _call_decided(tx: Tx, t: str, d: dict[str, Any], state: str) -> None:
     await tx.execute(
-        "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "INSERT INTO calls (tenant, call_id, state, direction, user_id, from_number, "
+        "to_number, dest_country, dest_class, month, pool, rate_prefix, reason, started_at, "
+        "authorized_at, pool_reserved_minutes, credits_reserved_micro, record, counted) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT DO NOTHING",
         t, _s(d.get("call_id")), state, _s(d.get("direction")), _s(d.get("user")),
         _s(d.get("from")), _s(d.get("to")), _s(d.get("country")), _s(d.get("class")),
         _s(d.get("month")), _s(d.get("pool")), _s(d.get("rate_prefix")), _s(d.get("reason")),
         _i(d.get("started_at")), _i(d.get("ts")), _i(d.get("pool_reserved_minutes")),
-        _i(d.get("credits_reserved_micro")))
+        _i(d.get("credits_reserved_micro")), _record(d), 1 if d.get("counted") else 0)
 
 
 async def _call_extended(tx: Tx, t: str, d: dict[str, Any]) -> None:
@@ -80,6 +94,9 @@ async def _call_extended(tx: Tx, t: str, d: dict[str, Any]) -> None:
         "WHERE tenant = ? AND call_id = ?",
         _i(d.get("pool_reserved_minutes")), _i(d.get("credits_reserved_micro")), t,
         _s(d.get("call_id")))
+    if d.get("call"):
+        await tx.execute("UPDATE calls SET record = ? WHERE tenant = ? AND call_id = ?",
+                         _record(d), t, _s(d.get("call_id")))
 
 
 async def _call_closed(tx: Tx, entry_id: str, t: str, d: dict[str, Any], state: str) -> None:

@@ -52,6 +52,13 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             state TEXT NOT NULL, entry_id TEXT NOT NULL, PRIMARY KEY (tenant, call_id))""",
         "CREATE INDEX cdrs_tenant_ended ON cdrs (tenant, ended_at, call_id)",
     )),
+    (2, (
+        # An open call's whole Redis record (JSON object) and whether it counts against
+        # concurrency limits: what `callgate rebuild` needs to restore open calls.
+        "ALTER TABLE calls ADD COLUMN record TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE calls ADD COLUMN counted INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX calls_state ON calls (state, tenant)",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]
