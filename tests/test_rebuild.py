@@ -138,6 +138,9 @@ async def test_audit_and_rebuild_commands(
     proc = run_cli(rgw, "audit")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 discrepancies" in proc.stdout
+    proc = run_cli(rgw, "persist", "--status")
+    assert proc.returncode == 0, proc.stderr
+    assert '"backlog_entries":0' in proc.stdout and '"lag_seconds":0' in proc.stdout
     key = store.keys(t).tenant
     await store.backend.execute(key, "HINCRBY", key, "bal", 1)
     proc = run_cli(rgw, "audit")
