@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.ledger.project import apply_event
+from gateway.ledger.project import Stmt, run_statements, statements
 from gateway.ledger.schema import MIGRATIONS
 
 Row = tuple[Any, ...]
@@ -25,6 +25,9 @@ class Tx(abc.ABC):
 
     @abc.abstractmethod
     async def execute(self, sql: str, *args: Any) -> None: ...
+
+    @abc.abstractmethod
+    async def execute_many(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
 
     @abc.abstractmethod
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
@@ -67,14 +70,14 @@ class Ledger(abc.ABC):
         async with self.transaction() as tx:
             await tx.execute("CREATE TABLE IF NOT EXISTS schema_version ("
                              "version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")
-        for version, statements in MIGRATIONS:
+        for version, migration in MIGRATIONS:
             with contextlib.suppress(Exception):  # lost a race with another process
                 async with self.transaction() as tx:
                     done = await tx.fetch(
                         "SELECT 1 FROM schema_version WHERE version = ?", version)
                     if done:
                         continue
-                    for sql in statements:
+                    for sql in migration:
                         await tx.execute(sql)
                     await tx.execute("INSERT INTO schema_version VALUES (?, "
                                      "CAST(strftime('%s','now') AS INTEGER))"
@@ -86,19 +89,36 @@ class Ledger(abc.ABC):
 
     async def apply(self, stream: str, entries: Sequence[Entry]) -> int:
         """Write a batch in one transaction; entries already present change nothing.
-        Returns how many were new."""
-        new = 0
+        Returns how many were new. A concurrent writer of the same entries makes one of
+        the two transactions fail on the primary key (never a double projection); the
+        persister retries it and then finds them present."""
+        if not entries:
+            return 0
         async with self.transaction() as tx:
+            ids = [e.entry_id for e in entries]
+            marks = ", ".join("?" * len(ids))
+            present = {str(r[0]) for r in await tx.fetch(
+                f"SELECT entry_id FROM events WHERE stream = ? AND entry_id IN ({marks})",
+                stream, *ids)}
+            rows: list[tuple[Any, ...]] = []
+            stmts: list[Stmt] = []
+            balance: dict[str, int] = {}
             for e in entries:
+                if e.entry_id in present:
+                    continue
+                present.add(e.entry_id)
                 data: dict[str, Any] = orjson.loads(e.data)
-                inserted = await tx.fetch(
+                rows.append((stream, e.entry_id, e.ms, e.type, e.tenant,
+                             int(data.get("ts", 0)), e.data))
+                stmts += statements(e.entry_id, e.type, e.tenant, data, balance)
+            if rows:
+                await tx.execute_many(
                     "INSERT INTO events (stream, entry_id, entry_ms, type, tenant, ts, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1",
-                    stream, e.entry_id, e.ms, e.type, e.tenant, int(data.get("ts", 0)), e.data)
-                if inserted:
-                    new += 1
-                    await apply_event(tx, e.entry_id, e.type, e.tenant, data)
-        return new
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                stmts += [("UPDATE tenants SET balance_micro = balance_micro + ? "
+                           "WHERE tenant = ?", (delta, t)) for t, delta in balance.items()]
+                await run_statements(tx, stmts)
+        return len(rows)
 
     async def query(self, sql: str, *args: Any) -> list[Row]:
         async with self.transaction() as tx:

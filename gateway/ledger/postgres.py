@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -28,6 +28,9 @@ class _PgTx(Tx):
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self._conn.execute(_numbered(sql), *args)
+
+    async def execute_many(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(_numbered(sql), args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return [tuple(r) for r in await self._conn.fetch(_numbered(sql), *args)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ class _SqliteTx(Tx):
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self._db.execute(sql, args)
+
+    async def execute_many(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        await self._db.executemany(sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._db.execute(sql, args) as cur:
