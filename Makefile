@@ -35,7 +35,7 @@ APT_INSTALL := \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: help venv redis run test lint bench loadtest chaos clean distclean
+.PHONY: help venv redis postgres run test lint bench loadtest chaos clean distclean
 
 help:
 	@echo "make run        start callgate with a demo tenant (operator token in $(OPERATOR_TOKEN_FILE))"
@@ -89,7 +89,15 @@ run: venv redis
 	fi; \
 	exec $(BIN)/callgate serve --demo
 
-test: venv redis
+# PostgreSQL binaries (initdb, pg_ctl) for the ledger tests, unless a server is given in
+# CALLGATE_TEST_POSTGRES_URL; the suite starts its own server on a free port.
+postgres:
+	@if [ -z "$${CALLGATE_TEST_POSTGRES_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "initdb not found: installing postgresql with apt" >&2; \
+	  $(APT_INSTALL) postgresql; \
+	fi
+
+test: venv redis postgres
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
@@ -104,7 +112,8 @@ bench: venv redis
 loadtest: venv redis
 	$(BIN)/python -m loadtest.run_locust
 
-chaos: venv redis
+chaos: venv redis postgres
+	CALLGATE_CHAOS_KILLS=$${CALLGATE_CHAOS_KILLS:-100} CALLGATE_CHAOS_REDIS_KILLS=$${CALLGATE_CHAOS_REDIS_KILLS:-20} \
 	$(BIN)/pytest -q -p no:cacheprovider -m chaos $(PYTEST_ARGS)
 
 # --- cleaning --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import phonenumbers
 from aiohttp import web
 
 from gateway import admin as admin_mod
+from gateway import api_cdrs
 from gateway import calls as calls_mod
 from gateway.admin import DIAL_OUT, AdminService, UserSpec, e164_number
 from gateway.auth import Authenticator, Principal
@@ -376,6 +377,7 @@ ROUTES: list[tuple[str, str, Handler, Sequence[str]]] = [
     ("GET", f"{T}/pools", get_pools, ADMIN_ROLE),
     ("PUT", f"{T}/toll-free-numbers/{{e164}}", put_tollfree, ADMIN_ROLE),
     ("DELETE", f"{T}/toll-free-numbers/{{e164}}", delete_tollfree, ADMIN_ROLE),
+    ("GET", f"{T}/cdrs", api_cdrs.list_cdrs, ADMIN_ROLE),
 ]
 
 

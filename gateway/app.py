@@ -22,6 +22,7 @@ from gateway.api import (
     problems_middleware,
 )
 from gateway.api_audit import add_audit_routes
+from gateway.api_cdrs import ledger_ctx
 from gateway.api_decks import add_deck_routes
 from gateway.auth import Authenticator
 from gateway.calls import UNAVAILABLE, CallService
@@ -79,6 +80,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(decks_ctx)
+    app.cleanup_ctx.append(ledger_ctx)  # GET …/cdrs reads the ledger (opened on first use)
     add_routes(app)
     add_deck_routes(app)
     add_audit_routes(app)

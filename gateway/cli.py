@@ -33,10 +33,14 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None = None) -> None:
+async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None = None,
+                       background: bool = True) -> None:
     from gateway.app import create_app
+    from gateway.background import background_ctx, persist_enabled
 
     app = create_app(settings)
+    if background and persist_enabled():  # persister + reaper in this one process
+        app.cleanup_ctx.append(background_ctx(settings))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port,
@@ -53,9 +57,9 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
     await runner.cleanup()
 
 
-def _worker(settings: Settings, reuse_port: bool) -> None:
+def _worker(settings: Settings, reuse_port: bool, background: bool) -> None:
     _install_uvloop()
-    asyncio.run(_serve_async(settings, reuse_port))
+    asyncio.run(_serve_async(settings, reuse_port, background=background))
 
 
 class _RedisSupervisor:
@@ -125,12 +129,12 @@ def _run_workers(settings: Settings) -> int:
         asyncio.run(_serve_async(settings, reuse_port=False, ready=banner))
         return 0
     children: list[int] = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:  # child: one event loop on the shared port (SO_REUSEPORT)
             code = 0
             try:
-                _worker(settings, reuse_port=True)
+                _worker(settings, reuse_port=True, background=index == 0)
             except BaseException:
                 log.exception("worker failed")
                 code = 1
@@ -241,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="append the entry to this configuration file (validated first) and "
                          "print only the token")
     tc.set_defaults(func=cmd_token_create)
+    from gateway import cli_persist
+
+    cli_persist.register(sub)
     return p
 
 

@@ -246,7 +246,9 @@ local function authorize(KEYS, ARGV)
     reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
     country = A.dcountry, number_type = A.dtype, month = A.month, started_at = A.started,
     pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
-    rate_prefix = c.rate.prefix})
+    rate_prefix = c.rate.prefix, counted = o.counted and true or false,
+    -- The open call's whole record, so that `callgate rebuild` can restore it from the ledger.
+    call = allowed and redis.call('HGETALL', c.k_call) or nil})
   return call_reply(c.k_call, 0)
 end
 

@@ -124,7 +124,9 @@ local function extend(KEYS, ARGV)
   emit(k_events, decision == 'allow' and 'call.extended' or 'call.extension_denied', tid, now,
     {call_id = cid, used_seconds = u, reason = reason, source = g > 0 and source or '',
      granted_seconds = g, pool_reserved_minutes = st.pool_r,
-     credits_reserved_micro = st.cred_r})
+     credits_reserved_micro = st.cred_r,
+     -- The open call's whole record after the change, for `callgate rebuild`.
+     call = g > 0 and redis.call('HGETALL', k_call) or nil})
   return {OK, decision, reason, g > 0 and source or '', g, expires, call.cls, call.dc, call.dt}
 end
 

@@ -114,3 +114,4 @@ async def gw(
     settings = make_settings(store_url)
     client = await aiohttp_client(create_app(settings, clock=clock))
     yield Gateway(client, clock, settings)
+pytest_plugins = ["tests.ledger_fixtures"]

@@ -302,7 +302,7 @@ def _route_paths() -> list[tuple[str, str]]:
 
 
 ALL_ROUTES = _route_paths()
-assert len(ALL_ROUTES) == 14, ALL_ROUTES
+assert len(ALL_ROUTES) == 15, ALL_ROUTES
 
 for method, path in ALL_ROUTES:
     slug = f"{method} {path}".replace("/v1/tenants/{t}", "").strip() or method
@@ -599,6 +599,17 @@ for case_id, query in [
     case(f"pools-month-{case_id}",
          Bad("GET", P_POOLS + f"?month={query}", ("month",), r"YYYY-MM|month"))
 
+# -- cdrs (time range, page size, cursor) ----------------------------------------------------
+for case_id, query, field_name, msg in [
+    ("from-word", "from=yesterday", "from", r"RFC 3339"),
+    ("to-date-only", "to=2026-11-01", "to", r"RFC 3339"),
+    ("limit-0", "limit=0", "limit", r"between"),
+    ("limit-huge", "limit=100000", "limit", r"between"),
+    ("cursor-junk", "cursor=zz", "cursor", r"cursor"),
+]:
+    case(f"cdrs-{case_id}",
+         Bad("GET", P_TENANT + f"/cdrs?{query}", (field_name,), msg))
+
 # -- toll-free numbers -----------------------------------------------------------------------
 for case_id, number, msg in [
     ("fixed-line", "+12125550123", r"toll-free|toll_free"),
@@ -637,7 +648,7 @@ async def test_bad_input_is_a_problem_document_and_changes_nothing(
 
 
 def test_every_route_has_a_bad_path_case() -> None:
-    """The cases cover every route of gateway/api.py (14 of them)."""
+    """The cases cover every route of gateway/api.py (15 of them)."""
     covered = {(p.values[0].method, p.values[0].path) for p in CASES
                if p.values[0].bad_tenant is not None}
     assert covered == set(ALL_ROUTES)

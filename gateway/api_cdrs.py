@@ -1,0 +1,87 @@
+"""GET /v1/tenants/{t}/cdrs: ended calls from the ledger, newest first, cursor-paginated.
+
+The ledger is opened on first use (a gateway that never serves a CDR opens no database)
+and closed with the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway.cdrs import cdr_view, decode_cursor, encode_cursor
+from gateway.clock import parse_rfc3339
+from gateway.errors import ValidationError
+from gateway.ledger import Ledger, open_ledger
+from gateway.validate import query_int
+
+if TYPE_CHECKING:
+    from gateway.api import Ctx
+
+CDR_PAGE_DEFAULT = 100
+CDR_PAGE_MAX = 1000
+
+
+class LedgerHolder:
+    """The process's ledger connection, opened lazily, once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._ledger: Ledger | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Ledger:
+        async with self._lock:
+            if self._ledger is None:
+                self._ledger = await open_ledger(self.url)
+            return self._ledger
+
+    async def close(self) -> None:
+        if self._ledger is not None:
+            await self._ledger.close()
+            self._ledger = None
+
+
+LEDGER: web.AppKey[LedgerHolder] = web.AppKey("ledger", LedgerHolder)
+
+
+async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+    from gateway.api import SETTINGS
+
+    holder = LedgerHolder(app[SETTINGS].database_url_effective)
+    app[LEDGER] = holder
+    yield
+    await holder.close()
+
+
+def _time(query: dict[str, str], name: str) -> int | None:
+    if name not in query:
+        return None
+    ts = parse_rfc3339(query[name])
+    if ts is None:
+        raise ValidationError.one(name, "must be an RFC 3339 date-time")
+    return ts
+
+
+async def list_cdrs(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    from gateway.api import json_response
+
+    query = dict(request.query)
+    from_ts, to_ts = _time(query, "from"), _time(query, "to")
+    limit = query_int(query, "limit", CDR_PAGE_DEFAULT, 1, CDR_PAGE_MAX)
+    before = None
+    if "cursor" in query:
+        before = decode_cursor(query["cursor"])
+        if before is None:
+            raise ValidationError.one("cursor", "is not a cursor this API returned")
+    ledger = await request.app[LEDGER].get()
+    rows = await ledger.cdrs(ctx.tenant_id, from_ts, to_ts, limit + 1, before)
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = encode_cursor(int(last["ended_at"]), str(last["call_id"]))
+    return json_response({"cdrs": [cdr_view(r) for r in page], "next_cursor": next_cursor})

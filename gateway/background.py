@@ -1,0 +1,69 @@
+"""Persister and reaper as background tasks of one gateway process, or on their own
+(``callgate persist``). They use a Store of their own: their traffic never queues behind
+or in front of call control on the call path's connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from aiohttp import web
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import Settings
+from gateway.ledger import open_ledger
+from gateway.persist import CLAIM_IDLE_MS, Persister
+from gateway.reaper import Reaper
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def persist_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """CALLGATE_PERSIST=0 keeps persister and reaper out of `callgate serve`."""
+    return env.get("CALLGATE_PERSIST", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def claim_idle_ms(env: Mapping[str, str] = os.environ) -> int:
+    return int(env.get("CALLGATE_PERSIST_CLAIM_IDLE_MS", str(CLAIM_IDLE_MS)))
+
+
+async def run_persister(settings: Settings, stop: asyncio.Event,
+                        clock: Clock | None = None, reaper: bool = True) -> None:
+    """Until ``stop``: persist every stream (and, with ``reaper``, close lost calls)."""
+    assert settings.redis_url, "the persister needs settings.redis_url"
+    store = Store.from_url(settings.redis_url, settings.partitions)
+    ledger = await open_ledger(settings.database_url_effective)
+    try:
+        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms()).run(stop)]
+        if reaper:
+            tasks.append(Reaper(store, clock or SystemClock(), settings.reaper_grace_seconds,
+                                settings.clock_skew_seconds,
+                                settings.call_retention_seconds).run(stop))
+        await asyncio.gather(*tasks)
+    finally:
+        await ledger.close()
+        await store.close()
+
+
+def background_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx running persister and reaper for the application's lifetime."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_persister(settings, stop))
+        task.add_done_callback(_log_failure)
+        yield
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10.0)
+
+    return ctx
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("persister stopped: %r", task.exception())

@@ -1,0 +1,59 @@
+"""CDRs as the API and the export show them: money as 4-decimal strings, RFC 3339 times."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from gateway.clock import rfc3339
+from gateway.money import format_money
+
+CSV_COLUMNS = (
+    "tenant_id", "call_id", "user_id", "direction", "from", "to", "destination_country",
+    "destination_class", "started_at", "ended_at", "duration_seconds", "billed_seconds",
+    "domestic_pool_minutes", "international_pool_minutes", "credits_charged", "rate_prefix",
+    "reason", "state",
+)
+
+
+def cdr_view(row: dict[str, Any]) -> dict[str, Any]:
+    """One CDR of the ledger (gateway.ledger.base.CDR_COLUMNS) as the API shows it."""
+    return {
+        "tenant_id": row["tenant"],
+        "call_id": row["call_id"],
+        "user_id": row["user_id"] or None,
+        "direction": row["direction"],
+        "from": row["from_number"] or None,
+        "to": row["to_number"],
+        "destination_country": row["dest_country"] or None,
+        "destination_class": row["dest_class"],
+        "started_at": rfc3339(int(row["started_at"])),
+        "ended_at": rfc3339(int(row["ended_at"])),
+        "duration_seconds": int(row["duration_seconds"]),
+        "billed_seconds": int(row["billed_seconds"]),
+        "overrun_seconds": int(row["overrun_seconds"]),
+        "domestic_pool_minutes": int(row["domestic_pool_minutes"]),
+        "international_pool_minutes": int(row["international_pool_minutes"]),
+        "credits_charged": format_money(int(row["credits_micro"])),
+        "rate_prefix": row["rate_prefix"] or None,
+        "reason": row["reason"],
+        "state": row["state"],
+    }
+
+
+def csv_row(row: dict[str, Any]) -> list[str]:
+    view = cdr_view(row)
+    return ["" if view[c] is None else str(view[c]) for c in CSV_COLUMNS]
+
+
+def encode_cursor(ended_at: int, call_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{ended_at}/{call_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[int, str] | None:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        ts, _, call_id = raw.partition("/")
+        return (int(ts), call_id) if call_id and ts.isdigit() else None
+    except ValueError:
+        return None

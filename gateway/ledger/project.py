@@ -1,0 +1,152 @@
+"""Projections: the ledger's tables derived from events, inside the events' transaction.
+
+Each event of a batch becomes SQL statements (no reads: a CDR takes the call's details
+with INSERT … SELECT), run in event order; runs of the same statement go to the database
+as one executemany, and wallet balance changes are summed per tenant and applied once at
+the end of the batch. Only events inserted for the first time are projected, so a
+re-delivered entry never changes a projection twice. Events of one tenant arrive in
+stream order (one partition stream, read in order): a call's authorization precedes its
+end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from gateway.ledger.base import Tx
+
+Stmt = tuple[str, tuple[Any, ...]]
+
+
+def _s(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+def _i(v: Any) -> int:
+    return int(v or 0)
+
+
+def _record(d: dict[str, Any]) -> str:
+    """The call's Redis record carried by the event (HGETALL, flat) as a JSON object."""
+    flat = d.get("call") or []
+    if isinstance(flat, dict):  # cjson writes an empty table as {}
+        return "{}"
+    return orjson.dumps({str(flat[i]): str(flat[i + 1])
+                         for i in range(0, len(flat) - 1, 2)}).decode()
+
+
+TENANT_UPSERT = (
+    "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (tenant) DO UPDATE "
+    "SET name = excluded.name, currency = excluded.currency, "
+    "timezone = excluded.timezone, charge_inbound_calls = excluded.charge_inbound_calls, "
+    "max_concurrent_calls = excluded.max_concurrent_calls, updated_at = excluded.updated_at")
+USER_UPSERT = ("INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE "
+               "SET record = excluded.record, updated_at = excluded.updated_at")
+USER_DELETE = "DELETE FROM users WHERE tenant = ? AND user_id = ?"
+TOPUP_INSERT = "INSERT INTO topups VALUES (?, ?, ?, ?, ?, ?)"
+TOLLFREE_ADD = "INSERT INTO tollfree_numbers VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+TOLLFREE_REMOVE = "DELETE FROM tollfree_numbers WHERE tenant = ? AND number = ?"
+CALL_INSERT = (
+    "INSERT INTO calls (tenant, call_id, state, direction, user_id, from_number, "
+    "to_number, dest_country, dest_class, month, pool, rate_prefix, reason, started_at, "
+    "authorized_at, pool_reserved_minutes, credits_reserved_micro, record, counted) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+CALL_RESERVED = ("UPDATE calls SET pool_reserved_minutes = ?, credits_reserved_micro = ? "
+                 "WHERE tenant = ? AND call_id = ?")
+CALL_RESERVED_RECORD = ("UPDATE calls SET pool_reserved_minutes = ?, "
+                        "credits_reserved_micro = ?, record = ? "
+                        "WHERE tenant = ? AND call_id = ?")
+CALL_CLOSE = ("UPDATE calls SET state = ?, pool_reserved_minutes = 0, "
+              "credits_reserved_micro = 0 WHERE tenant = ? AND call_id = ?")
+# Casts: PostgreSQL does not infer parameter types in a SELECT list from the target.
+_T, _B = "CAST(? AS TEXT)", "CAST(? AS BIGINT)"
+CDR_INSERT = (
+    "INSERT INTO cdrs (tenant, call_id, user_id, direction, from_number, to_number, "
+    "dest_country, dest_class, started_at, ended_at, duration_seconds, billed_seconds, "
+    "overrun_seconds, pool, month, domestic_pool_minutes, international_pool_minutes, "
+    "credits_micro, rate_prefix, reason, state, entry_id) "
+    f"SELECT {_T}, {_T}, {_T}, COALESCE(c.direction, ''), COALESCE(c.from_number, ''), "
+    "COALESCE(c.to_number, ''), COALESCE(c.dest_country, ''), COALESCE(c.dest_class, ''), "
+    f"COALESCE(c.started_at, 0), {_B}, {_B}, {_B}, {_B}, {_T}, {_T}, {_B}, {_B}, {_B}, "
+    f"{_T}, COALESCE(c.reason, ''), {_T}, {_T} "
+    "FROM (SELECT 1 AS one) AS o LEFT JOIN calls c ON c.tenant = ? AND c.call_id = ? "
+    "WHERE 1 = 1 ON CONFLICT DO NOTHING")
+
+
+def _closed(entry_id: str, t: str, d: dict[str, Any], state: str) -> list[Stmt]:
+    cid = _s(d.get("call_id"))
+    pool = _s(d.get("pool"))
+    minutes = _i(d.get("pool_minutes"))
+    kind = pool.rsplit(":", 1)[-1] if pool else ""
+    return [
+        (CDR_INSERT, (t, cid, _s(d.get("user")), _i(d.get("ts")),
+                      _i(d.get("duration_seconds")), _i(d.get("billed_seconds")),
+                      _i(d.get("overrun_seconds")), pool, _s(d.get("month")),
+                      minutes if kind == "domestic" else 0,
+                      minutes if kind == "international" else 0,
+                      _i(d.get("credits_micro")), _s(d.get("rate_prefix")), state, entry_id,
+                      t, cid)),
+        (CALL_CLOSE, (state, t, cid)),
+    ]
+
+
+def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
+               balance: dict[str, int]) -> list[Stmt]:
+    """The statements projecting one new event; adds wallet changes to ``balance``."""
+    if etype in ("tenant.created", "tenant.updated"):
+        return [(TENANT_UPSERT, (
+            t, _s(d.get("name")), _s(d.get("currency")), _s(d.get("timezone")),
+            1 if d.get("charge_inbound_calls") else 0, _s(d.get("max_concurrent_calls")),
+            _i(d.get("ts")), _i(d.get("ts"))))]
+    if etype in ("user.created", "user.updated"):
+        return [(USER_UPSERT, (t, _s(d.get("user")), _s(d.get("record")), _i(d.get("ts"))))]
+    if etype == "user.deleted":
+        return [(USER_DELETE, (t, _s(d.get("user"))))]
+    if etype == "credits.topped_up":
+        amount = _i(d.get("amount_micro"))
+        balance[t] = balance.get(t, 0) + amount
+        return [(TOPUP_INSERT, (t, _s(d.get("idempotency_key")), amount,
+                                _i(d.get("balance_micro")), _i(d.get("ts")),
+                                _s(d.get("actor"))))]
+    if etype == "tollfree.added":
+        return [(TOLLFREE_ADD, (t, _s(d.get("number")), _i(d.get("ts"))))]
+    if etype == "tollfree.removed":
+        return [(TOLLFREE_REMOVE, (t, _s(d.get("number"))))]
+    if etype in ("call.allowed", "call.denied"):
+        return [(CALL_INSERT, (
+            t, _s(d.get("call_id")), "active" if etype == "call.allowed" else "denied",
+            _s(d.get("direction")), _s(d.get("user")), _s(d.get("from")), _s(d.get("to")),
+            _s(d.get("country")), _s(d.get("class")), _s(d.get("month")), _s(d.get("pool")),
+            _s(d.get("rate_prefix")), _s(d.get("reason")), _i(d.get("started_at")),
+            _i(d.get("ts")), _i(d.get("pool_reserved_minutes")),
+            _i(d.get("credits_reserved_micro")), _record(d), 1 if d.get("counted") else 0))]
+    if etype in ("call.extended", "call.extension_denied"):
+        pr, cr, cid = _i(d.get("pool_reserved_minutes")), _i(d.get("credits_reserved_micro")), \
+            _s(d.get("call_id"))
+        if d.get("call"):
+            return [(CALL_RESERVED_RECORD, (pr, cr, _record(d), t, cid))]
+        return [(CALL_RESERVED, (pr, cr, t, cid))]
+    if etype in ("call.ended", "call.expired"):
+        credits = _i(d.get("credits_micro"))
+        if credits:
+            balance[t] = balance.get(t, 0) - credits
+        return _closed(entry_id, t, d, etype.split(".", 1)[1])
+    return []  # unknown types: kept in events only
+
+
+async def run_statements(tx: Tx, stmts: Sequence[Stmt]) -> None:
+    """In order; consecutive runs of one statement as one executemany."""
+    i = 0
+    while i < len(stmts):
+        sql, j = stmts[i][0], i + 1
+        while j < len(stmts) and stmts[j][0] == sql:
+            j += 1
+        if j - i == 1:
+            await tx.execute(sql, *stmts[i][1])
+        else:
+            await tx.execute_many(sql, [s[1] for s in stmts[i:j]])
+        i = j

@@ -1,0 +1,159 @@
+"""Redis as the ledger says it should be: `callgate rebuild` writes it into an empty Redis,
+`callgate audit` (gateway.ledger_audit) compares it with the live one.
+
+Restored: tenants (settings, wallet balance, reservations, active-call count), users and
+their licences (pools hash derived from the user records, as user_put does), inbound
+numbers, toll-free numbers, top-up idempotency records, open calls (record, active zset,
+per-user active counts) and the pool / credit usage of the months a live call may still
+touch (clock.candidate_months). Not restored: records of closed calls (kept 7 days in
+Redis only for GET and repeated ends; their CDRs are in the ledger).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.clock import candidate_months
+from gateway.keys import active_member, tenant_keys
+from gateway.ledger import Ledger
+from gateway.progress import Progress
+from gateway.store import Store
+
+MONTH_TTL_SECONDS = 400 * 86400  # as lua/00_lib.lua
+# Fields of the tenant hash that the ledger determines (created/updated/ver are bookkeeping).
+TENANT_FIELDS = ("name", "cur", "tz", "chg_in", "maxc", "bal", "res", "act")
+CALL_FIELDS = ("st", "gexp", "pr", "cr", "uid", "pool", "mon")
+
+
+@dataclass
+class Expected:
+    hashes: dict[str, dict[str, str]] = field(default_factory=dict)
+    zsets: dict[str, dict[str, int]] = field(default_factory=dict)
+    months: set[str] = field(default_factory=set)  # keys of month hashes (expire)
+    tenant_keys: set[str] = field(default_factory=set)
+    call_keys: set[str] = field(default_factory=set)
+
+    def h(self, key: str) -> dict[str, str]:
+        return self.hashes.setdefault(key, {})
+
+    def add(self, key: str, fld: str, delta: int) -> None:
+        h = self.h(key)
+        h[fld] = str(int(h.get(fld, "0")) + delta)
+
+
+def _drop_zeros(h: dict[str, str], prefixes: tuple[str, ...]) -> None:
+    for k in [k for k, v in h.items() if k.startswith(prefixes) and v == "0"]:
+        del h[k]
+
+
+async def expected_state(ledger: Ledger, partitions: int, now: int,
+                         clock_skew_seconds: int) -> Expected:
+    ex = Expected()
+    months = set(candidate_months(now, clock_skew_seconds))
+    for (t, name, cur, tz, chg_in, maxc, bal, created, updated) in await ledger.query(
+            "SELECT tenant, name, currency, timezone, charge_inbound_calls, "
+            "max_concurrent_calls, balance_micro, created_at, updated_at FROM tenants"):
+        k = tenant_keys(t, partitions)
+        ex.tenant_keys.add(k.tenant)
+        ex.hashes[k.tenant] = {"name": name, "cur": cur, "tz": tz, "chg_in": str(chg_in),
+                               "maxc": maxc, "bal": str(bal), "res": "0", "act": "0",
+                               "created": str(created), "updated": str(updated), "ver": "1"}
+    for (t, uid, record) in await ledger.query(
+            "SELECT tenant, user_id, record FROM users ORDER BY updated_at"):
+        k = tenant_keys(t, partitions)
+        ex.h(k.users)[uid] = record
+        u: dict[str, Any] = orjson.loads(record)
+        dmin, imin = int(u.get("dmin") or 0), int(u.get("imin") or 0)
+        if dmin > 0 or imin > 0:
+            pool = f"{u['country']}:{u['plan']}"
+            ex.add(k.pools, f"lic:{pool}", 1)
+            ex.h(k.pools).update({f"dmin:{pool}": str(dmin), f"imin:{pool}": str(imin)})
+        for n in u.get("numbers") or []:
+            ex.h(k.numbers)[str(n)] = uid
+    for (t, key, amount, after) in await ledger.query(
+            "SELECT tenant, idempotency_key, amount_micro, balance_after_micro FROM topups"):
+        ex.h(tenant_keys(t, partitions).topups)[key] = f"{amount}|{after}"
+    for (t, number, added) in await ledger.query(
+            "SELECT tenant, number, added_at FROM tollfree_numbers"):
+        ex.h(tenant_keys(t, partitions).tollfree)[number] = str(added)
+    for (t, cid, uid, pool, month, pr, cr, record, counted) in await ledger.query(
+            "SELECT tenant, call_id, user_id, pool, month, pool_reserved_minutes, "
+            "credits_reserved_micro, record, counted FROM calls WHERE state = 'active'"):
+        k = tenant_keys(t, partitions)
+        rec: dict[str, str] = orjson.loads(record)
+        rec["pr"], rec["cr"] = str(pr), str(cr)
+        ex.hashes[k.call(cid)] = rec
+        ex.call_keys.add(k.call(cid))
+        ex.zsets.setdefault(k.partition.active, {})[active_member(t, cid)] = int(
+            rec.get("gexp", "0"))
+        if counted:
+            ex.add(k.tenant, "act", 1)
+            ex.add(k.user_active, uid, 1)
+        ex.add(k.tenant, "res", int(cr))
+        if month in months:
+            if pool:
+                ex.add(k.month(month), f"r:{pool}", int(pr))
+            if uid and cr:
+                ex.add(k.month(month), f"sr:{uid}", int(cr))
+    for (t, month, pool, uid, minutes, credits) in await ledger.query(
+            "SELECT tenant, month, pool, user_id, "
+            "SUM(domestic_pool_minutes + international_pool_minutes), SUM(credits_micro) "
+            "FROM cdrs GROUP BY tenant, month, pool, user_id"):
+        if month not in months:
+            continue
+        k = tenant_keys(t, partitions)
+        if pool:
+            ex.add(k.month(month), f"u:{pool}", int(minutes))
+        if uid:
+            ex.add(k.month(month), f"s:{uid}", int(credits))
+    for key, h in ex.hashes.items():
+        if ":m:" in key:
+            ex.months.add(key)
+            _drop_zeros(h, ("u:", "r:", "s:", "sr:"))
+    return ex
+
+
+async def redis_is_empty(store: Store, ex: Expected) -> bool:
+    for key in ex.tenant_keys:
+        if int(await store.raw(key, "EXISTS", key)):
+            return False
+    return True
+
+
+async def rebuild(store: Store, ledger: Ledger, now: int, clock_skew_seconds: int,
+                  show_progress: bool = True) -> int:
+    """Write the ledger's state into Redis (expected empty); returns keys written."""
+    ex = await expected_state(ledger, store.partitions, now, clock_skew_seconds)
+    await store.load_functions()
+    bar = Progress("rebuild", len(ex.hashes) + len(ex.zsets)) if show_progress else None
+    for key, h in ex.hashes.items():
+        if h:
+            flat = [x for kv in h.items() for x in kv]
+            await store.raw(key, "HSET", key, *flat)
+            if key in ex.months:
+                await store.raw(key, "EXPIRE", key, MONTH_TTL_SECONDS)
+        if bar:
+            bar.advance()
+    for key, members in ex.zsets.items():
+        flat_z: list[str | int] = [x for m, s in members.items() for x in (s, m)]
+        await store.raw(key, "ZADD", key, *flat_z)
+        if bar:
+            bar.advance()
+    if bar:
+        bar.close()
+    return len(ex.hashes) + len(ex.zsets)
+
+
+def diff_hash(key: str, want: dict[str, str], have: dict[str, str],
+              only: tuple[str, ...] | None) -> list[str]:
+    out = []
+    fields = set(only) if only else set(want) | set(have)
+    for f in sorted(fields):
+        w, h = want.get(f), have.get(f)
+        if (w or None) != (h or None):
+            out.append(f"{key} {f}: redis={h!r} ledger={w!r}")
+    return out
+

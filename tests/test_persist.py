@@ -1,0 +1,183 @@
+"""The persister, the ledger and the reaper on SQLite and PostgreSQL (real servers).
+
+Each test runs its own redis-server: a consumer group is per stream, and streams are per
+Redis, so sharing the session server would let tests consume each other's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import create_app
+from gateway.clock import ManualClock
+from gateway.ledger import Entry, Ledger, open_ledger
+from gateway.persist import GROUP, Persister, persister_status
+from gateway.reaper import Reaper
+from gateway.redisproc import RedisServer
+from gateway.store import Store
+from tests.conftest import make_settings
+from tests.gwclient import Gateway
+from tests.persist_helpers import drain, entries_added, scalar
+
+LONDON = "+442071838750"
+NEW_YORK = "+12125550123"
+PARTITIONS = 4
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", name="persist-redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def pgw(own_redis: RedisServer, clock: ManualClock, aiohttp_client: Any
+              ) -> AsyncIterator[Gateway]:
+    settings = make_settings(own_redis.url, partitions=PARTITIONS)
+    client = await aiohttp_client(create_app(settings, clock=clock))
+    yield Gateway(client, clock, settings)
+
+
+@pytest.fixture
+async def store(own_redis: RedisServer) -> AsyncIterator[Store]:
+    s = Store.from_url(own_redis.url, PARTITIONS)
+    await s.load_functions()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def ledger(ledger_url: str) -> AsyncIterator[Ledger]:
+    led = await open_ledger(ledger_url)
+    yield led
+    await led.close()
+
+
+async def some_traffic(gw: Gateway, t: str) -> None:
+    """Tenant, users, top-up, allowed / denied / extended / ended calls, toll-free."""
+    await gw.tenant(t)
+    await gw.user(t, "us0", "US", "domestic")
+    await gw.user(t, "payg", "US", "pay_as_you_go")
+    await gw.topup(t, "10.00", "k1")
+    await gw.req("PUT", f"/v1/tenants/{t}/toll-free-numbers/+18005550100", status=None)
+    d = await gw.call(t, "c-dom", NEW_YORK, user="us0")
+    assert d["decision"] == "allow", d
+    await gw.extend(t, "c-dom", 250)
+    gw.clock.advance(400)
+    await gw.end(t, "c-dom", 400)
+    d = await gw.call(t, "c-intl", LONDON, user="payg")
+    assert d["decision"] == "allow", d
+    gw.clock.advance(95)
+    await gw.end(t, "c-intl", 95)
+    d = await gw.call(t, "c-denied", "+99912345", user="us0")
+    assert d["decision"] == "deny", d
+
+
+async def test_every_event_reaches_the_ledger_exactly_once(
+    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str
+) -> None:
+    t = tenant_id
+    await some_traffic(pgw, t)
+    persister = Persister(store, ledger, consumer="a")
+    await drain(persister)
+    added = await entries_added(store)
+    assert await scalar(ledger, "SELECT COUNT(*) FROM events") == added
+    types = {r[0] for r in await ledger.query("SELECT type FROM events")}
+    assert {"tenant.created", "user.created", "credits.topped_up", "tollfree.added",
+            "call.allowed", "call.extended", "call.ended", "call.denied"} <= types
+
+    # Re-delivery (a crash between commit and XACK) changes nothing.
+    stream = store.keys(t).partition.events
+    raw = await store.backend.execute(stream, "XRANGE", stream, "-", "+")
+    again = [Entry(str(e[0]), str(e[1][1]), str(e[1][3]), str(e[1][5])) for e in raw]
+    assert again, "stream trimmed before the group was done"
+    assert await ledger.apply(stream, again) == 0
+    assert await scalar(ledger, "SELECT COUNT(*) FROM events") == added
+
+    cdrs = await ledger.cdrs(t, None, None, 10, None)
+    assert [c["call_id"] for c in cdrs] == ["c-intl", "c-dom"]
+    intl = cdrs[0]
+    _, balance, _ = await store.credits_get(t)
+    assert intl["credits_micro"] == 10_000_000 - balance > 0
+    assert (intl["direction"], intl["to_number"], intl["dest_class"]) == (
+        "outbound", LONDON, "international")
+    dom = cdrs[1]
+    assert (dom["domestic_pool_minutes"], dom["duration_seconds"]) == (7, 400)
+    assert await scalar(ledger, "SELECT balance_micro FROM tenants WHERE tenant = ?",
+                        t) == balance
+    assert await scalar(ledger, "SELECT state FROM calls WHERE call_id = 'c-denied'") == "denied"
+
+
+async def test_pending_entries_of_a_dead_consumer_are_claimed(
+    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str
+) -> None:
+    await some_traffic(pgw, tenant_id)
+    stream = store.keys(tenant_id).partition.events
+    await store.backend.execute(stream, "XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
+    # "dead" reads everything and dies before writing or acknowledging.
+    await store.backend.execute(stream, "XREADGROUP", "GROUP", GROUP, "dead", "COUNT", 1000,
+                                "STREAMS", stream, ">")
+    status = await persister_status(store)
+    assert status["pending_entries"] > 0 and status["lag_seconds"] >= 0
+    live = Persister(store, ledger, consumer="live", claim_idle_ms=0)
+    await drain(live)
+    assert await scalar(ledger, "SELECT COUNT(*) FROM events") == await entries_added(store)
+    summary = await store.backend.execute(stream, "XPENDING", stream, GROUP)
+    assert int(summary[0]) == 0
+
+
+async def test_trimming_keeps_every_unacknowledged_entry(store: Store, ledger: Ledger) -> None:
+    stream = store.keys("trim").partition.events
+    ids = [str(await store.backend.execute(stream, "XADD", stream, "*", "type", "x",
+                                           "tenant", "trim", "data", "{}"))
+           for _ in range(10)]
+    persister = Persister(store, ledger, consumer="p")
+    await persister._ensure_group(stream)
+    # Another consumer holds entries 4.. unacknowledged; ours acknowledged 0..3.
+    await store.backend.execute(stream, "XREADGROUP", "GROUP", GROUP, "p", "COUNT", 4,
+                                "STREAMS", stream, ">")
+    await store.backend.execute(stream, "XACK", stream, GROUP, *ids[:4])
+    await store.backend.execute(stream, "XREADGROUP", "GROUP", GROUP, "other", "COUNT", 3,
+                                "STREAMS", stream, ">")
+    await persister.trim_stream(stream)
+    left = [str(e[0]) for e in await store.backend.execute(stream, "XRANGE", stream, "-", "+")]
+    assert left == ids[4:]
+    await store.backend.execute(stream, "XACK", stream, GROUP, *ids[4:7])
+    await persister.trim_stream(stream)
+    left = [str(e[0]) for e in await store.backend.execute(stream, "XRANGE", stream, "-", "+")]
+    assert left == ids[6:]  # MINID keeps the last delivered entry itself
+
+
+async def test_two_reapers_bill_each_lost_call_once(
+    pgw: Gateway, store: Store, tenant_id: str
+) -> None:
+    t = tenant_id
+    await pgw.tenant(t)
+    await pgw.user(t, "payg", "US", "pay_as_you_go")
+    await pgw.topup(t, "50.00", "k1")
+    for i in range(20):
+        d = await pgw.call(t, f"lost-{i}", LONDON, user="payg")
+        assert d["decision"] == "allow", d
+    _, before, reserved = await store.credits_get(t)
+    assert reserved > 0
+    s = pgw.settings
+    reapers = [Reaper(store, pgw.clock, 60, s.clock_skew_seconds, s.call_retention_seconds)
+               for _ in range(2)]
+    pgw.clock.advance(300 + 59)
+    assert await reapers[0].run_once() == 0  # grace not over yet
+    pgw.clock.advance(2)
+    closed = await asyncio.gather(*(r.run_once() for r in reapers))
+    assert sum(closed) == 20
+    _, after, reserved = await store.credits_get(t)
+    assert reserved == 0
+    call = await store.call_get(t, "lost-0")
+    assert call is not None and call["st"] == "expired"
+    assert before - after == 20 * int(call["bc"]) > 0  # billed as fully used, once each
+    assert sum([await r.run_once() for r in reapers]) == 0
