@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -94,12 +95,27 @@ async def _create_demo(settings: Settings) -> None:
     await create_demo_tenant(settings)
 
 
+def _metrics_dir(settings: Settings) -> None:
+    """Point prometheus-client at a fresh multi-process directory before any worker creates
+    a metric: samples of all workers (and of dead ones, for counters) add up at /metrics.
+    A PROMETHEUS_MULTIPROC_DIR given by the environment is used as is."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    if "prometheus_client" in sys.modules:  # would be too late: values are already in-process
+        log.warning("prometheus_client imported before serve: /metrics shows one worker")
+    path = settings.data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.workers is not None:
         settings = replace(settings, workers=args.workers)
     if args.port is not None:
         settings = replace(settings, http_port=args.port)
+    _metrics_dir(settings)
     supervisor: _RedisSupervisor | None = None
     if not settings.redis_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,12 +170,19 @@ def _wait_children(children: list[int]) -> int:
             try:
                 _, code = os.waitpid(pid, 0)
                 status = status or os.waitstatus_to_exitcode(code)
+                _worker_exited(pid)
                 break
             except ChildProcessError:
                 break
             except InterruptedError:
                 continue
     return status
+
+
+def _worker_exited(pid: int) -> None:
+    from gateway.metrics import worker_exited
+
+    worker_exited(pid)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway import metrics
 from gateway.keys import TenantKeys, tenant_keys
 from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url
 
@@ -170,8 +172,10 @@ class Store:
     async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         """One FCALL, routed by its first key; reloads the library once if a node lacks it."""
         cmd = ("FCALL", name, len(keys), *keys, *args)
+        t0 = time.perf_counter()
         try:
             reply = await self.backend.execute(keys[0], *cmd)
+            metrics.observe_redis(name, time.perf_counter() - t0)
         except ReplyError as exc:
             if "Function not found" not in str(exc):
                 raise
@@ -348,6 +352,17 @@ class Store:
             credits_micro=int(reply[5]), overrun_seconds=int(reply[6]),
             replayed=bool(reply[7]),
         )
+
+    async def active_calls(self) -> int:
+        """Calls holding a grant, over every partition (for /metrics; never on the hot path)."""
+        from gateway.keys import all_partitions
+
+        async with asyncio.timeout(self.admin_timeout_s):
+            counts = await asyncio.gather(*(
+                self.backend.execute(p.active, "ZCARD", p.active)
+                for p in all_partitions(self.partitions)
+            ))
+        return sum(int(c) for c in counts)
 
     async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)
