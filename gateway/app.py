@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.admin import AdminService
 from gateway.api import (
     ADMIN,
@@ -59,5 +60,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             await s.close()
 
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(metrics.flusher_ctx)
     add_routes(app)
     return app

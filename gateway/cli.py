@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from gateway.errors import ConfigError
 log = logging.getLogger("callgate")
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
+GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
 
 
 def _install_uvloop() -> None:
@@ -40,6 +42,7 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
+    _tune_gc()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port,
                        backlog=1024)
     await site.start()
@@ -52,6 +55,16 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
     await stop.wait()
     # Graceful: stop accepting, let in-flight requests finish, then close Redis.
     await runner.cleanup()
+
+
+def _tune_gc() -> None:
+    """Profiling showed ~10 % of a worker's CPU in the cyclic GC: the start-up heap (number
+    metadata, rate decks, configuration) was rescanned by every older-generation pass.
+    Freeze it (never scanned again) and collect the young generation less often; request
+    garbage is acyclic and freed by reference counting anyway."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
 def _worker(settings: Settings, reuse_port: bool) -> None:
