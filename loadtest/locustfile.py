@@ -74,7 +74,7 @@ def us_number() -> str:
 class Switch(FastHttpUser):
     """One switch: short think times between call events."""
 
-    wait_time = between(0.01, 0.1)
+    wait_time = between(0.05, 0.3)
 
     def on_start(self) -> None:
         self.headers = {**AUTH, "Content-Type": "application/json"}
