@@ -29,12 +29,13 @@ from gateway.calls import AuthorizeRequest, CallService
 from gateway.clock import SystemClock
 from gateway.config import load_settings
 from gateway.keys import all_partitions
+from gateway.redisclient import backend_from_url
 from gateway.redisproc import RedisServer
 from gateway.store import Store, TenantSettings
 from loadtest.common import RESULTS, scratch_dir
 
 USERS_PER_TENANT = 10
-CONCURRENCY = 2000
+CONCURRENCY = 500
 SPEC = UserSpec("US", "domestic", DIAL_OUT[0], True, None, None, ())
 
 
@@ -98,7 +99,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # A generous Redis timeout: thousands of concurrent FCALLs queue up by design here.
         settings = replace(load_settings(env={}), redis_timeout_ms=5000,
                            redis_url=f"unix://{sock}" if sock else server.url)
-        store = Store.from_url(settings.redis_url or "", settings.partitions)
+        store = Store(backend_from_url(settings.redis_url or "", 1.0), settings.partitions,
+                      admin_timeout_s=60.0)
         await store.load_functions()
         clock = SystemClock()
         admin = AdminService(settings, store, clock)
