@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway import admin as admin_mod
 from gateway import api_cdrs
 from gateway import calls as calls_mod
+from gateway import metrics as metrics_mod
 from gateway.admin import DIAL_OUT, AdminService, UserSpec, e164_number
 from gateway.auth import Authenticator, Principal
 from gateway.calls import AuthorizeRequest, CallService
@@ -357,6 +358,19 @@ async def readyz(request: web.Request) -> web.StreamResponse:
                          200 if ready else 503)
 
 
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus text format; samples the active calls from Redis first (best effort:
+    a scrape never fails because Redis does)."""
+    try:
+        metrics_mod.ACTIVE_CALLS.set(await request.app[STORE].active_calls())
+    except (*calls_mod.UNAVAILABLE, AssertionError) as exc:
+        log.debug("/metrics: active calls not sampled: %r", exc)
+    body, content_type = metrics_mod.render()
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
+
+
 SWITCH = ("switch",)
 ADMIN_ROLE = ("admin",)
 OPERATOR = ("operator",)
@@ -386,3 +400,4 @@ def add_routes(app: web.Application) -> None:
         app.router.add_route(method, path, guarded(handler, roles))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.admin import AdminService
 from gateway.api import (
     ADMIN,
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(decks_ctx)
     app.cleanup_ctx.append(ledger_ctx)  # GET …/cdrs reads the ledger (opened on first use)
+    app.cleanup_ctx.append(metrics.flusher_ctx)
     add_routes(app)
     add_deck_routes(app)
     add_audit_routes(app)

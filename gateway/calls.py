@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway import metrics
 from gateway.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.config import Settings
 from gateway.decks import Decks
@@ -167,6 +169,7 @@ class CallService:
         )
 
     async def authorize(self, tenant_id: str, req: AuthorizeRequest) -> dict[str, Any]:
+        t0 = time.perf_counter()
         now = int(self.clock.now())
         dest = classify(req.to)
         emergency = req.direction == "outbound" and bool(dest.emergency_regions)
@@ -196,11 +199,15 @@ class CallService:
             decision = self._without_redis(dest, emergency, now)
         except UNAVAILABLE as exc:
             _log_failure("authorize", tenant_id, req.call_id, exc)
+            metrics.count_redis_failure(exc)
             decision = self._without_redis(dest, emergency, now)
         else:
             if len(self._tenant_cache) > 100_000:
                 self._tenant_cache.clear()
             self._tenant_cache[tenant_id] = (currency, tz)
+        if not decision.replayed:
+            metrics.count_decision(decision.decision, decision.reason, decision.source)
+        metrics.observe_request("authorize", time.perf_counter() - t0)
         return decision_body(req.call_id, decision)
 
     def _without_redis(self, dest: Destination, emergency: bool, now: int) -> Decision:
@@ -215,6 +222,7 @@ class CallService:
     # -- extend, end, get -------------------------------------------------------------------
 
     async def extend(self, tenant_id: str, call_id: str, used_seconds: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
         try:
@@ -226,10 +234,14 @@ class CallService:
             raise _lifecycle_error(exc) from exc
         except UNAVAILABLE as exc:
             _log_failure("extend", tenant_id, call_id, exc)
+            metrics.count_redis_failure(exc)
             decision = Decision("deny", "service_unavailable", "", 0, now, "", "", "")
+        metrics.count_decision(decision.decision, decision.reason, decision.source)
+        metrics.observe_request("extend", time.perf_counter() - t0)
         return decision_body(call_id, decision)
 
     async def end(self, tenant_id: str, call_id: str, duration_seconds: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
         try:
@@ -242,9 +254,11 @@ class CallService:
             raise _lifecycle_error(exc) from exc
         except UNAVAILABLE as exc:
             _log_failure("end", tenant_id, call_id, exc)
+            metrics.count_redis_failure(exc)
             # Not billed: the switch must retry (end is idempotent); the reaper bills the
             # call as fully used if it never gets through (D33).
             raise ServiceUnavailable(str(exc)) from exc
+        metrics.observe_request("end", time.perf_counter() - t0)
         return bill_body(call_id, bill)
 
     async def get(self, tenant_id: str, call_id: str) -> dict[str, Any]:

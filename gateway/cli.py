@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -23,6 +25,7 @@ from gateway.errors import ConfigError
 log = logging.getLogger("callgate")
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
+GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
 
 
 def _install_uvloop() -> None:
@@ -43,6 +46,7 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
         app.cleanup_ctx.append(background_ctx(settings))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
+    _tune_gc()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port,
                        backlog=1024)
     await site.start()
@@ -55,6 +59,16 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
     await stop.wait()
     # Graceful: stop accepting, let in-flight requests finish, then close Redis.
     await runner.cleanup()
+
+
+def _tune_gc() -> None:
+    """Profiling showed ~10 % of a worker's CPU in the cyclic GC: the start-up heap (number
+    metadata, rate decks, configuration) was rescanned by every older-generation pass.
+    Freeze it (never scanned again) and collect the young generation less often; request
+    garbage is acyclic and freed by reference counting anyway."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
 def _worker(settings: Settings, reuse_port: bool, background: bool) -> None:
@@ -98,12 +112,27 @@ async def _create_demo(settings: Settings) -> None:
     await create_demo_tenant(settings)
 
 
+def _metrics_dir(settings: Settings) -> None:
+    """Point prometheus-client at a fresh multi-process directory before any worker creates
+    a metric: samples of all workers (and of dead ones, for counters) add up at /metrics.
+    A PROMETHEUS_MULTIPROC_DIR given by the environment is used as is."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    if "prometheus_client" in sys.modules:  # would be too late: values are already in-process
+        log.warning("prometheus_client imported before serve: /metrics shows one worker")
+    path = settings.data_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.workers is not None:
         settings = replace(settings, workers=args.workers)
     if args.port is not None:
         settings = replace(settings, http_port=args.port)
+    _metrics_dir(settings)
     supervisor: _RedisSupervisor | None = None
     if not settings.redis_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +187,7 @@ def _wait_children(children: list[int]) -> int:
             try:
                 _, code = os.waitpid(pid, 0)
                 status = status or os.waitstatus_to_exitcode(code)
+                _worker_exited(pid)
                 break
             except ChildProcessError:
                 break
@@ -198,6 +228,12 @@ def _append_entry(config: Path, entry: str) -> None:
         os.replace(tmp, config)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _worker_exited(pid: int) -> None:
+    from gateway.metrics import worker_exited
+
+    worker_exited(pid)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

@@ -42,9 +42,33 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+def _month_of(ts: int, tz: str) -> str:
+    return datetime.fromtimestamp(ts, zone(tz)).strftime("%Y%m")
+
+
+# tz -> (first second of the month, first second of the next month, YYYYMM): the hot path
+# asks for the current month on every authorize; zoneinfo arithmetic costs microseconds.
+_month_spans: dict[str, tuple[int, int, str]] = {}
+
+
 def month_of(ts: int, tz: str) -> str:
     """YYYYMM of the instant ts in time zone tz: the month a call is charged to (D7)."""
-    return datetime.fromtimestamp(ts, zone(tz)).strftime("%Y%m")
+    span = _month_spans.get(tz)
+    if span is not None and span[0] <= ts < span[1]:
+        return span[2]
+    month = _month_of(ts, tz)
+    y, m = int(month[:4]), int(month[4:])
+    z = zone(tz)
+    start = int(datetime(y, m, 1, tzinfo=z).timestamp())
+    end = int(datetime(y + m // 12, m % 12 + 1, 1, tzinfo=z).timestamp())
+    # Cache only spans that are exact (a zone whose clocks jump at midnight on the 1st
+    # would make local midnight ambiguous or missing: such a zone is never cached).
+    if (start <= ts < end and _month_of(start, tz) == month and _month_of(start - 1, tz) != month
+            and _month_of(end - 1, tz) == month and _month_of(end, tz) != month):
+        if len(_month_spans) > 10_000:
+            _month_spans.clear()
+        _month_spans[tz] = (start, end, month)
+    return month
 
 
 def previous_month(yyyymm: str) -> str:
@@ -56,6 +80,7 @@ def previous_month(yyyymm: str) -> str:
 _OFFSET_BOUND = timedelta(hours=14)
 
 
+@functools.lru_cache(maxsize=64)
 def candidate_months(now: int, clock_skew_seconds: int) -> tuple[str, str, str]:
     """The months (any time zone) a call still alive at ``now`` may have started in.
 
@@ -71,6 +96,7 @@ def candidate_months(now: int, clock_skew_seconds: int) -> tuple[str, str, str]:
     return previous_month(low), low, high
 
 
+@functools.lru_cache(maxsize=4096)  # answers repeat the same few seconds (now + grant)
 def rfc3339(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.keys import TenantKeys, tenant_keys
 from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url
@@ -184,8 +186,10 @@ class Store:
     async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         """One FCALL, routed by its first key; reloads the library once if a node lacks it."""
         cmd = ("FCALL", name, len(keys), *keys, *args)
+        t0 = time.perf_counter()
         try:
             reply = await self.backend.execute(keys[0], *cmd)
+            metrics.observe_redis(name, time.perf_counter() - t0)
         except ReplyError as exc:
             if "Function not found" not in str(exc):
                 raise
@@ -366,6 +370,17 @@ class Store:
     async def tenant_exists(self, tenant_id: str) -> bool:
         k = self.keys(tenant_id)
         return bool(await self.raw(k.tenant, "EXISTS", k.tenant))
+
+    async def active_calls(self) -> int:
+        """Calls holding a grant, over every partition (for /metrics; never on the hot path)."""
+        from gateway.keys import all_partitions
+
+        async with asyncio.timeout(self.admin_timeout_s):
+            counts = await asyncio.gather(*(
+                self.backend.execute(p.active, "ZCARD", p.active)
+                for p in all_partitions(self.partitions)
+            ))
+        return sum(int(c) for c in counts)
 
     async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)

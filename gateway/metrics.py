@@ -1,0 +1,247 @@
+"""Every Prometheus metric of callgate, in one place, and the /metrics exposition.
+
+Names follow the client_python conventions: ``callgate_`` prefix, base units (seconds),
+counters end in ``_total``; labels carry bounded vocabularies only (decision, reason,
+source, operation, function), never a tenant, user or call id.
+
+Multi-process: ``callgate serve`` sets PROMETHEUS_MULTIPROC_DIR (a fresh directory under
+the data directory) before any worker imports prometheus_client; every worker then writes
+its samples to memory-mapped files there and /metrics, served by whichever worker the
+kernel picks, aggregates them all with MultiProcessCollector. Without the variable (tests,
+embedding) the default in-process registry is used: one code path, two registries.
+
+Hot path: each request adds to plain Python counters (a dict update and a bisect);
+``flush()`` moves them into the prometheus objects in bulk, once a second and before each
+exposition (see below for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from bisect import bisect_left
+from collections.abc import AsyncIterator
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+# Latency budget: p99 of authorize <= 2 ms; buckets resolve 100 us up to 2.5 ms, then coarser.
+LATENCY_BUCKETS_SECONDS: Final = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.0025,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+
+DECISIONS = Counter(
+    "callgate_decisions_total",
+    "Authorize and extend decisions, by decision, reason and source of the minutes",
+    ("decision", "reason", "source"),
+)
+REQUEST_DURATION = Histogram(
+    "callgate_request_duration_seconds",
+    "Time to answer a call-control request inside the gateway (parse to answer)",
+    ("operation",),
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+REDIS_DURATION = Histogram(
+    "callgate_redis_duration_seconds",
+    "Round-trip time of one Redis function call (FCALL), by function",
+    ("function",),
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+REDIS_ERRORS = Counter(
+    "callgate_redis_errors_total",
+    "Redis round trips that failed: kind is error_reply, unavailable or timeout",
+    ("kind",),
+)
+REDIS_TIMEOUTS = Counter(
+    "callgate_redis_timeouts_total",
+    "Call-control round trips that exceeded the Redis timeout (redis_timeout_ms)",
+)
+PERSISTER_BACKLOG = Gauge(
+    "callgate_persister_backlog_events",
+    "Events written to Redis streams and not yet persisted to the ledger",
+    multiprocess_mode="livemax",
+)
+PERSISTER_LAG = Gauge(
+    "callgate_persister_lag_seconds",
+    "Age of the oldest event not yet persisted to the ledger",
+    multiprocess_mode="livemax",
+)
+ACTIVE_CALLS = Gauge(
+    "callgate_active_calls",
+    "Calls holding a grant (all tenants), sampled from Redis when /metrics is scraped",
+    multiprocess_mode="livemax",
+)
+GRANTS_REAPED = Counter(
+    "callgate_grants_reaped_total",
+    "Grants that expired without an end or extend and were billed by the reaper",
+)
+DECK_RELOADS = Counter(
+    "callgate_deck_reloads_total",
+    "Rate-deck reloads, by result (ok or error)",
+    ("result",),
+)
+CONFIG_RELOADS = Counter(
+    "callgate_config_reloads_total",
+    "Configuration reloads, by result (ok or error)",
+    ("result",),
+)
+
+#: Every metric family name defined here (the dashboard and alert tests check against it).
+METRIC_NAMES: Final = frozenset({
+    "callgate_decisions_total",
+    "callgate_request_duration_seconds",
+    "callgate_redis_duration_seconds",
+    "callgate_redis_errors_total",
+    "callgate_redis_timeouts_total",
+    "callgate_persister_backlog_events",
+    "callgate_persister_lag_seconds",
+    "callgate_active_calls",
+    "callgate_grants_reaped_total",
+    "callgate_deck_reloads_total",
+    "callgate_config_reloads_total",
+})
+
+# -- cheap hot-path accessors ------------------------------------------------------------
+#
+# prometheus-client's multi-process values call os.getpid() (a real system call) on every
+# increment, and a histogram observation is two increments: strace showed ~10 getpid calls
+# per authorize. So the hot path only adds to plain Python counters here, and flush()
+# moves them into the prometheus objects in bulk: every FLUSH_INTERVAL_SECONDS from each
+# worker's event loop (flusher_ctx) and before every exposition.
+
+FLUSH_INTERVAL_SECONDS: Final = 1.0
+_BOUNDS: Final = (*LATENCY_BUCKETS_SECONDS, float("inf"))
+
+_decisions: dict[tuple[str, str, str], int] = {}
+# {(histogram, label): [count per bucket..., sum of seconds]}
+_latencies: dict[tuple[Histogram, str], list[float]] = {}
+
+
+def count_decision(decision: str, reason: str, source: str) -> None:
+    key = (decision, reason, source)
+    _decisions[key] = _decisions.get(key, 0) + 1
+
+
+def _observe(hist: Histogram, label: str, seconds: float) -> None:
+    slots = _latencies.get((hist, label))
+    if slots is None:
+        slots = _latencies[(hist, label)] = [0.0] * (len(_BOUNDS) + 1)
+    slots[bisect_left(_BOUNDS, seconds)] += 1  # first bucket whose bound is >= seconds
+    slots[-1] += seconds
+
+
+def observe_request(operation: str, seconds: float) -> None:
+    _observe(REQUEST_DURATION, operation, seconds)
+
+
+def observe_redis(function: str, seconds: float) -> None:
+    _observe(REDIS_DURATION, function, seconds)
+
+
+def flush() -> None:
+    """Move the hot-path counts into the prometheus metrics (cheap when nothing is new)."""
+    if _decisions:
+        pending = list(_decisions.items())
+        _decisions.clear()
+        for (decision, reason, source), n in pending:
+            DECISIONS.labels(decision, reason, source or "none").inc(n)
+    if _latencies:
+        hists = list(_latencies.items())
+        _latencies.clear()
+        for (hist, label), slots in hists:
+            child = hist.labels(label)
+            # Histogram children keep non-cumulative bucket values and a sum (this is
+            # what Histogram.observe updates); there is no public bulk observe.
+            for i, count in enumerate(slots[:-1]):
+                if count:
+                    child._buckets[i].inc(count)
+            child._sum.inc(slots[-1])
+
+
+async def _flush_periodically() -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+        flush()
+
+
+async def flusher_ctx(app: object) -> AsyncIterator[None]:
+    """aiohttp cleanup context: flush every second while the app runs, and at shutdown."""
+    task = asyncio.create_task(_flush_periodically())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    flush()
+
+
+def count_redis_failure(exc: BaseException) -> None:
+    """One failed call-control round trip (see calls.UNAVAILABLE)."""
+    from gateway.redisclient import ReplyError
+
+    if isinstance(exc, TimeoutError):
+        REDIS_TIMEOUTS.inc()
+        kind = "timeout"
+    elif isinstance(exc, ReplyError):
+        kind = "error_reply"
+    else:
+        kind = "unavailable"
+    REDIS_ERRORS.labels(kind).inc()
+
+
+# -- for the persister, the reaper and the reloaders ------------------------------------------
+
+
+def set_persister_state(backlog_events: int, lag_seconds: float) -> None:
+    """The persister calls this after each batch (and when idle, with 0 and 0.0)."""
+    PERSISTER_BACKLOG.set(backlog_events)
+    PERSISTER_LAG.set(lag_seconds)
+
+
+def count_grants_reaped(n: int = 1) -> None:
+    if n > 0:
+        GRANTS_REAPED.inc(n)
+
+
+def count_deck_reload(ok: bool = True) -> None:
+    DECK_RELOADS.labels("ok" if ok else "error").inc()
+
+
+def count_config_reload(ok: bool = True) -> None:
+    CONFIG_RELOADS.labels("ok" if ok else "error").inc()
+
+
+# -- exposition --------------------------------------------------------------------------
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def render() -> tuple[bytes, str]:
+    """(body, content type) of the text exposition, aggregated over the workers when
+    PROMETHEUS_MULTIPROC_DIR is set (other workers' last second may not be in yet)."""
+    flush()
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Drop the live-gauge files of a worker that is gone (its counters stay summed)."""
+    if multiprocess_enabled():
+        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]

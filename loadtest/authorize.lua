@@ -1,0 +1,82 @@
+-- wrk script: POST authorizations with unique call ids over many tenants and users.
+--
+-- Environment: BENCH_TENANTS, BENCH_USERS (per tenant), BENCH_TENANT_PREFIX, BENCH_TOKEN,
+-- BENCH_RUN (makes call ids unique across runs), BENCH_RATE (requests/s per wrk thread;
+-- 0 or unset: as fast as the connections allow).
+--
+-- With BENCH_RATE the thread hands out send slots on a fixed schedule (open loop): each
+-- connection, when free, waits for the next slot, so the offered rate does not drop when
+-- the server slows down (as long as enough connections are idle). wrk's delay() has 1 ms
+-- resolution: at 0.2 ms intervals requests leave in small bursts each millisecond.
+local ffi = require("ffi")
+ffi.cdef [[
+  typedef struct { long tv_sec; long tv_nsec; } cg_timespec;
+  int clock_gettime(int clk_id, cg_timespec *tp);
+]]
+local ts = ffi.new("cg_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+
+local tenants = tonumber(os.getenv("BENCH_TENANTS") or "10")
+local users = tonumber(os.getenv("BENCH_USERS") or "10")
+local prefix = os.getenv("BENCH_TENANT_PREFIX") or "bench-t"
+local run = os.getenv("BENCH_RUN") or tostring(os.time())
+local rate = tonumber(os.getenv("BENCH_RATE") or "0")
+local headers = {
+  ["Content-Type"] = "application/json",
+  ["Authorization"] = "Bearer " .. (os.getenv("BENCH_TOKEN") or ""),
+}
+-- US / Canada area codes: domestic for a US user on the "domestic" plan.
+local areas = {212, 415, 312, 617, 202, 305, 713, 206, 404, 303, 416, 514}
+
+local threads = {}
+thread_id = 0 -- a global: setup() overrides it per thread with thread:set
+local counter = 0
+
+function setup(thread)
+  thread:set("thread_id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  math.randomseed(os.time() * 1000 + thread_id)
+end
+
+function request()
+  counter = counter + 1
+  local t = math.random(0, tenants - 1)
+  local u = math.random(0, users - 1)
+  local to = string.format("+1%d%d%06d", areas[math.random(#areas)], math.random(2, 9),
+    math.random(0, 999999))
+  local body = string.format(
+    '{"call_id":"b-%s-%d-%d","direction":"outbound","user_id":"u%d","to":"%s"}',
+    run, thread_id, counter, u, to)
+  return wrk.format("POST", "/v1/tenants/" .. prefix .. t .. "/calls", headers, body)
+end
+
+if rate > 0 then
+  local interval = 1000 / rate
+  local next_slot = nil
+  function delay()
+    local now = now_ms()
+    if next_slot == nil or next_slot < now - 1000 then next_slot = now end
+    local slot = next_slot
+    next_slot = next_slot + interval
+    local d = slot - now
+    if d <= 0 then return 0 end
+    return math.floor(d)
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,' ..
+    '"write_errors":%d,"status_errors":%d,"timeouts":%d,"latency_mean_us":%.1f,' ..
+    '"latency_max_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9)))
+end

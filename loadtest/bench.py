@@ -1,0 +1,347 @@
+"""``make bench``: authorize throughput and latency against the hello-world ceiling.
+
+One run, same generator (wrk + loadtest/authorize.lua), same settings, same machine:
+
+1. pinned: gateway (1 worker) on CPU 0; wrk and redis-server on CPU 1.
+   a. gateway, closed loop: maximum authorize throughput;
+   b. hello world (loadtest/hello.py, 1 process on CPU 0): the ceiling; ratio = a / b;
+   c. gateway at a fixed rate of 50 % of (a): p99 latency at half load.
+2. unpinned: 2 gateway workers, 2 hello workers, wrk with 2 threads, nothing pinned.
+
+Results: loadtest/results/bench.json and bench.md; the table is printed. The requests are
+authorizations of real users (many tenants, large pools) with unique call ids, so every
+request is one FCALL that reserves minutes; the allow fraction is read from /metrics.
+
+    python -m loadtest.bench [--duration 10] [--connections 64] [--tenants 50 --users 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from gateway.redisproc import RedisServer
+from loadtest.common import (
+    BIN,
+    RESULTS,
+    ROOT,
+    Server,
+    create_tenants,
+    free_port,
+    gateway,
+    new_token,
+    pinned,
+    scratch_dir,
+    stop,
+    wait_http,
+)
+
+LUA = ROOT / "loadtest" / "authorize.lua"
+TARGET_RATIO = 0.6
+TARGET_P99_MS = 2.0
+
+
+def ensure_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk:
+        return wrk
+    print("wrk not found: installing it with apt (Debian package wrk)", file=sys.stderr)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"],
+                   check=True, env=env)
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise SystemExit("wrk is required for make bench")
+    return wrk
+
+
+class Wrk:
+    def __init__(self, path: str, env: dict[str, str], connections: int) -> None:
+        self.path = path
+        self.env = env
+        self.connections = connections
+        self.runs = 0
+
+    def run(self, url: str, seconds: int, *, threads: int = 1, cpus: str | None = "1",
+            rate_per_thread: float = 0.0, connections: int | None = None,
+            server_pids: list[int] | None = None,
+            redis_pid: int | None = None) -> dict[str, Any]:
+        self.runs += 1
+        pids = tree_pids(server_pids[0]) if server_pids else []
+        cpu0 = cpu_seconds(pids)
+        rcpu0 = cpu_seconds([redis_pid]) if redis_pid else 0.0
+        load0 = os.getloadavg()[0]
+        env = {**self.env, "BENCH_RUN": f"{os.getpid()}-{self.runs}",
+               "BENCH_RATE": f"{rate_per_thread:.1f}"}
+        cmd = pinned([self.path, "-t", str(threads), "-c", str(connections or self.connections),
+                      "-d", f"{seconds}s", "--timeout", "2s", "-s", str(LUA), url], cpus)
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+        line = next(ln for ln in out.splitlines() if ln.startswith("BENCH_JSON "))
+        r: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        r["errors"] = sum(r[k] for k in ("connect_errors", "read_errors", "write_errors",
+                                         "status_errors", "timeouts"))
+        r["command"] = " ".join(cmd)
+        r["loadavg_1m_before"] = load0
+        if r["requests"]:
+            if pids:
+                r["server_cpu_us_per_request"] = (cpu_seconds(pids) - cpu0) / r["requests"] * 1e6
+            if redis_pid:
+                r["redis_cpu_us_per_request"] = (
+                    (cpu_seconds([redis_pid]) - rcpu0) / r["requests"] * 1e6)
+        return r
+
+
+def tree_pids(pid: int) -> list[int]:
+    """pid and its descendants (the serve process and its forked workers), from the ppid
+    field of /proc/*/stat (this kernel has no /proc/PID/task/TID/children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes: unlike req/s, CPU time per request does
+    not depend on what else the machine runs (colleagues' test-suites share these cores)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def decisions(base: str) -> dict[str, float]:
+    """{decision: count} summed from /metrics (all workers)."""
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("callgate_decisions_total{"):
+            labels, value = line.rsplit(" ", 1)
+            d = labels.split('decision="', 1)[1].split('"', 1)[0]
+            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+            key = d if d == "allow" else f"deny:{reason}"
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+class Hello:
+    def __init__(self, workers: int, cpus: str | None) -> None:
+        self.port = free_port()
+        cmd = pinned([str(BIN / "python"), "-m", "loadtest.hello", "--port", str(self.port),
+                      "--workers", str(workers)], cpus)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{self.port}/x", proc=self.proc, method="POST")
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+def measure_gateway(wrk: Wrk, gw: Server, seconds: int, warmup: int, *, threads: int,
+                    cpus: str | None, redis_pid: int, rate_per_thread: float = 0.0,
+                    connections: int | None = None) -> dict[str, Any]:
+    url = f"{gw.base}/v1"
+    if warmup:
+        wrk.run(url, warmup, threads=threads, cpus=cpus)
+    before = decisions(gw.base)
+    r = wrk.run(url, seconds, threads=threads, cpus=cpus, server_pids=[gw.pid],
+                redis_pid=redis_pid, rate_per_thread=rate_per_thread, connections=connections)
+    r["decisions"] = delta(decisions(gw.base), before)
+    return r
+
+
+def measure_hello(wrk: Wrk, workers: int, cpus: str | None, seconds: int, warmup: int,
+                  threads: int, wrk_cpus: str | None) -> dict[str, Any]:
+    hello = Hello(workers, cpus)
+    try:
+        url = f"http://127.0.0.1:{hello.port}/v1"
+        wrk.run(url, warmup, threads=threads, cpus=wrk_cpus)
+        return wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
+                       server_pids=[hello.proc.pid])
+    finally:
+        hello.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--tenants", type=int, default=50)
+    p.add_argument("--users", type=int, default=40, help="users per tenant")
+    p.add_argument("--skip-unpinned", action="store_true")
+    args = p.parse_args(argv)
+
+    wrk_path = ensure_wrk()
+    token = new_token()
+    work = scratch_dir("bench")
+    tenants = [f"bench-t{i}" for i in range(args.tenants)]
+    wrk = Wrk(wrk_path, {**os.environ, "BENCH_TENANTS": str(args.tenants),
+                         "BENCH_USERS": str(args.users), "BENCH_TENANT_PREFIX": "bench-t",
+                         "BENCH_TOKEN": token}, args.connections)
+    result: dict[str, Any] = {
+        "machine": machine(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
+                     "connections": args.connections, "tenants": args.tenants,
+                     "users_per_tenant": args.users, "generator": "wrk + loadtest/authorize.lua"},
+        "placement": {"pinned": "gateway (1 worker) and hello on CPU 0; wrk (1 thread) and "
+                                "redis-server on CPU 1",
+                      "unpinned": "2 gateway workers / 2 hello workers, wrk 2 threads, "
+                                  "redis-server: no affinity"},
+    }
+    with ExitStack() as stack:
+        redis = RedisServer(work / "redis", appendonly=True, appendfsync="everysec",
+                            name="bench-redis")
+        redis.start()
+        stack.callback(redis.stop)
+        assert redis.pid is not None
+        os.sched_setaffinity(redis.pid, {1})
+        sock = redis.unixsocket
+        redis_url = f"unix://{sock}" if sock else redis.url
+
+        # -- 1. pinned -----------------------------------------------------------------
+        with gateway(work / "gw1", redis_url, token, workers=1, cpus="0") as gw:
+            asyncio.run(create_tenants(gw.base, token, tenants, args.users))
+            print(f"gateway pinned to CPU 0: closed loop, {args.duration} s ...", flush=True)
+            gw_max = measure_gateway(wrk, gw, args.duration, args.warmup, threads=1, cpus="1",
+                                     redis_pid=redis.pid)
+            print("hello world pinned to CPU 0 ...", flush=True)
+            hello_max = measure_hello(wrk, 1, "0", args.duration, args.warmup, 1, "1")
+            half = gw_max["rps"] / 2
+            print(f"gateway at a fixed {half:.0f} req/s (50 %) ...", flush=True)
+            gw_half = measure_gateway(wrk, gw, args.duration, 0, threads=1, cpus="1",
+                                      redis_pid=redis.pid, rate_per_thread=half,
+                                      connections=32)
+            gw_half["target_rps"] = half
+        result["pinned"] = {
+            "gateway": gw_max, "hello": hello_max, "gateway_half_load": gw_half,
+            "ratio": gw_max["rps"] / hello_max["rps"],
+            "cpu_ratio": hello_max["server_cpu_us_per_request"]
+            / gw_max["server_cpu_us_per_request"],
+        }
+
+        # -- 2. unpinned, two workers ------------------------------------------------------
+        if not args.skip_unpinned:
+            os.sched_setaffinity(redis.pid, set(range(os.cpu_count() or 1)))
+            with gateway(work / "gw2", redis_url, token, workers=2, cpus=None) as gw:
+                print("gateway, 2 workers, unpinned ...", flush=True)
+                gw2 = measure_gateway(wrk, gw, args.duration, args.warmup, threads=2,
+                                      cpus=None, redis_pid=redis.pid)
+            print("hello world, 2 workers, unpinned ...", flush=True)
+            hello2 = measure_hello(wrk, 2, None, args.duration, args.warmup, 2, None)
+            result["unpinned_2_workers"] = {"gateway": gw2, "hello": hello2,
+                                            "ratio": gw2["rps"] / hello2["rps"]}
+    shutil.rmtree(work, ignore_errors=True)
+
+    pin = result["pinned"]
+    result["targets"] = {
+        "ratio_min": TARGET_RATIO, "ratio": round(pin["ratio"], 3),
+        "ratio_met": pin["ratio"] >= TARGET_RATIO,
+        "p99_half_load_ms_max": TARGET_P99_MS,
+        "p99_half_load_ms": pin["gateway_half_load"]["p99_us"] / 1000,
+        "p99_met": pin["gateway_half_load"]["p99_us"] / 1000 <= TARGET_P99_MS,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (RESULTS / "bench.md").write_text(md)
+    print()
+    print(md)
+    print(f"written: {RESULTS / 'bench.json'}, {RESULTS / 'bench.md'}")
+    t = result["targets"]
+    print(f"ratio {t['ratio']:.2f} (target >= {TARGET_RATIO}): "
+          f"{'MET' if t['ratio_met'] else 'NOT MET'}; p99 at half load "
+          f"{t['p99_half_load_ms']:.2f} ms (target <= {TARGET_P99_MS}): "
+          f"{'MET' if t['p99_met'] else 'NOT MET'}")
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    redis_v = subprocess.run(["redis-server", "--version"], capture_output=True,
+                             text=True).stdout.strip()
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "redis": redis_v.split(" ")[2]
+            if redis_v else ""}
+
+
+def _row(name: str, r: dict[str, Any], ratio: str = "") -> str:
+    cpu = r.get("server_cpu_us_per_request")
+    rcpu = r.get("redis_cpu_us_per_request")
+    return (f"| {name} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.2f} | {r['p90_us'] / 1000:.2f} "
+            f"| {r['p99_us'] / 1000:.2f} | {r['errors']} | {ratio} "
+            f"| {f'{cpu:.0f}' if cpu else ''} | {f'{rcpu:.0f}' if rcpu else ''} "
+            f"| {r['loadavg_1m_before']:.1f} |")
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    pin = res["pinned"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}, "
+        f"Redis {m['redis']}; {res['started_at']}; wrk, {res['settings']['connections']} "
+        f"connections, {res['settings']['duration_s']} s per run, "
+        f"{res['settings']['tenants']} tenants x {res['settings']['users_per_tenant']} users.",
+        "",
+        "| run | req/s | p50 ms | p90 ms | p99 ms | errors | ratio to hello "
+        "| server CPU µs/req | Redis CPU µs/req | load avg before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        _row("gateway authorize, 1 worker pinned (CPU 0)", pin["gateway"],
+             f"**{pin['ratio']:.2f}**"),
+        _row("hello world, 1 process pinned (CPU 0)", pin["hello"], "1.00"),
+        _row(f"gateway at fixed {pin['gateway_half_load']['target_rps']:,.0f} req/s (50 %)",
+             pin["gateway_half_load"]),
+    ]
+    if "unpinned_2_workers" in res:
+        un = res["unpinned_2_workers"]
+        lines += [
+            _row("gateway authorize, 2 workers unpinned", un["gateway"], f"{un['ratio']:.2f}"),
+            _row("hello world, 2 workers unpinned", un["hello"], "1.00"),
+        ]
+    lines += ["", f"CPU-time ratio (hello CPU per request / gateway CPU per request, "
+              f"independent of other load on the machine): {pin['cpu_ratio']:.2f}",
+              f"Decisions in the closed-loop run: {pin['gateway']['decisions']}",
+              f"Placement: {res['placement']['pinned']}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""/metrics: the text format, the call-control metrics and the naming conventions."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import metrics
+from tests.gwclient import Gateway
+
+NEW_YORK = "+12125550123"
+
+
+async def test_metrics_endpoint_counts_decisions_and_latency(gw: Gateway, tenant_id: str) -> None:
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "u", "US", "domestic")
+    await gw.call(t, "c1", NEW_YORK, user="u")
+    await gw.extend(t, "c1", 200)
+    await gw.end(t, "c1", 250)
+    await gw.call(t, "c2", "+19005550100", user="u")
+
+    resp = await gw.client.get("/metrics")  # no token
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+    decisions = {
+        (s.labels["decision"], s.labels["reason"], s.labels["source"]): s.value
+        for s in families["callgate_decisions"].samples if s.name.endswith("_total")
+    }
+    assert decisions[("allow", "domestic_pool", "domestic_pool")] >= 2  # authorize + extend
+    assert decisions[("deny", "destination_blocked", "none")] >= 1
+    ops = {s.labels["operation"] for s in families["callgate_request_duration_seconds"].samples
+           if s.name.endswith("_count")}
+    assert {"authorize", "extend", "end"} <= ops
+    fns = {s.labels["function"]
+           for s in families["callgate_redis_duration_seconds"].samples
+           if s.name.endswith("_count")}
+    assert {"authorize", "extend", "end_call"} <= fns
+    active = families["callgate_active_calls"].samples[0].value
+    assert active >= 0
+
+
+def test_metric_names_follow_conventions() -> None:
+    for name in metrics.METRIC_NAMES:
+        assert re.fullmatch(r"callgate_[a-z_]+", name), name
+    counters = {"callgate_decisions_total", "callgate_redis_errors_total",
+                "callgate_redis_timeouts_total", "callgate_grants_reaped_total",
+                "callgate_deck_reloads_total", "callgate_config_reloads_total"}
+    assert counters <= metrics.METRIC_NAMES
+    for label in ("tenant", "tenant_id", "user", "user_id", "call_id"):
+        for m in (metrics.DECISIONS, metrics.REQUEST_DURATION, metrics.REDIS_DURATION,
+                  metrics.REDIS_ERRORS, metrics.DECK_RELOADS, metrics.CONFIG_RELOADS):
+            assert label not in m._labelnames
+
+
+def test_persister_and_reaper_hooks() -> None:
+    metrics.set_persister_state(12, 0.5)
+    metrics.count_grants_reaped(3)
+    metrics.count_deck_reload()
+    metrics.count_config_reload(ok=False)
+    body = metrics.render()[0].decode()
+    assert "callgate_persister_backlog_events 12.0" in body
+    assert "callgate_persister_lag_seconds 0.5" in body
+    assert re.search(r"callgate_grants_reaped_total [1-9]", body)
+    assert 'callgate_config_reloads_total{result="error"}' in body
