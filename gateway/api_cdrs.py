@@ -77,6 +77,12 @@ async def list_cdrs(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         before = decode_cursor(query["cursor"])
         if before is None:
             raise ValidationError.one("cursor", "is not a cursor this API returned")
+    from gateway.api import STORE
+    from gateway.calls import TenantNotFound
+
+    # A tenant that does not exist answers 404, as on every other tenant path.
+    if not await request.app[STORE].tenant_exists(ctx.tenant_id):
+        raise TenantNotFound(ctx.tenant_id)
     ledger = await request.app[LEDGER].get()
     rows = await ledger.cdrs(ctx.tenant_id, from_ts, to_ts, limit + 1, before)
     page = rows[:limit]

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway.admin import DIAL_OUT
+from gateway.api_cdrs import CDR_PAGE_DEFAULT, CDR_PAGE_MAX
 from gateway.config import Settings
 from gateway.keys import AUDIT_MAX_ENTRIES
 from gateway.rating import HEADER, KINDS
@@ -167,6 +168,22 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                  "reserved_minutes", "remaining_minutes"])},
         }, ["month", "pools"]),
         "TollFreeNumber": _obj({"number": {"type": "string"}}, ["number"]),
+        "Cdr": _obj({
+            "tenant_id": {"type": "string"}, "call_id": {"type": "string"},
+            "user_id": NULLABLE_STR, "direction": {"type": "string"},
+            "from": NULLABLE_STR, "to": {"type": "string"},
+            "destination_country": NULLABLE_STR, "destination_class": {"type": "string"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "ended_at": {"type": "string", "format": "date-time"},
+            **{k: {"type": "integer"} for k in (
+                "duration_seconds", "billed_seconds", "overrun_seconds",
+                "domestic_pool_minutes", "international_pool_minutes")},
+            "credits_charged": MONEY_OUT, "rate_prefix": NULLABLE_STR,
+            "reason": {"type": "string"}, "state": {"type": "string"},
+        }, ["call_id", "direction", "to", "started_at", "ended_at", "duration_seconds",
+            "credits_charged"]),
+        "CdrPage": _obj({"cdrs": {"type": "array", "items": _ref("Cdr")},
+                         "next_cursor": NULLABLE_STR}, ["cdrs", "next_cursor"]),
         "AuditPage": _obj({
             "entries": {"type": "array", "items": _obj({
                 "id": {"type": "string"}, "at": TIME, "actor": {"type": "string"},
@@ -305,6 +322,21 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
         ("DELETE", f"{T}/toll-free-numbers/{{e164}}"): {
             "summary": "Remove a toll-free number (admin)",
             "responses": {"204": {"description": "removed"}, **_problems(*guarded)}},
+        ("GET", f"{T}/cdrs"): {
+            "summary": "Ended calls from the ledger, newest first (admin)",
+            "parameters": [
+                _query("from", {"type": "string", "format": "date-time"},
+                       description="calls ended at or after this time"),
+                _query("to", {"type": "string", "format": "date-time"},
+                       description="calls ended before this time"),
+                _query("limit", {"type": "integer", "minimum": 1,
+                                 "maximum": CDR_PAGE_MAX},
+                       description=f"rows per page, default {CDR_PAGE_DEFAULT}"),
+                _query("cursor", {"type": "string"},
+                       description="next_cursor of the previous page"),
+            ],
+            "responses": {"200": _json(_ref("CdrPage"), "a page of CDRs"),
+                          **_problems(*guarded)}},
         ("GET", f"{T}/audit"): {
             "summary": "Who changed what, when: newest first (admin)",
             "parameters": [
