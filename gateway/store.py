@@ -108,9 +108,11 @@ class Bill:
     replayed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class AuthorizeArgs:
-    """Everything the authorize function needs that Redis does not hold (see its header)."""
+class AuthorizeArgs(NamedTuple):
+    """Everything the authorize function needs that Redis does not hold (see its header).
+
+    A NamedTuple, not a frozen dataclass: built on every authorize, and a frozen 24-field
+    dataclass costs ~5 us to construct (object.__setattr__ per field) against ~1 us."""
 
     tenant_id: str
     call_id: str
