@@ -72,17 +72,17 @@ REDIS_TIMEOUTS = Counter(
 PERSISTER_BACKLOG = Gauge(
     "callgate_persister_backlog_events",
     "Events written to Redis streams and not yet persisted to the ledger",
-    multiprocess_mode="livemax",
+    multiprocess_mode="livemostrecent",
 )
 PERSISTER_LAG = Gauge(
     "callgate_persister_lag_seconds",
     "Age of the oldest event not yet persisted to the ledger",
-    multiprocess_mode="livemax",
+    multiprocess_mode="livemostrecent",
 )
 ACTIVE_CALLS = Gauge(
     "callgate_active_calls",
     "Calls holding a grant (all tenants), sampled from Redis when /metrics is scraped",
-    multiprocess_mode="livemax",
+    multiprocess_mode="livemostrecent",
 )
 GRANTS_REAPED = Counter(
     "callgate_grants_reaped_total",

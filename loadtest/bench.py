@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tenants", type=int, default=50)
     p.add_argument("--users", type=int, default=40, help="users per tenant")
     p.add_argument("--skip-unpinned", action="store_true")
+    p.add_argument("--redis-cpus", default="1",
+                   help="CPUs for redis-server in the pinned runs (default: the generator's)")
     args = p.parse_args(argv)
 
     wrk_path = ensure_wrk()
@@ -215,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                      "connections": args.connections, "tenants": args.tenants,
                      "users_per_tenant": args.users, "generator": "wrk + loadtest/authorize.lua"},
-        "placement": {"pinned": "gateway (1 worker) and hello on CPU 0; wrk (1 thread) and "
-                                "redis-server on CPU 1",
+        "placement": {"pinned": "gateway (1 worker) and hello on CPU 0; wrk (1 thread) on "
+                                f"CPU 1; redis-server on CPU {args.redis_cpus}",
                       "unpinned": "2 gateway workers / 2 hello workers, wrk 2 threads, "
                                   "redis-server: no affinity"},
     }
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         redis.start()
         stack.callback(redis.stop)
         assert redis.pid is not None
-        os.sched_setaffinity(redis.pid, {1})
+        os.sched_setaffinity(redis.pid, {int(c) for c in args.redis_cpus.split(",")})
         sock = redis.unixsocket
         redis_url = f"unix://{sock}" if sock else redis.url
 
