@@ -104,8 +104,8 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway
 
-# Placeholders: loadtest/bench.py, loadtest/run_locust.py and the chaos-marked tests are
-# still being written; the targets are kept so that the entry points do not move.
+# bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk);
+# loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills.
 bench: venv redis
 	$(BIN)/python -m loadtest.bench
 
