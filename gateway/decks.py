@@ -125,14 +125,17 @@ async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_S
 
 
 async def store_deck(store: Store, deck: RateDeck, csv_text: str, now: int,
-                     actor: str) -> int:
-    """Store a validated deck and announce it (one FCALL); the new global version."""
+                     actor: str, rows_json: bytes | None = None) -> int:
+    """Store a validated deck and announce it (one FCALL); the new global version.
+    `rows_json`: `deck_rows_json(deck)` if already computed (off the event loop)."""
+    if rows_json is None:
+        rows_json = deck_rows_json(deck)
     async with asyncio.timeout(store.admin_timeout_s):
         reply: list[Any] = await store.fcall(
             "deck_put",
             [deck_key(deck.currency), DECKS_VERSION, DECKS_EVENTS, DECKS_VERSIONS,
              deck_rows_key(deck.currency)],
-            [deck.currency, csv_text, len(deck), now, actor, deck_rows_json(deck)],
+            [deck.currency, csv_text, len(deck), now, actor, rows_json],
         )
     status = Status(int(reply[0]))
     if status is not Status.OK:
