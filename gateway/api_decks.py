@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import CLOCK, STORE, Ctx, Handler, guarded, json_response, problem
-from gateway.decks import DECK_LIMIT_BYTES, DECKS, store_deck
+from gateway.decks import DECK_LIMIT_BYTES, DECKS, deck_rows_json, store_deck
 from gateway.errors import FieldError, ValidationError
 from gateway.money import format_rate
 from gateway.rating import KINDS, DeckError, Rate, RateDeck
@@ -77,8 +77,9 @@ async def put_deck(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     raw = await _read_limited(request, DECK_LIMIT_BYTES)
     # A large deck takes about a second to parse: off the event loop, calls go on meanwhile.
     deck, text = await asyncio.to_thread(parse_deck, raw, currency)
+    rows_json = await asyncio.to_thread(deck_rows_json, deck)
     version = await store_deck(request.app[STORE], deck, text, int(request.app[CLOCK].now()),
-                               ctx.actor)
+                               ctx.actor, rows_json)
     # This worker rates with it at once; the others within DECK_POLL_SECONDS.
     request.app[DECKS].replace(deck, version)
     return json_response({"currency": currency, "rows": len(deck), "version": version})

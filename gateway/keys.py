@@ -30,6 +30,8 @@ stream share one cluster slot and one function call can replace a deck atomicall
 
     {decks}:deck:CUR         string the rate deck of currency CUR, CSV as uploaded
     {decks}:version          string counter, +1 on every deck upload (workers poll it)
+    {decks}:rows:CUR         string the same deck as JSON rows, already validated, which a
+                                    worker loads several times faster than the CSV
     {decks}:versions         hash   CUR -> the global version of its last upload
     {decks}:events           stream deck.replaced events (actor, currency, rows, version)
 """
@@ -128,6 +130,11 @@ DECKS_EVENTS = f"{DECKS_TAG}:events"
 def deck_key(currency: str) -> str:
     """The CSV of one currency's rate deck, as last uploaded."""
     return f"{DECKS_TAG}:deck:{currency}"
+
+
+def deck_rows_key(currency: str) -> str:
+    """The same deck as JSON rows [prefix, description, kind, rate, fee, A, B]."""
+    return f"{DECKS_TAG}:rows:{currency}"
 
 
 def tenant_keys(tenant_id: str, partitions: int) -> TenantKeys:

@@ -11,11 +11,14 @@ KEYS[2] version counter  {decks}:version (one counter for every currency)
 KEYS[3] events stream    {decks}:events
 KEYS[4] versions hash    {decks}:versions (currency -> version of its last upload, so a
                          worker re-parses only the decks that changed)
+KEYS[5] rows string      {decks}:rows:CUR (the same deck as JSON rows: workers load it
+                         without parsing the CSV again)
 ARGV[1] currency (ISO 4217)
 ARGV[2] the deck, CSV text
 ARGV[3] rows in the deck
 ARGV[4] now (seconds)
 ARGV[5] actor: id of the token that made the change (audit trail)
+ARGV[6] the deck as JSON rows
 
 Returns {OK, version (the counter after this upload)}
 --]]
@@ -24,6 +27,7 @@ local function deck_put(KEYS, ARGV)
   local currency, csv, rows, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local actor = ARGV[5]
   redis.call('SET', k_deck, csv)
+  redis.call('SET', KEYS[5], ARGV[6])
   local version = redis.call('INCR', k_version)
   redis.call('HSET', k_versions, currency, version)
   emit(k_events, 'deck.replaced', '', now,

@@ -232,3 +232,25 @@ async def test_config_decks_are_the_defaults(two: tuple[Gateway, Gateway],
     assert redis_sync.get(deck_key("USD")) is None
     row = await lookup(a, "USD", LONDON)
     assert row["currency"] == "USD" and row["prefix"].startswith("+44")
+
+
+async def test_a_worker_falls_back_to_the_csv(two: tuple[Gateway, Gateway],
+                                              redis_sync: redis.Redis,
+                                              redis_server: RedisServer) -> None:
+    """Without the JSON rows (e.g. written by an older version) the CSV is parsed."""
+    from gateway.decks import Decks
+    from gateway.keys import deck_rows_key
+    from gateway.store import Store
+
+    a, _ = two
+    await put_deck(a, "XTE", deck("44,UK,outbound,0.10,,,"))
+    redis_sync.delete(deck_rows_key("XTE"))
+    store = Store.from_url(redis_server.url, a.settings.partitions)
+    try:
+        fresh = Decks({})
+        assert await fresh.refresh(store)
+        rate = fresh.current["XTE"].lookup(LONDON, "outbound")
+        assert rate is not None and rate.rate_per_minute_micro == 100_000
+        assert not await fresh.refresh(store)  # nothing changed since: one GET, no reload
+    finally:
+        await store.close()
