@@ -36,6 +36,7 @@ BATCH_ENTRIES_MAX = 500
 IDLE_SLEEP_SECONDS = 0.05  # pacing when every stream is drained, not synchronisation
 CLAIM_IDLE_MS = 30_000  # an entry pending this long on a silent consumer is taken over
 TRIM_INTERVAL_SECONDS = 5.0
+DEAD_CONSUMER_IDLE_MS = 3_600_000
 
 
 def consumer_name() -> str:
@@ -147,6 +148,18 @@ class Persister:
         summary = await self.store.backend.execute(stream, "XPENDING", stream, GROUP)
         floor = str(summary[1]) if int(summary[0]) > 0 else last
         await self.store.backend.execute(stream, "XTRIM", stream, "MINID", floor)
+        await self._forget_dead_consumers(stream)
+
+    async def _forget_dead_consumers(self, stream: str) -> None:
+        """Each persister process joins under its own name; drop those that hold nothing
+        and have been silent for long (a restarted process never comes back by name)."""
+        for c in await self.store.backend.execute(stream, "XINFO", "CONSUMERS", stream, GROUP):
+            info = {str(c[i]): c[i + 1] for i in range(0, len(c), 2)}
+            if (info.get("name") != self.consumer and int(info.get("pending", 1)) == 0
+                    and int(info.get("idle", 0)) > DEAD_CONSUMER_IDLE_MS):
+                # DELCONSUMER drops a consumer's pending entries: only ever with none.
+                await self.store.backend.execute(stream, "XGROUP", "DELCONSUMER", stream,
+                                                 GROUP, str(info["name"]))
 
     async def run_once(self) -> int:
         done = 0

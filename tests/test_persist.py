@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway import persist as persist_mod
 from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.ledger import Entry, Ledger, open_ledger
@@ -116,7 +117,8 @@ async def test_every_event_reaches_the_ledger_exactly_once(
 
 
 async def test_pending_entries_of_a_dead_consumer_are_claimed(
-    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str
+    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await some_traffic(pgw, tenant_id)
     stream = store.keys(tenant_id).partition.events
@@ -131,6 +133,14 @@ async def test_pending_entries_of_a_dead_consumer_are_claimed(
     assert await scalar(ledger, "SELECT COUNT(*) FROM events") == await entries_added(store)
     summary = await store.backend.execute(stream, "XPENDING", stream, GROUP)
     assert int(summary[0]) == 0
+    # The dead consumer holds nothing now; once silent long enough it is forgotten.
+    names = lambda infos: {str(c[1]) for c in infos}  # noqa: E731
+    consumers = await store.backend.execute(stream, "XINFO", "CONSUMERS", stream, GROUP)
+    assert "dead" in names(consumers)
+    monkeypatch.setattr(persist_mod, "DEAD_CONSUMER_IDLE_MS", -1)
+    await live.trim_stream(stream)
+    consumers = await store.backend.execute(stream, "XINFO", "CONSUMERS", stream, GROUP)
+    assert names(consumers) == {"live"}
 
 
 async def test_trimming_keeps_every_unacknowledged_entry(store: Store, ledger: Ledger) -> None:
