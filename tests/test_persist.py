@@ -191,3 +191,18 @@ async def test_two_reapers_bill_each_lost_call_once(
     assert call is not None and call["st"] == "expired"
     assert before - after == 20 * int(call["bc"]) > 0  # billed as fully used, once each
     assert sum([await r.run_once() for r in reapers]) == 0
+
+
+async def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
+    from gateway.ledger.schema import LATEST_VERSION
+
+    first = await open_ledger(ledger_url)
+    second = await open_ledger(ledger_url)  # a second process: nothing left to do
+    try:
+        assert await first.migrate() == LATEST_VERSION == await second.migrate()
+        versions = [r[0] for r in await first.query(
+            "SELECT version FROM schema_version ORDER BY version")]
+        assert versions == list(range(1, LATEST_VERSION + 1))
+    finally:
+        await first.close()
+        await second.close()

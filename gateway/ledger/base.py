@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.ledger.project import Stmt, run_statements, statements
-from gateway.ledger.schema import MIGRATIONS
+from gateway.ledger.schema import LATEST_VERSION, MIGRATIONS
 
 Row = tuple[Any, ...]
 
@@ -85,7 +85,11 @@ class Ledger(abc.ABC):
                                      "INSERT INTO schema_version VALUES (?, "
                                      "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT))", version)
         rows = await self.query("SELECT MAX(version) FROM schema_version")
-        return int(rows[0][0])
+        version = int(rows[0][0] or 0)
+        if version < LATEST_VERSION:  # a migration failed, and not because of a race
+            raise RuntimeError(f"ledger schema at version {version}, expected "
+                               f"{LATEST_VERSION}: a migration failed")
+        return version
 
     async def apply(self, stream: str, entries: Sequence[Entry]) -> int:
         """Write a batch in one transaction; entries already present change nothing.
