@@ -121,7 +121,6 @@ class Persister:
         await self._ensure_group(stream)
         entries = await self._claim(stream)
         starts = [] if stream in self._own_checked else ["0"]
-        self._own_checked.add(stream)
         starts.append(">")
         for start in starts:
             room = self.batch_entries_max - len(entries)
@@ -130,8 +129,10 @@ class Persister:
             reply = await self.store.backend.execute(
                 stream, "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", room,
                 "STREAMS", stream, start)
-            if reply:
-                entries += _entries(reply[0][1])
+            got = _entries(reply[0][1]) if reply else []
+            if start == "0" and len(got) < room:  # all our own pending entries are read
+                self._own_checked.add(stream)
+            entries += got
         return entries
 
     async def trim_stream(self, stream: str) -> None:

@@ -206,3 +206,18 @@ async def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_restart_under_the_same_name_rereads_its_own_pending_entries(
+    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str
+) -> None:
+    await some_traffic(pgw, tenant_id)
+    stream = store.keys(tenant_id).partition.events
+    await store.backend.execute(stream, "XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
+    await store.backend.execute(stream, "XREADGROUP", "GROUP", GROUP, "same", "COUNT", 1000,
+                                "STREAMS", stream, ">")
+    # No claiming (an hour of idle needed): only re-reading its own pending list helps.
+    restarted = Persister(store, ledger, consumer="same", claim_idle_ms=3_600_000,
+                          batch_entries_max=3)
+    await drain(restarted)
+    assert await scalar(ledger, "SELECT COUNT(*) FROM events") == await entries_added(store)
