@@ -7,6 +7,7 @@ Redis, so sharing the session server would let tests consume each other's events
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,36 @@ async def test_restart_under_the_same_name_rereads_its_own_pending_entries(
                           batch_entries_max=3)
     await drain(restarted)
     assert await scalar(ledger, "SELECT COUNT(*) FROM events") == await entries_added(store)
+
+
+async def test_persister_and_status_on_a_cluster(
+    redis_cluster: Any, ledger: Ledger, clock: ManualClock
+) -> None:
+    """Every command is routed by its stream's hash tag: the same code on a cluster."""
+    from gateway.store import TenantSettings
+
+    store = Store.from_url(redis_cluster.url, PARTITIONS)
+    persister = Persister(store, ledger, consumer="c", claim_idle_ms=0)
+    try:
+        await store.load_functions()
+        # The session's cluster is shared: start this test's group at the streams' ends.
+        for s in persister.streams:
+            await persister._ensure_group(s)
+            await store.backend.execute(s, "XGROUP", "SETID", s, GROUP, "$")
+        before = await entries_added(store)
+        prefix = uuid.uuid4().hex[:8]
+        for i in range(8):  # spread over partitions, hence over the three primaries
+            t = f"cl-{prefix}-{i}"
+            await store.tenant_put(t, int(clock.now()), TenantSettings(
+                t, "USD", "UTC", False, None), "test")
+            await store.topup(t, "k", 1_000_000, int(clock.now()), "test")
+        await drain(persister)
+        added = await entries_added(store) - before
+        assert added == 16
+        assert await scalar(ledger, "SELECT COUNT(*) FROM events") == added
+        assert await scalar(ledger, "SELECT COUNT(*) FROM topups") == 8
+        for s in persister.streams:
+            await persister.trim_stream(s)
+        assert (await persister_status(store))["backlog_entries"] == 0
+    finally:
+        await store.close()
