@@ -36,6 +36,7 @@ BATCH_ENTRIES_MAX = 500
 IDLE_SLEEP_SECONDS = 0.05  # pacing when every stream is drained, not synchronisation
 CLAIM_IDLE_MS = 30_000  # an entry pending this long on a silent consumer is taken over
 TRIM_INTERVAL_SECONDS = 5.0
+DEAD_CONSUMER_IDLE_MS = 3_600_000
 
 
 def consumer_name() -> str:
@@ -65,6 +66,7 @@ class Persister:
     persisted_total: int = 0
     _groups_ready: set[str] = field(default_factory=set)
     _last_claim: dict[str, float] = field(default_factory=dict)
+    _claim_cursor: dict[str, str] = field(default_factory=dict)  # XAUTOCLAIM scan under way
     _last_trim: float = 0.0
     _own_checked: set[str] = field(default_factory=set)  # own pending re-read after a fault
 
@@ -83,60 +85,55 @@ class Persister:
                 raise
         self._groups_ready.add(stream)
 
-    async def _write(self, stream: str, entries: list[Entry]) -> None:
-        if not entries:
-            return
-        self.persisted_total += await self.ledger.apply(stream, entries)
-        await self.store.backend.execute(stream, "XACK", stream, GROUP,
-                                         *(e.entry_id for e in entries))
+    async def _claim(self, stream: str) -> list[Entry]:
+        """One page of entries left pending by a dead consumer (XAUTOCLAIM); a scan is
+        started every claim_idle_ms / 2 and continued round after round until done."""
+        cursor = self._claim_cursor.pop(stream, None)
+        if cursor is None:
+            now = time.monotonic()
+            if now - self._last_claim.get(stream, 0.0) < self.claim_idle_ms / 2000:
+                return []
+            self._last_claim[stream] = now
+            cursor = "0-0"
+        reply = await self.store.backend.execute(
+            stream, "XAUTOCLAIM", stream, GROUP, self.consumer, self.claim_idle_ms, cursor,
+            "COUNT", self.batch_entries_max)
+        if str(reply[0]) != "0-0":
+            self._claim_cursor[stream] = str(reply[0])
+        if len(reply) > 2 and reply[2]:
+            log.error("%s: pending entries deleted before persisting: %s", stream, reply[2])
+        return _entries(reply[1])
 
-    async def _claim(self, stream: str) -> int:
-        """Take over entries left pending by a dead consumer; returns how many."""
-        now = time.monotonic()
-        if now - self._last_claim.get(stream, 0.0) < self.claim_idle_ms / 2000:
-            return 0
-        self._last_claim[stream] = now
-        total, cursor = 0, "0-0"
-        while True:
-            reply = await self.store.backend.execute(
-                stream, "XAUTOCLAIM", stream, GROUP, self.consumer, self.claim_idle_ms,
-                cursor, "COUNT", self.batch_entries_max)
-            cursor = str(reply[0])
-            entries = _entries(reply[1])
-            await self._write(stream, entries)
-            total += len(entries)
-            if len(reply) > 2 and reply[2]:
-                log.error("%s: pending entries deleted before persisting: %s", stream, reply[2])
-            if cursor == "0-0":
-                return total
-
-    async def step(self, stream: str) -> int:
-        """One round on one stream: own pending first (after a restart under the same
-        name), claims, then new entries. Returns entries written."""
+    async def read(self, stream: str) -> list[Entry]:
+        """The next batch of one stream: claimed entries, our own pending ones (after a
+        fault: written or not, unacknowledged), then new ones."""
         try:
-            return await self._step(stream)
+            return await self._read(stream)
         except ReplyError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             # The stream or its group vanished (Redis lost its data, or was flushed and
             # rebuilt): recreate the group from the stream's start.
             self._groups_ready.discard(stream)
-            return await self._step(stream)
+            return await self._read(stream)
 
-    async def _step(self, stream: str) -> int:
+    async def _read(self, stream: str) -> list[Entry]:
         await self._ensure_group(stream)
-        done = await self._claim(stream)
-        starts = (">",) if stream in self._own_checked else ("0", ">")
-        self._own_checked.add(stream)
+        entries = await self._claim(stream)
+        starts = [] if stream in self._own_checked else ["0"]
+        starts.append(">")
         for start in starts:
+            room = self.batch_entries_max - len(entries)
+            if room <= 0:
+                break
             reply = await self.store.backend.execute(
-                stream, "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT",
-                self.batch_entries_max, "STREAMS", stream, start)
-            if reply:
-                entries = _entries(reply[0][1])
-                await self._write(stream, entries)
-                done += len(entries)
-        return done
+                stream, "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", room,
+                "STREAMS", stream, start)
+            got = _entries(reply[0][1]) if reply else []
+            if start == "0" and len(got) < room:  # all our own pending entries are read
+                self._own_checked.add(stream)
+            entries += got
+        return entries
 
     async def trim_stream(self, stream: str) -> None:
         """XTRIM MINID below everything unacknowledged. The last delivered id is read
@@ -147,16 +144,34 @@ class Persister:
         summary = await self.store.backend.execute(stream, "XPENDING", stream, GROUP)
         floor = str(summary[1]) if int(summary[0]) > 0 else last
         await self.store.backend.execute(stream, "XTRIM", stream, "MINID", floor)
+        await self._forget_dead_consumers(stream)
+
+    async def _forget_dead_consumers(self, stream: str) -> None:
+        """Each persister process joins under its own name; drop those that hold nothing
+        and have been silent for long (a restarted process never comes back by name)."""
+        for c in await self.store.backend.execute(stream, "XINFO", "CONSUMERS", stream, GROUP):
+            info = {str(c[i]): c[i + 1] for i in range(0, len(c), 2)}
+            if (info.get("name") != self.consumer and int(info.get("pending", 1)) == 0
+                    and int(info.get("idle", 0)) > DEAD_CONSUMER_IDLE_MS):
+                # DELCONSUMER drops a consumer's pending entries: only ever with none.
+                await self.store.backend.execute(stream, "XGROUP", "DELCONSUMER", stream,
+                                                 GROUP, str(info["name"]))
 
     async def run_once(self) -> int:
-        done = 0
-        for stream in self.streams:
-            done += await self.step(stream)
+        """One round over every stream: read them all (their commands go out together,
+        pipelined), write everything in ONE ledger transaction, then acknowledge. A round
+        costs a few round trips and one commit, however many partitions there are."""
+        batches = await asyncio.gather(*(self.read(s) for s in self.streams))
+        work = [(s, b) for s, b in zip(self.streams, batches, strict=True) if b]
+        if work:
+            self.persisted_total += await self.ledger.apply_batches(work)
+            await asyncio.gather(*(
+                self.store.backend.execute(s, "XACK", s, GROUP, *(e.entry_id for e in b))
+                for s, b in work))
         if self.trim and time.monotonic() - self._last_trim > TRIM_INTERVAL_SECONDS:
             self._last_trim = time.monotonic()
-            for stream in self.streams:
-                await self.trim_stream(stream)
-        return done
+            await asyncio.gather(*(self.trim_stream(s) for s in self.streams))
+        return sum(len(b) for _, b in work)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -192,32 +207,34 @@ async def persister_status(store: Store, now_s: float | None = None) -> dict[str
     """Backlog (entries not yet acknowledged) and lag (seconds since the oldest of them
     was appended) over every partition; for metrics and ``callgate persist --status``."""
     now_ms = (time.time() if now_s is None else now_s) * 1000
-    backlog, oldest_ms, pending_total = 0, None, 0
-    for p in all_partitions(store.partitions):
-        stream = p.events
-        last = await _last_delivered(store, stream)
-        if last is None:
-            length = int(await store.backend.execute(stream, "XLEN", stream))
-            backlog += length
-            first = await store.backend.execute(stream, "XRANGE", stream, "-", "+", "COUNT", 1)
-            candidates = [str(first[0][0])] if first else []
-        else:
-            summary = await store.backend.execute(stream, "XPENDING", stream, GROUP)
-            pending = int(summary[0])
-            pending_total += pending
-            undelivered = await store.backend.execute(
-                stream, "XRANGE", stream, f"({last}", "+", "COUNT", 1)
-            candidates = [str(summary[1])] if pending else []
-            if undelivered:
-                candidates.append(str(undelivered[0][0]))
-                backlog += int(await _undelivered_count(store, stream, last))
-            backlog += pending
-        for c in candidates:
-            ms = int(c.split("-", 1)[0])
-            oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
-    lag = 0.0 if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000)
+    parts = await asyncio.gather(*(_stream_status(store, p.events)
+                                   for p in all_partitions(store.partitions)))
+    backlog = sum(b for b, _, _ in parts)
+    pending_total = sum(p for _, p, _ in parts)
+    oldest = [ms for _, _, ms in parts if ms is not None]
+    lag = 0.0 if not oldest else max(0.0, (now_ms - min(oldest)) / 1000)
     return {"backlog_entries": backlog, "pending_entries": pending_total,
             "lag_seconds": round(lag, 3)}
+
+
+async def _stream_status(store: Store, stream: str) -> tuple[int, int, int | None]:
+    """(backlog, pending, ms of the oldest unacknowledged entry) of one stream."""
+    last = await _last_delivered(store, stream)
+    if last is None:  # no group yet: everything in the stream is waiting
+        backlog = int(await store.backend.execute(stream, "XLEN", stream))
+        first = await store.backend.execute(stream, "XRANGE", stream, "-", "+", "COUNT", 1)
+        return backlog, 0, int(str(first[0][0]).split("-")[0]) if first else None
+    summary = await store.backend.execute(stream, "XPENDING", stream, GROUP)
+    pending = int(summary[0])
+    undelivered = await store.backend.execute(stream, "XRANGE", stream, f"({last}", "+",
+                                              "COUNT", 1)
+    candidates = [str(summary[1])] if pending else []
+    backlog = pending
+    if undelivered:
+        candidates.append(str(undelivered[0][0]))
+        backlog += await _undelivered_count(store, stream, last)
+    oldest = min((int(c.split("-")[0]) for c in candidates), default=None)
+    return backlog, pending, oldest
 
 
 async def _undelivered_count(store: Store, stream: str, last: str) -> int:

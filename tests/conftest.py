@@ -114,4 +114,7 @@ async def gw(
     settings = make_settings(store_url)
     client = await aiohttp_client(create_app(settings, clock=clock))
     yield Gateway(client, clock, settings)
+
+
+# Ledger fixtures (SQLite, and a PostgreSQL server the suite starts): ledger_url, postgres_url.
 pytest_plugins = ["tests.ledger_fixtures"]

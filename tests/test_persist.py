@@ -7,12 +7,14 @@ Redis, so sharing the session server would let tests consume each other's events
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway import persist as persist_mod
 from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.ledger import Entry, Ledger, open_ledger
@@ -116,7 +118,8 @@ async def test_every_event_reaches_the_ledger_exactly_once(
 
 
 async def test_pending_entries_of_a_dead_consumer_are_claimed(
-    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str
+    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await some_traffic(pgw, tenant_id)
     stream = store.keys(tenant_id).partition.events
@@ -131,6 +134,14 @@ async def test_pending_entries_of_a_dead_consumer_are_claimed(
     assert await scalar(ledger, "SELECT COUNT(*) FROM events") == await entries_added(store)
     summary = await store.backend.execute(stream, "XPENDING", stream, GROUP)
     assert int(summary[0]) == 0
+    # The dead consumer holds nothing now; once silent long enough it is forgotten.
+    names = lambda infos: {str(c[1]) for c in infos}  # noqa: E731
+    consumers = await store.backend.execute(stream, "XINFO", "CONSUMERS", stream, GROUP)
+    assert "dead" in names(consumers)
+    monkeypatch.setattr(persist_mod, "DEAD_CONSUMER_IDLE_MS", -1)
+    await live.trim_stream(stream)
+    consumers = await store.backend.execute(stream, "XINFO", "CONSUMERS", stream, GROUP)
+    assert names(consumers) == {"live"}
 
 
 async def test_trimming_keeps_every_unacknowledged_entry(store: Store, ledger: Ledger) -> None:
@@ -181,3 +192,66 @@ async def test_two_reapers_bill_each_lost_call_once(
     assert call is not None and call["st"] == "expired"
     assert before - after == 20 * int(call["bc"]) > 0  # billed as fully used, once each
     assert sum([await r.run_once() for r in reapers]) == 0
+
+
+async def test_migrations_are_versioned_and_idempotent(ledger_url: str) -> None:
+    from gateway.ledger.schema import LATEST_VERSION
+
+    first = await open_ledger(ledger_url)
+    second = await open_ledger(ledger_url)  # a second process: nothing left to do
+    try:
+        assert await first.migrate() == LATEST_VERSION == await second.migrate()
+        versions = [r[0] for r in await first.query(
+            "SELECT version FROM schema_version ORDER BY version")]
+        assert versions == list(range(1, LATEST_VERSION + 1))
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_restart_under_the_same_name_rereads_its_own_pending_entries(
+    pgw: Gateway, store: Store, ledger: Ledger, tenant_id: str
+) -> None:
+    await some_traffic(pgw, tenant_id)
+    stream = store.keys(tenant_id).partition.events
+    await store.backend.execute(stream, "XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
+    await store.backend.execute(stream, "XREADGROUP", "GROUP", GROUP, "same", "COUNT", 1000,
+                                "STREAMS", stream, ">")
+    # No claiming (an hour of idle needed): only re-reading its own pending list helps.
+    restarted = Persister(store, ledger, consumer="same", claim_idle_ms=3_600_000,
+                          batch_entries_max=3)
+    await drain(restarted)
+    assert await scalar(ledger, "SELECT COUNT(*) FROM events") == await entries_added(store)
+
+
+async def test_persister_and_status_on_a_cluster(
+    redis_cluster: Any, ledger: Ledger, clock: ManualClock
+) -> None:
+    """Every command is routed by its stream's hash tag: the same code on a cluster."""
+    from gateway.store import TenantSettings
+
+    store = Store.from_url(redis_cluster.url, PARTITIONS)
+    persister = Persister(store, ledger, consumer="c", claim_idle_ms=0)
+    try:
+        await store.load_functions()
+        # The session's cluster is shared: start this test's group at the streams' ends.
+        for s in persister.streams:
+            await persister._ensure_group(s)
+            await store.backend.execute(s, "XGROUP", "SETID", s, GROUP, "$")
+        before = await entries_added(store)
+        prefix = uuid.uuid4().hex[:8]
+        for i in range(8):  # spread over partitions, hence over the three primaries
+            t = f"cl-{prefix}-{i}"
+            await store.tenant_put(t, int(clock.now()), TenantSettings(
+                t, "USD", "UTC", False, None), "test")
+            await store.topup(t, "k", 1_000_000, int(clock.now()), "test")
+        await drain(persister)
+        added = await entries_added(store) - before
+        assert added == 16
+        assert await scalar(ledger, "SELECT COUNT(*) FROM events") == added
+        assert await scalar(ledger, "SELECT COUNT(*) FROM topups") == 8
+        for s in persister.streams:
+            await persister.trim_stream(s)
+        assert (await persister_status(store))["backlog_entries"] == 0
+    finally:
+        await store.close()

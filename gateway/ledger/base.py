@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.ledger.project import Stmt, run_statements, statements
-from gateway.ledger.schema import MIGRATIONS
+from gateway.ledger.schema import LATEST_VERSION, MIGRATIONS
 
 Row = tuple[Any, ...]
 
@@ -85,40 +85,58 @@ class Ledger(abc.ABC):
                                      "INSERT INTO schema_version VALUES (?, "
                                      "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT))", version)
         rows = await self.query("SELECT MAX(version) FROM schema_version")
-        return int(rows[0][0])
+        version = int(rows[0][0] or 0)
+        if version < LATEST_VERSION:  # a migration failed, and not because of a race
+            raise RuntimeError(f"ledger schema at version {version}, expected "
+                               f"{LATEST_VERSION}: a migration failed")
+        return version
 
     async def apply(self, stream: str, entries: Sequence[Entry]) -> int:
         """Write a batch in one transaction; entries already present change nothing.
-        Returns how many were new. A concurrent writer of the same entries makes one of
-        the two transactions fail on the primary key (never a double projection); the
-        persister retries it and then finds them present."""
-        if not entries:
-            return 0
+        Returns how many were new."""
+        return await self.apply_batches([(stream, entries)])
+
+    async def apply_batches(self, batches: Sequence[tuple[str, Sequence[Entry]]]) -> int:
+        """Batches of several streams in ONE transaction (one commit, one fsync). A
+        concurrent writer of the same entries makes one of the two transactions fail on
+        the primary key (never a double projection); the persister retries it and then
+        finds them present."""
+        new = 0
         async with self.transaction() as tx:
-            ids = [e.entry_id for e in entries]
-            marks = ", ".join("?" * len(ids))
-            present = {str(r[0]) for r in await tx.fetch(
-                f"SELECT entry_id FROM events WHERE stream = ? AND entry_id IN ({marks})",
-                stream, *ids)}
-            rows: list[tuple[Any, ...]] = []
             stmts: list[Stmt] = []
             balance: dict[str, int] = {}
-            for e in entries:
-                if e.entry_id in present:
-                    continue
-                present.add(e.entry_id)
-                data: dict[str, Any] = orjson.loads(e.data)
-                rows.append((stream, e.entry_id, e.ms, e.type, e.tenant,
-                             int(data.get("ts", 0)), e.data))
-                stmts += statements(e.entry_id, e.type, e.tenant, data, balance)
-            if rows:
-                await tx.execute_many(
-                    "INSERT INTO events (stream, entry_id, entry_ms, type, tenant, ts, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                stmts += [("UPDATE tenants SET balance_micro = balance_micro + ? "
-                           "WHERE tenant = ?", (delta, t)) for t, delta in balance.items()]
-                await run_statements(tx, stmts)
-        return len(rows)
+            for stream, entries in batches:
+                rows = await self._new_rows(tx, stream, entries, stmts, balance)
+                if rows:
+                    await tx.execute_many(
+                        "INSERT INTO events (stream, entry_id, entry_ms, type, tenant, ts, "
+                        "data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    new += len(rows)
+            stmts += [("UPDATE tenants SET balance_micro = balance_micro + ? "
+                       "WHERE tenant = ?", (delta, t)) for t, delta in balance.items()]
+            await run_statements(tx, stmts)
+        return new
+
+    @staticmethod
+    async def _new_rows(tx: Tx, stream: str, entries: Sequence[Entry], stmts: list[Stmt],
+                        balance: dict[str, int]) -> list[tuple[Any, ...]]:
+        if not entries:
+            return []
+        ids = [e.entry_id for e in entries]
+        marks = ", ".join("?" * len(ids))
+        present = {str(r[0]) for r in await tx.fetch(
+            f"SELECT entry_id FROM events WHERE stream = ? AND entry_id IN ({marks})",
+            stream, *ids)}
+        rows: list[tuple[Any, ...]] = []
+        for e in entries:
+            if e.entry_id in present:
+                continue
+            present.add(e.entry_id)
+            data: dict[str, Any] = orjson.loads(e.data)
+            rows.append((stream, e.entry_id, e.ms, e.type, e.tenant, int(data.get("ts", 0)),
+                         e.data))
+            stmts += statements(e.entry_id, e.type, e.tenant, data, balance)
+        return rows
 
     async def query(self, sql: str, *args: Any) -> list[Row]:
         async with self.transaction() as tx:
