@@ -235,10 +235,10 @@ class CallService:
         except UNAVAILABLE as exc:
             _log_failure("extend", tenant_id, call_id, exc)
             metrics.count_redis_failure(exc)
-            decision = Decision("deny", "service_unavailable", "", 0, now, "", "", "")
+            decision = Decision("deny", "service_unavailable", "", 0, 0, "", "", "")
         metrics.count_decision(decision.decision, decision.reason, decision.source)
         metrics.observe_request("extend", time.perf_counter() - t0)
-        return decision_body(call_id, decision)
+        return decision_body(call_id, decision, current_grant=True)
 
     async def end(self, tenant_id: str, call_id: str, duration_seconds: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -293,14 +293,17 @@ def _lifecycle_error(exc: StoreError) -> Exception:
     return exc
 
 
-def decision_body(call_id: str, d: Decision) -> dict[str, Any]:
+def decision_body(call_id: str, d: Decision, current_grant: bool = False) -> dict[str, Any]:
+    """The JSON answer of authorize and extend. An extension denied keeps the current grant:
+    its expiry is the moment the switch must cut the call (``current_grant``)."""
     allowed = d.decision == "allow"
+    shown = allowed or (current_grant and d.grant_expires_at > 0)
     return {
         "call_id": call_id,
         "decision": d.decision,
         "reason": d.reason,
         "granted_seconds": d.granted_seconds,
-        "grant_expires_at": rfc3339(d.grant_expires_at) if allowed else None,
+        "grant_expires_at": rfc3339(d.grant_expires_at) if shown else None,
         "source": d.source or None,
         "sip_code": None if allowed else SIP_CODES[d.reason],
         "destination": {

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.keys import all_partitions
+from gateway.keys import DECKS_EVENTS, all_partitions
 from gateway.ledger import Entry, Ledger
 from gateway.redisclient import RedisUnavailable, ReplyError
 from gateway.store import Store
@@ -55,6 +55,10 @@ def _entries(raw: Sequence[Any]) -> list[Entry]:
     return out
 
 
+def event_streams(partitions: int) -> list[str]:
+    """Every stream the persister drains: one per partition, and the rate decks' own."""
+    return [p.events for p in all_partitions(partitions)] + [DECKS_EVENTS]
+
 @dataclass
 class Persister:
     store: Store
@@ -72,7 +76,7 @@ class Persister:
 
     @property
     def streams(self) -> list[str]:
-        return [p.events for p in all_partitions(self.store.partitions)]
+        return event_streams(self.store.partitions)
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups_ready:
@@ -207,8 +211,8 @@ async def persister_status(store: Store, now_s: float | None = None) -> dict[str
     """Backlog (entries not yet acknowledged) and lag (seconds since the oldest of them
     was appended) over every partition; for metrics and ``callgate persist --status``."""
     now_ms = (time.time() if now_s is None else now_s) * 1000
-    parts = await asyncio.gather(*(_stream_status(store, p.events)
-                                   for p in all_partitions(store.partitions)))
+    parts = await asyncio.gather(*(_stream_status(store, stream)
+                                   for stream in event_streams(store.partitions)))
     backlog = sum(b for b, _, _ in parts)
     pending_total = sum(p for _, p, _ in parts)
     oldest = [ms for _, _, ms in parts if ms is not None]

@@ -83,6 +83,19 @@ local function missing_call(k_tenant)
   return {CALL_NOT_FOUND}
 end
 
+-- Undo truncate(): reserve again what it released, back to the held state.
+local function restore(c, st, held)
+  if st.pool ~= '' and held.pool_r ~= st.pool_r then
+    hincr_or_del(c.k_month, 'r:' .. st.pool, held.pool_r - st.pool_r)
+  end
+  if held.cred_r ~= st.cred_r then
+    hincr(c.k_tenant, 'res', held.cred_r - st.cred_r)
+    if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, held.cred_r - st.cred_r) end
+  end
+  st.pool_s, st.pool_r, st.cred_s, st.cred_r = held.pool_s, held.pool_r, held.cred_s,
+    held.cred_r
+end
+
 local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
   local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -103,9 +116,17 @@ local function extend(KEYS, ARGV)
       g, reason = 0, 'service_unavailable'
     else
       local c = ctx_of(KEYS, call, k_month)
+      local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
+                    cred_r = st.cred_r}
       truncate(c, st, u)
       g, reason = pay(c, st, grant_max)
-      if g > 0 then source = reason end
+      if g > 0 then
+        source = reason
+      else
+        -- Denied: the call keeps its current grant to the end (api.md), so it keeps what
+        -- that grant reserved; put back what the truncation released.
+        restore(c, st, held)
+      end
     end
   end
 

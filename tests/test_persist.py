@@ -255,3 +255,17 @@ async def test_persister_and_status_on_a_cluster(
         assert (await persister_status(store))["backlog_entries"] == 0
     finally:
         await store.close()
+
+
+async def test_rate_deck_uploads_reach_the_ledger(
+    pgw: Gateway, store: Store, ledger: Ledger
+) -> None:
+    csv = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
+           "subsequent_increment\n1,North America,outbound,0.0100,0,60,60\n")
+    await pgw.req("PUT", "/v1/rate-decks/USD", raw=csv.encode(),
+                  headers={"Authorization": "Bearer test-operator-token",
+                           "Content-Type": "text/csv"}, status=None)
+    persister = Persister(store, ledger, consumer="a")
+    await drain(persister)
+    rows = await ledger.query("SELECT type FROM events WHERE type = 'deck.replaced'")
+    assert len(rows) == 1

@@ -314,3 +314,22 @@ async def test_d28_anonymous_caller_rated_at_dearest_toll_free_rate(
     dearest = max((r for r in deck.rows() if r.kind == "toll_free_inbound"),
                   key=lambda r: (r.rate_per_minute_micro, r.connection_fee_micro))
     assert bill["billed"]["credits"] == usd(credit_cost_micro(60, dearest))
+
+
+async def test_d30_denied_extension_keeps_the_current_grant_reserved(
+    gw: Gateway, tenant: str
+) -> None:
+    # The licence goes mid-call (D6): the extension at 60 s finds nothing to pay with.
+    await gw.user(tenant, "u", "US", "domestic_120")
+    d = await gw.call(tenant, "c", NEW_YORK, user="u")
+    assert (d["source"], d["granted_seconds"]) == ("domestic_pool", 300)
+    await gw.user(tenant, "u", "US", "none")
+    e = await gw.extend(tenant, "c", 60)
+    assert (e["decision"], e["reason"]) == ("deny", "insufficient_credits")
+    assert e["grant_expires_at"] == d["grant_expires_at"]  # the current grant still runs
+    pool = await gw.pool(tenant, "US", "domestic_120", "domestic")
+    assert pool["reserved_minutes"] == 5
+    bill = await gw.end(tenant, "c", 250)  # within the grant the switch was given
+    assert bill["billed"]["domestic_pool_minutes"] == 5
+    pool = await gw.pool(tenant, "US", "domestic_120", "domestic")
+    assert (pool["reserved_minutes"], pool["used_minutes"]) == (0, 5)
