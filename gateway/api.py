@@ -28,6 +28,7 @@ from gateway.clock import Clock, parse_rfc3339
 from gateway.config import Settings
 from gateway.errors import FieldError, ValidationError
 from gateway.money import parse_money
+from gateway.persist import persister_status
 from gateway.store import Store, TenantSettings
 from gateway.validate import CALL_ID_RE, ID_RE, IDEMPOTENCY_KEY_RE, Fields, json_object, path_id
 from gateway.validate import query_month as _query_month
@@ -345,15 +346,24 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return json_response({"status": "ok"})
 
 
+# The oldest event not yet in the ledger may be this old before the gateway reports itself
+# not ready: the persister is then stalled (or absent), and Redis holds what the ledger lacks.
+PERSISTER_STALLED_SECONDS = 300
+
+
 async def readyz(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     checks: dict[str, str] = {}
     try:
         checks["redis"] = "ok" if await store.ping() else "failing"
         checks["functions"] = "ok" if await store.functions_loaded() else "missing"
+        lag = (await persister_status(store))["lag_seconds"]
+        checks["persister"] = (
+            "ok" if lag <= PERSISTER_STALLED_SECONDS else f"stalled: {lag:.0f} s behind"
+        )
     except calls_mod.UNAVAILABLE as exc:
         checks["redis"] = f"unreachable: {exc}"
-    ready = all(v == "ok" for v in checks.values()) and len(checks) == 2
+    ready = all(v == "ok" for v in checks.values()) and len(checks) == 3
     return json_response({"status": "ready" if ready else "not ready", "checks": checks},
                          200 if ready else 503)
 

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import metrics
 from gateway.keys import DECKS_EVENTS, DECKS_VERSION, DECKS_VERSIONS, deck_key, deck_rows_key
 from gateway.rating import KINDS, DeckError, Rate, RateDeck
 from gateway.store import Status, Store, StoreError
@@ -111,7 +112,8 @@ async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_S
     failing = False
     while True:
         try:
-            await decks.refresh(store)
+            if await decks.refresh(store):
+                metrics.count_deck_reload(True)
             if failing:
                 log.info("rate-deck poll works again")
             failing = False
@@ -119,6 +121,7 @@ async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_S
             raise
         except Exception as exc:  # keep polling whatever happened; the next tick retries
             if not failing:  # once per outage, not five times a second
+                metrics.count_deck_reload(False)
                 log.warning("rate-deck poll failed (retrying quietly): %r", exc)
             failing = True
         await asyncio.sleep(interval_s)

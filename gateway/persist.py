@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import metrics
 from gateway.keys import DECKS_EVENTS, all_partitions
 from gateway.ledger import Entry, Ledger
 from gateway.redisclient import RedisUnavailable, ReplyError
@@ -53,6 +54,9 @@ def _entries(raw: Sequence[Any]) -> list[Entry]:
         out.append(Entry(str(entry_id), f.get("type", ""), f.get("tenant", ""),
                          f.get("data", "{}")))
     return out
+
+# How often the running persister publishes its backlog and lag (one XINFO per stream).
+STATUS_INTERVAL_SECONDS = 5.0
 
 
 def event_streams(partitions: int) -> list[str]:
@@ -179,9 +183,15 @@ class Persister:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        last_status = 0.0
         while not stop.is_set():
             try:
                 done = await self.run_once()
+                if time.monotonic() - last_status > STATUS_INTERVAL_SECONDS:
+                    last_status = time.monotonic()
+                    status = await persister_status(self.store)
+                    metrics.set_persister_state(status["backlog_entries"],
+                                                status["lag_seconds"])
             except (OSError, ReplyError, TimeoutError, RedisUnavailable) as exc:
                 log.warning("persister: %r; retrying", exc)
                 self._own_checked.clear()

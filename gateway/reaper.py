@@ -14,6 +14,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from gateway import metrics
 from gateway.clock import Clock, candidate_months
 from gateway.keys import all_partitions
 from gateway.redisclient import RedisUnavailable, ReplyError
@@ -62,7 +63,7 @@ class Reaper:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             try:
-                await self.run_once()
+                metrics.count_grants_reaped(await self.run_once())
             except (OSError, ReplyError, TimeoutError, RedisUnavailable) as exc:
                 log.warning("reaper: %r; retrying", exc)
             except Exception:

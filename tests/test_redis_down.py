@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from gateway.app import create_app
 from gateway.clock import ManualClock
+from gateway.keys import PartitionKeys, partition_of, partition_tag
 from gateway.redisproc import RedisServer
 from tests.conftest import T0, make_settings
 from tests.gwclient import Gateway
@@ -98,3 +100,18 @@ async def test_redis_hung(gw_own: Gateway, own_redis: RedisServer) -> None:
     # executed once Redis resumed: a retry returns that recorded answer (D32).
     retry = await gw_own.call("t1", "c-down", NEW_YORK, user="u")
     assert (retry["decision"], retry["reason"]) == ("allow", "domestic_pool")
+
+
+async def test_readyz_reports_a_stalled_persister(gw_own: Gateway, own_redis: RedisServer) -> None:
+    ready = await gw_own.req("GET", "/readyz", headers={})
+    assert ready["checks"] == {"redis": "ok", "functions": "ok", "persister": "ok"}
+    # An event appended an hour ago that no persister has taken: the ledger is behind.
+    client = redis.Redis.from_url(own_redis.url)
+    parts = gw_own.settings.partitions
+    other = (partition_of("t1", parts) + 1) % parts  # a partition with no events yet
+    stream = PartitionKeys(partition_tag(other)).events
+    client.xadd(stream, {"type": "probe", "tenant": "t1", "data": "{}"},
+                id=f"{int((time.time() - 3600) * 1000)}-0")
+    client.close()
+    ready = await gw_own.req("GET", "/readyz", status=503, headers={})
+    assert ready["checks"]["persister"].startswith("stalled")
