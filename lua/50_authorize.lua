@@ -65,15 +65,18 @@ local function credit_grant(c, cred_s, cred_r, cap)
   local r = c.rate
   local t = redis.call('HMGET', c.k_tenant, 'bal', 'res')
   local avail = num(t[1]) - num(t[2])
-  local len = max_affordable(avail + cred_r, r.rate, r.fee, r.a, r.b, cred_s + cap)
-  if len - cred_s <= 0 then return 0, 'money' end
+  local len = cred_s + cap
   local sfield, srfield = 's:' .. c.uid, 'sr:' .. c.uid
+  -- The user's own monthly limit first (D22): when it is spent, topping the wallet up
+  -- would not help, and the admin must see that.
   if c.limit ~= nil then
     local s = redis.call('HMGET', c.k_month, sfield, srfield)
     local room = c.limit - num(s[1]) - num(s[2]) + cred_r
     len = max_affordable(room, r.rate, r.fee, r.a, r.b, len)
     if len - cred_s <= 0 then return 0, 'limit' end
   end
+  len = max_affordable(avail + cred_r, r.rate, r.fee, r.a, r.b, len)
+  if len - cred_s <= 0 then return 0, 'money' end
   local new_r = credit_cost(len, r.rate, r.fee, r.a, r.b)
   hincr(c.k_tenant, 'res', new_r - cred_r)
   if c.uid ~= '' then

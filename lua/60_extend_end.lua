@@ -164,10 +164,8 @@ local function end_call(KEYS, ARGV)
   local call = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
-  if call.st == 'denied' then
-    call.st = 'ended'
-    return bill_reply(call, 1)
-  end
+  -- A denied call ends like any other with nothing granted: billed nothing, the reported
+  -- duration kept, all of it overrun (D31).
   local h = num(call.h)
   if how == 'expired' then
     if now < num(call.gexp) + grace then return {CALL_ENDED} end

@@ -18,7 +18,13 @@ credits it stays there (D18). It holds ``pr = ceil(ps / 60)`` pool minutes and
 grants anew from now; a denied extension changes nothing (api.md: the call runs to the end
 of its current grant, so what that grant holds stays held). The end bills
 ``min(duration, h)``, pool part in whole minutes (D8), credit part by D20, and releases the
-reservations.
+reservations; the reaper (D33) ends a call whose grant expired a grace period ago with
+``duration = h``.
+
+Where domain.md leaves an order open, the model follows the order of the rules as the test's
+brief states it: emergency > unknown user > invalid / blocked > no plan > dial-out policy >
+concurrency > domestic toll-free > pool > credits, and among credits: barred > spend limit >
+wallet (D22 before D17).
 """
 
 from __future__ import annotations
@@ -42,8 +48,6 @@ POOL_KINDS = ("domestic", "international")
 KNOWN_DEVIATIONS = {
     "denied_end_forgets_duration": "D31: the end of a denied call answers duration and "
                                    "overrun 0 whatever the switch reported",
-    "denied_extension_releases": "D19/D31: a denied extension releases the reservation "
-                                 "beyond the used seconds, and the end releases it again",
     "wallet_before_spend_limit": "D22: with both the wallet and the spend limit short, "
                                  "the deny reason is the wallet's",
 }
@@ -121,7 +125,7 @@ class User:
 class Call:
     call_id: str
     answer: dict[str, Any]  # the authorize answer, replayed as is (D32)
-    state: str  # "active" | "denied" | "ended"
+    state: str  # "active" | "denied" | "ended" | "expired" (D33)
     uid: str
     month: str  # YYYYMM in the tenant's zone at the start (D7)
     started: int
@@ -133,6 +137,7 @@ class Call:
     spend_limit: int | None = None
     rate: Rate | None = None
     horizon: int = 0
+    expires: int | None = None  # end of the current grant
     pool_s: int = 0
     cred_s: int = 0
     pool_r: int = 0
@@ -146,6 +151,7 @@ class Model:
     timezone: str = "UTC"
     currency: str = "USD"
     max_calls: int | None = None  # the tenant's cap (D25)
+    charge_inbound: bool = False  # D27's tenant setting
     toll_free_numbers: frozenset[str] = frozenset()
     users: dict[str, User] = field(default_factory=dict)
     calls: dict[str, Call] = field(default_factory=dict)
@@ -237,31 +243,35 @@ class Model:
         return sum(1 for c in self.calls.values() if c.state == "active" and c.counted
                    and (uid is None or c.uid == uid))
 
-    def _answer(self, now: int, decision: str, reason: str, source: str | None,
-                granted: int) -> dict[str, Any]:
+    @staticmethod
+    def _answer(decision: str, reason: str, source: str | None = None, granted: int = 0,
+                expires: int | None = None) -> dict[str, Any]:
+        """api.md's decision; ``expires``: when the switch must cut the call (the new grant,
+        or on a denied extension the current one)."""
         allowed = decision == "allow"
         return {
             "decision": decision, "reason": reason, "source": source if allowed else None,
-            "granted_seconds": granted if allowed else 0,
-            "grant_expires_at": now + granted if allowed else None,
+            "granted_seconds": granted if allowed else 0, "grant_expires_at": expires,
             "sip_code": None if allowed else SIP_CODES[reason],
         }
 
     def authorize(self, call_id: str, now: int, direction: str, uid: str | None, to: str,
-                  from_: str | None = None) -> dict[str, Any]:
+                  from_: str | None = None, started: int | None = None) -> dict[str, Any]:
         known = self.calls.get(call_id)
         if known is not None:  # D32
             return known.answer
-        call = Call(call_id, {}, "denied", uid or "", self.month_of(now), now)
+        started = now if started is None else started
+        call = Call(call_id, {}, "denied", uid or "", self.month_of(started), started)
         if direction == "outbound":
             decision, reason, granted = self._outbound(call, uid or "", to)
         else:
             decision, reason, granted = self._inbound(call, to, from_ or "")
-        source = "free" if call.free else reason
-        call.answer = self._answer(now, decision, reason, source, granted)
         if decision == "allow":
-            call.state = "active"
-            call.horizon = granted
+            call.state, call.horizon, call.expires = "active", granted, now + granted
+            call.answer = self._answer(decision, reason, "free" if call.free else reason,
+                                       granted, call.expires)
+        else:
+            call.answer = self._answer(decision, reason)
         self.calls[call_id] = call
         return call.answer
 
@@ -326,8 +336,18 @@ class Model:
         if owner is None:
             return "deny", "unknown_user", 0
         call.uid = owner
-        call.free = True  # D27 (the tenant does not charge inbound calls)
-        return "allow", "inbound_free", self.grant_max
+        if not self.charge_inbound:  # D27
+            call.free = True
+            return "allow", "inbound_free", self.grant_max
+        # D27's option: D15 for inbound calls, credits at the rate of the caller's number.
+        user = self.users[owner]
+        call.pool = (user.country, user.plan, "domestic")
+        call.credits_allowed, call.spend_limit = user.credits_allowed, user.spend_limit
+        call.rate = self.settings.rate_decks[self.currency].lookup(from_, "outbound")
+        granted, what = self._pay(call)
+        if granted == 0:
+            return "deny", what, 0
+        return "allow", what, granted
 
     def _pay(self, call: Call) -> tuple[int, str]:
         """One grant of at most grant_max more seconds for ``call`` (D15-D22, D29):
@@ -403,33 +423,40 @@ class Model:
         if call.state != "active":
             return 409, None
         u = min(used, call.horizon)
-        reason = call.answer["reason"]
         if call.free:
-            call.horizon = u + self.grant_max
-            return 200, self._answer(now, "allow", reason, "free", self.grant_max)
+            call.horizon, call.expires = u + self.grant_max, now + self.grant_max
+            return 200, self._answer("allow", call.answer["reason"], "free", self.grant_max,
+                                     call.expires)
         saved = copy.deepcopy((call, self.reserved, self.wallet_reserved, self.spend_reserved))
         self._truncate(call, u)
         granted, what = self._pay(call)
         if granted == 0:
             # The call may still run to the end of its current grant: keep what it holds.
-            old, reserved, wallet_reserved, spend_reserved = saved
-            if "denied_extension_releases" not in self.known:
-                self.reserved, self.wallet_reserved = reserved, wallet_reserved
-                self.spend_reserved = spend_reserved
+            old, self.reserved, self.wallet_reserved, self.spend_reserved = saved
             self.calls[call_id] = old
-            return 200, self._answer(now, "deny", what, None, 0)
-        call.horizon = u + granted
-        return 200, self._answer(now, "allow", what, what, granted)
+            return 200, self._answer("deny", what, expires=old.expires)
+        call.horizon, call.expires = u + granted, now + granted
+        return 200, self._answer("allow", what, what, granted, call.expires)
+
+    def reap(self, now: int, grace: int) -> None:
+        """D33: a call whose grant expired ``grace`` seconds ago or more is closed, billed
+        as fully used."""
+        for call in self.calls.values():
+            if call.state == "active" and call.expires + grace <= now:
+                self._close(call, call.horizon, "expired")
 
     def end(self, call_id: str, duration: int) -> tuple[int, dict[str, Any] | None]:
         """D31: (HTTP status, bill); a repeated end answers the first bill."""
         call = self.calls.get(call_id)
         if call is None:
             return 404, None
-        if call.bill is not None:
-            return 200, call.bill
-        if "denied_end_forgets_duration" in self.known and call.state == "denied":
-            duration = 0
+        if call.bill is None:
+            if "denied_end_forgets_duration" in self.known and call.state == "denied":
+                duration = 0
+            self._close(call, duration, "ended")
+        return 200, call.bill
+
+    def _close(self, call: Call, duration: int, state: str) -> None:
         billed = min(duration, call.horizon)  # a denied call's horizon is 0
         pool_min, credits = 0, 0
         if not call.free:
@@ -445,10 +472,10 @@ class Model:
         self.balance -= credits
         assert 0 <= self.wallet_reserved <= self.balance  # D19
         call.pool_r = call.cred_r = 0
-        call.state = "ended"
+        call.state = state
         kind = call.pool[2] if call.pool else ""
         call.bill = {
-            "state": "ended", "duration_seconds": duration,
+            "state": state, "duration_seconds": duration,
             "billed": {
                 "domestic_pool_minutes": pool_min if kind == "domestic" else 0,
                 "international_pool_minutes": pool_min if kind == "international" else 0,
@@ -456,4 +483,3 @@ class Model:
             },
             "overrun_seconds": duration - billed,
         }
-        return 200, call.bill
