@@ -144,7 +144,26 @@ async def rebuild(store: Store, ledger: Ledger, now: int, clock_skew_seconds: in
             bar.advance()
     if bar:
         bar.close()
-    return len(ex.hashes) + len(ex.zsets)
+    return len(ex.hashes) + len(ex.zsets) + await restore_decks(store, ledger, now)
+
+
+async def restore_decks(store: Store, ledger: Ledger, now: int) -> int:
+    """Upload again the last rate deck of each currency recorded in the ledger (the
+    ``deck.replaced`` events carry the CSV); returns the decks restored."""
+    from gateway.decks import store_deck
+    from gateway.rating import RateDeck
+
+    latest: dict[str, str] = {}
+    for row in await ledger.query(
+        "SELECT data FROM events WHERE type = 'deck.replaced' ORDER BY entry_ms, entry_id"
+    ):
+        data = orjson.loads(row[0])
+        if data.get("csv"):
+            latest[str(data["currency"])] = str(data["csv"])
+    for currency, csv_text in latest.items():
+        await store_deck(store, RateDeck.from_csv(csv_text, currency), csv_text, now,
+                         actor="callgate-rebuild")
+    return len(latest)
 
 
 def diff_hash(key: str, want: dict[str, str], have: dict[str, str],

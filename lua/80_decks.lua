@@ -31,7 +31,8 @@ local function deck_put(KEYS, ARGV)
   local version = redis.call('INCR', k_version)
   redis.call('HSET', k_versions, currency, version)
   emit(k_events, 'deck.replaced', '', now,
-    {currency = currency, rows = rows, bytes = #csv, version = version, actor = actor})
+    {currency = currency, rows = rows, bytes = #csv, version = version, actor = actor,
+     csv = csv})  -- the deck itself, so that `callgate rebuild` can restore it
   return {OK, version}
 end
 

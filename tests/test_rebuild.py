@@ -153,3 +153,20 @@ async def test_audit_and_rebuild_commands(
     assert proc.returncode == 0, proc.stderr
     assert "rebuild [" in proc.stderr  # the progress bar
     assert run_cli(rgw, "audit").returncode == 0
+
+
+async def test_rebuild_restores_the_uploaded_rate_decks(
+    rgw: Gateway, parts: tuple[Store, Ledger, Persister]
+) -> None:
+    store, ledger, persister = parts
+    csv = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
+           "subsequent_increment\n1,North America,outbound,0.0042,0,60,60\n")
+    auth = {"Authorization": "Bearer test-operator-token", "Content-Type": "text/csv"}
+    await rgw.req("PUT", "/v1/rate-decks/USD", raw=csv.encode(), headers=auth, status=None)
+    await drain(persister)
+    await store.backend.execute("x", "FLUSHALL")
+    restored = await rebuild(store, ledger, int(rgw.clock.now()),
+                             rgw.settings.clock_skew_seconds, show_progress=False)
+    assert restored >= 1
+    deck = await store.backend.execute("{decks}:deck:USD", "GET", "{decks}:deck:USD")
+    assert deck == csv
