@@ -43,15 +43,6 @@ from gateway.rating import Rate, credit_cost_micro, max_affordable_seconds
 
 POOL_KINDS = ("domestic", "international")
 
-# Deviations of the gateway from domain.md found by tests/test_model.py, by name; the model
-# imitates those listed in CALLGATE_MODEL_KNOWN (comma-separated) and none by default.
-KNOWN_DEVIATIONS = {
-    "denied_end_forgets_duration": "D31: the end of a denied call answers duration and "
-                                   "overrun 0 whatever the switch reported",
-    "wallet_before_spend_limit": "D22: with both the wallet and the spend limit short, "
-                                 "the deny reason is the wallet's",
-}
-
 # api.md: the SIP answer of each deny reason.
 SIP_CODES = {
     "pool_exhausted_no_credits": 402, "insufficient_credits": 402, "spend_limit_reached": 402,
@@ -164,9 +155,6 @@ class Model:
     balance: int = 0  # D19, micro-units
     wallet_reserved: int = 0
     topups: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (amount, balance)
-    # Reported gateway deviations to imitate (KNOWN_DEVIATIONS), so that a run can look for
-    # further ones; empty by default: the model says what domain.md says.
-    known: frozenset[str] = frozenset()
 
     @property
     def grant_max(self) -> int:
@@ -377,9 +365,6 @@ class Model:
         want = call.cred_s + self.grant_max
         length = max_affordable_seconds(self.balance - self.wallet_reserved + call.cred_r,
                                         call.rate, want)
-        wallet_short = length <= call.cred_s
-        if "wallet_before_spend_limit" in self.known and wallet_short:
-            return 0, "pool_exhausted_no_credits" if pool_existed else "insufficient_credits"
         if call.spend_limit is not None and call.uid:  # D22
             month_spend = (self.spent.get(call.month, Counter())[call.uid]
                            + self.spend_reserved.get(call.month, Counter())[call.uid]
@@ -388,7 +373,7 @@ class Model:
             if by_limit <= call.cred_s:
                 return 0, "spend_limit_reached"
             length = min(length, by_limit)
-        if wallet_short:  # D17
+        if length <= call.cred_s:  # D17
             return 0, "pool_exhausted_no_credits" if pool_existed else "insufficient_credits"
         new_r = credit_cost_micro(length, call.rate)
         self._reserve_credits(call, new_r - call.cred_r)
@@ -451,8 +436,6 @@ class Model:
         if call is None:
             return 404, None
         if call.bill is None:
-            if "denied_end_forgets_duration" in self.known and call.state == "denied":
-                duration = 0
             self._close(call, duration, "ended")
         return 200, call.bill
 
