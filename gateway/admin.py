@@ -14,7 +14,7 @@ import orjson
 
 from gateway.clock import Clock, month_of
 from gateway.config import Settings
-from gateway.errors import ValidationError
+from gateway.errors import TenantNotFound, ValidationError
 from gateway.money import format_money
 from gateway.numbers import classify
 from gateway.store import Status, Store, StoreError, TenantSettings
@@ -24,10 +24,6 @@ DIAL_OUT = ("international_and_domestic", "domestic_only", "none")
 # 10^14 micro-units on, a balance would reach clients as "1.0000000000001e+14" and events
 # would lose digits (a 500 on top-up, found by schemathesis). Every wallet stays below.
 BALANCE_MAX_MICRO = 10**14 - 100
-
-
-class TenantNotFound(Exception):
-    pass
 
 
 class NotFound(Exception):

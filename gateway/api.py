@@ -26,7 +26,7 @@ from gateway.auth import Authenticator, Principal
 from gateway.calls import AuthorizeRequest, CallService
 from gateway.clock import Clock, parse_rfc3339
 from gateway.config import Settings
-from gateway.errors import FieldError, ValidationError
+from gateway.errors import FieldError, TenantNotFound, ValidationError
 from gateway.money import parse_money
 from gateway.persist import persister_status
 from gateway.store import Store, TenantSettings
@@ -91,7 +91,7 @@ async def problems_middleware(
         return problem(413, "Request too large", f"the body exceeds {BODY_LIMIT_BYTES} bytes",
                        [FieldError("body", f"must be at most {BODY_LIMIT_BYTES} bytes")],
                        slug="validation")
-    except (calls_mod.TenantNotFound, admin_mod.TenantNotFound):
+    except TenantNotFound:
         return problem(404, "Not found", "no such tenant", slug="tenant-not-found")
     except calls_mod.CallNotFound:
         return problem(404, "Not found", "no such call", slug="call-not-found")

@@ -21,10 +21,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import admin as admin_mod
 from gateway.api import STORE, Ctx, Handler, guarded, json_response
 from gateway.clock import rfc3339
-from gateway.errors import ValidationError
+from gateway.errors import TenantNotFound, ValidationError
 from gateway.keys import AUDIT_MAX_ENTRIES
 from gateway.validate import query_int
 
@@ -62,7 +61,7 @@ async def get_audit(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     k = store.keys(ctx.tenant_id)
     raws = await store.raw(k.audit, "LRANGE", k.audit, 0, AUDIT_MAX_ENTRIES - 1)
     if not raws and not await store.raw(k.tenant, "EXISTS", k.tenant):
-        raise admin_mod.TenantNotFound(ctx.tenant_id)
+        raise TenantNotFound(ctx.tenant_id)
     entries: list[dict[str, Any]] = []
     for raw in raws:
         entry = audit_entry(str(raw))

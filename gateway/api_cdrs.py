@@ -78,7 +78,7 @@ async def list_cdrs(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         if before is None:
             raise ValidationError.one("cursor", "is not a cursor this API returned")
     from gateway.api import STORE
-    from gateway.calls import TenantNotFound
+    from gateway.errors import TenantNotFound
 
     # A tenant that does not exist answers 404, as on every other tenant path.
     if not await request.app[STORE].tenant_exists(ctx.tenant_id):

@@ -20,6 +20,7 @@ from gateway import metrics
 from gateway.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.config import Settings
 from gateway.decks import Decks
+from gateway.errors import TenantNotFound
 from gateway.money import format_money
 from gateway.numbers import Destination, classify
 from gateway.rating import Rate, RateDeck
@@ -45,10 +46,6 @@ SIP_CODES: dict[str, int] = {
 # Failures of the one round trip that turn into deny / service_unavailable (or, for an
 # emergency call, into an allow): never a hang, never a 500.
 UNAVAILABLE = (TimeoutError, RedisUnavailable, ReplyError, OSError)
-
-
-class TenantNotFound(Exception):
-    pass
 
 
 class CallNotFound(Exception):

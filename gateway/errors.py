@@ -26,6 +26,10 @@ class ValidationError(Exception):
         return cls([FieldError(field, message)], status)
 
 
+class TenantNotFound(Exception):
+    """No such tenant, or not one the token may act for: answered 404 alike (api.md)."""
+
+
 class ConfigError(Exception):
     """Invalid configuration, detected at start-up; the message names the bad key."""
 
