@@ -103,7 +103,7 @@ class CallService:
         if dest.e164 is None:
             return "invalid_destination", False
         digits = dest.e164[1:]
-        if any(digits.startswith(p) for p in self.settings.blocked_prefixes):
+        if digits.startswith(self.settings.blocked_prefixes):  # a tuple: one C call
             return "destination_blocked", False
         if dest.number_type in ("premium_rate", "shared_cost"):
             rules = self.settings.countries.get(dest.country or "")
@@ -173,20 +173,20 @@ class CallService:
         currency, tz = self._tenant_cache.get(
             tenant_id, (self.settings.default_currency, self.settings.default_timezone)
         )
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
-                try:
-                    decision = await self.store.authorize(
-                        self._args(tenant_id, req, dest, now, currency, tz)
-                    )
-                except StoreError as exc:
-                    if exc.status is not Status.TENANT_SETTINGS_CHANGED:
-                        raise
-                    currency, tz = str(exc.detail[0]), str(exc.detail[1])
-                    self._tenant_cache[tenant_id] = (currency, tz)
-                    decision = await self.store.authorize(
-                        self._args(tenant_id, req, dest, now, currency, tz)
-                    )
+            try:
+                decision = await self.store.authorize(
+                    self._args(tenant_id, req, dest, now, currency, tz), deadline
+                )
+            except StoreError as exc:
+                if exc.status is not Status.TENANT_SETTINGS_CHANGED:
+                    raise
+                currency, tz = str(exc.detail[0]), str(exc.detail[1])
+                self._tenant_cache[tenant_id] = (currency, tz)
+                decision = await self.store.authorize(
+                    self._args(tenant_id, req, dest, now, currency, tz), deadline
+                )
         except StoreError as exc:
             if exc.status is Status.TENANT_NOT_FOUND:
                 self._tenant_cache.pop(tenant_id, None)
@@ -222,11 +222,12 @@ class CallService:
         t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
-                decision = await self.store.extend(
-                    tenant_id, call_id, now, used_seconds, months, self.settings.grant_seconds
-                )
+            decision = await self.store.extend(
+                tenant_id, call_id, now, used_seconds, months, self.settings.grant_seconds,
+                deadline,
+            )
         except StoreError as exc:
             raise _lifecycle_error(exc) from exc
         except UNAVAILABLE as exc:
@@ -241,12 +242,12 @@ class CallService:
         t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
-                bill = await self.store.end(
-                    tenant_id, call_id, now, duration_seconds, months,
-                    self.settings.call_retention_seconds,
-                )
+            bill = await self.store.end(
+                tenant_id, call_id, now, duration_seconds, months,
+                self.settings.call_retention_seconds, deadline=deadline,
+            )
         except StoreError as exc:
             raise _lifecycle_error(exc) from exc
         except UNAVAILABLE as exc:

@@ -40,11 +40,12 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
                        background: bool = True) -> None:
     from gateway.app import create_app
     from gateway.background import background_ctx, persist_enabled
+    from gateway.fastpath import CallgateRunner
 
     app = create_app(settings)
     if background and persist_enabled():  # persister + reaper in this one process
         app.cleanup_ctx.append(background_ctx(settings))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    runner = CallgateRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     _tune_gc()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port,

@@ -17,7 +17,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
@@ -52,17 +52,44 @@ class _Protocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._on_lost = on_lost
         self.closed = False
+        # Futures sent with a deadline, oldest first (one bound per caller: deadlines grow
+        # in sending order). One timer, at the oldest deadline, fails those overdue with
+        # TimeoutError: cheaper than a timeout object and timer per call.
+        self._watched: collections.deque[tuple[float, asyncio.Future[Any]]] = (
+            collections.deque())
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
 
-    def send(self, packed: bytes, fut: asyncio.Future[Any]) -> None:
+    def send(self, packed: bytes, fut: asyncio.Future[Any], deadline: float | None = None,
+             ) -> None:
         self._out.append(packed)
         self._pending.append(fut)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            fut.get_loop().call_soon(self._flush)
+        if deadline is not None:
+            self._watched.append((deadline, fut))
+            if self._timer is None:
+                self._timer = fut.get_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the futures past their deadline; their replies, when they come, are
+        discarded like those of any abandoned future."""
+        self._timer = None
+        watched = self._watched
+        if not watched:
+            return
+        loop = watched[0][1].get_loop()
+        now = loop.time()
+        while watched and (watched[0][1].done() or watched[0][0] <= now):
+            _, fut = watched.popleft()
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+        if watched:
+            self._timer = loop.call_at(watched[0][0], self._expire)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -80,6 +107,8 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             fut = pending.popleft()
+            if self._watched and self._watched[0][1] is fut:
+                self._watched.popleft()
             if fut.done():  # abandoned by a caller that timed out
                 continue
             if isinstance(reply, ReplyError):
@@ -89,6 +118,10 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._watched.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         err = RedisUnavailable(f"connection lost: {exc or 'closed by server'}")
         while self._pending:
             fut = self._pending.popleft()
@@ -186,6 +219,23 @@ class NodeClient:
         proto.send(packed, fut)
         return await fut
 
+    def submit(self, packed: bytes, deadline: float) -> Awaitable[Any]:
+        """The reply of one packed command, failing with TimeoutError at ``deadline``
+        (loop time). Connected: just a future, no coroutine (the call path's case)."""
+        proto = self._proto
+        if proto is None or proto.closed:
+            return self._submit_connecting(packed, deadline)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        proto.send(packed, fut, deadline)
+        return fut
+
+    async def _submit_connecting(self, packed: bytes, deadline: float) -> Any:
+        async with asyncio.timeout_at(deadline):
+            proto = await self._connection()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        proto.send(packed, fut, deadline)
+        return await fut
+
     async def close(self) -> None:
         if self._proto is not None:
             self._proto.close()
@@ -196,6 +246,10 @@ class Backend:
     """What the store needs of Redis, whatever the topology."""
 
     async def execute(self, routing_key: str, *args: Arg) -> Any:
+        raise NotImplementedError
+
+    def submit(self, routing_key: str, packed: bytes, deadline: float) -> Awaitable[Any]:
+        """One packed command routed by key, failing with TimeoutError at ``deadline``."""
         raise NotImplementedError
 
     async def on_all_primaries(self, *args: Arg) -> list[Any]:
@@ -211,6 +265,9 @@ class SingleBackend(Backend):
 
     async def execute(self, routing_key: str, *args: Arg) -> Any:
         return await self.node.execute(*args)
+
+    def submit(self, routing_key: str, packed: bytes, deadline: float) -> Awaitable[Any]:
+        return self.node.submit(packed, deadline)
 
     async def on_all_primaries(self, *args: Arg) -> list[Any]:
         return [await self.node.execute(*args)]
@@ -276,6 +333,13 @@ class ClusterBackend(Backend):
         raise RedisUnavailable(f"no cluster node answered CLUSTER SLOTS: {last}")
 
     async def execute(self, routing_key: str, *args: Arg) -> Any:
+        return await self._execute_packed(routing_key, pack_command(args))
+
+    async def submit(self, routing_key: str, packed: bytes, deadline: float) -> Any:
+        async with asyncio.timeout_at(deadline):
+            return await self._execute_packed(routing_key, packed)
+
+    async def _execute_packed(self, routing_key: str, packed: bytes) -> Any:
         slot = key_slot(routing_key.encode())
         owner = self._slots[slot]
         if owner is None:
@@ -283,7 +347,6 @@ class ClusterBackend(Backend):
             owner = self._slots[slot]
             if owner is None:
                 raise RedisUnavailable(f"slot {slot} is not served")
-        packed = pack_command(args)
         try:
             return await self._nodes[owner].execute_packed(packed)
         except RedisUnavailable:

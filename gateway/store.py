@@ -15,12 +15,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from gateway import metrics
 from gateway.config import Settings
 from gateway.keys import TenantKeys, tenant_keys
-from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url
+from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url, pack_command
 
 # lua/ at the top of the repository; gateway/lua links to it so that it also ships inside the
 # package (wheels copy the files) and is found the same way installed or not.
@@ -231,6 +231,30 @@ class Store:
         assert isinstance(reply, list), reply
         return reply
 
+    async def _hot(self, name: str, keys: Sequence[str], args: Sequence[Arg],
+                   deadline: float) -> list[Any]:
+        """The call path's FCALL: as _checked, failing with TimeoutError at ``deadline``
+        (loop time), with no coroutine or timer of its own between caller and reply."""
+        packed = pack_command(("FCALL", name, len(keys), *keys, *args))
+        t0 = time.perf_counter()
+        try:
+            reply = await self.backend.submit(keys[0], packed, deadline)
+        except ReplyError as exc:
+            if "Function not found" not in str(exc):
+                raise
+            await self.load_functions()
+            reply = await self.backend.submit(keys[0], packed, deadline)
+        metrics.observe_redis(name, time.perf_counter() - t0)
+        if reply[0] != 0:
+            raise StoreError(Status(int(reply[0])), reply[1:])
+        return cast(list[Any], reply)
+
+    async def _call(self, name: str, keys: Sequence[str], args: Sequence[Arg],
+                    deadline: float | None) -> list[Any]:
+        if deadline is not None:
+            return await self._hot(name, keys, args, deadline)
+        return await self._checked(name, keys, args, bounded=False)
+
     async def _checked(self, name: str, keys: Sequence[str], args: Sequence[Arg],
                        bounded: bool = True) -> list[Any]:
         """One FCALL whose non-OK status raises StoreError. ``bounded``: under the admin
@@ -337,18 +361,16 @@ class Store:
 
     # -- call control: one FCALL each ----------------------------------------------------
 
-    async def authorize(self, a: AuthorizeArgs) -> Decision:
+    async def authorize(self, a: AuthorizeArgs, deadline: float | None = None) -> Decision:
+        """``deadline`` (loop time): fail with TimeoutError then; None: unbounded."""
         k = self.hot_keys(a.tenant_id)
-        reply = await self._checked(
+        reply = await self._call(
             "authorize",
             [k.tenant, k.users, k.call_prefix + a.call_id, k.pools, k.month_prefix + a.month,
              k.numbers, k.tollfree, k.user_active, k.active, k.events],
-            [a.tenant_id, a.call_id, a.now, a.month, a.currency, a.timezone, a.direction,
-             a.user_id, a.to, a.from_, a.dest_country, a.dest_type, a.dest_zone,
-             a.emergency_regions, a.predeny, int(a.credits_only), a.rate_prefix,
-             a.rate_micro_per_minute, a.connection_fee_micro, a.initial_increment,
-             a.subsequent_increment, a.grant_max_seconds, a.retention_seconds, a.started_at],
-            bounded=False,
+            # The fields are in ARGV order: the tuple is the argument list, but for the flag.
+            (*a[:15], int(a.credits_only), *a[16:]),
+            deadline,
         )
         return Decision(
             decision=reply[2], reason=reply[3], source=_str(reply[4]),
@@ -365,13 +387,13 @@ class Store:
 
     async def extend(
         self, tenant_id: str, call_id: str, now: int, used_seconds: int,
-        months: Sequence[str], grant_max_seconds: int,
+        months: Sequence[str], grant_max_seconds: int, deadline: float | None = None,
     ) -> Decision:
-        reply = await self._checked(
+        reply = await self._call(
             "extend",
             self._lifecycle_keys(tenant_id, call_id, months),
             [tenant_id, call_id, now, used_seconds, *months, grant_max_seconds],
-            bounded=False,
+            deadline,
         )
         return Decision(
             decision=reply[1], reason=reply[2], source=_str(reply[3]),
@@ -383,14 +405,14 @@ class Store:
     async def end(
         self, tenant_id: str, call_id: str, now: int, duration_seconds: int,
         months: Sequence[str], retention_seconds: int, *, expired: bool = False,
-        grace_seconds: int = 0,
+        grace_seconds: int = 0, deadline: float | None = None,
     ) -> Bill:
-        reply = await self._checked(
+        reply = await self._call(
             "end_call",
             self._lifecycle_keys(tenant_id, call_id, months),
             [tenant_id, call_id, now, duration_seconds, *months, retention_seconds,
              "expired" if expired else "switch", grace_seconds],
-            bounded=False,
+            deadline,
         )
         return Bill(
             state=str(reply[1]), duration_seconds=int(reply[2]),

@@ -14,10 +14,14 @@ from typing import Any
 import pytest
 import redis
 import uvloop
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.config import Settings, load_settings
+from gateway.fastpath import CallgateRunner
 from gateway.redisproc import RedisCluster, RedisServer
 from tests.gwclient import Gateway
 
@@ -94,6 +98,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         on_cluster = metafunc.definition.get_closest_marker("cluster") is not None
         topologies = ["single", "cluster"] if on_cluster else ["single"]
         metafunc.parametrize("store_url", topologies, indirect=True)
+
+
+class CallgateTestServer(TestServer):
+    """The application served as `callgate serve` serves it: call control on the fast
+    path (gateway.fastpath), everything else by aiohttp."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return CallgateRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's client factory, serving an application like `callgate serve`."""
+
+    async def make(app: Any, **kwargs: Any) -> Any:
+        if isinstance(app, web.Application):
+            app = CallgateTestServer(app)
+        assert isinstance(app, BaseTestServer)
+        return await aiohttp_client(app, **kwargs)
+
+    return make
 
 
 @pytest.fixture
