@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.ledger import open_ledger
@@ -33,12 +34,15 @@ def claim_idle_ms(env: Mapping[str, str] = os.environ) -> int:
 
 async def run_persister(settings: Settings, stop: asyncio.Event,
                         clock: Clock | None = None, reaper: bool = True) -> None:
-    """Until ``stop``: persist every stream (and, with ``reaper``, close lost calls)."""
+    """Until ``stop``: persist every stream (and, with ``reaper``, close lost calls).
+    The batched hot-path metrics (the reaper's FCALL latencies) are flushed every second
+    and at the end, as an HTTP worker's are."""
     assert settings.redis_url, "the persister needs settings.redis_url"
     store = Store.from_url(settings.redis_url, settings.partitions)
     ledger = await open_ledger(settings.database_url_effective)
     try:
-        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms()).run(stop)]
+        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms()).run(stop),
+                 metrics.flush_until(stop)]
         if reaper:
             tasks.append(Reaper(store, clock or SystemClock(), settings.reaper_grace_seconds,
                                 settings.clock_skew_seconds,
