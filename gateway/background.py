@@ -1,16 +1,13 @@
-"""Persister and reaper as background tasks of one gateway process, or on their own
-(``callgate persist``). They use a Store of their own: their traffic never queues behind
-or in front of call control on the call path's connection."""
+"""Persister and reaper together until a stop event: the body of ``callgate persist``
+(``callgate serve`` runs that command as a supervised child process, see persist_child).
+They use a Store of their own: their traffic never queues behind or in front of call
+control on the call path's connection."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
-
-from aiohttp import web
+from collections.abc import Mapping
 
 from gateway import metrics
 from gateway.clock import Clock, SystemClock
@@ -19,13 +16,6 @@ from gateway.ledger import open_ledger
 from gateway.persist import CLAIM_IDLE_MS, Persister
 from gateway.reaper import Reaper
 from gateway.store import Store
-
-log = logging.getLogger(__name__)
-
-
-def persist_enabled(env: Mapping[str, str] = os.environ) -> bool:
-    """CALLGATE_PERSIST=0 keeps persister and reaper out of `callgate serve`."""
-    return env.get("CALLGATE_PERSIST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def claim_idle_ms(env: Mapping[str, str] = os.environ) -> int:
@@ -51,23 +41,3 @@ async def run_persister(settings: Settings, stop: asyncio.Event,
     finally:
         await ledger.close()
         await store.close()
-
-
-def background_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx running persister and reaper for the application's lifetime."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_persister(settings, stop))
-        task.add_done_callback(_log_failure)
-        yield
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10.0)
-
-    return ctx
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("persister stopped: %r", task.exception())
