@@ -1,30 +1,21 @@
-"""Persister and reaper as background tasks of one gateway process, or on their own
-(``callgate persist``). They use a Store of their own: their traffic never queues behind
-or in front of call control on the call path's connection."""
+"""Persister and reaper together until a stop event: the body of ``callgate persist``
+(``callgate serve`` runs that command as a supervised child process, see persist_child).
+They use a Store of their own: their traffic never queues behind or in front of call
+control on the call path's connection."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 
-from aiohttp import web
-
+from gateway import metrics
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
 from gateway.ledger import open_ledger
 from gateway.persist import CLAIM_IDLE_MS, Persister
 from gateway.reaper import Reaper
 from gateway.store import Store
-
-log = logging.getLogger(__name__)
-
-
-def persist_enabled(env: Mapping[str, str] = os.environ) -> bool:
-    """CALLGATE_PERSIST=0 keeps persister and reaper out of `callgate serve`."""
-    return env.get("CALLGATE_PERSIST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def claim_idle_ms(env: Mapping[str, str] = os.environ) -> int:
@@ -33,12 +24,15 @@ def claim_idle_ms(env: Mapping[str, str] = os.environ) -> int:
 
 async def run_persister(settings: Settings, stop: asyncio.Event,
                         clock: Clock | None = None, reaper: bool = True) -> None:
-    """Until ``stop``: persist every stream (and, with ``reaper``, close lost calls)."""
+    """Until ``stop``: persist every stream (and, with ``reaper``, close lost calls).
+    The batched hot-path metrics (the reaper's FCALL latencies) are flushed every second
+    and at the end, as an HTTP worker's are."""
     assert settings.redis_url, "the persister needs settings.redis_url"
     store = Store.from_url(settings.redis_url, settings.partitions)
     ledger = await open_ledger(settings.database_url_effective)
     try:
-        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms()).run(stop)]
+        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms()).run(stop),
+                 metrics.flush_until(stop)]
         if reaper:
             tasks.append(Reaper(store, clock or SystemClock(), settings.reaper_grace_seconds,
                                 settings.clock_skew_seconds,
@@ -47,23 +41,3 @@ async def run_persister(settings: Settings, stop: asyncio.Event,
     finally:
         await ledger.close()
         await store.close()
-
-
-def background_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx running persister and reaper for the application's lifetime."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_persister(settings, stop))
-        task.add_done_callback(_log_failure)
-        yield
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10.0)
-
-    return ctx
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("persister stopped: %r", task.exception())

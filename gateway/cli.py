@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.persist_child import PersistSupervisor, persist_enabled, persist_env
 
 log = logging.getLogger("callgate")
 
@@ -37,14 +38,14 @@ def _install_uvloop() -> None:
 
 
 async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None = None,
-                       background: bool = True) -> None:
+                       persister: PersistSupervisor | None = None) -> None:
+    """One HTTP worker: call control only. With ``persister`` (one worker: this is the
+    main process) the persist child is started once signals are handled here, and stopped
+    after the in-flight requests are done."""
     from gateway.app import create_app
-    from gateway.background import background_ctx, persist_enabled
     from gateway.fastpath import CallgateRunner
 
     app = create_app(settings)
-    if background and persist_enabled():  # persister + reaper in this one process
-        app.cleanup_ctx.append(background_ctx(settings))
     runner = CallgateRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
     await runner.setup()
     _tune_gc()
@@ -55,11 +56,23 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
         print(ready, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        if persister is not None:
+            persister.no_restart()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    # Graceful: stop accepting, let in-flight requests finish, then close Redis.
-    await runner.cleanup()
+        loop.add_signal_handler(sig, on_signal)
+    if persister is not None:
+        persister.start()
+    try:
+        await stop.wait()
+        # Graceful: stop accepting, let in-flight requests finish, then close Redis.
+        await runner.cleanup()
+    finally:
+        if persister is not None:  # its wait would block the loop: in a thread
+            await asyncio.to_thread(persister.stop)
 
 
 def _tune_gc() -> None:
@@ -72,9 +85,9 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-def _worker(settings: Settings, reuse_port: bool, background: bool) -> None:
+def _worker(settings: Settings, reuse_port: bool) -> None:
     _install_uvloop()
-    asyncio.run(_serve_async(settings, reuse_port, background=background))
+    asyncio.run(_serve_async(settings, reuse_port))
 
 
 class _RedisSupervisor:
@@ -154,34 +167,49 @@ def _run_workers(settings: Settings) -> int:
     workers = max(1, settings.workers)
     banner = f"callgate listening on http://{settings.http_host}:{settings.http_port} " \
              f"({workers} worker{'s' if workers > 1 else ''})"
+    persister = PersistSupervisor(persist_env(settings)) if persist_enabled() else None
     if workers == 1:
         _install_uvloop()
-        asyncio.run(_serve_async(settings, reuse_port=False, ready=banner))
+        asyncio.run(_serve_async(settings, reuse_port=False, ready=banner, persister=persister))
         return 0
     children: list[int] = []
-    for index in range(workers):
+    for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # child: one event loop on the shared port (SO_REUSEPORT)
             code = 0
             try:
-                _worker(settings, reuse_port=True, background=index == 0)
+                _worker(settings, reuse_port=True)
             except BaseException:
                 log.exception("worker failed")
                 code = 1
             os._exit(code)
         children.append(pid)
     print(banner, flush=True)
-    return _wait_children(children)
+    return _wait_children(children, persister)
 
 
-def _wait_children(children: list[int]) -> int:
+def _wait_children(children: list[int], persister: PersistSupervisor | None) -> int:
+    """Wait for the HTTP workers (SIGTERM/SIGINT forwarded to them), then stop the persist
+    child: it keeps persisting while the workers finish their in-flight requests."""
     def forward(signum: int, _frame: object) -> None:
+        if persister is not None:
+            persister.no_restart()
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if persister is not None:
+        persister.start()
+    try:
+        return _reap_workers(children)
+    finally:
+        if persister is not None:
+            persister.stop()
+
+
+def _reap_workers(children: list[int]) -> int:
     status = 0
     for pid in children:
         while True:

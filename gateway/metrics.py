@@ -5,9 +5,10 @@ counters end in ``_total``; labels carry bounded vocabularies only (decision, re
 source, operation, function), never a tenant, user or call id.
 
 Multi-process: ``callgate serve`` sets PROMETHEUS_MULTIPROC_DIR (a fresh directory under
-the data directory) before any worker imports prometheus_client; every worker then writes
-its samples to memory-mapped files there and /metrics, served by whichever worker the
-kernel picks, aggregates them all with MultiProcessCollector. Without the variable (tests,
+the data directory) before any worker imports prometheus_client; every worker (and the
+persist child process) then writes its samples to memory-mapped files there and /metrics,
+served by whichever worker the kernel picks, aggregates them all with
+MultiProcessCollector. Without the variable (tests,
 embedding) the default in-process registry is used: one code path, two registries.
 
 Hot path: each request adds to plain Python counters (a dict update and a bisect);
@@ -120,7 +121,8 @@ METRIC_NAMES: Final = frozenset({
 # increment, and a histogram observation is two increments: strace showed ~10 getpid calls
 # per authorize. So the hot path only adds to plain Python counters here, and flush()
 # moves them into the prometheus objects in bulk: every FLUSH_INTERVAL_SECONDS from each
-# worker's event loop (flusher_ctx) and before every exposition.
+# worker's event loop (flusher_ctx) or the persist process's (flush_until), and before every
+# exposition.
 
 FLUSH_INTERVAL_SECONDS: Final = 1.0
 _BOUNDS: Final = (*LATENCY_BUCKETS_SECONDS, float("inf"))
@@ -174,6 +176,15 @@ def flush() -> None:
 async def _flush_periodically() -> None:
     while True:
         await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+        flush()
+
+
+async def flush_until(stop: asyncio.Event) -> None:
+    """Flush every FLUSH_INTERVAL_SECONDS until ``stop``, then once more (processes
+    without an aiohttp app: ``callgate persist``)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL_SECONDS)
         flush()
 
 

@@ -2,11 +2,17 @@
 
 One run, same generator (wrk + loadtest/authorize.lua), same settings, same machine:
 
-1. pinned: gateway (1 worker) on CPU 0; wrk and redis-server on CPU 1.
+1. pinned: gateway (1 worker) on CPU 0; wrk and redis-server on CPU 1, and there too the
+   gateway's persist child process (moved there after start, nice +10), so that the HTTP
+   worker has CPU 0 to itself.
    a. gateway, closed loop: maximum authorize throughput;
    b. hello world (loadtest/hello.py, 1 process on CPU 0): the ceiling; ratio = a / b;
    c. gateway at a fixed rate of 50 % of (a): p99 latency at half load.
 2. unpinned: 2 gateway workers, 2 hello workers, wrk with 2 threads, nothing pinned.
+
+Server CPU per request counts the HTTP worker processes only; the persist child's CPU per
+request is reported apart, and after each closed-loop run the persister backlog and the
+seconds it takes to drain to 0.
 
 Results: loadtest/results/bench.json and bench.md; the table is printed. The requests are
 authorizations of real users (many tenants, large pools) with unique call ids, so every
@@ -31,7 +37,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from gateway.config import load_settings
+from gateway.persist import persister_status
+from gateway.persist_child import persist_enabled
 from gateway.redisproc import RedisServer
+from gateway.store import Store
 from loadtest.common import (
     BIN,
     RESULTS,
@@ -50,6 +60,8 @@ from loadtest.common import (
 LUA = ROOT / "loadtest" / "authorize.lua"
 TARGET_RATIO = 0.6
 TARGET_P99_MS = 2.0
+PERSIST_NICE_INCREMENT = 10  # the persist child yields its CPU to wrk and Redis
+DRAIN_DEADLINE_SECONDS = 120.0
 
 
 def ensure_wrk() -> str:
@@ -77,12 +89,14 @@ class Wrk:
 
     def run(self, url: str, seconds: int, *, threads: int = 1, cpus: str | None = "1",
             rate_per_thread: float = 0.0, connections: int | None = None,
-            server_pids: list[int] | None = None,
-            redis_pid: int | None = None) -> dict[str, Any]:
+            server_pids: list[int] | None = None, redis_pid: int | None = None,
+            persist_pid: int | None = None) -> dict[str, Any]:
+        """``server_pids``: the processes whose CPU is the server's (the HTTP workers)."""
         self.runs += 1
-        pids = tree_pids(server_pids[0]) if server_pids else []
+        pids = server_pids or []
         cpu0 = cpu_seconds(pids)
         rcpu0 = cpu_seconds([redis_pid]) if redis_pid else 0.0
+        pcpu0 = cpu_seconds([persist_pid]) if persist_pid else 0.0
         load0 = os.getloadavg()[0]
         env = {**self.env, "BENCH_RUN": f"{os.getpid()}-{self.runs}",
                "BENCH_RATE": f"{rate_per_thread:.1f}"}
@@ -102,6 +116,9 @@ class Wrk:
             if redis_pid:
                 r["redis_cpu_us_per_request"] = (
                     (cpu_seconds([redis_pid]) - rcpu0) / r["requests"] * 1e6)
+            if persist_pid:
+                r["persist_cpu_us_per_request"] = (
+                    (cpu_seconds([persist_pid]) - pcpu0) / r["requests"] * 1e6)
         return r
 
 
@@ -123,6 +140,74 @@ def tree_pids(pid: int) -> list[int]:
         out.append(p)
         todo += parents.get(p, [])
     return out
+
+
+def persist_child(serve_pid: int, deadline_s: float = 20.0) -> int | None:
+    """The gateway's ``callgate persist --reap`` child, found by /proc/PID/cmdline (serve
+    starts it once it listens); None with CALLGATE_PERSIST=0."""
+    if not persist_enabled():
+        return None
+    end = time.monotonic() + deadline_s
+    while True:
+        for pid in tree_pids(serve_pid)[1:]:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"persist" in argv:
+                return pid
+        if time.monotonic() > end:
+            raise RuntimeError(f"serve ({serve_pid}) started no persist child")
+        time.sleep(0.1)
+
+
+def place(pid: int, cpus: set[int], nice_increment: int = 0) -> None:
+    """CPU affinity (and a lower priority) for every thread of ``pid``: both act per thread
+    on Linux, and threads started before (redis-server's bio threads, the persister's
+    SQLite thread) keep their own."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        tid = int(task.name)
+        try:
+            os.sched_setaffinity(tid, cpus)
+            if nice_increment:
+                os.setpriority(os.PRIO_PROCESS, tid,
+                               os.getpriority(os.PRIO_PROCESS, tid) + nice_increment)
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+
+
+def cpu_set(spec: str) -> set[int]:
+    return {int(c) for c in spec.split(",")}
+
+
+class Backlog:
+    """The persister's backlog read from the streams (pending + not yet delivered entries,
+    as ``callgate persist --status``): exact at any moment, unlike the /metrics gauge
+    callgate_persister_backlog_events that the persister refreshes every few seconds."""
+
+    def __init__(self, redis_url: str, partitions: int) -> None:
+        self.redis_url = redis_url
+        self.partitions = partitions
+
+    def drain(self, deadline_s: float = DRAIN_DEADLINE_SECONDS) -> tuple[int, float | None]:
+        """(events in the backlog now, seconds until it was 0; None: not within deadline_s)."""
+        return asyncio.run(self._drain(deadline_s))
+
+    async def _drain(self, deadline_s: float) -> tuple[int, float | None]:
+        store = Store.from_url(self.redis_url, self.partitions)
+        try:
+            t0 = time.monotonic()
+            first: int | None = None
+            while True:
+                left = int((await persister_status(store))["backlog_entries"])
+                first = left if first is None else first
+                if left == 0:
+                    return first, time.monotonic() - t0
+                if time.monotonic() - t0 > deadline_s:
+                    return first, None
+                await asyncio.sleep(0.1)
+        finally:
+            await store.close()
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -169,15 +254,22 @@ class Hello:
 
 
 def measure_gateway(wrk: Wrk, gw: Server, seconds: int, warmup: int, *, threads: int,
-                    cpus: str | None, redis_pid: int, rate_per_thread: float = 0.0,
-                    connections: int | None = None) -> dict[str, Any]:
+                    cpus: str | None, redis_pid: int, persist_pid: int | None,
+                    rate_per_thread: float = 0.0, connections: int | None = None,
+                    backlog: Backlog | None = None) -> dict[str, Any]:
+    """One run; with ``backlog`` (closed-loop runs), then the persister backlog left at
+    the end and the seconds the persist child takes to drain it."""
     url = f"{gw.base}/v1"
     if warmup:
         wrk.run(url, warmup, threads=threads, cpus=cpus)
     before = decisions(gw.base)
-    r = wrk.run(url, seconds, threads=threads, cpus=cpus, server_pids=[gw.pid],
-                redis_pid=redis_pid, rate_per_thread=rate_per_thread, connections=connections)
+    http_pids = [p for p in tree_pids(gw.pid) if p != persist_pid]
+    r = wrk.run(url, seconds, threads=threads, cpus=cpus, server_pids=http_pids,
+                redis_pid=redis_pid, persist_pid=persist_pid,
+                rate_per_thread=rate_per_thread, connections=connections)
     r["decisions"] = delta(decisions(gw.base), before)
+    if backlog is not None:
+        r["persister_backlog_events"], r["persister_drain_s"] = backlog.drain()
     return r
 
 
@@ -188,7 +280,7 @@ def measure_hello(wrk: Wrk, workers: int, cpus: str | None, seconds: int, warmup
         url = f"http://127.0.0.1:{hello.port}/v1"
         wrk.run(url, warmup, threads=threads, cpus=wrk_cpus)
         return wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
-                       server_pids=[hello.proc.pid])
+                       server_pids=tree_pids(hello.proc.pid))
     finally:
         hello.close()
 
@@ -218,33 +310,43 @@ def main(argv: list[str] | None = None) -> int:
                      "connections": args.connections, "tenants": args.tenants,
                      "users_per_tenant": args.users, "generator": "wrk + loadtest/authorize.lua"},
         "placement": {"pinned": "gateway (1 worker) and hello on CPU 0; wrk (1 thread) on "
-                                f"CPU 1; redis-server on CPU {args.redis_cpus}",
+                                f"CPU 1; redis-server on CPU {args.redis_cpus}; "
+                                + (f"the gateway's persist child on CPU {args.redis_cpus}, "
+                                   f"nice +{PERSIST_NICE_INCREMENT}" if persist_enabled()
+                                   else "no persist child (CALLGATE_PERSIST=0)"),
                       "unpinned": "2 gateway workers / 2 hello workers, wrk 2 threads, "
-                                  "redis-server: no affinity"},
+                                  "redis-server and the persist child: no affinity, "
+                                  "default priority"},
     }
+    partitions = load_settings(env={**os.environ, "CALLGATE_OPERATOR_TOKEN": token}).partitions
     with ExitStack() as stack:
         redis = RedisServer(work / "redis", appendonly=True, appendfsync="everysec",
                             name="bench-redis")
         redis.start()
         stack.callback(redis.stop)
         assert redis.pid is not None
-        os.sched_setaffinity(redis.pid, {int(c) for c in args.redis_cpus.split(",")})
+        place(redis.pid, cpu_set(args.redis_cpus))
         sock = redis.unixsocket
         redis_url = f"unix://{sock}" if sock else redis.url
+        backlog = Backlog(redis_url, partitions) if persist_enabled() else None
 
         # -- 1. pinned -----------------------------------------------------------------
         with gateway(work / "gw1", redis_url, token, workers=1, cpus="0") as gw:
+            persist_pid = persist_child(gw.pid)
+            if persist_pid:  # off the HTTP worker's CPU 0, inherited from taskset
+                place(persist_pid, cpu_set(args.redis_cpus), PERSIST_NICE_INCREMENT)
             asyncio.run(create_tenants(gw.base, token, tenants, args.users))
             print(f"gateway pinned to CPU 0: closed loop, {args.duration} s ...", flush=True)
             gw_max = measure_gateway(wrk, gw, args.duration, args.warmup, threads=1, cpus="1",
-                                     redis_pid=redis.pid)
+                                     redis_pid=redis.pid, persist_pid=persist_pid,
+                                     backlog=backlog)
             print("hello world pinned to CPU 0 ...", flush=True)
             hello_max = measure_hello(wrk, 1, "0", args.duration, args.warmup, 1, "1")
             half = gw_max["rps"] / 2
             print(f"gateway at a fixed {half:.0f} req/s (50 %) ...", flush=True)
             gw_half = measure_gateway(wrk, gw, args.duration, 0, threads=1, cpus="1",
-                                      redis_pid=redis.pid, rate_per_thread=half,
-                                      connections=32)
+                                      redis_pid=redis.pid, persist_pid=persist_pid,
+                                      rate_per_thread=half, connections=32, backlog=backlog)
             gw_half["target_rps"] = half
         result["pinned"] = {
             "gateway": gw_max, "hello": hello_max, "gateway_half_load": gw_half,
@@ -255,11 +357,12 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- 2. unpinned, two workers ------------------------------------------------------
         if not args.skip_unpinned:
-            os.sched_setaffinity(redis.pid, set(range(os.cpu_count() or 1)))
+            place(redis.pid, set(range(os.cpu_count() or 1)))
             with gateway(work / "gw2", redis_url, token, workers=2, cpus=None) as gw:
                 print("gateway, 2 workers, unpinned ...", flush=True)
                 gw2 = measure_gateway(wrk, gw, args.duration, args.warmup, threads=2,
-                                      cpus=None, redis_pid=redis.pid)
+                                      cpus=None, redis_pid=redis.pid,
+                                      persist_pid=persist_child(gw.pid), backlog=backlog)
             print("hello world, 2 workers, unpinned ...", flush=True)
             hello2 = measure_hello(wrk, 2, None, args.duration, args.warmup, 2, None)
             result["unpinned_2_workers"] = {"gateway": gw2, "hello": hello2,
@@ -306,12 +409,20 @@ def machine() -> dict[str, Any]:
 
 
 def _row(name: str, r: dict[str, Any], ratio: str = "") -> str:
-    cpu = r.get("server_cpu_us_per_request")
-    rcpu = r.get("redis_cpu_us_per_request")
+    cpus = [r.get(f"{k}_cpu_us_per_request") for k in ("server", "persist", "redis")]
+    cells = " | ".join(f"{c:.0f}" if c is not None else "" for c in cpus)
     return (f"| {name} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.2f} | {r['p90_us'] / 1000:.2f} "
-            f"| {r['p99_us'] / 1000:.2f} | {r['errors']} | {ratio} "
-            f"| {f'{cpu:.0f}' if cpu else ''} | {f'{rcpu:.0f}' if rcpu else ''} "
+            f"| {r['p99_us'] / 1000:.2f} | {r['errors']} | {ratio} | {cells} "
             f"| {r['loadavg_1m_before']:.1f} |")
+
+
+def _drain_line(name: str, r: dict[str, Any]) -> str:
+    if "persister_backlog_events" not in r:
+        return ""
+    left, drain_s = r["persister_backlog_events"], r["persister_drain_s"]
+    drained = f"drained in {drain_s:.1f} s" if drain_s is not None \
+        else f"NOT drained within {DRAIN_DEADLINE_SECONDS:.0f} s"
+    return f"- {name}: {left:,} events not yet in the ledger at the end of the run, {drained}"
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -324,8 +435,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['settings']['tenants']} tenants x {res['settings']['users_per_tenant']} users.",
         "",
         "| run | req/s | p50 ms | p90 ms | p99 ms | errors | ratio to hello "
-        "| server CPU µs/req | Redis CPU µs/req | load avg before |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| HTTP worker CPU µs/req | persister CPU µs/req | Redis CPU µs/req "
+        "| load avg before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         _row("gateway authorize, 1 worker pinned (CPU 0)", pin["gateway"],
              f"**{pin['ratio']:.2f}**"),
         _row("hello world, 1 process pinned (CPU 0)", pin["hello"], "1.00"),
@@ -338,10 +450,18 @@ def markdown(res: dict[str, Any]) -> str:
             _row("gateway authorize, 2 workers unpinned", un["gateway"], f"{un['ratio']:.2f}"),
             _row("hello world, 2 workers unpinned", un["hello"], "1.00"),
         ]
-    lines += ["", f"CPU-time ratio (hello CPU per request / gateway CPU per request, "
-              f"independent of other load on the machine): {pin['cpu_ratio']:.2f}",
+    drains = [_drain_line("pinned, closed loop", pin["gateway"]),
+              _drain_line("pinned, 50 % load", pin["gateway_half_load"])]
+    if "unpinned_2_workers" in res:
+        drains.append(_drain_line("2 workers unpinned, closed loop",
+                                  res["unpinned_2_workers"]["gateway"]))
+    lines += ["", f"CPU-time ratio (hello CPU per request / gateway HTTP worker CPU per "
+              f"request, independent of other load on the machine): {pin['cpu_ratio']:.2f}",
               f"Decisions in the closed-loop run: {pin['gateway']['decisions']}",
               f"Placement: {res['placement']['pinned']}.", ""]
+    if any(drains):
+        lines += ["Persister (its own process) after each gateway run:",
+                  *[d for d in drains if d], ""]
     return "\n".join(lines)
 
 

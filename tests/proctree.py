@@ -1,0 +1,48 @@
+"""The process tree of a ``callgate serve`` under test, read from /proc."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+PERSIST_ARGV_TAIL = ["persist", "--reap"]
+
+
+def child_processes(pid: int) -> dict[int, list[str]]:
+    """{pid: argv} of the live direct children of ``pid`` (zombies have no argv)."""
+    out: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            argv = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except (OSError, IndexError, ValueError):
+            continue
+        if argv:
+            out[int(entry.name)] = argv
+    return out
+
+
+def persist_children(serve_pid: int) -> list[int]:
+    return [p for p, argv in child_processes(serve_pid).items()
+            if argv[-2:] == PERSIST_ARGV_TAIL]
+
+
+def wait_persist_child(serve_pid: int, deadline_s: float = 30.0, other_than: int = 0) -> int:
+    """The pid of serve's persist child (a new one when ``other_than`` is given)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        found = [p for p in persist_children(serve_pid) if p != other_than]
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        assert time.monotonic() < end, f"no persist child of {serve_pid}: " \
+                                       f"{child_processes(serve_pid)}"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
