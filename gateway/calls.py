@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -60,8 +59,7 @@ class ServiceUnavailable(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class AuthorizeRequest:
+class AuthorizeRequest(NamedTuple):
     call_id: str
     direction: str
     user_id: str | None

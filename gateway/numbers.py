@@ -34,6 +34,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberDesc, PhoneNumberFormat, PhoneNumberType
@@ -97,8 +98,7 @@ _NOT_E164 = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Destination:
+class Destination(NamedTuple):
     """The verdict on one dialled destination, immutable so it can be shared and cached.
 
     ``error`` is written for the person who dialled, because it ends up in the API answer.

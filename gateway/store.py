@@ -85,8 +85,7 @@ class TenantSettings:
     max_concurrent_calls: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What authorize and extend answer (times in seconds since the epoch)."""
 
     decision: str
@@ -100,8 +99,7 @@ class Decision:
     replayed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Bill:
+class Bill(NamedTuple):
     state: str
     duration_seconds: int
     domestic_pool_minutes: int
