@@ -221,27 +221,36 @@ local function authorize(KEYS, ARGV)
   local allowed = o.decision == 'allow'
   local expires = A.now + o.granted
   if not allowed then expires = A.now end
-  redis.call('HSET', c.k_call,
-    'st', allowed and 'active' or 'denied', 'dir', A.direction, 'uid', c.uid, 'to', A.to,
-    'from', A.from, 'mon', A.month, 't0', A.now, 'sa', A.started,
-    'd', o.decision, 'rsn', o.reason, 'src', o.source, 'g', o.granted, 'exp', expires,
-    'cls', o.class, 'dc', A.dcountry, 'dt', A.dtype,
-    'free', o.free and 1 or 0, 'cnt', o.counted and 1 or 0,
-    'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and 1 or 0,
-    'ca', c.credits_allowed and 1 or 0, 'sl', c.limit or '',
-    'rp', c.rate.prefix, 'rr', c.rate.rate, 'rf', c.rate.fee, 'ra', c.rate.a, 'rb', c.rate.b,
-    'h', o.granted, 'ps', st.pool_s, 'cs', st.cred_s, 'pr', st.pool_r, 'cr', st.cred_r,
-    'gexp', expires, 'ext', 0)
+  local granted_text, expires_text = istr(o.granted), istr(expires)
+  local grants = '[]'
   if allowed then
-    redis.call('HSET', c.k_call, 'grants', cjson.encode({{source = o.source,
-      seconds = o.granted, at = A.now, expires_at = expires}}))
-    redis.call('ZADD', k_active, expires, A.tid .. '/' .. A.cid)
+    grants = cjson.encode({{source = o.source, seconds = o.granted, at = A.now,
+      expires_at = expires}})
+  end
+  -- The call hash, every value as the text Redis stores: the same array is written with one
+  -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
+  -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
+  -- the user's JSON record and is printed as redis.call prints a Lua number.
+  local rec = {
+    'st', allowed and 'active' or 'denied', 'dir', A.direction, 'uid', c.uid, 'to', A.to,
+    'from', A.from, 'mon', A.month, 't0', ARGV[3], 'sa', ARGV[24],
+    'd', o.decision, 'rsn', o.reason, 'src', o.source, 'g', granted_text, 'exp', expires_text,
+    'cls', o.class, 'dc', A.dcountry, 'dt', A.dtype,
+    'free', o.free and '1' or '0', 'cnt', o.counted and '1' or '0',
+    'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and '1' or '0',
+    'ca', c.credits_allowed and '1' or '0',
+    'sl', c.limit and string.format('%.17g', c.limit) or '',
+    'rp', c.rate.prefix, 'rr', ARGV[18], 'rf', ARGV[19], 'ra', ARGV[20], 'rb', ARGV[21],
+    'h', granted_text, 'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
+    'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
+  redis.call('HSET', c.k_call, unpack(rec))
+  if allowed then
+    redis.call('ZADD', k_active, expires_text, A.tid .. '/' .. A.cid)
     if o.counted then
-      redis.call('HINCRBY', c.k_tenant, 'act', 1)
-      redis.call('HINCRBY', c.k_uact, c.uid, 1)
+      redis.call('HINCRBY', c.k_tenant, 'act', '1')
+      redis.call('HINCRBY', c.k_uact, c.uid, '1')
     end
   else
-    redis.call('HSET', c.k_call, 'grants', '[]')
     redis.call('EXPIRE', c.k_call, A.retention)
   end
   emit(k_events, allowed and 'call.allowed' or 'call.denied', A.tid, A.now, {
@@ -251,8 +260,9 @@ local function authorize(KEYS, ARGV)
     pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
     rate_prefix = c.rate.prefix, counted = o.counted and true or false,
     -- The open call's whole record, so that `callgate rebuild` can restore it from the ledger.
-    call = allowed and redis.call('HGETALL', c.k_call) or nil})
-  return call_reply(c.k_call, 0)
+    call = allowed and rec or nil})
+  return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, A.dcountry,
+          A.dtype}
 end
 
 redis.register_function('authorize', authorize)
