@@ -140,15 +140,16 @@ end
 -- which HINCRBY rejects.
 local function hincr(key, field, delta)
   if delta == 0 then return nil end
-  return redis.call('HINCRBY', key, field, delta)
+  return redis.call('HINCRBY', key, field, istr(delta))
 end
 
 -- As hincr, deleting the field at zero so hashes stay small.
 local function hincr_or_del(key, field, delta)
   if delta == 0 then return 0 end
-  local v = redis.call('HINCRBY', key, field, delta)
+  local v = redis.call('HINCRBY', key, field, istr(delta))
   if v == 0 then redis.call('HDEL', key, field) end
   return v
 end
 
-local MONTH_TTL_SECONDS = 400 * 86400
+-- 400 days, as text: an EXPIRE argument (string.format is not reachable at load time).
+local MONTH_TTL_SECONDS = '34560000'

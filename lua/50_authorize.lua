@@ -124,8 +124,7 @@ end
 local function over_concurrency(c, user)
   local umax = user.max_concurrent_calls
   if umax ~= nil and num(redis.call('HGET', c.k_uact, c.uid)) >= umax then return true end
-  local t = redis.call('HMGET', c.k_tenant, 'maxc', 'act')
-  return t[1] ~= '' and t[1] ~= false and num(t[2]) >= tonumber(t[1])
+  return c.maxc ~= '' and c.maxc ~= false and num(c.act) >= tonumber(c.maxc)
 end
 
 -- Outbound rules in order: emergency (D11) > unknown user (D26) > invalid / blocked (D13,
@@ -209,9 +208,11 @@ local function authorize(KEYS, ARGV)
   }
   local k_active, k_events = KEYS[9], KEYS[10]
 
-  local t = redis.call('HMGET', c.k_tenant, 'cur', 'tz')
+  -- The tenant's cap and count of active calls (D25) come with its settings: one read.
+  local t = redis.call('HMGET', c.k_tenant, 'cur', 'tz', 'maxc', 'act')
   if not t[1] then return {TENANT_NOT_FOUND} end
   if t[1] ~= A.currency or t[2] ~= A.tz then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
+  c.maxc, c.act = t[3], t[4]
   if redis.call('EXISTS', c.k_call) == 1 then return call_reply(c.k_call, 1) end  -- D32
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
