@@ -31,16 +31,45 @@ Returns {OK, state, duration, domestic pool minutes, international pool minutes,
          | {CALL_ENDED} (expired call not yet due)
 --]]
 
-local CALL_STATE_FIELDS = {'st', 'uid', 'mon', 'free', 'cnt', 'pool', 'kind', 'co', 'ca',
-  'sl', 'rp', 'rr', 'rf', 'ra', 'rb', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'src', 'rsn',
-  'cls', 'dc', 'dt', 'ext', 'dur', 'bdp', 'bip', 'bc', 'over'}
-
+-- The whole call hash, by field name, and as the flat field/value array HGETALL returned:
+-- extend writes its changes into that array (with_changes) to make the event's record.
 local function load_call(k_call)
-  local v = redis.call('HMGET', k_call, unpack(CALL_STATE_FIELDS))
+  local flat = redis.call('HGETALL', k_call)
+  local s = {}
+  for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+  if not s.st then return nil end
+  return s, flat
+end
+
+-- What end_call reads of a call (it needs no record).
+local CALL_END_FIELDS = {'st', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
+  'rb', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur', 'bdp', 'bip', 'bc', 'over'}
+
+local function load_call_end(k_call)
+  local v = redis.call('HMGET', k_call, unpack(CALL_END_FIELDS))
   if not v[1] then return nil end
   local s = {}
-  for i, f in ipairs(CALL_STATE_FIELDS) do s[f] = v[i] end
+  for i, f in ipairs(CALL_END_FIELDS) do s[f] = v[i] end
   return s
+end
+
+-- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
+-- `changed`: the hash's record without reading it again. Modifies and returns flat.
+local function with_changes(flat, changed)
+  local new = {}
+  for i = 1, #changed, 2 do new[changed[i]] = changed[i + 1] end
+  for i = 1, #flat, 2 do
+    local v = new[flat[i]]
+    if v then
+      flat[i + 1] = v
+      new[flat[i]] = nil
+    end
+  end
+  for f, v in pairs(new) do  -- fields the hash did not have yet (none, for authorize's)
+    flat[#flat + 1] = f
+    flat[#flat + 1] = v
+  end
+  return flat
 end
 
 -- The month hash of the call's month among the caller's candidates, or nil.
@@ -100,7 +129,7 @@ local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
   local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local grant_max = tonumber(ARGV[8])
-  local call = load_call(k_call)
+  local call, flat = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
 
@@ -132,22 +161,28 @@ local function extend(KEYS, ARGV)
 
   local decision = g > 0 and 'allow' or 'deny'
   local expires = num(call.gexp)
+  local record = nil
   if g > 0 then
     expires = now + g
-    local grants = cjson.decode(redis.call('HGET', k_call, 'grants'))
-    grants[#grants + 1] = {source = source, seconds = g, at = now, expires_at = expires,
-                           used_seconds = u}
-    redis.call('HSET', k_call, 'h', u + g, 'ps', st.pool_s, 'cs', st.cred_s, 'pr', st.pool_r,
-      'cr', st.cred_r, 'gexp', expires, 'ext', num(call.ext) + 1,
-      'grants', cjson.encode(grants))
-    redis.call('ZADD', k_active, expires, tid .. '/' .. cid)
+    local expires_text = istr(expires)
+    -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
+    local grant = cjson.encode({source = source, seconds = g, at = now, expires_at = expires,
+                                used_seconds = u})
+    local grants = call.grants
+    if grants == '[]' then grants = '[' .. grant .. ']'
+    else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
+    local changed = {'h', istr(u + g), 'ps', istr(st.pool_s), 'cs', istr(st.cred_s),
+      'pr', istr(st.pool_r), 'cr', istr(st.cred_r), 'gexp', expires_text,
+      'ext', istr(num(call.ext) + 1), 'grants', grants}
+    redis.call('HSET', k_call, unpack(changed))
+    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
+    -- The open call's whole record after the change, for `callgate rebuild`.
+    record = with_changes(flat, changed)
   end
   emit(k_events, decision == 'allow' and 'call.extended' or 'call.extension_denied', tid, now,
     {call_id = cid, used_seconds = u, reason = reason, source = g > 0 and source or '',
      granted_seconds = g, pool_reserved_minutes = st.pool_r,
-     credits_reserved_micro = st.cred_r,
-     -- The open call's whole record after the change, for `callgate rebuild`.
-     call = g > 0 and redis.call('HGETALL', k_call) or nil})
+     credits_reserved_micro = st.cred_r, call = record})
   return {OK, decision, reason, g > 0 and source or '', g, expires, call.cls, call.dc, call.dt}
 end
 
@@ -160,8 +195,8 @@ local function end_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
   local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local retention, how, grace = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10] or '0')
-  local call = load_call(k_call)
+  local retention, how, grace = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
+  local call = load_call_end(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
   -- A denied call ends like any other with nothing granted: billed nothing, the reported
@@ -179,9 +214,7 @@ local function end_call(KEYS, ARGV)
   local pool_used = math.min(billed_s, ps)
   local cred_used = math.min(billed_s - pool_used, cs)
   local pool_min = ceil_div(pool_used, 60)
-  local c = ctx_of(KEYS, call, nil)
-  local r = c.rate
-  local credits = credit_cost(cred_used, r.rate, r.fee, r.a, r.b)
+  local credits = credit_cost(cred_used, num(call.rr), num(call.rf), num(call.ra), num(call.rb))
   local pr, cr = num(call.pr), num(call.cr)
 
   local k_month = month_key(KEYS, ARGV, call.mon)
@@ -201,15 +234,16 @@ local function end_call(KEYS, ARGV)
     hincr(k_tenant, 'bal', -credits)
   end
   if call.cnt == '1' then
-    redis.call('HINCRBY', k_tenant, 'act', -1)
+    redis.call('HINCRBY', k_tenant, 'act', '-1')
     hincr_or_del(k_uact, call.uid, -1)
   end
   local dom = call.kind == 'domestic' and pool_min or 0
   local intl = call.kind == 'international' and pool_min or 0
   local state = how == 'expired' and 'expired' or 'ended'
-  redis.call('HSET', k_call, 'st', state, 'dur', duration, 'bdp', dom, 'bip', intl,
-    'bc', credits, 'over', overrun, 'pr', 0, 'cr', 0, 'ended', now)
-  redis.call('EXPIRE', k_call, retention)
+  redis.call('HSET', k_call, 'st', state, 'dur', istr(duration), 'bdp', istr(dom),
+    'bip', istr(intl), 'bc', istr(credits), 'over', istr(overrun), 'pr', '0', 'cr', '0',
+    'ended', ARGV[3])
+  redis.call('EXPIRE', k_call, retention)  -- ARGV text as sent
   redis.call('ZREM', k_active, tid .. '/' .. cid)
   emit(k_events, 'call.' .. state, tid, now, {call_id = cid, duration_seconds = duration,
     billed_seconds = billed_s, overrun_seconds = overrun, pool = call.pool,
