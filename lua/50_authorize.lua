@@ -44,8 +44,8 @@ end
 -- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
 -- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
 -- reserved minutes, or nil when the pool does not exist (no licence assigned).
-local function pool_grant(k_pools, k_month, pool, pool_s, pool_r, cap)
-  local capacity = pool_capacity(k_pools, pool)
+local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
+  local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
   local used, reserved = pool_usage(k_month, pool)
   local remaining = capacity - used - reserved
@@ -62,7 +62,7 @@ end
 -- (cred_r micro-units reserved). Returns granted seconds and the new reservation, or 0 and
 -- 'money' | 'limit' when the wallet or the user's monthly spend limit cannot pay (D19, D22).
 local function credit_grant(c, cred_s, cred_r, cap)
-  local r = c.rate
+  local r = rate_of(c)
   local t = redis.call('HMGET', c.k_tenant, 'bal', 'res')
   local avail = num(t[1]) - num(t[2])
   local len = cred_s + cap
@@ -92,7 +92,8 @@ end
 local function pay(c, st, cap)
   local pool_existed = false
   if st.pool ~= '' and st.cred_s == 0 and not c.credits_only then
-    local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.pool_s, st.pool_r, cap)
+    local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.kind, st.pool_s, st.pool_r,
+      cap)
     if g ~= nil then
       pool_existed = true
       if g > 0 then
@@ -102,7 +103,7 @@ local function pay(c, st, cap)
     end
   end
   if not c.credits_allowed then return 0, 'credits_not_allowed' end
-  if c.rate.prefix == '' then return 0, 'destination_blocked' end
+  if c.rp == '' then return 0, 'destination_blocked' end
   local g, new_r = credit_grant(c, st.cred_s, st.cred_r, cap)
   if g == 0 then
     if new_r == 'limit' then return 0, 'spend_limit_reached' end
@@ -196,15 +197,13 @@ local function authorize(KEYS, ARGV)
     currency = ARGV[5], tz = ARGV[6], direction = ARGV[7], uid = ARGV[8], to = ARGV[9],
     from = ARGV[10], dcountry = ARGV[11], dtype = ARGV[12], zone = ARGV[13],
     emergency_regions = ARGV[14], predeny = ARGV[15], credits_only = ARGV[16] == '1',
-    grant_max = tonumber(ARGV[22]), retention = tonumber(ARGV[23]),
-    started = tonumber(ARGV[24]),
+    grant_max = tonumber(ARGV[22]), started = tonumber(ARGV[24]),
   }
   local c = {
     k_tenant = KEYS[1], k_users = KEYS[2], k_call = KEYS[3], k_pools = KEYS[4],
     k_month = KEYS[5], k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8],
     uid = A.uid, credits_only = A.credits_only, credits_allowed = true, limit = nil,
-    rate = {prefix = ARGV[17], rate = tonumber(ARGV[18]), fee = tonumber(ARGV[19]),
-            a = tonumber(ARGV[20]), b = tonumber(ARGV[21])},
+    rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
   }
   local k_active, k_events = KEYS[9], KEYS[10]
 
@@ -225,8 +224,7 @@ local function authorize(KEYS, ARGV)
   local granted_text, expires_text = istr(o.granted), istr(expires)
   local grants = '[]'
   if allowed then
-    grants = cjson.encode({{source = o.source, seconds = o.granted, at = A.now,
-      expires_at = expires}})
+    grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
   end
   -- The call hash, every value as the text Redis stores: the same array is written with one
   -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
@@ -241,7 +239,7 @@ local function authorize(KEYS, ARGV)
     'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and '1' or '0',
     'ca', c.credits_allowed and '1' or '0',
     'sl', c.limit and string.format('%.17g', c.limit) or '',
-    'rp', c.rate.prefix, 'rr', ARGV[18], 'rf', ARGV[19], 'ra', ARGV[20], 'rb', ARGV[21],
+    'rp', c.rp, 'rr', c.rr, 'rf', c.rf, 'ra', c.ra, 'rb', c.rb,
     'h', granted_text, 'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
     'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
   redis.call('HSET', c.k_call, unpack(rec))
@@ -252,14 +250,14 @@ local function authorize(KEYS, ARGV)
       redis.call('HINCRBY', c.k_uact, c.uid, '1')
     end
   else
-    redis.call('EXPIRE', c.k_call, A.retention)
+    redis.call('EXPIRE', c.k_call, ARGV[23])  -- retention (s), as sent
   end
   emit(k_events, allowed and 'call.allowed' or 'call.denied', A.tid, A.now, {
     call_id = A.cid, direction = A.direction, user = c.uid, to = A.to, from = A.from,
     reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
     country = A.dcountry, number_type = A.dtype, month = A.month, started_at = A.started,
     pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
-    rate_prefix = c.rate.prefix, counted = o.counted and true or false,
+    rate_prefix = c.rp, counted = o.counted and true or false,
     -- The open call's whole record, so that `callgate rebuild` can restore it from the ledger.
     call = allowed and rec or nil})
   return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, A.dcountry,

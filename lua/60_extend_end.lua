@@ -85,8 +85,7 @@ local function ctx_of(KEYS, call, k_month)
     k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
     uid = call.uid, credits_only = call.co == '1', credits_allowed = call.ca == '1',
     limit = tonumber(call.sl),
-    rate = {prefix = call.rp, rate = num(call.rr), fee = num(call.rf), a = num(call.ra),
-            b = num(call.rb)},
+    rp = call.rp, rr = call.rr, rf = call.rf, ra = call.ra, rb = call.rb,  -- rate_of
   }
 end
 
@@ -97,8 +96,11 @@ local function truncate(c, st, u)
   if st.pool ~= '' and pool_r ~= st.pool_r then
     hincr_or_del(c.k_month, 'r:' .. st.pool, pool_r - st.pool_r)
   end
-  local r = c.rate
-  local cred_r = credit_cost(st.cred_s, r.rate, r.fee, r.a, r.b)
+  local cred_r = 0
+  if st.cred_s > 0 then
+    local r = rate_of(c)
+    cred_r = credit_cost(st.cred_s, r.rate, r.fee, r.a, r.b)
+  end
   if cred_r ~= st.cred_r then
     hincr(c.k_tenant, 'res', cred_r - st.cred_r)
     if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, cred_r - st.cred_r) end
@@ -166,8 +168,7 @@ local function extend(KEYS, ARGV)
     expires = now + g
     local expires_text = istr(expires)
     -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
-    local grant = cjson.encode({source = source, seconds = g, at = now, expires_at = expires,
-                                used_seconds = u})
+    local grant = grant_json(source, istr(g), ARGV[3], expires_text, istr(u))
     local grants = call.grants
     if grants == '[]' then grants = '[' .. grant .. ']'
     else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
@@ -214,7 +215,10 @@ local function end_call(KEYS, ARGV)
   local pool_used = math.min(billed_s, ps)
   local cred_used = math.min(billed_s - pool_used, cs)
   local pool_min = ceil_div(pool_used, 60)
-  local credits = credit_cost(cred_used, num(call.rr), num(call.rf), num(call.ra), num(call.rb))
+  local credits = 0
+  if cred_used > 0 then
+    credits = credit_cost(cred_used, num(call.rr), num(call.rf), num(call.ra), num(call.rb))
+  end
   local pr, cr = num(call.pr), num(call.cr)
 
   local k_month = month_key(KEYS, ARGV, call.mon)
