@@ -45,6 +45,7 @@ end
 -- tostring / '..' / cjson keep only 14 significant digits. Equal to what Redis printed for
 -- every integer below 1e17 (all times, seconds and amounts here: balances stay below 1e14).
 local function istr(n)
+  if n == 0 then return '0' end  -- the most common value, without string.format
   return string.format('%d', n)
 end
 
