@@ -210,35 +210,34 @@ local function decide_inbound(c, st, A)
 end
 
 local function authorize(KEYS, ARGV)
-  local A = {
-    tid = ARGV[1], cid = ARGV[2], now = tonumber(ARGV[3]), month = ARGV[4],
-    currency = ARGV[5], tz = ARGV[6], direction = ARGV[7], uid = ARGV[8], to = ARGV[9],
-    from = ARGV[10], dcountry = ARGV[11], dtype = ARGV[12], zone = ARGV[13],
-    emergency_regions = ARGV[14], predeny = ARGV[15], credits_only = ARGV[16] == '1',
-    grant_max = tonumber(ARGV[22]), started = tonumber(ARGV[24]),
-  }
+  local tid, cid, now, month = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+  local direction, to, from, dcountry, dtype = ARGV[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+  local started = tonumber(ARGV[24])
+  -- The request as decide_outbound / decide_inbound read it.
+  local A = {to = to, dtype = dtype, zone = ARGV[13], emergency_regions = ARGV[14],
+             predeny = ARGV[15], grant_max = tonumber(ARGV[22])}
   local c = {
-    k_tenant = KEYS[1], k_users = KEYS[2], k_call = KEYS[3], k_pools = KEYS[4],
-    k_month = KEYS[5], k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8],
-    uid = A.uid, credits_only = A.credits_only, credits_allowed = true, limit = nil,
+    k_tenant = KEYS[1], k_users = KEYS[2], k_pools = KEYS[4], k_month = KEYS[5],
+    k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8],
+    uid = ARGV[8], credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
     rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
   }
-  local k_active, k_events = KEYS[9], KEYS[10]
+  local k_call, k_active, k_events = KEYS[3], KEYS[9], KEYS[10]
 
   -- The tenant's cap and count of active calls (D25) come with its settings: one read.
   local t = redis.call('HMGET', c.k_tenant, 'cur', 'tz', 'maxc', 'act')
   if not t[1] then return {TENANT_NOT_FOUND} end
-  if t[1] ~= A.currency or t[2] ~= A.tz then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
+  if t[1] ~= ARGV[5] or t[2] ~= ARGV[6] then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
   c.maxc, c.act = t[3], t[4]
-  if redis.call('EXISTS', c.k_call) == 1 then return call_reply(c.k_call, 1) end  -- D32
+  if redis.call('EXISTS', k_call) == 1 then return call_reply(k_call, 1) end  -- D32
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
   local o
-  if A.direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
+  if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
 
   local allowed = o.decision == 'allow'
-  local expires = A.now + o.granted
-  if not allowed then expires = A.now end
+  local expires = now + o.granted
+  if not allowed then expires = now end
   local granted_text, expires_text = istr(o.granted), istr(expires)
   local grants = '[]'
   if allowed then
@@ -249,10 +248,10 @@ local function authorize(KEYS, ARGV)
   -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
   -- the user's JSON record and is printed as redis.call prints a Lua number.
   local rec = {
-    'st', allowed and 'active' or 'denied', 'dir', A.direction, 'uid', c.uid, 'to', A.to,
-    'from', A.from, 'mon', A.month, 't0', ARGV[3], 'sa', ARGV[24],
+    'st', allowed and 'active' or 'denied', 'dir', direction, 'uid', c.uid, 'to', to,
+    'from', from, 'mon', month, 't0', ARGV[3], 'sa', ARGV[24],
     'd', o.decision, 'rsn', o.reason, 'src', o.source, 'g', granted_text, 'exp', expires_text,
-    'cls', o.class, 'dc', A.dcountry, 'dt', A.dtype,
+    'cls', o.class, 'dc', dcountry, 'dt', dtype,
     'free', o.free and '1' or '0', 'cnt', o.counted and '1' or '0',
     'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and '1' or '0',
     'ca', c.credits_allowed and '1' or '0',
@@ -260,26 +259,25 @@ local function authorize(KEYS, ARGV)
     'rp', c.rp, 'rr', c.rr, 'rf', c.rf, 'ra', c.ra, 'rb', c.rb,
     'h', granted_text, 'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
     'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
-  redis.call('HSET', c.k_call, unpack(rec))
+  redis.call('HSET', k_call, unpack(rec))
   if allowed then
-    redis.call('ZADD', k_active, expires_text, A.tid .. '/' .. A.cid)
+    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
     if o.counted then
       redis.call('HINCRBY', c.k_tenant, 'act', '1')
       redis.call('HINCRBY', c.k_uact, c.uid, '1')
     end
   else
-    redis.call('EXPIRE', c.k_call, ARGV[23])  -- retention (s), as sent
+    redis.call('EXPIRE', k_call, ARGV[23])  -- retention (s), as sent
   end
-  emit(k_events, allowed and 'call.allowed' or 'call.denied', A.tid, A.now, {
-    call_id = A.cid, direction = A.direction, user = c.uid, to = A.to, from = A.from,
+  emit(k_events, allowed and 'call.allowed' or 'call.denied', tid, now, {
+    call_id = cid, direction = direction, user = c.uid, to = to, from = from,
     reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
-    country = A.dcountry, number_type = A.dtype, month = A.month, started_at = A.started,
+    country = dcountry, number_type = dtype, month = month, started_at = started,
     pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
     rate_prefix = c.rp, counted = o.counted and true or false,
     -- The open call's whole record, so that `callgate rebuild` can restore it from the ledger.
     call = allowed and rec or nil})
-  return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, A.dcountry,
-          A.dtype}
+  return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, dcountry, dtype}
 end
 
 redis.register_function('authorize', authorize)
