@@ -146,10 +146,12 @@ local function audit(k_audit, stream, etype, tenant_id, now, data)
   return id
 end
 
--- Current used and reserved minutes of a pool in one month hash.
+-- Current used and reserved minutes of a pool in one month hash, and the reserved field's
+-- name.
 local function pool_usage(month_key, pool)
-  local vals = redis.call('HMGET', month_key, 'u:' .. pool, 'r:' .. pool)
-  return num(vals[1]), num(vals[2])
+  local r_field = 'r:' .. pool
+  local vals = redis.call('HMGET', month_key, 'u:' .. pool, r_field)
+  return num(vals[1]), num(vals[2]), r_field
 end
 
 -- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user. kind

@@ -47,13 +47,13 @@ end
 local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
   local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
-  local used, reserved = pool_usage(k_month, pool)
+  local used, reserved, r_field = pool_usage(k_month, pool)
   local remaining = capacity - used - reserved
   if remaining < 0 then remaining = 0 end  -- D6: capacity fell below use
   local g = math.min(cap, (pool_r + remaining) * 60 - pool_s)
   if g <= 0 then return 0, pool_r end
   local new_r = ceil_div(pool_s + g, 60)
-  hincr(k_month, 'r:' .. pool, new_r - pool_r)
+  hincr(k_month, r_field, new_r - pool_r)
   redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
   return g, new_r
 end
@@ -213,23 +213,25 @@ local function authorize(KEYS, ARGV)
   local tid, cid, now, month = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
   local direction, to, from, dcountry, dtype = ARGV[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
   local started = tonumber(ARGV[24])
-  -- The request as decide_outbound / decide_inbound read it.
-  local A = {to = to, dtype = dtype, zone = ARGV[13], emergency_regions = ARGV[14],
-             predeny = ARGV[15], grant_max = tonumber(ARGV[22])}
-  local c = {
-    k_tenant = KEYS[1], k_users = KEYS[2], k_pools = KEYS[4], k_month = KEYS[5],
-    k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8],
-    uid = ARGV[8], credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
-    rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
-  }
   local k_call, k_active, k_events = KEYS[3], KEYS[9], KEYS[10]
 
   -- The tenant's cap and count of active calls (D25) come with its settings: one read.
-  local t = redis.call('HMGET', c.k_tenant, 'cur', 'tz', 'maxc', 'act')
+  local t = redis.call('HMGET', KEYS[1], 'cur', 'tz', 'maxc', 'act')
   if not t[1] then return {TENANT_NOT_FOUND} end
   if t[1] ~= ARGV[5] or t[2] ~= ARGV[6] then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
-  c.maxc, c.act = t[3], t[4]
   if redis.call('EXISTS', k_call) == 1 then return call_reply(k_call, 1) end  -- D32
+
+  -- The request as decide_outbound / decide_inbound read it.
+  local A = {to = to, dtype = dtype, zone = ARGV[13], emergency_regions = ARGV[14],
+             predeny = ARGV[15], grant_max = tonumber(ARGV[22])}
+  -- Every field set here, none added later (but the rate, credits only): a table that grows
+  -- is rehashed.
+  local c = {
+    k_tenant = KEYS[1], k_users = KEYS[2], k_pools = KEYS[4], k_month = KEYS[5],
+    k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8], maxc = t[3], act = t[4],
+    uid = ARGV[8], credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
+    rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
+  }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
   local o
