@@ -168,9 +168,10 @@ local function extend(KEYS, ARGV)
   end
 
   local decision = g > 0 and 'allow' or 'deny'
-  local expires = num(call.gexp)
-  local record = nil
-  if g > 0 then
+  local expires, record
+  if g == 0 then
+    expires = num(call.gexp)  -- denied: the current grant stands
+  else
     expires = now + g
     local expires_text = istr(expires)
     -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
