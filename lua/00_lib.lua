@@ -41,9 +41,10 @@ local function ceil_div(a, b)
 end
 
 -- An integer as decimal text, for redis.call arguments and stored fields. redis.call would
--- print a Lua number itself with "%.17g" (a float formatting, twice the cost of "%d"), and
--- tostring / '..' / cjson keep only 14 significant digits. Equal to what Redis printed for
--- every integer below 1e17 (all times, seconds and amounts here: balances stay below 1e14).
+-- print a Lua number itself with "%.17g" (a float formatting, about twice the time of
+-- "%d"), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
+-- printed for every integer below 1e17 (all times, seconds and amounts here: balances stay
+-- below 1e14).
 local function istr(n)
   if n == 0 then return '0' end  -- the most common value, without string.format
   return string.format('%d', n)
