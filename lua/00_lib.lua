@@ -40,8 +40,20 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
+-- An integer as decimal text, for redis.call arguments and stored fields. redis.call would
+-- print a Lua number itself with "%.17g" (a float formatting, about twice the time of
+-- "%d"), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
+-- printed for every integer below 1e17 (all times, seconds and amounts here: balances stay
+-- below 1e14).
+local function istr(n)
+  if n == 0 then return '0' end  -- the most common value, without string.format
+  return string.format('%d', n)
+end
+
+-- A number from a field or reply that may be missing. '0', the most common value of the
+-- call's counters, skips tonumber (strtod costs about a third of a redis.call).
 local function num(v)
-  if v == false or v == nil or v == '' then return 0 end
+  if v == '0' or v == false or v == nil or v == '' then return 0 end
   return tonumber(v)
 end
 
@@ -85,6 +97,28 @@ local function max_affordable(budget, rate, fee, a, b, cap)
   return max_len
 end
 
+-- A call's rate (D20) as numbers {rate, fee, a, b}, from its text (c.rr, c.rf, c.ra, c.rb:
+-- micro-units per minute, micro-units, seconds, seconds), converted on first use: a call
+-- paid from a pool never needs it.
+local function rate_of(c)
+  local r = c.rate
+  if r == nil then
+    r = {rate = num(c.rr), fee = num(c.rf), a = num(c.ra), b = num(c.rb)}
+    c.rate = r
+  end
+  return r
+end
+
+-- One element of a call's 'grants' JSON array, written out rather than through cjson (a
+-- tenth of the cost): source is one of our identifiers (nothing to escape), the others
+-- integer text; used_text is nil for the first grant. Keys in cjson's order, so the text is
+-- the same as cjson.encode wrote before.
+local function grant_json(source, seconds_text, at_text, expires_text, used_text)
+  local used = used_text and (',"used_seconds":' .. used_text) or ''
+  return '{"at":' .. at_text .. ',"seconds":' .. seconds_text .. ',"source":"' .. source ..
+    '","expires_at":' .. expires_text .. used .. '}'
+end
+
 local function in_list(list, item)
   -- list is ",A,B," ; item a bare token
   if list == '' or item == '' then return false end
@@ -113,18 +147,20 @@ local function audit(k_audit, stream, etype, tenant_id, now, data)
   return id
 end
 
--- Current used and reserved minutes of a pool in one month hash.
+-- Current used and reserved minutes of a pool in one month hash, and the reserved field's
+-- name.
 local function pool_usage(month_key, pool)
-  local vals = redis.call('HMGET', month_key, 'u:' .. pool, 'r:' .. pool)
-  return num(vals[1]), num(vals[2])
+  local r_field = 'r:' .. pool
+  local vals = redis.call('HMGET', month_key, 'u:' .. pool, r_field)
+  return num(vals[1]), num(vals[2]), r_field
 end
 
--- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user.
-local function pool_capacity(pools_key, pool)
-  local cc, plan, kind = string.match(pool, '^([^:]+):([^:]+):([^:]+)$')
+-- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user. kind
+-- (domestic | international) is the pool name's last part, as every call records it.
+local function pool_capacity(pools_key, pool, kind)
+  local cc_plan = string.sub(pool, 1, #pool - #kind - 1)
   local per_field = (kind == 'domestic') and 'dmin:' or 'imin:'
-  local vals = redis.call('HMGET', pools_key, 'lic:' .. cc .. ':' .. plan,
-    per_field .. cc .. ':' .. plan)
+  local vals = redis.call('HMGET', pools_key, 'lic:' .. cc_plan, per_field .. cc_plan)
   return num(vals[1]) * num(vals[2])
 end
 
@@ -132,15 +168,16 @@ end
 -- which HINCRBY rejects.
 local function hincr(key, field, delta)
   if delta == 0 then return nil end
-  return redis.call('HINCRBY', key, field, delta)
+  return redis.call('HINCRBY', key, field, istr(delta))
 end
 
 -- As hincr, deleting the field at zero so hashes stay small.
 local function hincr_or_del(key, field, delta)
   if delta == 0 then return 0 end
-  local v = redis.call('HINCRBY', key, field, delta)
+  local v = redis.call('HINCRBY', key, field, istr(delta))
   if v == 0 then redis.call('HDEL', key, field) end
   return v
 end
 
-local MONTH_TTL_SECONDS = 400 * 86400
+-- 400 days, as text: an EXPIRE argument (string.format is not reachable at load time).
+local MONTH_TTL_SECONDS = '34560000'

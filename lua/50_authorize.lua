@@ -44,16 +44,16 @@ end
 -- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
 -- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
 -- reserved minutes, or nil when the pool does not exist (no licence assigned).
-local function pool_grant(k_pools, k_month, pool, pool_s, pool_r, cap)
-  local capacity = pool_capacity(k_pools, pool)
+local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
+  local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
-  local used, reserved = pool_usage(k_month, pool)
+  local used, reserved, r_field = pool_usage(k_month, pool)
   local remaining = capacity - used - reserved
   if remaining < 0 then remaining = 0 end  -- D6: capacity fell below use
   local g = math.min(cap, (pool_r + remaining) * 60 - pool_s)
   if g <= 0 then return 0, pool_r end
   local new_r = ceil_div(pool_s + g, 60)
-  hincr(k_month, 'r:' .. pool, new_r - pool_r)
+  hincr(k_month, r_field, new_r - pool_r)
   redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
   return g, new_r
 end
@@ -62,7 +62,7 @@ end
 -- (cred_r micro-units reserved). Returns granted seconds and the new reservation, or 0 and
 -- 'money' | 'limit' when the wallet or the user's monthly spend limit cannot pay (D19, D22).
 local function credit_grant(c, cred_s, cred_r, cap)
-  local r = c.rate
+  local r = rate_of(c)
   local t = redis.call('HMGET', c.k_tenant, 'bal', 'res')
   local avail = num(t[1]) - num(t[2])
   local len = cred_s + cap
@@ -92,7 +92,8 @@ end
 local function pay(c, st, cap)
   local pool_existed = false
   if st.pool ~= '' and st.cred_s == 0 and not c.credits_only then
-    local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.pool_s, st.pool_r, cap)
+    local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.kind, st.pool_s, st.pool_r,
+      cap)
     if g ~= nil then
       pool_existed = true
       if g > 0 then
@@ -102,7 +103,7 @@ local function pay(c, st, cap)
     end
   end
   if not c.credits_allowed then return 0, 'credits_not_allowed' end
-  if c.rate.prefix == '' then return 0, 'destination_blocked' end
+  if c.rp == '' then return 0, 'destination_blocked' end
   local g, new_r = credit_grant(c, st.cred_s, st.cred_r, cap)
   if g == 0 then
     if new_r == 'limit' then return 0, 'spend_limit_reached' end
@@ -121,11 +122,28 @@ local function allow_free(reason, class, cap, counted)
           free = true, counted = counted}
 end
 
+-- Decoded user records by their JSON text, as stored verbatim by user_put: the same text is
+-- the same record, so the decoding (13k instructions, as much as four redis.calls) is done
+-- once per version of a user. Callers must treat a record as read-only. Emptied when it
+-- reaches USER_CACHE_MAX entries, which bounds its memory (~1 kB an entry).
+local USER_CACHE_MAX = 1000
+local user_cache, user_cache_size = {}, 0
+
+local function decode_user(raw)
+  local user = user_cache[raw]
+  if user == nil then
+    user = cjson.decode(raw)
+    if user_cache_size >= USER_CACHE_MAX then user_cache, user_cache_size = {}, 0 end
+    user_cache[raw] = user
+    user_cache_size = user_cache_size + 1
+  end
+  return user
+end
+
 local function over_concurrency(c, user)
   local umax = user.max_concurrent_calls
   if umax ~= nil and num(redis.call('HGET', c.k_uact, c.uid)) >= umax then return true end
-  local t = redis.call('HMGET', c.k_tenant, 'maxc', 'act')
-  return t[1] ~= '' and t[1] ~= false and num(t[2]) >= tonumber(t[1])
+  return c.maxc ~= '' and c.maxc ~= false and num(c.act) >= tonumber(c.maxc)
 end
 
 -- Outbound rules in order: emergency (D11) > unknown user (D26) > invalid / blocked (D13,
@@ -133,7 +151,7 @@ end
 -- sources (D15, D16).
 local function decide_outbound(c, st, A)
   local raw = redis.call('HGET', c.k_users, c.uid)
-  local user = raw and cjson.decode(raw)
+  local user = raw and decode_user(raw)
   if A.emergency_regions ~= '' then
     -- Decided before Redis already; here only confirmed against the user's country. A
     -- caller we cannot place (unknown user) still gets the call: life safety first.
@@ -180,7 +198,7 @@ local function decide_inbound(c, st, A)
   if redis.call('HGET', c.k_tenant, 'chg_in') ~= '1' then
     return allow_free('inbound_free', 'inbound', A.grant_max, false)
   end
-  local user = cjson.decode(redis.call('HGET', c.k_users, uid))
+  local user = decode_user(redis.call('HGET', c.k_users, uid))
   c.credits_allowed = user.credits_allowed
   c.limit = user.monthly_spend_limit_micro
   st.kind = 'domestic'
@@ -192,67 +210,76 @@ local function decide_inbound(c, st, A)
 end
 
 local function authorize(KEYS, ARGV)
-  local A = {
-    tid = ARGV[1], cid = ARGV[2], now = tonumber(ARGV[3]), month = ARGV[4],
-    currency = ARGV[5], tz = ARGV[6], direction = ARGV[7], uid = ARGV[8], to = ARGV[9],
-    from = ARGV[10], dcountry = ARGV[11], dtype = ARGV[12], zone = ARGV[13],
-    emergency_regions = ARGV[14], predeny = ARGV[15], credits_only = ARGV[16] == '1',
-    grant_max = tonumber(ARGV[22]), retention = tonumber(ARGV[23]),
-    started = tonumber(ARGV[24]),
-  }
-  local c = {
-    k_tenant = KEYS[1], k_users = KEYS[2], k_call = KEYS[3], k_pools = KEYS[4],
-    k_month = KEYS[5], k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8],
-    uid = A.uid, credits_only = A.credits_only, credits_allowed = true, limit = nil,
-    rate = {prefix = ARGV[17], rate = tonumber(ARGV[18]), fee = tonumber(ARGV[19]),
-            a = tonumber(ARGV[20]), b = tonumber(ARGV[21])},
-  }
-  local k_active, k_events = KEYS[9], KEYS[10]
+  local tid, cid, now, month = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+  local direction, to, from, dcountry, dtype = ARGV[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+  local started = tonumber(ARGV[24])
+  local k_call, k_active, k_events = KEYS[3], KEYS[9], KEYS[10]
 
-  local t = redis.call('HMGET', c.k_tenant, 'cur', 'tz')
+  -- The tenant's cap and count of active calls (D25) come with its settings: one read.
+  local t = redis.call('HMGET', KEYS[1], 'cur', 'tz', 'maxc', 'act')
   if not t[1] then return {TENANT_NOT_FOUND} end
-  if t[1] ~= A.currency or t[2] ~= A.tz then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
-  if redis.call('EXISTS', c.k_call) == 1 then return call_reply(c.k_call, 1) end  -- D32
+  if t[1] ~= ARGV[5] or t[2] ~= ARGV[6] then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
+  if redis.call('EXISTS', k_call) == 1 then return call_reply(k_call, 1) end  -- D32
+
+  -- The request as decide_outbound / decide_inbound read it.
+  local A = {to = to, dtype = dtype, zone = ARGV[13], emergency_regions = ARGV[14],
+             predeny = ARGV[15], grant_max = tonumber(ARGV[22])}
+  -- Every field set here, none added later (but the rate, credits only): a table that grows
+  -- is rehashed.
+  local c = {
+    k_tenant = KEYS[1], k_users = KEYS[2], k_pools = KEYS[4], k_month = KEYS[5],
+    k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8], maxc = t[3], act = t[4],
+    uid = ARGV[8], credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
+    rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
+  }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
   local o
-  if A.direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
+  if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
 
   local allowed = o.decision == 'allow'
-  local expires = A.now + o.granted
-  if not allowed then expires = A.now end
-  redis.call('HSET', c.k_call,
-    'st', allowed and 'active' or 'denied', 'dir', A.direction, 'uid', c.uid, 'to', A.to,
-    'from', A.from, 'mon', A.month, 't0', A.now, 'sa', A.started,
-    'd', o.decision, 'rsn', o.reason, 'src', o.source, 'g', o.granted, 'exp', expires,
-    'cls', o.class, 'dc', A.dcountry, 'dt', A.dtype,
-    'free', o.free and 1 or 0, 'cnt', o.counted and 1 or 0,
-    'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and 1 or 0,
-    'ca', c.credits_allowed and 1 or 0, 'sl', c.limit or '',
-    'rp', c.rate.prefix, 'rr', c.rate.rate, 'rf', c.rate.fee, 'ra', c.rate.a, 'rb', c.rate.b,
-    'h', o.granted, 'ps', st.pool_s, 'cs', st.cred_s, 'pr', st.pool_r, 'cr', st.cred_r,
-    'gexp', expires, 'ext', 0)
+  local expires = now + o.granted
+  if not allowed then expires = now end
+  local granted_text, expires_text = istr(o.granted), istr(expires)
+  local grants = '[]'
   if allowed then
-    redis.call('HSET', c.k_call, 'grants', cjson.encode({{source = o.source,
-      seconds = o.granted, at = A.now, expires_at = expires}}))
-    redis.call('ZADD', k_active, expires, A.tid .. '/' .. A.cid)
+    grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
+  end
+  -- The call hash, every value as the text Redis stores: the same array is written with one
+  -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
+  -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
+  -- the user's JSON record and is printed as redis.call prints a Lua number.
+  local rec = {
+    'st', allowed and 'active' or 'denied', 'dir', direction, 'uid', c.uid, 'to', to,
+    'from', from, 'mon', month, 't0', ARGV[3], 'sa', ARGV[24],
+    'd', o.decision, 'rsn', o.reason, 'src', o.source, 'g', granted_text, 'exp', expires_text,
+    'cls', o.class, 'dc', dcountry, 'dt', dtype,
+    'free', o.free and '1' or '0', 'cnt', o.counted and '1' or '0',
+    'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and '1' or '0',
+    'ca', c.credits_allowed and '1' or '0',
+    'sl', c.limit and string.format('%.17g', c.limit) or '',
+    'rp', c.rp, 'rr', c.rr, 'rf', c.rf, 'ra', c.ra, 'rb', c.rb,
+    'h', granted_text, 'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
+    'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
+  redis.call('HSET', k_call, unpack(rec))
+  if allowed then
+    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
     if o.counted then
-      redis.call('HINCRBY', c.k_tenant, 'act', 1)
-      redis.call('HINCRBY', c.k_uact, c.uid, 1)
+      redis.call('HINCRBY', c.k_tenant, 'act', '1')
+      redis.call('HINCRBY', c.k_uact, c.uid, '1')
     end
   else
-    redis.call('HSET', c.k_call, 'grants', '[]')
-    redis.call('EXPIRE', c.k_call, A.retention)
+    redis.call('EXPIRE', k_call, ARGV[23])  -- retention (s), as sent
   end
-  emit(k_events, allowed and 'call.allowed' or 'call.denied', A.tid, A.now, {
-    call_id = A.cid, direction = A.direction, user = c.uid, to = A.to, from = A.from,
+  emit(k_events, allowed and 'call.allowed' or 'call.denied', tid, now, {
+    call_id = cid, direction = direction, user = c.uid, to = to, from = from,
     reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
-    country = A.dcountry, number_type = A.dtype, month = A.month, started_at = A.started,
+    country = dcountry, number_type = dtype, month = month, started_at = started,
     pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
-    rate_prefix = c.rate.prefix, counted = o.counted and true or false,
+    rate_prefix = c.rp, counted = o.counted and true or false,
     -- The open call's whole record, so that `callgate rebuild` can restore it from the ledger.
-    call = allowed and redis.call('HGETALL', c.k_call) or nil})
-  return call_reply(c.k_call, 0)
+    call = allowed and rec or nil})
+  return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, dcountry, dtype}
 end
 
 redis.register_function('authorize', authorize)

@@ -31,16 +31,51 @@ Returns {OK, state, duration, domestic pool minutes, international pool minutes,
          | {CALL_ENDED} (expired call not yet due)
 --]]
 
-local CALL_STATE_FIELDS = {'st', 'uid', 'mon', 'free', 'cnt', 'pool', 'kind', 'co', 'ca',
-  'sl', 'rp', 'rr', 'rf', 'ra', 'rb', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'src', 'rsn',
-  'cls', 'dc', 'dt', 'ext', 'dur', 'bdp', 'bip', 'bc', 'over'}
-
+-- The whole call hash, by field name, and as the flat field/value array HGETALL returned:
+-- extend writes its changes into that array (with_changes) to make the event's record.
 local function load_call(k_call)
-  local v = redis.call('HMGET', k_call, unpack(CALL_STATE_FIELDS))
+  local flat = redis.call('HGETALL', k_call)
+  -- Sized by naming the fields authorize writes (a hint only: any field is read): a table
+  -- grown key by key from empty is rehashed six times on the way to 36 keys.
+  local s = {st = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil, t0 = nil,
+    sa = nil, d = nil, rsn = nil, src = nil, g = nil, exp = nil, cls = nil, dc = nil,
+    dt = nil, free = nil, cnt = nil, pool = nil, kind = nil, co = nil, ca = nil, sl = nil,
+    rp = nil, rr = nil, rf = nil, ra = nil, rb = nil, h = nil, ps = nil, cs = nil, pr = nil,
+    cr = nil, gexp = nil, ext = nil, grants = nil}
+  for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+  if not s.st then return nil end
+  return s, flat
+end
+
+-- What end_call reads of a call (it needs no record), by name: one constructor, not a
+-- loop that grows the table key by key.
+local function load_call_end(k_call)
+  local v = redis.call('HMGET', k_call, 'st', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr',
+    'rf', 'ra', 'rb', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur', 'bdp', 'bip', 'bc', 'over')
   if not v[1] then return nil end
-  local s = {}
-  for i, f in ipairs(CALL_STATE_FIELDS) do s[f] = v[i] end
-  return s
+  return {st = v[1], uid = v[2], mon = v[3], cnt = v[4], pool = v[5], kind = v[6], rp = v[7],
+    rr = v[8], rf = v[9], ra = v[10], rb = v[11], h = v[12], ps = v[13], cs = v[14],
+    pr = v[15], cr = v[16], gexp = v[17], dur = v[18], bdp = v[19], bip = v[20], bc = v[21],
+    over = v[22]}
+end
+
+-- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
+-- `changed`: the hash's record without reading it again. Modifies and returns flat.
+local function with_changes(flat, changed)
+  local new = {}
+  for i = 1, #changed, 2 do new[changed[i]] = changed[i + 1] end
+  for i = 1, #flat, 2 do
+    local v = new[flat[i]]
+    if v then
+      flat[i + 1] = v
+      new[flat[i]] = nil
+    end
+  end
+  for f, v in pairs(new) do  -- fields the hash did not have yet (none, for authorize's)
+    flat[#flat + 1] = f
+    flat[#flat + 1] = v
+  end
+  return flat
 end
 
 -- The month hash of the call's month among the caller's candidates, or nil.
@@ -56,8 +91,7 @@ local function ctx_of(KEYS, call, k_month)
     k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
     uid = call.uid, credits_only = call.co == '1', credits_allowed = call.ca == '1',
     limit = tonumber(call.sl),
-    rate = {prefix = call.rp, rate = num(call.rr), fee = num(call.rf), a = num(call.ra),
-            b = num(call.rb)},
+    rp = call.rp, rr = call.rr, rf = call.rf, ra = call.ra, rb = call.rb,  -- rate_of
   }
 end
 
@@ -68,8 +102,11 @@ local function truncate(c, st, u)
   if st.pool ~= '' and pool_r ~= st.pool_r then
     hincr_or_del(c.k_month, 'r:' .. st.pool, pool_r - st.pool_r)
   end
-  local r = c.rate
-  local cred_r = credit_cost(st.cred_s, r.rate, r.fee, r.a, r.b)
+  local cred_r = 0
+  if st.cred_s > 0 then
+    local r = rate_of(c)
+    cred_r = credit_cost(st.cred_s, r.rate, r.fee, r.a, r.b)
+  end
   if cred_r ~= st.cred_r then
     hincr(c.k_tenant, 'res', cred_r - st.cred_r)
     if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, cred_r - st.cred_r) end
@@ -100,7 +137,7 @@ local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
   local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local grant_max = tonumber(ARGV[8])
-  local call = load_call(k_call)
+  local call, flat = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
 
@@ -131,23 +168,29 @@ local function extend(KEYS, ARGV)
   end
 
   local decision = g > 0 and 'allow' or 'deny'
-  local expires = num(call.gexp)
-  if g > 0 then
+  local expires, record
+  if g == 0 then
+    expires = num(call.gexp)  -- denied: the current grant stands
+  else
     expires = now + g
-    local grants = cjson.decode(redis.call('HGET', k_call, 'grants'))
-    grants[#grants + 1] = {source = source, seconds = g, at = now, expires_at = expires,
-                           used_seconds = u}
-    redis.call('HSET', k_call, 'h', u + g, 'ps', st.pool_s, 'cs', st.cred_s, 'pr', st.pool_r,
-      'cr', st.cred_r, 'gexp', expires, 'ext', num(call.ext) + 1,
-      'grants', cjson.encode(grants))
-    redis.call('ZADD', k_active, expires, tid .. '/' .. cid)
+    local expires_text = istr(expires)
+    -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
+    local grant = grant_json(source, istr(g), ARGV[3], expires_text, istr(u))
+    local grants = call.grants
+    if grants == '[]' then grants = '[' .. grant .. ']'
+    else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
+    local changed = {'h', istr(u + g), 'ps', istr(st.pool_s), 'cs', istr(st.cred_s),
+      'pr', istr(st.pool_r), 'cr', istr(st.cred_r), 'gexp', expires_text,
+      'ext', istr(num(call.ext) + 1), 'grants', grants}
+    redis.call('HSET', k_call, unpack(changed))
+    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
+    -- The open call's whole record after the change, for `callgate rebuild`.
+    record = with_changes(flat, changed)
   end
   emit(k_events, decision == 'allow' and 'call.extended' or 'call.extension_denied', tid, now,
     {call_id = cid, used_seconds = u, reason = reason, source = g > 0 and source or '',
      granted_seconds = g, pool_reserved_minutes = st.pool_r,
-     credits_reserved_micro = st.cred_r,
-     -- The open call's whole record after the change, for `callgate rebuild`.
-     call = g > 0 and redis.call('HGETALL', k_call) or nil})
+     credits_reserved_micro = st.cred_r, call = record})
   return {OK, decision, reason, g > 0 and source or '', g, expires, call.cls, call.dc, call.dt}
 end
 
@@ -160,8 +203,8 @@ local function end_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
   local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local retention, how, grace = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10] or '0')
-  local call = load_call(k_call)
+  local retention, how, grace = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
+  local call = load_call_end(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
   -- A denied call ends like any other with nothing granted: billed nothing, the reported
@@ -179,9 +222,10 @@ local function end_call(KEYS, ARGV)
   local pool_used = math.min(billed_s, ps)
   local cred_used = math.min(billed_s - pool_used, cs)
   local pool_min = ceil_div(pool_used, 60)
-  local c = ctx_of(KEYS, call, nil)
-  local r = c.rate
-  local credits = credit_cost(cred_used, r.rate, r.fee, r.a, r.b)
+  local credits = 0
+  if cred_used > 0 then
+    credits = credit_cost(cred_used, num(call.rr), num(call.rf), num(call.ra), num(call.rb))
+  end
   local pr, cr = num(call.pr), num(call.cr)
 
   local k_month = month_key(KEYS, ARGV, call.mon)
@@ -201,15 +245,16 @@ local function end_call(KEYS, ARGV)
     hincr(k_tenant, 'bal', -credits)
   end
   if call.cnt == '1' then
-    redis.call('HINCRBY', k_tenant, 'act', -1)
+    redis.call('HINCRBY', k_tenant, 'act', '-1')
     hincr_or_del(k_uact, call.uid, -1)
   end
   local dom = call.kind == 'domestic' and pool_min or 0
   local intl = call.kind == 'international' and pool_min or 0
   local state = how == 'expired' and 'expired' or 'ended'
-  redis.call('HSET', k_call, 'st', state, 'dur', duration, 'bdp', dom, 'bip', intl,
-    'bc', credits, 'over', overrun, 'pr', 0, 'cr', 0, 'ended', now)
-  redis.call('EXPIRE', k_call, retention)
+  redis.call('HSET', k_call, 'st', state, 'dur', istr(duration), 'bdp', istr(dom),
+    'bip', istr(intl), 'bc', istr(credits), 'over', istr(overrun), 'pr', '0', 'cr', '0',
+    'ended', ARGV[3])
+  redis.call('EXPIRE', k_call, retention)  -- ARGV text as sent
   redis.call('ZREM', k_active, tid .. '/' .. cid)
   emit(k_events, 'call.' .. state, tid, now, {call_id = cid, duration_seconds = duration,
     billed_seconds = billed_s, overrun_seconds = overrun, pool = call.pool,
