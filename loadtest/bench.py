@@ -294,13 +294,21 @@ def redis_forks(pid: int) -> int:
 
 
 def measure_hello(wrk: Wrk, workers: int, cpus: str | None, seconds: int, warmup: int,
-                  threads: int, wrk_cpus: str | None) -> dict[str, Any]:
+                  threads: int, wrk_cpus: str | None,
+                  rate_per_thread: float = 0.0) -> dict[str, Any]:
+    """Closed loop; with ``rate_per_thread``, also at that fixed rate (32 connections, as
+    the gateway's half-load run): the latency floor of this generator on this machine."""
     hello = Hello(workers, cpus)
     try:
         url = f"http://127.0.0.1:{hello.port}/v1"
         wrk.run(url, warmup, threads=threads, cpus=wrk_cpus)
-        return wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
-                       server_pids=tree_pids(hello.proc.pid))
+        r = wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
+                    server_pids=tree_pids(hello.proc.pid))
+        if rate_per_thread:
+            r["at_fixed_rate"] = wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
+                                         server_pids=tree_pids(hello.proc.pid),
+                                         rate_per_thread=rate_per_thread, connections=32)
+        return r
     finally:
         hello.close()
 
@@ -372,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             gw_max = measure_gateway(wrk, gw, args.duration, args.warmup, threads=1, cpus="1",
                                      redis_pid=redis.pid, persist_pid=persist_pid,
                                      backlog=backlog)
-            print("hello world pinned to CPU 0 ...", flush=True)
-            hello_max = measure_hello(wrk, 1, "0", args.duration, args.warmup, 1, "1")
             half = gw_max["rps"] / 2
+            print(f"hello world pinned to CPU 0 (and at {half:.0f} req/s) ...", flush=True)
+            hello_max = measure_hello(wrk, 1, "0", args.duration, args.warmup, 1, "1",
+                                      rate_per_thread=half)
             print(f"gateway at a fixed {half:.0f} req/s (50 %) ...", flush=True)
             gw_half = measure_gateway(wrk, gw, args.duration, 0, threads=1, cpus="1",
                                       redis_pid=redis.pid, persist_pid=persist_pid,
@@ -476,6 +485,10 @@ def markdown(res: dict[str, Any]) -> str:
         _row(f"gateway at fixed {pin['gateway_half_load']['target_rps']:,.0f} req/s (50 %)",
              pin["gateway_half_load"]),
     ]
+    if "at_fixed_rate" in pin["hello"]:
+        lines.append(_row(f"hello world at the same fixed "
+                          f"{pin['gateway_half_load']['target_rps']:,.0f} req/s (latency floor)",
+                          pin["hello"]["at_fixed_rate"]))
     if "unpinned_2_workers" in res:
         un = res["unpinned_2_workers"]
         lines += [
