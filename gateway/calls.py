@@ -257,6 +257,25 @@ class CallService:
         metrics.observe_request("end", time.perf_counter() - t0)
         return bill_body(call_id, bill)
 
+    async def recorded_answer(self, tenant_id: str, call_id: str) -> dict[str, Any] | None:
+        """The answer authorize gave this call id, if it has one (D32): what the function
+        replays for a retry, read here for a retry the gateway cannot send to it (its
+        started_at has meanwhile left the clock-skew window). Not on the call path."""
+        try:
+            async with asyncio.timeout(self._timeout_s * 10):
+                rec = await self.store.call_get(tenant_id, call_id)
+        except UNAVAILABLE as exc:
+            raise ServiceUnavailable(str(exc)) from exc
+        if rec is None:
+            return None
+        decision = Decision(
+            decision=rec.get("d", ""), reason=rec.get("rsn", ""), source=rec.get("src", ""),
+            granted_seconds=int(rec.get("g") or 0), grant_expires_at=int(rec.get("exp") or 0),
+            destination_class=rec.get("cls", ""), destination_country=rec.get("dc", ""),
+            destination_type=rec.get("dt", ""), replayed=True,
+        )
+        return decision_body(call_id, decision)
+
     async def get(self, tenant_id: str, call_id: str) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self._timeout_s * 10):

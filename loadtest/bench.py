@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "SCHED_IDLE" if persist_enabled()
                                    else "no persist child (CALLGATE_PERSIST=0)"),
                       "unpinned": "2 gateway workers / 2 hello workers, wrk 2 threads, "
-                                  "redis-server and the persist child: no affinity, "
-                                  "default priority"},
+                                  "redis-server and the persist child: no affinity; the "
+                                  "persist child SCHED_IDLE"},
     }
     partitions = load_settings(env={**os.environ, "CALLGATE_OPERATOR_TOKEN": token}).partitions
     with ExitStack() as stack:
@@ -400,10 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_unpinned:
             place(redis.pid, set(range(os.cpu_count() or 1)))
             with gateway(work / "gw2", redis_url, token, workers=2, cpus=None) as gw:
+                persist_pid = persist_child(gw.pid)
+                if persist_pid:  # no affinity, but SCHED_IDLE as in the pinned runs
+                    place(persist_pid, set(range(os.cpu_count() or 1)), idle=True)
                 print("gateway, 2 workers, unpinned ...", flush=True)
                 gw2 = measure_gateway(wrk, gw, args.duration, args.warmup, threads=2,
                                       cpus=None, redis_pid=redis.pid,
-                                      persist_pid=persist_child(gw.pid), backlog=backlog)
+                                      persist_pid=persist_pid, backlog=backlog)
             print("hello world, 2 workers, unpinned ...", flush=True)
             hello2 = measure_hello(wrk, 2, None, args.duration, args.warmup, 2, None)
             result["unpinned_2_workers"] = {"gateway": gw2, "hello": hello2,

@@ -333,3 +333,27 @@ async def test_d30_denied_extension_keeps_the_current_grant_reserved(
     assert bill["billed"]["domestic_pool_minutes"] == 5
     pool = await gw.pool(tenant, "US", "domestic_120", "domestic")
     assert (pool["reserved_minutes"], pool["used_minutes"]) == (0, 5)
+
+
+async def test_d32_retry_after_the_skew_window_gets_its_first_answer(
+    gw: Gateway, tenant: str
+) -> None:
+    """A retry whose started_at has meanwhile left the clock-skew window still gets the
+    call's first answer (D32), not a 400; a new call with that started_at gets the 400."""
+    from gateway.clock import rfc3339
+
+    await gw.user(tenant, "a", "US", "domestic")
+    body = {"call_id": "late-1", "user_id": "a", "to": NEW_YORK,
+            "started_at": rfc3339(int(gw.clock.now()))}
+    first = await gw.req("POST", f"/v1/tenants/{tenant}/calls", body)
+    assert first["decision"] == "allow"
+    gw.clock.advance(gw.settings.clock_skew_seconds + 60)
+    again = await gw.req("POST", f"/v1/tenants/{tenant}/calls", body)
+    assert again == first
+    late = await gw.req("POST", f"/v1/tenants/{tenant}/calls", {**body, "call_id": "late-2"},
+                        status=400)
+    assert [e["field"] for e in late["errors"]] == ["started_at"]
+    # Another fault besides the skew: the 400, even for the known call id.
+    bad = await gw.req("POST", f"/v1/tenants/{tenant}/calls", {**body, "to": "1" * 65},
+                       status=400)
+    assert sorted(e["field"] for e in bad["errors"]) == ["started_at", "to"]
