@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.clock import rfc3339
 from gateway.keys import tenant_keys
 from gateway.rating import credit_cost_micro
 from tests.gwclient import Gateway
@@ -340,8 +341,6 @@ async def test_d32_retry_after_the_skew_window_gets_its_first_answer(
 ) -> None:
     """A retry whose started_at has meanwhile left the clock-skew window still gets the
     call's first answer (D32), not a 400; a new call with that started_at gets the 400."""
-    from gateway.clock import rfc3339
-
     await gw.user(tenant, "a", "US", "domestic")
     body = {"call_id": "late-1", "user_id": "a", "to": NEW_YORK,
             "started_at": rfc3339(int(gw.clock.now()))}

@@ -39,6 +39,28 @@ def _record(d: dict[str, Any]) -> str:
                          for i in range(0, len(flat) - 1, 2)}).decode()
 
 
+# call.allowed carries only the call id and the call's record (lua/50_authorize.lua): the
+# event fields the projection reads, by the record field that holds each. Events written
+# before carried them all, and still project as they are.
+_FIELDS_IN_RECORD = {
+    "direction": "dir", "user": "uid", "to": "to", "from": "from", "reason": "rsn",
+    "source": "src", "granted_seconds": "g", "class": "cls", "country": "dc",
+    "number_type": "dt", "month": "mon", "started_at": "sa", "pool": "pool",
+    "pool_reserved_minutes": "pr", "credits_reserved_micro": "cr", "rate_prefix": "rp",
+}
+
+
+def _with_record_fields(d: dict[str, Any]) -> dict[str, Any]:
+    flat = d.get("call")
+    if "direction" in d or not flat or isinstance(flat, dict):
+        return d
+    rec = {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+    out: dict[str, Any] = {k: rec.get(f) for k, f in _FIELDS_IN_RECORD.items()}
+    out["counted"] = str(rec.get("cnt")) == "1"
+    out.update(d)
+    return out
+
+
 TENANT_UPSERT = (
     "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (tenant) DO UPDATE "
     "SET name = excluded.name, currency = excluded.currency, "
@@ -117,6 +139,7 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
     if etype == "tollfree.removed":
         return [(TOLLFREE_REMOVE, (t, _s(d.get("number"))))]
     if etype in ("call.allowed", "call.denied"):
+        d = _with_record_fields(d)
         return [(CALL_INSERT, (
             t, _s(d.get("call_id")), "active" if etype == "call.allowed" else "denied",
             _s(d.get("direction")), _s(d.get("user")), _s(d.get("from")), _s(d.get("to")),
