@@ -242,6 +242,35 @@ def decisions(base: str) -> dict[str, float]:
     return out
 
 
+def histogram(base: str, name: str, label: str) -> dict[float, float]:
+    """{bucket upper bound: cumulative count} of one histogram series from /metrics."""
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{") and label in line:
+            labels, value = line.rsplit(" ", 1)
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def quantiles(after: dict[float, float], before: dict[float, float]) -> dict[str, float]:
+    """p50 / p99 of the observations between two readings, as the upper bound (ms) of the
+    bucket holding them (the gateway's own view: parse to answer, and its Redis call)."""
+    counts = sorted((b, n - before.get(b, 0.0)) for b, n in after.items())
+    total = counts[-1][1] if counts else 0.0
+    out: dict[str, float] = {}
+    for q in (0.5, 0.99):
+        bound = next((b for b, n in counts if total and n >= q * total), float("inf"))
+        out[f"p{int(q * 100)}_ms_at_most"] = bound * 1000
+    return out
+
+
+SERVER_SIDE = (("request", "callgate_request_duration_seconds", 'operation="authorize"'),
+               ("redis", "callgate_redis_duration_seconds", 'function="authorize"'))
+
+
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
 
@@ -268,12 +297,15 @@ def measure_gateway(wrk: Wrk, gw: Server, seconds: int, warmup: int, *, threads:
     if warmup:
         wrk.run(url, warmup, threads=threads, cpus=cpus)
     before = decisions(gw.base)
+    hists = {k: histogram(gw.base, name, label) for k, name, label in SERVER_SIDE}
     forks = redis_forks(redis_pid)
     http_pids = [p for p in tree_pids(gw.pid) if p != persist_pid]
     r = wrk.run(url, seconds, threads=threads, cpus=cpus, server_pids=http_pids,
                 redis_pid=redis_pid, persist_pid=persist_pid,
                 rate_per_thread=rate_per_thread, connections=connections)
     r["decisions"] = delta(decisions(gw.base), before)
+    r["server_side"] = {k: quantiles(histogram(gw.base, name, label), hists[k])
+                        for k, name, label in SERVER_SIDE}
     r["redis_forks"] = redis_forks(redis_pid) - forks  # AOF rewrites during the run
     if backlog is not None:
         r["persister_backlog_events"], r["persister_drain_s"] = backlog.drain()
@@ -469,6 +501,14 @@ def _drain_line(name: str, r: dict[str, Any]) -> str:
     return f"- {name}: {left:,} events not yet in the ledger at the end of the run, {drained}"
 
 
+def _server_side(r: dict[str, Any]) -> str:
+    s = r.get("server_side", {})
+    parts = [f"{what} p50 <= {q['p50_ms_at_most']:g} ms, p99 <= {q['p99_ms_at_most']:g} ms"
+             for what, q in (("request (parse to answer)", s.get("request")),
+                             ("its Redis round trip", s.get("redis"))) if q]
+    return "; ".join(parts) or "n/a"
+
+
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     pin = res["pinned"]
@@ -506,6 +546,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["", f"CPU-time ratio (hello CPU per request / gateway HTTP worker CPU per "
               f"request, independent of other load on the machine): {pin['cpu_ratio']:.2f}",
               f"Decisions in the closed-loop run: {pin['gateway']['decisions']}",
+              "Inside the gateway at 50 % load (its own histograms, bucket bounds): "
+              + _server_side(pin["gateway_half_load"]),
               f"Redis forks (AOF rewrites) during the closed-loop / half-load runs: "
               f"{pin['gateway'].get('redis_forks')} / {pin['gateway_half_load'].get('redis_forks')}"
               f" (automatic AOF rewrite "
