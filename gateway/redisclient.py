@@ -52,12 +52,13 @@ class _Protocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._on_lost = on_lost
         self.closed = False
-        # Futures sent with a deadline, oldest first (one bound per caller: deadlines grow
-        # in sending order). One timer, at the oldest deadline, fails those overdue with
-        # TimeoutError: cheaper than a timeout object and timer per call.
+        # Futures sent with a deadline, in sending order, and one timer at the earliest
+        # deadline among them that fails those overdue with TimeoutError: cheaper than a
+        # timeout object and a timer per call.
         self._watched: collections.deque[tuple[float, asyncio.Future[Any]]] = (
             collections.deque())
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
@@ -72,24 +73,31 @@ class _Protocol(asyncio.Protocol):
             fut.get_loop().call_soon(self._flush)
         if deadline is not None:
             self._watched.append((deadline, fut))
-            if self._timer is None:
-                self._timer = fut.get_loop().call_at(deadline, self._expire)
+            if self._timer is None or deadline < self._timer_at:
+                self._arm(fut.get_loop(), deadline)
 
-    def _expire(self) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = loop.call_at(at, self._expire, loop), at
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail the futures past their deadline; their replies, when they come, are
-        discarded like those of any abandoned future."""
+        discarded like those of any abandoned future. Rare (at most once per deadline that
+        passes with its reply outstanding, or once per bound under load), so a full scan."""
         self._timer = None
-        watched = self._watched
-        if not watched:
-            return
-        loop = watched[0][1].get_loop()
         now = loop.time()
-        while watched and (watched[0][1].done() or watched[0][0] <= now):
-            _, fut = watched.popleft()
-            if not fut.done():
+        kept: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        for deadline, fut in self._watched:
+            if fut.done():
+                continue
+            if deadline <= now:
                 fut.set_exception(TimeoutError())
-        if watched:
-            self._timer = loop.call_at(watched[0][0], self._expire)
+            else:
+                kept.append((deadline, fut))
+        self._watched = kept
+        if kept:
+            self._arm(loop, min(d for d, _ in kept))
 
     def _flush(self) -> None:
         self._flush_scheduled = False

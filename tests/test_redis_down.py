@@ -115,3 +115,32 @@ async def test_readyz_reports_a_stalled_persister(gw_own: Gateway, own_redis: Re
     client.close()
     ready = await gw_own.req("GET", "/readyz", status=503, headers={})
     assert ready["checks"]["persister"].startswith("stalled")
+
+
+async def test_deadline_fails_the_late_call_and_keeps_the_connection_in_step(
+    own_redis: RedisServer,
+) -> None:
+    """The call path's deadline (one timer per connection): a command past its deadline
+    fails with TimeoutError while Redis is hung; once Redis resumes, its late reply is
+    discarded in order and the next caller gets its own reply, not that one."""
+    from gateway.redisclient import SingleBackend, pack_command, parse_url
+
+    _, [address] = parse_url(own_redis.url)
+    backend = SingleBackend(address, 1.0)
+    loop = asyncio.get_running_loop()
+    assert await backend.submit("k", pack_command(("ECHO", "warm")), loop.time() + 5) == "warm"
+    pid = own_redis.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = loop.time()
+        late = backend.submit("k", pack_command(("ECHO", "late")), loop.time() + 0.1)
+        with pytest.raises(TimeoutError):
+            await late
+        assert loop.time() - started < 5  # failed at its deadline, not at Redis's return
+        patient = backend.submit("k", pack_command(("ECHO", "patient")), loop.time() + 10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert await patient == "patient"
+    assert await backend.submit("k", pack_command(("ECHO", "next")), loop.time() + 5) == "next"
+    await backend.close()
