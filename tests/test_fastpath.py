@@ -27,7 +27,7 @@ from gateway.api import AUTHORIZE_FIELDS, _usual_authorize, parse_authorize
 from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.errors import ValidationError
-from gateway.fastpath import CallgateRunner, FastServer
+from gateway.fastpath import BUFFER_HIGH_BYTES, CallgateRunner, FastServer
 from gateway.redisproc import RedisServer
 from tests.conftest import T0, make_settings
 from tests.gwclient import OPERATOR_TOKEN
@@ -282,3 +282,17 @@ def test_usual_authorize_takes_the_usual_request() -> None:
     assert _usual_authorize(body) is not None
     assert _usual_authorize({**body, "direction": "outbound", "from": "+12125550111"})
     assert _usual_authorize({**body, "started_at": "2026-11-27T10:00:00Z"}) is None
+
+
+async def test_a_long_pipelined_burst_is_answered_in_order(servers: Servers) -> None:
+    """More pipelined requests than the read buffer holds while one is in progress (reading
+    pauses and resumes): every one answered, in order."""
+    calls = f"/v1/tenants/{servers.tenant}/calls"
+    n = 600  # ~150 kB of requests, beyond BUFFER_HIGH_BYTES
+    raw = b"".join(request("POST", calls, {"call_id": f"b-{i}", "user_id": "alice",
+                                           "to": "+12125550100"}) for i in range(n))
+    assert len(raw) > BUFFER_HIGH_BYTES
+    got = await exchange(servers.fast, raw, n)
+    assert [orjson.loads(r.body)["call_id"] for r in got] == [f"b-{i}" for i in range(n)]
+    assert all(r.status == 200 for r in got)
+    assert servers.fast_server.fast_requests == n
