@@ -7,8 +7,12 @@ tests are never skipped silently for lack of Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +50,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (AOF on), for tests that kill or hang it, count its
+    commands, or need its data alone; resumed (if a test stopped it) and stopped after."""
+    with RedisServer(tmp_path / "redis", name="own-redis") as server:
+        yield server
+        if server.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.pid, signal.SIGCONT)
 
 
 @pytest.fixture

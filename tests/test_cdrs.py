@@ -8,7 +8,7 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,6 @@ from tests.persist_helpers import drain
 LONDON = "+442071838750"
 PARTITIONS = 2
 CALLS = 7
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", name="cdr-redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

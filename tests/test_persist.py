@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,14 +28,6 @@ from tests.persist_helpers import drain, entries_added, scalar
 LONDON = "+442071838750"
 NEW_YORK = "+12125550123"
 PARTITIONS = 4
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", name="persist-redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

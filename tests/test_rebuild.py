@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 LONDON = "+442071838750"
 NEW_YORK = "+12125550123"
 PARTITIONS = 4
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", name="rebuild-redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,18 +20,6 @@ from tests.conftest import T0, make_settings
 from tests.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", name="down-redis")
-    server.start()
-    yield server
-    pid = server.pid
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-    server.stop()
 
 
 @pytest.fixture

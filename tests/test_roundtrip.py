@@ -10,8 +10,7 @@ counts the commands the functions run inside Redis, so MONITOR (which tags those
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,16 +28,8 @@ TOLL_FREE = "+18005550199"
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", name="roundtrip-redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def gw_private(private_redis: RedisServer, aiohttp_client: Any) -> AsyncIterator[Gateway]:
-    settings = make_settings(private_redis.url)
+async def gw_private(own_redis: RedisServer, aiohttp_client: Any) -> AsyncIterator[Gateway]:
+    settings = make_settings(own_redis.url)
     client = await aiohttp_client(create_app(settings, clock=ManualClock(T0)))
     yield Gateway(client, ManualClock(T0), settings)
 
@@ -92,7 +83,7 @@ class Monitor:
 
 
 async def test_one_fcall_per_call_control_request(
-    gw_private: Gateway, private_redis: RedisServer
+    gw_private: Gateway, own_redis: RedisServer
 ) -> None:
     gw, t = gw_private, "rt"
     await gw.tenant(t)
@@ -100,12 +91,12 @@ async def test_one_fcall_per_call_control_request(
         await gw.user(t, f"u{i}", "US", "domestic", numbers=[f"+1212555010{i}"])
     await gw.topup(t, "100.00", "topup-1")
     await gw.req("PUT", f"/v1/tenants/{t}/toll-free-numbers/{TOLL_FREE}", status=201)
-    reset_stats(private_redis)
-    with Monitor(private_redis) as monitor:
+    reset_stats(own_redis)
+    with Monitor(own_redis) as monitor:
         requests = await call_lifecycles(gw, t)
     assert monitor.client_commands == ["FCALL"] * requests, monitor.client_commands
 
-    calls = command_calls(private_redis)
+    calls = command_calls(own_redis)
     assert calls["fcall"] == requests, calls
 
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +54,6 @@ class Served:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis", name="serve-redis") as server:
-        yield server
 
 
 async def start_serve(tmp_path: Path, redis_url: str, workers: int,
