@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,13 +147,18 @@ def tenant_id() -> str:
     return "t-" + uuid.uuid4().hex[:12]
 
 
-@pytest.fixture
-async def gw(
-    store_url: str, clock: ManualClock, aiohttp_client: Any
-) -> AsyncIterator[Gateway]:
-    settings = make_settings(store_url)
+async def start_gateway(aiohttp_client: Any, clock: ManualClock, redis_url: str,
+                        **overrides: object) -> Gateway:
+    """The app on ``redis_url`` (make_settings with ``overrides``), served like
+    `callgate serve` serves it, behind a test client."""
+    settings = make_settings(redis_url, **overrides)
     client = await aiohttp_client(create_app(settings, clock=clock))
-    yield Gateway(client, clock, settings)
+    return Gateway(client, clock, settings)
+
+
+@pytest.fixture
+async def gw(store_url: str, clock: ManualClock, aiohttp_client: Any) -> Gateway:
+    return await start_gateway(aiohttp_client, clock, store_url)
 
 
 # Ledger fixtures (SQLite, and a PostgreSQL server the suite starts): ledger_url, postgres_url.

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.app import create_app
 from gateway.auth import token_sha256
 from gateway.clock import rfc3339
 from gateway.config import TokenEntry
 from gateway.keys import AUDIT_MAX_ENTRIES, tenant_keys
 from gateway.redisproc import RedisServer
-from tests.conftest import T0, make_settings
+from tests.conftest import T0, start_gateway
 from tests.gwclient import OPERATOR_TOKEN, Gateway
 
 ADMIN_TOKEN = "cg_audit_admin_" + secrets.token_urlsafe(16)
@@ -31,9 +30,7 @@ async def gw(redis_server: RedisServer, aiohttp_client: Any, clock: Any,
              tenant_id: str) -> AsyncIterator[Gateway]:
     tokens = (TokenEntry("acme-admin", token_sha256(ADMIN_TOKEN), "admin", (tenant_id,)),
               TokenEntry("acme-pbx", token_sha256(SWITCH_TOKEN), "switch", (tenant_id,)))
-    settings = make_settings(redis_server.url, tokens=tokens)
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    yield Gateway(client, clock, settings)
+    yield await start_gateway(aiohttp_client, clock, redis_server.url, tokens=tokens)
 
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -26,7 +26,7 @@ from gateway.app import create_app
 from gateway.auth import Authenticator, token_sha256
 from gateway.config import TokenEntry
 from gateway.redisproc import RedisServer
-from tests.conftest import make_settings
+from tests.conftest import make_settings, start_gateway
 from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
 ALL_ROUTES: list[tuple[str, str, Handler, Sequence[str]]] = [
@@ -89,9 +89,8 @@ class World:
 async def world(redis_server: RedisServer, aiohttp_client: Any, clock: Any) -> AsyncIterator[World]:
     suffix = secrets.token_hex(4)
     own, second, other = f"own-{suffix}", f"second-{suffix}", f"other-{suffix}"
-    settings = make_settings(redis_server.url, tokens=token_entries(own, second))
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    gw = Gateway(client, clock, settings)
+    gw = await start_gateway(aiohttp_client, clock, redis_server.url,
+                             tokens=token_entries(own, second))
     for t in (own, second, other):
         await gw.req("PUT", f"/v1/tenants/{t}", {"name": t}, status=201)
         await gw.req("PUT", f"/v1/tenants/{t}/users/alice", {"country": "US", "plan": "domestic"},

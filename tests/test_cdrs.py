@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
-from gateway.app import create_app
 from gateway.clock import ManualClock, rfc3339
 from gateway.ledger import open_ledger
 from gateway.persist import Persister
 from gateway.redisproc import RedisServer
 from gateway.store import Store
-from tests.conftest import T0, make_settings
+from tests.conftest import T0, start_gateway
 from tests.gwclient import Gateway
 from tests.persist_helpers import drain
 
@@ -32,9 +31,8 @@ CALLS = 7
 @pytest.fixture
 async def cgw(own_redis: RedisServer, ledger_url: str, clock: ManualClock,
               aiohttp_client: Any) -> AsyncIterator[Gateway]:
-    settings = make_settings(own_redis.url, partitions=PARTITIONS, database_url=ledger_url)
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    yield Gateway(client, clock, settings)
+    yield await start_gateway(aiohttp_client, clock, own_redis.url, partitions=PARTITIONS,
+                              database_url=ledger_url)
 
 
 async def persist_all(gw: Gateway) -> None:

@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 
-from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.keys import all_partitions
 from gateway.ledger import Ledger, open_ledger
 from gateway.persist import Persister
 from gateway.redisproc import RedisServer
 from gateway.store import Store
-from tests.conftest import make_settings
+from tests.conftest import start_gateway
 from tests.gwclient import Gateway
 from tests.persist_helpers import drain, entries_added, scalar, wait_drained
 
@@ -163,10 +162,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 async def crash_gw(own_redis: RedisServer, ledger_url: str, aiohttp_client: Any
                    ) -> AsyncIterator[Gateway]:
-    settings = make_settings(own_redis.url, partitions=PARTITIONS, database_url=ledger_url)
     clock = ManualClock(time.time())
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    yield Gateway(client, clock, settings)
+    yield await start_gateway(aiohttp_client, clock, own_redis.url, partitions=PARTITIONS,
+                              database_url=ledger_url)
 
 
 def start_persister(redis_url: str, ledger_url: str) -> subprocess.Popen[bytes]:

@@ -14,14 +14,13 @@ from typing import Any
 import pytest
 
 from gateway import persist as persist_mod
-from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.ledger import Entry, Ledger, open_ledger
 from gateway.persist import GROUP, Persister, persister_status
 from gateway.reaper import Reaper
 from gateway.redisproc import RedisServer
 from gateway.store import Store
-from tests.conftest import make_settings
+from tests.conftest import start_gateway
 from tests.gwclient import Gateway
 from tests.persist_helpers import drain, entries_added, scalar
 
@@ -33,9 +32,7 @@ PARTITIONS = 4
 @pytest.fixture
 async def pgw(own_redis: RedisServer, clock: ManualClock, aiohttp_client: Any
               ) -> AsyncIterator[Gateway]:
-    settings = make_settings(own_redis.url, partitions=PARTITIONS)
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    yield Gateway(client, clock, settings)
+    yield await start_gateway(aiohttp_client, clock, own_redis.url, partitions=PARTITIONS)
 
 
 @pytest.fixture

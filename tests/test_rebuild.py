@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.ledger import Ledger, open_ledger
 from gateway.ledger_audit import audit
@@ -20,7 +19,7 @@ from gateway.persist import Persister
 from gateway.rebuild import rebuild
 from gateway.redisproc import RedisServer
 from gateway.store import Store
-from tests.conftest import make_settings
+from tests.conftest import start_gateway
 from tests.gwclient import Gateway
 from tests.persist_helpers import drain
 
@@ -33,9 +32,8 @@ PARTITIONS = 4
 @pytest.fixture
 async def rgw(own_redis: RedisServer, ledger_url: str, clock: ManualClock,
               aiohttp_client: Any) -> AsyncIterator[Gateway]:
-    settings = make_settings(own_redis.url, partitions=PARTITIONS, database_url=ledger_url)
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    yield Gateway(client, clock, settings)
+    yield await start_gateway(aiohttp_client, clock, own_redis.url, partitions=PARTITIONS,
+                              database_url=ledger_url)
 
 
 @pytest.fixture

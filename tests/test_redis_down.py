@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.keys import PartitionKeys, partition_of, partition_tag
 from gateway.redisproc import RedisServer
-from tests.conftest import T0, make_settings
+from tests.conftest import T0, start_gateway
 from tests.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
@@ -24,10 +23,8 @@ NEW_YORK = "+12125550123"
 
 @pytest.fixture
 async def gw_own(own_redis: RedisServer, aiohttp_client: Any) -> AsyncIterator[Gateway]:
-    settings = make_settings(own_redis.url, redis_timeout_ms=100)
     clock = ManualClock(T0)
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    gw = Gateway(client, clock, settings)
+    gw = await start_gateway(aiohttp_client, clock, own_redis.url, redis_timeout_ms=100)
     await gw.tenant("t1")
     await gw.user("t1", "u", "US", "domestic", numbers=["+12125550100"])
     await gw.call("t1", "before", NEW_YORK, user="u")
