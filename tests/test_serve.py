@@ -100,7 +100,8 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
         async with aiohttp.ClientSession(base, headers=AUTH) as s:
             await setup_tenant(s)
             tasks = [asyncio.create_task(authorize(s, 1000 + i)) for i in range(300)]
-            await asyncio.sleep(0.01)  # requests are on the wire
+            # The signal once the first answer is in: the others are on the wire or queued.
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             proc.send_signal(signal.SIGTERM)
             results = await asyncio.gather(*tasks, return_exceptions=True)
         return [r if isinstance(r, int) else -1 for r in results]
