@@ -49,6 +49,7 @@ from loadtest.common import (
     RESULTS,
     ROOT,
     Server,
+    child_processes,
     create_tenants,
     free_port,
     gateway,
@@ -56,6 +57,7 @@ from loadtest.common import (
     pinned,
     scratch_dir,
     stop,
+    tree_pids,
     wait_http,
 )
 
@@ -127,26 +129,6 @@ class Wrk:
         return r
 
 
-def tree_pids(pid: int) -> list[int]:
-    """pid and its descendants (the serve process and its forked workers), from the ppid
-    field of /proc/*/stat (this kernel has no /proc/PID/task/TID/children)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += parents.get(p, [])
-    return out
-
-
 def persist_child(serve_pid: int, deadline_s: float = 20.0) -> int | None:
     """The gateway's ``callgate persist --reap`` child, found by /proc/PID/cmdline (serve
     starts it once it listens); None with CALLGATE_PERSIST=0."""
@@ -154,12 +136,8 @@ def persist_child(serve_pid: int, deadline_s: float = 20.0) -> int | None:
         return None
     end = time.monotonic() + deadline_s
     while True:
-        for pid in tree_pids(serve_pid)[1:]:
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"persist" in argv:
+        for pid, argv in child_processes(serve_pid).items():
+            if "persist" in argv:
                 return pid
         if time.monotonic() > end:
             raise RuntimeError(f"serve ({serve_pid}) started no persist child")

@@ -128,3 +128,45 @@ def scratch_dir(name: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+# -- the process tree, from /proc (this kernel has no /proc/PID/task/TID/children) ---------
+
+
+def _parents() -> dict[int, list[int]]:
+    """{ppid: [pid, ...]} of every live process, from the ppid field of /proc/*/stat."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    return parents
+
+
+def tree_pids(pid: int) -> list[int]:
+    """pid and its descendants (the serve process, its workers and its persist child)."""
+    parents = _parents()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def child_processes(pid: int) -> dict[int, list[str]]:
+    """{pid: argv} of the live direct children of ``pid`` (zombies have no argv)."""
+    out: dict[int, list[str]] = {}
+    for child in _parents().get(pid, []):
+        try:
+            raw = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        argv = [a.decode() for a in raw.split(b"\0") if a]
+        if argv:
+            out[child] = argv
+    return out

@@ -5,25 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from loadtest.common import child_processes
+
 PERSIST_ARGV_TAIL = ["persist", "--reap"]
-
-
-def child_processes(pid: int) -> dict[int, list[str]]:
-    """{pid: argv} of the live direct children of ``pid`` (zombies have no argv)."""
-    out: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != pid:
-                continue
-            argv = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
-        except (OSError, IndexError, ValueError):
-            continue
-        if argv:
-            out[int(entry.name)] = argv
-    return out
 
 
 def persist_children(serve_pid: int) -> list[int]:
