@@ -19,7 +19,9 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
                                     days after its last write
     {pNNN}:t:T:uact          hash   U -> active PSTN calls of that user
     {pNNN}:t:T:topups        hash   idempotency key -> "amount_micro|balance_after_micro"
-    {pNNN}:t:T:c:C           hash   one call: decision, grants, reservations, bill
+    {pNNN}:t:T:c:C           hash   one call: decision, grants, reservations, bill (the
+                                    fields that never change packed in 'i':
+                                    CALL_PACKED_FIELDS)
     {pNNN}:active            zset   "T/C" scored by current grant expiry (seconds), for the reaper
     {pNNN}:events            stream every change of state, for the persister
     {pNNN}:t:T:audit         list   newest-first JSON of the tenant's admin changes (who, what,
@@ -40,6 +42,8 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+
+import orjson
 
 PARTITIONS_DEFAULT = 64
 
@@ -116,6 +120,25 @@ class TenantKeys:
 
     def call(self, call_id: str) -> str:
         return f"{self.tenant}:c:{call_id}"
+
+
+# The fields of a call hash that authorize sets and nothing changes after, in the order
+# lua/00_lib.lua (CALL_PACKED) packs them, as a JSON array of strings, into the field 'i'.
+CALL_PACKED_FIELDS = ("dir", "uid", "to", "from", "mon", "t0", "sa", "d", "rsn", "src", "g",
+                      "exp", "cls", "dc", "dt", "free", "cnt", "pool", "kind", "co", "ca", "sl",
+                      "rp", "rr", "rf", "ra", "rb")
+
+
+def call_fields(record: dict[str, str]) -> dict[str, str]:
+    """A call hash's fields by name, the packed ones unpacked (a record with every field its
+    own, written by an earlier version, is returned as it is)."""
+    packed = record.get("i")
+    if packed is None:
+        return record
+    out = {k: v for k, v in record.items() if k != "i"}
+    # Not strict: a later version may append fields, which this one does not know.
+    out.update(zip(CALL_PACKED_FIELDS, orjson.loads(packed), strict=False))
+    return out
 
 
 # Audit entries kept per tenant in Redis; older ones live only in the ledger.

@@ -7,7 +7,7 @@ exit non-zero.
 
 from __future__ import annotations
 
-from gateway.keys import all_partitions
+from gateway.keys import all_partitions, call_fields
 from gateway.ledger import Ledger
 from gateway.rebuild import CALL_FIELDS, TENANT_FIELDS, diff_hash, expected_state
 from gateway.store import Store
@@ -35,7 +35,7 @@ async def audit(store: Store, ledger: Ledger, now: int, clock_skew_seconds: int)
         if key in ex.tenant_keys:
             problems += diff_hash(key, want, have, TENANT_FIELDS)
         elif key in ex.call_keys:
-            problems += diff_hash(key, want, have, CALL_FIELDS)
+            problems += diff_hash(key, call_fields(want), call_fields(have), CALL_FIELDS)
         elif key in ex.months:
             have = {k: v for k, v in have.items() if k.startswith(("u:", "r:", "s:", "sr:"))}
             problems += diff_hash(key, want, have, None)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, cast
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.keys import TenantKeys, tenant_keys
+from gateway.keys import TenantKeys, call_fields, tenant_keys
 from gateway.redisclient import Arg, Backend, ReplyError, backend_from_url, pack_command
 
 # lua/ at the top of the repository; gateway/lua links to it so that it also ships inside the
@@ -437,4 +437,4 @@ class Store:
     async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)
         flat = await self.raw(k.call(call_id), "HGETALL", k.call(call_id))
-        return _flat_to_dict(flat) if flat else None
+        return call_fields(_flat_to_dict(flat)) if flat else None

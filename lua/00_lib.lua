@@ -179,5 +179,44 @@ local function hincr_or_del(key, field, delta)
   return v
 end
 
+-- The fields of a call that authorize sets and nothing changes after, in the order they are
+-- packed, as one JSON array of strings, into the call hash's field 'i' (mirrors
+-- gateway/keys.py CALL_PACKED_FIELDS). One field instead of 27 makes the authorize HSET,
+-- its AOF entry and the call's memory a fraction of what they were. The fields that change
+-- (st, h, ps, cs, pr, cr, gexp, ext, grants; at the end dur, bdp, bip, bc, over, ended)
+-- stay fields of their own. A hash with every field its own (written before, or restored
+-- by `callgate rebuild` from an older ledger's record) reads the same.
+local CALL_PACKED = {'dir', 'uid', 'to', 'from', 'mon', 't0', 'sa', 'd', 'rsn', 'src', 'g',
+  'exp', 'cls', 'dc', 'dt', 'free', 'cnt', 'pool', 'kind', 'co', 'ca', 'sl', 'rp', 'rr', 'rf',
+  'ra', 'rb'}
+
+-- s (a call's fields by name) with its packed fields, if any, unpacked into it.
+local function unpack_call(s)
+  local packed = s.i
+  if packed then
+    local v = cjson.decode(packed)
+    for k = 1, #CALL_PACKED do s[CALL_PACKED[k]] = v[k] end
+  end
+  return s
+end
+
+-- The whole call hash by field name (packed fields unpacked), and the flat field/value array
+-- HGETALL returned, which extend turns into the event's record (with_changes); nil if the
+-- call does not exist.
+local function load_call(k_call)
+  local flat = redis.call('HGETALL', k_call)
+  -- Sized by naming the fields (a hint only: any field is read): a table grown key by key
+  -- from empty is rehashed six times on the way to 40 keys.
+  local s = {st = nil, i = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil,
+    t0 = nil, sa = nil, d = nil, rsn = nil, src = nil, g = nil, exp = nil, cls = nil,
+    dc = nil, dt = nil, free = nil, cnt = nil, pool = nil, kind = nil, co = nil, ca = nil,
+    sl = nil, rp = nil, rr = nil, rf = nil, ra = nil, rb = nil, h = nil, ps = nil, cs = nil,
+    pr = nil, cr = nil, gexp = nil, ext = nil, grants = nil, dur = nil, bdp = nil, bip = nil,
+    bc = nil, over = nil}
+  for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+  if not s.st then return nil end
+  return unpack_call(s), flat
+end
+
 -- 400 days, as text: an EXPIRE argument (string.format is not reachable at load time).
 local MONTH_TTL_SECONDS = '34560000'

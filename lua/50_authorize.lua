@@ -34,11 +34,12 @@ Returns {OK, replayed 0|1, decision, reason, source, granted_seconds, grant_expi
       | {TENANT_NOT_FOUND} | {TENANT_SETTINGS_CHANGED, currency, time zone}
 --]]
 
-local CALL_REPLY_FIELDS = {'d', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt'}
-
+-- The first answer again (D32), from the stored call.
 local function call_reply(k_call, replayed)
-  local v = redis.call('HMGET', k_call, unpack(CALL_REPLY_FIELDS))
-  return {OK, replayed, v[1], v[2], v[3], tonumber(v[4]), tonumber(v[5]), v[6], v[7], v[8]}
+  local v = redis.call('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt')
+  local s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
+    cls = v[7], dc = v[8], dt = v[9]})
+  return {OK, replayed, s.d, s.rsn, s.src, tonumber(s.g), tonumber(s.exp), s.cls, s.dc, s.dt}
 end
 
 -- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
@@ -245,21 +246,19 @@ local function authorize(KEYS, ARGV)
   if allowed then
     grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
   end
-  -- The call hash, every value as the text Redis stores: the same array is written with one
+  -- The call hash, every value as the text Redis stores: the fields that never change packed
+  -- in 'i' (CALL_PACKED's order), the others their own; the same array is written with one
   -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
   -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
   -- the user's JSON record and is printed as redis.call prints a Lua number.
+  local packed = cjson.encode({direction, c.uid, to, from, month, ARGV[3], ARGV[24],
+    o.decision, o.reason, o.source, granted_text, expires_text, o.class, dcountry, dtype,
+    o.free and '1' or '0', o.counted and '1' or '0', st.pool, st.kind,
+    c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
+    c.limit and string.format('%.17g', c.limit) or '', c.rp, c.rr, c.rf, c.ra, c.rb})
   local rec = {
-    'st', allowed and 'active' or 'denied', 'dir', direction, 'uid', c.uid, 'to', to,
-    'from', from, 'mon', month, 't0', ARGV[3], 'sa', ARGV[24],
-    'd', o.decision, 'rsn', o.reason, 'src', o.source, 'g', granted_text, 'exp', expires_text,
-    'cls', o.class, 'dc', dcountry, 'dt', dtype,
-    'free', o.free and '1' or '0', 'cnt', o.counted and '1' or '0',
-    'pool', st.pool, 'kind', st.kind, 'co', c.credits_only and '1' or '0',
-    'ca', c.credits_allowed and '1' or '0',
-    'sl', c.limit and string.format('%.17g', c.limit) or '',
-    'rp', c.rp, 'rr', c.rr, 'rf', c.rf, 'ra', c.ra, 'rb', c.rb,
-    'h', granted_text, 'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
+    'st', allowed and 'active' or 'denied', 'i', packed, 'h', granted_text,
+    'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
     'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
   redis.call('HSET', k_call, unpack(rec))
   if allowed then

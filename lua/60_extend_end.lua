@@ -31,34 +31,6 @@ Returns {OK, state, duration, domestic pool minutes, international pool minutes,
          | {CALL_ENDED} (expired call not yet due)
 --]]
 
--- The whole call hash, by field name, and as the flat field/value array HGETALL returned:
--- extend writes its changes into that array (with_changes) to make the event's record.
-local function load_call(k_call)
-  local flat = redis.call('HGETALL', k_call)
-  -- Sized by naming the fields authorize writes (a hint only: any field is read): a table
-  -- grown key by key from empty is rehashed six times on the way to 36 keys.
-  local s = {st = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil, t0 = nil,
-    sa = nil, d = nil, rsn = nil, src = nil, g = nil, exp = nil, cls = nil, dc = nil,
-    dt = nil, free = nil, cnt = nil, pool = nil, kind = nil, co = nil, ca = nil, sl = nil,
-    rp = nil, rr = nil, rf = nil, ra = nil, rb = nil, h = nil, ps = nil, cs = nil, pr = nil,
-    cr = nil, gexp = nil, ext = nil, grants = nil}
-  for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
-  if not s.st then return nil end
-  return s, flat
-end
-
--- What end_call reads of a call (it needs no record), by name: one constructor, not a
--- loop that grows the table key by key.
-local function load_call_end(k_call)
-  local v = redis.call('HMGET', k_call, 'st', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr',
-    'rf', 'ra', 'rb', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur', 'bdp', 'bip', 'bc', 'over')
-  if not v[1] then return nil end
-  return {st = v[1], uid = v[2], mon = v[3], cnt = v[4], pool = v[5], kind = v[6], rp = v[7],
-    rr = v[8], rf = v[9], ra = v[10], rb = v[11], h = v[12], ps = v[13], cs = v[14],
-    pr = v[15], cr = v[16], gexp = v[17], dur = v[18], bdp = v[19], bip = v[20], bc = v[21],
-    over = v[22]}
-end
-
 -- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
 -- `changed`: the hash's record without reading it again. Modifies and returns flat.
 local function with_changes(flat, changed)
@@ -204,7 +176,7 @@ local function end_call(KEYS, ARGV)
     KEYS[9]
   local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local retention, how, grace = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
-  local call = load_call_end(k_call)
+  local call = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
   -- A denied call ends like any other with nothing granted: billed nothing, the reported

@@ -5,13 +5,15 @@ as much as the rest of the event), so this checks the two agree, field for field
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
 import redis
 
 from gateway.clock import rfc3339
-from gateway.keys import tenant_keys
+from gateway.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
 from gateway.ledger.project import CALL_INSERT, _record, statements
 from tests.gwclient import Gateway
 
@@ -85,8 +87,8 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
     k = tenant_keys(t, gw.settings.partitions)
     etype, data = last_event(redis_sync, k.partition.events, "row")
     assert etype == "call.allowed" and set(data) == {"call_id", "call", "type", "tenant", "ts"}
-    h = {f.decode(): v.decode()
-         for f, v in cast(dict[bytes, bytes], redis_sync.hgetall(k.call("row"))).items()}
+    h = call_fields({f.decode(): v.decode() for f, v in
+                     cast(dict[bytes, bytes], redis_sync.hgetall(k.call("row"))).items()})
     [(sql, params)] = statements("1-0", etype, t, data, {})
     assert sql == CALL_INSERT
     assert params[:17] == (
@@ -101,3 +103,75 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
            "month": h["mon"], "started_at": started, "pool": h["pool"], "pool_reserved_minutes": 0,
            "credits_reserved_micro": int(h["cr"]), "rate_prefix": "44", "counted": True}
     assert statements("1-0", etype, t, old, {}) == [(sql, params)]
+
+
+def call_hash(redis_sync: redis.Redis, key: str) -> dict[str, str]:
+    flat = cast(dict[bytes, bytes], redis_sync.hgetall(key))
+    return {f.decode(): v.decode() for f, v in flat.items()}
+
+
+def test_lua_packs_the_fields_python_unpacks() -> None:
+    """lua/00_lib.lua CALL_PACKED and gateway.keys.CALL_PACKED_FIELDS: one order, two copies."""
+    src = (Path(__file__).parent.parent / "lua" / "00_lib.lua").read_text()
+    body = src.split("local CALL_PACKED = {", 1)[1].split("}", 1)[0]
+    assert tuple(re.findall(r"'([a-z0-9]+)'", body)) == CALL_PACKED_FIELDS
+
+
+async def test_the_fields_that_never_change_are_one_packed_field(
+    gw: Gateway, tenant_id: str, redis_sync: redis.Redis
+) -> None:
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "us0", "US", "domestic")
+    k = tenant_keys(t, gw.settings.partitions)
+    body = await gw.call(t, "pool", NEW_YORK, user="us0")
+    stored = call_hash(redis_sync, k.call("pool"))
+    assert set(stored) == {"st", "i", "h", "ps", "cs", "pr", "cr", "gexp", "ext", "grants"}
+    fields = call_fields(stored)
+    assert (fields["dir"], fields["uid"], fields["to"], fields["d"], fields["src"],
+            fields["g"], fields["dc"], fields["pool"], fields["cnt"]) == (
+        "outbound", "us0", NEW_YORK, "allow", body["source"], str(body["granted_seconds"]),
+        "US", "US:domestic:domestic", "1")
+    await gw.extend(t, "pool", 30)
+    await gw.end(t, "pool", 40)
+    after = call_hash(redis_sync, k.call("pool"))
+    assert after["i"] == stored["i"]  # extend and end change only fields of their own
+    assert not set(after) & set(CALL_PACKED_FIELDS)
+
+
+async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
+    gw: Gateway, tenant_id: str, redis_sync: redis.Redis
+) -> None:
+    """A call hash with every field its own (the layout before packing: such calls are in
+    Redis when the new library is loaded, and `callgate rebuild` restores them from an
+    older ledger's records) answers retries, extends, ends and reads exactly as a packed
+    twin does."""
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "us0", "US", "domestic")
+    await gw.user(t, "payg", "US", "pay_as_you_go", monthly_spend_limit="50.00")
+    await gw.topup(t, "20.00", "k1")
+    k = tenant_keys(t, gw.settings.partitions)
+    first: dict[str, Any] = {}
+    for user, to in (("us0", NEW_YORK), ("payg", LONDON)):
+        for twin in ("packed", "fields"):
+            first[f"{user}-{twin}"] = await gw.call(t, f"{user}-{twin}", to, user=user)
+        key = k.call(f"{user}-fields")
+        fields = call_fields(call_hash(redis_sync, key))
+        redis_sync.delete(key)
+        redis_sync.hset(key, mapping=fields)
+        assert "i" not in call_hash(redis_sync, key)
+
+    def same(a: dict[str, Any], b: dict[str, Any]) -> None:
+        assert {**a, "call_id": ""} == {**b, "call_id": ""}
+
+    for user, to in (("us0", NEW_YORK), ("payg", LONDON)):
+        p, f = f"{user}-packed", f"{user}-fields"
+        same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
+             await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))
+        retried = await gw.call(t, f, to, user=user)  # D32: the first answer again
+        same(retried, first[f])
+        same(await gw.extend(t, p, 100), await gw.extend(t, f, 100))
+        same(await gw.end(t, p, 150), await gw.end(t, f, 150))
+        same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
+             await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))

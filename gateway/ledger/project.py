@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.keys import call_fields
+
 if TYPE_CHECKING:
     from gateway.ledger.base import Tx
 
@@ -54,7 +56,7 @@ def _with_record_fields(d: dict[str, Any]) -> dict[str, Any]:
     flat = d.get("call")
     if "direction" in d or not flat or isinstance(flat, dict):
         return d
-    rec = {str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+    rec = call_fields({str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)})
     out: dict[str, Any] = {k: rec.get(f) for k, f in _FIELDS_IN_RECORD.items()}
     out["counted"] = str(rec.get("cnt")) == "1"
     out.update(d)
