@@ -124,9 +124,9 @@ class TenantKeys:
 
 # The fields of a call hash that authorize sets and nothing changes after, in the order
 # lua/00_lib.lua (CALL_PACKED) packs them, as a JSON array of strings, into the field 'i'.
-CALL_PACKED_FIELDS = ("dir", "uid", "to", "from", "mon", "t0", "sa", "d", "rsn", "src", "g",
-                      "exp", "cls", "dc", "dt", "free", "cnt", "pool", "kind", "co", "ca", "sl",
-                      "rp", "rr", "rf", "ra", "rb")
+CALL_PACKED_FIELDS = ("uid", "mon", "cnt", "pool", "kind", "rp", "rr", "rf", "ra", "rb",
+                      "dir", "to", "from", "t0", "sa", "d", "rsn", "src", "g", "exp", "cls", "dc",
+                      "dt", "free", "co", "ca", "sl")
 
 
 def call_fields(record: dict[str, str]) -> dict[str, str]:

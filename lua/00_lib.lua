@@ -186,9 +186,9 @@ end
 -- (st, h, ps, cs, pr, cr, gexp, ext, grants; at the end dur, bdp, bip, bc, over, ended)
 -- stay fields of their own. A hash with every field its own (written before, or restored
 -- by `callgate rebuild` from an older ledger's record) reads the same.
-local CALL_PACKED = {'dir', 'uid', 'to', 'from', 'mon', 't0', 'sa', 'd', 'rsn', 'src', 'g',
-  'exp', 'cls', 'dc', 'dt', 'free', 'cnt', 'pool', 'kind', 'co', 'ca', 'sl', 'rp', 'rr', 'rf',
-  'ra', 'rb'}
+local CALL_PACKED = {'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
+  'rb', 'dir', 'to', 'from', 't0', 'sa', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt', 'free',
+  'co', 'ca', 'sl'}
 
 -- s (a call's fields by name) with its packed fields, if any, unpacked into it.
 local function unpack_call(s)
@@ -196,6 +196,23 @@ local function unpack_call(s)
   if packed then
     local v = cjson.decode(packed)
     for k = 1, #CALL_PACKED do s[CALL_PACKED[k]] = v[k] end
+  end
+  return s
+end
+
+-- end_call needs only the first ten packed fields (CALL_PACKED's order): identifiers and
+-- digits, read straight from the JSON text when none holds an escape (a JSON string
+-- without a backslash is its own text), else decoded in full.
+local PACKED_HEAD = '^%["([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)",' ..
+  '"([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)"'
+
+local function unpack_call_head(s)
+  local packed = s.i
+  if packed then
+    local uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb = string.match(packed, PACKED_HEAD)
+    if not uid then return unpack_call(s) end
+    s.uid, s.mon, s.cnt, s.pool, s.kind, s.rp, s.rr, s.rf, s.ra, s.rb = uid, mon, cnt, pool,
+      kind, rp, rr, rf, ra, rb
   end
   return s
 end

@@ -251,11 +251,11 @@ local function authorize(KEYS, ARGV)
   -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
   -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
   -- the user's JSON record and is printed as redis.call prints a Lua number.
-  local packed = cjson.encode({direction, c.uid, to, from, month, ARGV[3], ARGV[24],
-    o.decision, o.reason, o.source, granted_text, expires_text, o.class, dcountry, dtype,
-    o.free and '1' or '0', o.counted and '1' or '0', st.pool, st.kind,
-    c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
-    c.limit and string.format('%.17g', c.limit) or '', c.rp, c.rr, c.rf, c.ra, c.rb})
+  local packed = cjson.encode({c.uid, month, o.counted and '1' or '0', st.pool, st.kind,
+    c.rp, c.rr, c.rf, c.ra, c.rb, direction, to, from, ARGV[3], ARGV[24], o.decision,
+    o.reason, o.source, granted_text, expires_text, o.class, dcountry, dtype,
+    o.free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
+    c.limit and string.format('%.17g', c.limit) or ''})
   local rec = {
     'st', allowed and 'active' or 'denied', 'i', packed, 'h', granted_text,
     'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),

@@ -31,6 +31,20 @@ Returns {OK, state, duration, domestic pool minutes, international pool minutes,
          | {CALL_ENDED} (expired call not yet due)
 --]]
 
+-- What end_call reads of a call (it needs no record), by name. The names of the packed
+-- fields it uses are read too, for a hash of the older layout (every field its own, see
+-- CALL_PACKED): an absent field costs HMGET little.
+local function load_call_end(k_call)
+  local v = redis.call('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
+    'bdp', 'bip', 'bc', 'over', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
+    'rb')
+  if not v[1] then return nil end
+  return unpack_call_head({st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6],
+    cr = v[7], gexp = v[8], dur = v[9], bdp = v[10], bip = v[11], bc = v[12], over = v[13],
+    uid = v[14], mon = v[15], cnt = v[16], pool = v[17], kind = v[18], rp = v[19], rr = v[20],
+    rf = v[21], ra = v[22], rb = v[23]})
+end
+
 -- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
 -- `changed`: the hash's record without reading it again. Modifies and returns flat.
 local function with_changes(flat, changed)
@@ -176,7 +190,7 @@ local function end_call(KEYS, ARGV)
     KEYS[9]
   local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local retention, how, grace = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
-  local call = load_call(k_call)
+  local call = load_call_end(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
   -- A denied call ends like any other with nothing granted: billed nothing, the reported

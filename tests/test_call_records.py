@@ -144,8 +144,9 @@ async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
 ) -> None:
     """A call hash with every field its own (the layout before packing: such calls are in
     Redis when the new library is loaded, and `callgate rebuild` restores them from an
-    older ledger's records) answers retries, extends, ends and reads exactly as a packed
-    twin does."""
+    older ledger's records), and one whose packed text spells every character as a JSON
+    escape (end_call's shortcut reads the text as is only when it holds no escape), answer
+    retries, extends, ends and reads exactly as a packed twin does."""
     t = tenant_id
     await gw.tenant(t)
     await gw.user(t, "us0", "US", "domestic")
@@ -154,24 +155,34 @@ async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
     k = tenant_keys(t, gw.settings.partitions)
     first: dict[str, Any] = {}
     for user, to in (("us0", NEW_YORK), ("payg", LONDON)):
-        for twin in ("packed", "fields"):
+        for twin in ("packed", "fields", "escaped"):
             first[f"{user}-{twin}"] = await gw.call(t, f"{user}-{twin}", to, user=user)
         key = k.call(f"{user}-fields")
         fields = call_fields(call_hash(redis_sync, key))
         redis_sync.delete(key)
         redis_sync.hset(key, mapping=fields)
         assert "i" not in call_hash(redis_sync, key)
+        key = k.call(f"{user}-escaped")
+        values = orjson.loads(call_hash(redis_sync, key)["i"])
+        escaped = "[" + ",".join(
+            '"' + "".join(f"\\u{ord(ch):04x}" for ch in v) + '"' for v in values) + "]"
+        assert orjson.loads(escaped) == values
+        redis_sync.hset(key, "i", escaped)
 
     def same(a: dict[str, Any], b: dict[str, Any]) -> None:
         assert {**a, "call_id": ""} == {**b, "call_id": ""}
 
     for user, to in (("us0", NEW_YORK), ("payg", LONDON)):
-        p, f = f"{user}-packed", f"{user}-fields"
-        same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
-             await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))
-        retried = await gw.call(t, f, to, user=user)  # D32: the first answer again
-        same(retried, first[f])
-        same(await gw.extend(t, p, 100), await gw.extend(t, f, 100))
-        same(await gw.end(t, p, 150), await gw.end(t, f, 150))
-        same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
-             await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))
+        p = f"{user}-packed"
+        for f in (f"{user}-fields", f"{user}-escaped"):
+            same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
+                 await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))
+            retried = await gw.call(t, f, to, user=user)  # D32: the first answer again
+            same(retried, first[f])
+        ext = await gw.extend(t, p, 100)
+        bill = await gw.end(t, p, 150)
+        for f in (f"{user}-fields", f"{user}-escaped"):
+            same(await gw.extend(t, f, 100), ext)
+            same(await gw.end(t, f, 150), bill)
+            same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
+                 await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))
