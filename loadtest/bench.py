@@ -3,11 +3,13 @@
 One run, same generator (wrk + loadtest/authorize.lua), same settings, same machine:
 
 1. pinned: gateway (1 worker) on CPU 0; wrk and redis-server on CPU 1, and there too the
-   gateway's persist child process (moved there after start, nice +10), so that the HTTP
+   gateway's persist child process (moved there after start, SCHED_IDLE), so that the HTTP
    worker has CPU 0 to itself.
-   a. gateway, closed loop: maximum authorize throughput;
-   b. hello world (loadtest/hello.py, 1 process on CPU 0): the ceiling; ratio = a / b;
-   c. gateway at a fixed rate of 50 % of (a): p99 latency at half load.
+   a. closed loops, in turns (--repeat, default 3): gateway, then hello world
+      (loadtest/hello.py, 1 process on CPU 0), each the same length; the median run of
+      each is reported, ratio = gateway / hello world;
+   b. gateway at a fixed rate of 50 % of (a): p99 latency at half load; hello world at the
+      same rate: the generator's latency floor.
 2. unpinned: 2 gateway workers, 2 hello workers, wrk with 2 threads, nothing pinned.
 
 Server CPU per request counts the HTTP worker processes only; the persist child's CPU per
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -36,7 +39,7 @@ import time
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis as redis_py
 
@@ -307,27 +310,27 @@ def redis_client(pid: int, url: str | None = None) -> redis_py.Redis:
 
 
 def redis_forks(pid: int) -> int:
-    return int(redis_client(pid).info("stats")["total_forks"])
+    stats = cast(dict[str, Any], redis_client(pid).info("stats"))  # stubs: maybe-awaitable
+    return int(stats["total_forks"])
 
 
-def measure_hello(wrk: Wrk, workers: int, cpus: str | None, seconds: int, warmup: int,
-                  threads: int, wrk_cpus: str | None,
-                  rate_per_thread: float = 0.0) -> dict[str, Any]:
-    """Closed loop; with ``rate_per_thread``, also at that fixed rate (32 connections, as
+def measure_hello(wrk: Wrk, hello: Hello, seconds: int, warmup: int, threads: int,
+                  wrk_cpus: str | None, rate_per_thread: float = 0.0) -> dict[str, Any]:
+    """Closed loop; with ``rate_per_thread``, at that fixed rate instead (32 connections, as
     the gateway's half-load run): the latency floor of this generator on this machine."""
-    hello = Hello(workers, cpus)
-    try:
-        url = f"http://127.0.0.1:{hello.port}/v1"
+    url = f"http://127.0.0.1:{hello.port}/v1"
+    if warmup:
         wrk.run(url, warmup, threads=threads, cpus=wrk_cpus)
-        r = wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
-                    server_pids=tree_pids(hello.proc.pid))
-        if rate_per_thread:
-            r["at_fixed_rate"] = wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
-                                         server_pids=tree_pids(hello.proc.pid),
-                                         rate_per_thread=rate_per_thread, connections=32)
-        return r
-    finally:
-        hello.close()
+    return wrk.run(url, seconds, threads=threads, cpus=wrk_cpus,
+                   server_pids=tree_pids(hello.proc.pid), rate_per_thread=rate_per_thread,
+                   connections=32 if rate_per_thread else None)
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median throughput (the lower middle one of an even count), with the
+    throughput of every run."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return {**ordered[(len(ordered) - 1) // 2], "rps_of_each_run": [r["rps"] for r in runs]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--tenants", type=int, default=50)
     p.add_argument("--users", type=int, default=40, help="users per tenant")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="closed-loop runs of each, interleaved; the median run is reported")
     p.add_argument("--skip-unpinned", action="store_true")
     p.add_argument("--aof-rewrite", action="store_true",
                    help="leave Redis's automatic AOF rewrite on during the runs (see README)")
@@ -393,19 +398,29 @@ def main(argv: list[str] | None = None) -> int:
             if persist_pid:  # off the HTTP worker's CPU 0, inherited from taskset
                 place(persist_pid, cpu_set(args.redis_cpus), idle=True)
             asyncio.run(create_tenants(gw.base, token, tenants, args.users))
-            print(f"gateway pinned to CPU 0: closed loop, {args.duration} s ...", flush=True)
-            gw_max = measure_gateway(wrk, gw, args.duration, args.warmup, threads=1, cpus="1",
-                                     redis_pid=redis.pid, persist_pid=persist_pid,
-                                     backlog=backlog)
+            # Closed loops, gateway and hello world in turns (--repeat each): on a machine
+            # shared with others the throughput drifts by tens of percent within a minute;
+            # the ratio of the medians of interleaved runs is what one run cannot be.
+            hello = stack.enter_context(contextlib.closing(Hello(1, "0")))
+            gw_runs: list[dict[str, Any]] = []
+            hello_runs: list[dict[str, Any]] = []
+            for i in range(args.repeat):
+                print(f"closed loop {i + 1}/{args.repeat}, {args.duration} s each: gateway "
+                      "pinned to CPU 0, then hello world pinned to CPU 0 ...", flush=True)
+                gw_runs.append(measure_gateway(
+                    wrk, gw, args.duration, args.warmup if i == 0 else 1, threads=1, cpus="1",
+                    redis_pid=redis.pid, persist_pid=persist_pid, backlog=backlog))
+                hello_runs.append(measure_hello(wrk, hello, args.duration,
+                                                args.warmup if i == 0 else 1, 1, "1"))
+            gw_max, hello_max = median_run(gw_runs), median_run(hello_runs)
             half = gw_max["rps"] / 2
-            print(f"hello world pinned to CPU 0 (and at {half:.0f} req/s) ...", flush=True)
-            hello_max = measure_hello(wrk, 1, "0", args.duration, args.warmup, 1, "1",
-                                      rate_per_thread=half)
-            print(f"gateway at a fixed {half:.0f} req/s (50 %) ...", flush=True)
+            print(f"gateway and hello world at a fixed {half:.0f} req/s (50 %) ...", flush=True)
             gw_half = measure_gateway(wrk, gw, args.duration, 0, threads=1, cpus="1",
                                       redis_pid=redis.pid, persist_pid=persist_pid,
                                       rate_per_thread=half, connections=32, backlog=backlog)
             gw_half["target_rps"] = half
+            hello_max["at_fixed_rate"] = measure_hello(wrk, hello, args.duration, 0, 1, "1",
+                                                       rate_per_thread=half)
         result["pinned"] = {
             "gateway": gw_max, "hello": hello_max, "gateway_half_load": gw_half,
             "ratio": gw_max["rps"] / hello_max["rps"],
@@ -425,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                                       cpus=None, redis_pid=redis.pid,
                                       persist_pid=persist_pid, backlog=backlog)
             print("hello world, 2 workers, unpinned ...", flush=True)
-            hello2 = measure_hello(wrk, 2, None, args.duration, args.warmup, 2, None)
+            with contextlib.closing(Hello(2, None)) as hello2_server:
+                hello2 = measure_hello(wrk, hello2_server, args.duration, args.warmup, 2, None)
             result["unpinned_2_workers"] = {"gateway": gw2, "hello": hello2,
                                             "ratio": gw2["rps"] / hello2["rps"]}
     shutil.rmtree(work, ignore_errors=True)
@@ -529,6 +545,14 @@ def markdown(res: dict[str, Any]) -> str:
     if "unpinned_2_workers" in res:
         drains.append(_drain_line("2 workers unpinned, closed loop",
                                   res["unpinned_2_workers"]["gateway"]))
+    gw_each = pin["gateway"].get("rps_of_each_run", [])
+    hello_each = pin["hello"].get("rps_of_each_run", [])
+    if len(gw_each) > 1:
+        pairs = ", ".join(f"{g / h:.2f}" for g, h in zip(gw_each, hello_each, strict=True))
+        lines += ["", f"Closed-loop runs in turns (req/s): gateway "
+                  f"{', '.join(f'{r:,.0f}' for r in gw_each)}; hello world "
+                  f"{', '.join(f'{r:,.0f}' for r in hello_each)}; ratio of each pair: {pairs}. "
+                  "The table shows the median run of each."]
     lines += ["", f"CPU-time ratio (hello CPU per request / gateway HTTP worker CPU per "
               f"request, independent of other load on the machine): {pin['cpu_ratio']:.2f}",
               f"Decisions in the closed-loop run: {pin['gateway']['decisions']}",
