@@ -1,0 +1,179 @@
+"""Exact cost of the call-control functions inside Redis: instructions per FCALL.
+
+Timing figures on a shared machine drift by tens of percent from one minute to the next;
+instruction counts do not. This runs a private redis-server (AOF on, appendfsync everysec,
+as deployed: the AOF rendering of what a function writes is part of its cost) under
+valgrind's callgrind, creates tenants and users through the gateway's own AdminService,
+then drives N authorizations, N extends and N ends through CallService (the very FCALLs the
+API sends, pipelined 32 at a time) and counts the instructions Redis executes in each phase:
+the function, the Lua calls inside it, the AOF feed, reading the command and writing the
+reply. ``--lua DIR`` loads another copy of the library (e.g. a variant under study) after
+the gateway's, to compare the two with the same requests.
+
+    python -m loadtest.fcall_cost [--calls 2000] [--lua DIR]
+
+Needs valgrind (Debian package valgrind; installed with apt when missing). About a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from gateway.admin import DIAL_OUT, AdminService, UserSpec
+from gateway.calls import AuthorizeRequest, CallService
+from gateway.clock import SystemClock
+from gateway.config import load_settings
+from gateway.redisclient import backend_from_url
+from gateway.redisproc import find_redis_server
+from gateway.store import Store, TenantSettings, library_source
+from loadtest.common import RESULTS, scratch_dir
+
+TENANTS = 50
+USERS_PER_TENANT = 10
+WARMUP_CALLS = 1000
+CONCURRENCY = 32
+SPEC = UserSpec("US", "domestic", DIAL_OUT[0], True, None, None, ())
+
+
+def ensure_valgrind() -> None:
+    if shutil.which("valgrind"):
+        return
+    print("valgrind not found: installing it with apt (Debian package valgrind)",
+          file=sys.stderr)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                    "valgrind"], check=True)
+
+
+class CallgrindRedis:
+    """redis-server under callgrind, instrumentation off until ``measure``."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.sock = work / "redis.sock"
+        self.dumps = work / "callgrind.out"
+        cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+               f"--callgrind-out-file={self.dumps}", find_redis_server(),
+               "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
+               "--dir", str(work), "--appendonly", "yes", "--appendfsync", "everysec",
+               "--auto-aof-rewrite-percentage", "0", "--save", "", "--daemonize", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client = redis.Redis(unix_socket_path=str(self.sock))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.client.ping()
+                break
+            except (redis.ConnectionError, FileNotFoundError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server under valgrind did not start") from None
+                time.sleep(0.2)
+
+    def control(self, *args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True,
+                       capture_output=True)
+
+    def instructions(self, phase: str) -> int:
+        """Instructions counted since the last dump; dumps and zeroes the counters."""
+        self.control("--dump=" + phase)
+        newest = max(self.work.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+        for line in newest.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+        raise RuntimeError(f"no totals in {newest}")
+
+    def close(self) -> None:
+        self.client.shutdown(nosave=True)
+        self.proc.wait(timeout=60)
+
+
+async def _bounded(coros: Any, limit: int = CONCURRENCY) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return list(await asyncio.gather(*(one(c) for c in coros)))
+
+
+async def measure(args: argparse.Namespace, server: CallgrindRedis) -> dict[str, Any]:
+    settings = replace(load_settings(env={}), redis_timeout_ms=60_000,
+                       redis_url=f"unix://{server.sock}")
+    store = Store(backend_from_url(settings.redis_url or "", 60.0), settings.partitions,
+                  admin_timeout_s=600.0)
+    await store.load_functions()
+    if args.lua:
+        server.client.function_load(library_source(Path(args.lua)), replace=True)
+    clock = SystemClock()
+    admin = AdminService(settings, store, clock)
+    calls = CallService(settings, store, clock)
+    ts = TenantSettings("cost", settings.default_currency, settings.default_timezone, False,
+                        None)
+    await _bounded(admin.put_tenant(f"cost-t{t}", ts, "cost") for t in range(TENANTS))
+    await _bounded(admin.put_user(f"cost-t{t}", f"u{u}", SPEC, "cost")
+                   for t in range(TENANTS) for u in range(USERS_PER_TENANT))
+
+    def who(i: int) -> tuple[str, str]:
+        return f"cost-t{i % TENANTS}", f"u{(i // TENANTS) % USERS_PER_TENANT}"
+
+    def authorize(prefix: str, n: int) -> Any:
+        return _bounded(calls.authorize(who(i)[0], AuthorizeRequest(
+            f"{prefix}-{i}", "outbound", who(i)[1], "+12125550123", None, None))
+            for i in range(n))
+
+    await authorize("warm", WARMUP_CALLS)
+    n = args.calls
+    out: dict[str, Any] = {"calls": n}
+    server.instructions("setup")  # zero the counters (instrumentation is off anyway)
+    server.control("--instr=on")
+    answers = await authorize("c", n)
+    out["authorize"] = server.instructions("authorize") / n
+    answers += await _bounded(calls.extend(who(i)[0], f"c-{i}", 30) for i in range(n))
+    out["extend"] = server.instructions("extend") / n
+    answers += await _bounded(calls.end(who(i)[0], f"c-{i}", 45) for i in range(n))
+    out["end"] = server.instructions("end") / n
+    server.control("--instr=off")
+    denied = [a for a in answers if a.get("decision") == "deny"]
+    if denied:
+        raise RuntimeError(f"{len(denied)} calls denied, e.g. {denied[0]}")
+    await store.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--calls", type=int, default=2000, help="calls measured per phase")
+    p.add_argument("--lua", help="a directory of lua/*.lua to load instead of the gateway's")
+    args = p.parse_args(argv)
+    ensure_valgrind()
+    work = scratch_dir("fcall-cost")
+    server = CallgrindRedis(work)
+    try:
+        out = asyncio.run(measure(args, server))
+    finally:
+        server.close()
+    shutil.rmtree(work, ignore_errors=True)
+    out["library"] = args.lua or "lua/"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fcall_cost.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"instructions per FCALL inside redis-server ({out['library']}, {args.calls} calls "
+          f"each): authorize {out['authorize']:,.0f}, extend {out['extend']:,.0f}, "
+          f"end {out['end']:,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
