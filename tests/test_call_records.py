@@ -30,13 +30,17 @@ def last_event(redis_sync: redis.Redis, stream: str, call_id: str) -> tuple[str,
     raise AssertionError(f"no event of call {call_id}")
 
 
+def call_hash(redis_sync: redis.Redis, key: str) -> dict[str, str]:
+    flat = cast(dict[bytes, bytes], redis_sync.hgetall(key))
+    return {f.decode(): v.decode() for f, v in flat.items()}
+
+
 def assert_record_is_hash(redis_sync: redis.Redis, gw: Gateway, t: str, call_id: str,
                           etype: str) -> None:
     k = tenant_keys(t, gw.settings.partitions)
     got_type, data = last_event(redis_sync, k.partition.events, call_id)
     assert got_type == etype
-    flat = cast(dict[bytes, bytes], redis_sync.hgetall(k.call(call_id)))
-    stored = {f.decode(): v.decode() for f, v in flat.items()}
+    stored = call_hash(redis_sync, k.call(call_id))
     assert orjson.loads(_record(data)) == stored
     assert len(data["call"]) == 2 * len(stored)  # no field twice
 
@@ -87,8 +91,7 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
     k = tenant_keys(t, gw.settings.partitions)
     etype, data = last_event(redis_sync, k.partition.events, "row")
     assert etype == "call.allowed" and set(data) == {"call_id", "call", "type", "tenant", "ts"}
-    h = call_fields({f.decode(): v.decode() for f, v in
-                     cast(dict[bytes, bytes], redis_sync.hgetall(k.call("row"))).items()})
+    h = call_fields(call_hash(redis_sync, k.call("row")))
     [(sql, params)] = statements("1-0", etype, t, data, {})
     assert sql == CALL_INSERT
     assert params[:17] == (
@@ -103,11 +106,6 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
            "month": h["mon"], "started_at": started, "pool": h["pool"], "pool_reserved_minutes": 0,
            "credits_reserved_micro": int(h["cr"]), "rate_prefix": "44", "counted": True}
     assert statements("1-0", etype, t, old, {}) == [(sql, params)]
-
-
-def call_hash(redis_sync: redis.Redis, key: str) -> dict[str, str]:
-    flat = cast(dict[bytes, bytes], redis_sync.hgetall(key))
-    return {f.decode(): v.decode() for f, v in flat.items()}
 
 
 def test_lua_packs_the_fields_python_unpacks() -> None:
