@@ -35,6 +35,14 @@ def call_hash(redis_sync: redis.Redis, key: str) -> dict[str, str]:
     return {f.decode(): v.decode() for f, v in flat.items()}
 
 
+async def pool_and_credit_users(gw: Gateway, t: str) -> None:
+    """Tenant t with us0 (domestic pool) and payg (credits, a monthly limit), and credit."""
+    await gw.tenant(t)
+    await gw.user(t, "us0", "US", "domestic")
+    await gw.user(t, "payg", "US", "pay_as_you_go", monthly_spend_limit="50.00")
+    await gw.topup(t, "20.00", "k1")
+
+
 def assert_record_is_hash(redis_sync: redis.Redis, gw: Gateway, t: str, call_id: str,
                           etype: str) -> None:
     k = tenant_keys(t, gw.settings.partitions)
@@ -49,10 +57,7 @@ async def test_records_of_authorize_and_extend_are_the_call_hash(
     gw: Gateway, tenant_id: str, redis_sync: redis.Redis
 ) -> None:
     t = tenant_id
-    await gw.tenant(t)
-    await gw.user(t, "us0", "US", "domestic")
-    await gw.user(t, "payg", "US", "pay_as_you_go", monthly_spend_limit="50.00")
-    await gw.topup(t, "20.00", "k1")
+    await pool_and_credit_users(gw, t)
 
     assert (await gw.call(t, "pool", NEW_YORK, user="us0"))["source"] == "domestic_pool"
     assert_record_is_hash(redis_sync, gw, t, "pool", "call.allowed")
@@ -146,10 +151,7 @@ async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
     escape (end_call's shortcut reads the text as is only when it holds no escape), answer
     retries, extends, ends and reads exactly as a packed twin does."""
     t = tenant_id
-    await gw.tenant(t)
-    await gw.user(t, "us0", "US", "domestic")
-    await gw.user(t, "payg", "US", "pay_as_you_go", monthly_spend_limit="50.00")
-    await gw.topup(t, "20.00", "k1")
+    await pool_and_credit_users(gw, t)
     k = tenant_keys(t, gw.settings.partitions)
     first: dict[str, Any] = {}
     for user, to in (("us0", NEW_YORK), ("payg", LONDON)):
