@@ -41,6 +41,7 @@ class Status(enum.IntEnum):
     CURRENCY_LOCKED = -7
     NOT_FOUND = -8
     BALANCE_LIMIT = -9
+    MONTH_NEEDED = -10
 
 
 class StoreError(Exception):
@@ -405,18 +406,35 @@ class Store:
         months: Sequence[str], retention_seconds: int, *, expired: bool = False,
         grace_seconds: int = 0, deadline: float | None = None,
     ) -> Bill:
-        reply = await self._call(
-            "end_call",
-            self._lifecycle_keys(tenant_id, call_id, months),
-            [tenant_id, call_id, now, duration_seconds, *months, retention_seconds,
-             "expired" if expired else "switch", grace_seconds],
-            deadline,
-        )
+        """One FCALL; a second, with the call's own start month, for a call that started
+        before ``months`` and still holds reservations there (MONTH_NEEDED: a late end, or
+        the reaper down for weeks). The hot path never takes it."""
+        try:
+            reply = await self._end(tenant_id, call_id, now, duration_seconds, months,
+                                    retention_seconds, expired, grace_seconds, deadline)
+        except StoreError as exc:
+            if exc.status is not Status.MONTH_NEEDED:
+                raise
+            month = str(exc.detail[0])
+            reply = await self._end(tenant_id, call_id, now, duration_seconds,
+                                    (month, month, month), retention_seconds, expired,
+                                    grace_seconds, deadline)
         return Bill(
             state=str(reply[1]), duration_seconds=int(reply[2]),
             domestic_pool_minutes=int(reply[3]), international_pool_minutes=int(reply[4]),
             credits_micro=int(reply[5]), overrun_seconds=int(reply[6]),
             replayed=bool(reply[7]),
+        )
+
+    async def _end(self, tenant_id: str, call_id: str, now: int, duration_seconds: int,
+                   months: Sequence[str], retention_seconds: int, expired: bool,
+                   grace_seconds: int, deadline: float | None) -> list[Any]:
+        return await self._call(
+            "end_call",
+            self._lifecycle_keys(tenant_id, call_id, months),
+            [tenant_id, call_id, now, duration_seconds, *months, retention_seconds,
+             "expired" if expired else "switch", grace_seconds],
+            deadline,
         )
 
     async def tenant_exists(self, tenant_id: str) -> bool:

@@ -17,7 +17,7 @@ Conventions of every function:
     gateway/store.py (Status):
        0 OK, -1 TENANT_NOT_FOUND, -2 TENANT_SETTINGS_CHANGED, -3 CALL_NOT_FOUND,
       -4 CALL_ENDED, -5 NUMBER_CONFLICT, -6 IDEMPOTENCY_CONFLICT, -7 CURRENCY_LOCKED,
-      -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT
+      -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT, -10 MONTH_NEEDED
   * every change of state XADDs one event to the partition stream in the same atomic step.
 
 Lua numbers are IEEE doubles: integers are exact below 2^53 (9e15 micro-units = 9e9 units
@@ -34,6 +34,7 @@ local IDEMPOTENCY_CONFLICT = -6
 local CURRENCY_LOCKED = -7
 local NOT_FOUND = -8
 local BALANCE_LIMIT = -9
+local MONTH_NEEDED = -10
 
 -- Minutes are 60 s; pools are charged in whole minutes per call (D8).
 local function ceil_div(a, b)

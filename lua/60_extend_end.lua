@@ -29,6 +29,9 @@ ARGV[10] reaper grace (s), only with "expired": the call is closed only if its g
 Returns {OK, state, duration, domestic pool minutes, international pool minutes, credits
          micro, overrun seconds, replayed 0|1} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND}
          | {CALL_ENDED} (expired call not yet due)
+         | {MONTH_NEEDED, YYYYMM}: the call holds reservations in its start month, which is
+           not among ARGV[5..7] (it started more than about a month ago: a late end, or
+           the reaper was down); nothing changed, call again with that month's key.
 --]]
 
 -- What end_call reads of a call (it needs no record), by name. The names of the packed
@@ -200,6 +203,11 @@ local function end_call(KEYS, ARGV)
     if now < num(call.gexp) + grace then return {CALL_ENDED} end
     duration = h  -- D33: the switch was told to cut the call at the end of its grant
   end
+  local k_month = month_key(KEYS, ARGV, call.mon)
+  if not k_month and ((call.pool ~= '' and (num(call.pr) ~= 0 or num(call.ps) ~= 0))
+      or (call.uid ~= '' and (num(call.cr) ~= 0 or num(call.cs) ~= 0))) then
+    return {MONTH_NEEDED, call.mon}
+  end
   if duration < 0 then duration = 0 end
   local billed_s = math.min(duration, h)
   local overrun = duration - billed_s
@@ -214,7 +222,6 @@ local function end_call(KEYS, ARGV)
   end
   local pr, cr = num(call.pr), num(call.cr)
 
-  local k_month = month_key(KEYS, ARGV, call.mon)
   if k_month then
     if call.pool ~= '' then
       hincr_or_del(k_month, 'r:' .. call.pool, -pr)

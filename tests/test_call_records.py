@@ -5,8 +5,6 @@ as much as the rest of the event), so this checks the two agree, field for field
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any, cast
 
 import orjson
@@ -111,13 +109,6 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
            "month": h["mon"], "started_at": started, "pool": h["pool"], "pool_reserved_minutes": 0,
            "credits_reserved_micro": int(h["cr"]), "rate_prefix": "44", "counted": True}
     assert statements("1-0", etype, t, old, {}) == [(sql, params)]
-
-
-def test_lua_packs_the_fields_python_unpacks() -> None:
-    """lua/00_lib.lua CALL_PACKED and gateway.keys.CALL_PACKED_FIELDS: one order, two copies."""
-    src = (Path(__file__).parent.parent / "lua" / "00_lib.lua").read_text()
-    body = src.split("local CALL_PACKED = {", 1)[1].split("}", 1)[0]
-    assert tuple(re.findall(r"'([a-z0-9]+)'", body)) == CALL_PACKED_FIELDS
 
 
 async def test_the_fields_that_never_change_are_one_packed_field(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import redis
 
 from gateway.clock import rfc3339
 from gateway.keys import tenant_keys
+from gateway.money import parse_money
 from gateway.rating import credit_cost_micro
+from gateway.reaper import Reaper
+from gateway.store import Store
 from tests.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
@@ -356,3 +362,50 @@ async def test_d32_retry_after_the_skew_window_gets_its_first_answer(
     bad = await gw.req("POST", f"/v1/tenants/{tenant}/calls", {**body, "to": "1" * 65},
                        status=400)
     assert sorted(e["field"] for e in bad["errors"]) == ["started_at", "to"]
+
+
+async def test_an_end_months_after_the_start_settles_the_start_month(
+    gw: Gateway, tenant_id: str, store_url: str
+) -> None:
+    """An end, or a reap, more than a month after the call started (a switch that lost the
+    call, a reaper down for weeks) still bills the start month and releases what the call
+    reserved there, although that month is no longer one of the three the gateway names
+    to the function (the function answers MONTH_NEEDED; the store calls it again with the
+    call's own month)."""
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "us0", "US", "domestic")
+    await gw.user(t, "payg", "US", "pay_as_you_go", monthly_spend_limit="50.00")
+    await gw.topup(t, "20.00", "k1")
+    start_month = time.strftime("%Y-%m", time.gmtime(gw.clock.now()))
+    for cid, to, user in (("p", NEW_YORK, "us0"), ("c", LONDON, "payg"),
+                          ("reaped", NEW_YORK, "us0")):
+        assert (await gw.call(t, cid, to, user=user))["decision"] == "allow"
+    pool = await gw.pool(t, "US", "domestic", "domestic", month=start_month)
+    assert pool["reserved_minutes"] == 10
+    assert (await gw.credits(t))["reserved"] != "0.0000"
+
+    gw.clock.advance(70 * 86400)
+    assert (await gw.end(t, "p", 100))["billed"]["domestic_pool_minutes"] == 2
+    paid = await gw.end(t, "c", 90)
+    charged = parse_money(paid["billed"]["credits"], "credits", allow_zero=True)
+    assert charged > 0
+    store = Store.from_url(store_url, gw.settings.partitions)
+    try:
+        s = gw.settings
+        reaper = Reaper(store, gw.clock, s.reaper_grace_seconds, s.clock_skew_seconds,
+                        s.call_retention_seconds)
+        assert await reaper.run_once() >= 1
+    finally:
+        await store.close()
+    assert (await gw.req("GET", f"/v1/tenants/{t}/calls/reaped"))["state"] == "expired"
+
+    pool = await gw.pool(t, "US", "domestic", "domestic", month=start_month)
+    assert (pool["used_minutes"], pool["reserved_minutes"]) == (2 + 5, 0)
+    credits = await gw.credits(t)
+    assert credits["reserved"] == "0.0000"
+    assert parse_money(credits["balance"], "balance", allow_zero=True) == 20_000_000 - charged
+    # The user's spend (D22) is counted in the start month, its reservation gone.
+    month_key = tenant_keys(t, gw.settings.partitions).month(start_month.replace("-", ""))
+    with redis.Redis.from_url(store_url) as r:
+        assert r.hmget(month_key, "s:payg", "sr:payg") == [str(charged).encode(), None]

@@ -1,0 +1,26 @@
+"""Constants that lua/00_lib.lua and the Python side each hold a copy of: one value, two
+copies, so a change to one that forgets the other fails here rather than in production."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gateway.keys import CALL_PACKED_FIELDS
+from gateway.store import Status
+
+LIB = (Path(__file__).parent.parent / "lua" / "00_lib.lua").read_text()
+
+
+def test_lua_packs_the_fields_python_unpacks() -> None:
+    """CALL_PACKED and gateway.keys.CALL_PACKED_FIELDS: the same fields, in one order."""
+    body = LIB.split("local CALL_PACKED = {", 1)[1].split("}", 1)[0]
+    assert tuple(re.findall(r"'([a-z0-9]+)'", body)) == CALL_PACKED_FIELDS
+
+
+def test_lua_status_codes_are_the_store_status() -> None:
+    """The reply status constants (local NAME = N) and gateway.store.Status."""
+    lua = {name: int(value) for name, value in
+           re.findall(r"^local ([A-Z_]+) = (-?\d+)$", LIB, re.MULTILINE)
+           if name != "AUDIT_MAX_ENTRIES"}
+    assert lua == {s.name: s.value for s in Status}
