@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.persist_child import PersistSupervisor, persist_enabled, persist_env
+from gateway.redisproc import die_with_parent_hook
 
 log = logging.getLogger("callgate")
 
@@ -173,9 +174,14 @@ def _run_workers(settings: Settings) -> int:
         asyncio.run(_serve_async(settings, reuse_port=False, ready=banner, persister=persister))
         return 0
     children: list[int] = []
+    # Each worker gets SIGTERM when serve dies, even by SIGKILL: an orphan would keep
+    # serving on the shared port (SO_REUSEPORT) beside the next serve's workers.
+    on_parent_death = die_with_parent_hook()
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # child: one event loop on the shared port (SO_REUSEPORT)
+            if on_parent_death is not None:
+                on_parent_death()
             code = 0
             try:
                 _worker(settings, reuse_port=True)

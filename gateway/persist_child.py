@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 
 from gateway.config import Settings
+from gateway.redisproc import die_with_parent_hook
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class PersistSupervisor:
         with self._lock:
             if self._stopping():
                 return False
-            self._proc = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
+            # SIGTERM when serve dies, even by SIGKILL: no orphan persister left behind.
+            self._proc = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
+                                          preexec_fn=die_with_parent_hook())
         log.info("persister running as process %d", self._proc.pid)
         return True
 

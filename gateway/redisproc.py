@@ -135,8 +135,9 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies.
+def die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies (also when
+    called first thing in a child of ``os.fork``, the hook made in the parent before).
 
     Caveat (from prctl(2)): the signal fires when the *thread* that forked the child
     exits, so start servers from a long-lived thread (the main thread, typically).
@@ -425,7 +426,7 @@ class RedisServer:
         self.conf_path.write_text("\n".join(self._config_lines()) + "\n", encoding="utf-8")
         self._log_offset = _file_size(self.log_path)
         self._stdio_offset = _file_size(self._stdio_path)
-        preexec_fn = _die_with_parent_hook() if self.die_with_parent else None
+        preexec_fn = die_with_parent_hook() if self.die_with_parent else None
         with self._stdio_path.open("ab") as stdio:
             self._process = subprocess.Popen(
                 [executable, str(self.conf_path), *self.extra_args],

@@ -267,3 +267,31 @@ async def test_sigterm_stops_workers_and_persister_losing_no_acknowledged_event(
         await ledger.close()
         await store.close()
     assert set(acked) <= set(await ledger_rows(served.ledger_url, CALL_IDS))
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status waits for whoever adopted it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_serve_killed_takes_its_workers_and_persister_along(
+    tmp_path: Path, own_redis: RedisServer, workers: int
+) -> None:
+    """serve SIGKILLed (it can stop nothing): the kernel sends its HTTP workers and its
+    persist child SIGTERM (PR_SET_PDEATHSIG), so none is left serving the port beside the
+    next serve's workers or consuming the streams."""
+    served = await start_serve(tmp_path, own_redis.url, workers)
+    persist = wait_persist_child(served.proc.pid)
+    kids = sorted(child_processes(served.proc.pid))
+    assert persist in kids and len(kids) == (workers + 1 if workers > 1 else 1), kids
+    served.proc.kill()
+    served.proc.wait(DEADLINE_SECONDS)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while [p for p in kids if running(p)]:
+        assert time.monotonic() < deadline, f"left running: {[p for p in kids if running(p)]}"
+        await asyncio.sleep(0.05)
