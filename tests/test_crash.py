@@ -30,6 +30,7 @@ from gateway.redisproc import RedisServer
 from gateway.store import Store
 from tests.conftest import start_gateway
 from tests.gwclient import Gateway
+from tests.hangguard import hang_guard
 from tests.persist_helpers import drain, entries_added, scalar, wait_drained
 
 pytestmark = pytest.mark.chaos
@@ -41,6 +42,9 @@ TENANTS = 3
 LOAD_TASKS = 4
 KILLS = int(os.environ.get("CALLGATE_CHAOS_KILLS", "20"))
 REDIS_KILLS = int(os.environ.get("CALLGATE_CHAOS_REDIS_KILLS", "5"))
+# Each test runs in seconds (a minute under `make chaos`); past this it is hung: fail with
+# every task's stack (tests/hangguard.py).
+HANG_GUARD_SECONDS = 120 + 5 * (KILLS + REDIS_KILLS)
 
 
 def chaos_seed() -> int:
@@ -176,69 +180,72 @@ def start_persister(redis_url: str, ledger_url: str) -> subprocess.Popen[bytes]:
 
 
 async def test_persister_killed_repeatedly_under_load(crash_gw: Gateway) -> None:
-    gw = crash_gw
-    rng = random.Random(chaos_seed())
-    assert gw.settings.redis_url and gw.settings.database_url
-    tenants = await setup_tenants(gw)
-    acked, stop = Acked(), asyncio.Event()
-    loads = [asyncio.create_task(load(gw, tenants, random.Random(rng.random()), acked, stop, w))
-             for w in range(LOAD_TASKS)]
-    try:
-        for _ in range(KILLS):
-            proc = start_persister(gw.settings.redis_url, gw.settings.database_url)
-            await asyncio.sleep(rng.uniform(0.05, 0.6))  # the moment of the crash
-            proc.send_signal(signal.SIGKILL)
+    async with hang_guard(HANG_GUARD_SECONDS):
+        gw = crash_gw
+        rng = random.Random(chaos_seed())
+        assert gw.settings.redis_url and gw.settings.database_url
+        tenants = await setup_tenants(gw)
+        acked, stop = Acked(), asyncio.Event()
+        loads = [asyncio.create_task(
+            load(gw, tenants, random.Random(rng.random()), acked, stop, w))
+            for w in range(LOAD_TASKS)]
+        try:
+            for _ in range(KILLS):
+                proc = start_persister(gw.settings.redis_url, gw.settings.database_url)
+                await asyncio.sleep(rng.uniform(0.05, 0.6))  # the moment of the crash
+                proc.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
+        finally:
+            stop.set()
+            await asyncio.gather(*loads)
+        await end_everything(gw, acked)
+        assert sum(len(c) for c in acked.ended.values()) > KILLS
+        proc = start_persister(gw.settings.redis_url, gw.settings.database_url)
+        store = Store.from_url(gw.settings.redis_url, PARTITIONS)
+        ledger = await open_ledger(gw.settings.database_url)
+        try:
+            await wait_drained(store, deadline_s=60)
+            proc.terminate()
             await asyncio.to_thread(proc.wait)
-    finally:
-        stop.set()
-        await asyncio.gather(*loads)
-    await end_everything(gw, acked)
-    assert sum(len(c) for c in acked.ended.values()) > KILLS
-    proc = start_persister(gw.settings.redis_url, gw.settings.database_url)
-    store = Store.from_url(gw.settings.redis_url, PARTITIONS)
-    ledger = await open_ledger(gw.settings.database_url)
-    try:
-        await wait_drained(store, deadline_s=60)
-        proc.terminate()
-        await asyncio.to_thread(proc.wait)
-        await verify(store, ledger, tenants, acked)
-    finally:
-        proc.kill()
-        await ledger.close()
-        await store.close()
+            await verify(store, ledger, tenants, acked)
+        finally:
+            proc.kill()
+            await ledger.close()
+            await store.close()
 
 
 async def test_redis_killed_with_appendfsync_always_loses_no_acked_debit(
     crash_gw: Gateway, own_redis: RedisServer
 ) -> None:
-    gw = crash_gw
-    rng = random.Random(chaos_seed())
-    assert gw.settings.redis_url and gw.settings.database_url
-    tenants = await setup_tenants(gw)
-    for t in tenants:
-        await gw.topup(t, "100.00", "seed")
-    acked = Acked(topups_micro={t: 100_000_000 for t in tenants})
-    stop = asyncio.Event()
-    store = Store.from_url(gw.settings.redis_url, PARTITIONS)
-    ledger = await open_ledger(gw.settings.database_url)
-    persister = Persister(store, ledger, consumer="in-test", claim_idle_ms=200)
-    tasks = [asyncio.create_task(load(gw, tenants, random.Random(rng.random()), acked, stop, w))
-             for w in range(LOAD_TASKS)]
-    tasks.append(asyncio.create_task(persister.run(stop)))
-    try:
-        for _ in range(REDIS_KILLS):
-            await asyncio.sleep(rng.uniform(0.1, 0.5))  # the moment of the crash
-            own_redis.kill()
-            await asyncio.to_thread(own_redis.start)
-        await asyncio.sleep(0.2)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks)
-    try:
-        await end_everything(gw, acked)
-        assert sum(len(c) for c in acked.ended.values()) > 0
-        await drain(persister)
-        await verify(store, ledger, tenants, acked)
-    finally:
-        await ledger.close()
-        await store.close()
+    async with hang_guard(HANG_GUARD_SECONDS):
+        gw = crash_gw
+        rng = random.Random(chaos_seed())
+        assert gw.settings.redis_url and gw.settings.database_url
+        tenants = await setup_tenants(gw)
+        for t in tenants:
+            await gw.topup(t, "100.00", "seed")
+        acked = Acked(topups_micro={t: 100_000_000 for t in tenants})
+        stop = asyncio.Event()
+        store = Store.from_url(gw.settings.redis_url, PARTITIONS)
+        ledger = await open_ledger(gw.settings.database_url)
+        persister = Persister(store, ledger, consumer="in-test", claim_idle_ms=200)
+        tasks = [asyncio.create_task(load(gw, tenants, random.Random(rng.random()), acked, stop, w))
+                 for w in range(LOAD_TASKS)]
+        tasks.append(asyncio.create_task(persister.run(stop)))
+        try:
+            for _ in range(REDIS_KILLS):
+                await asyncio.sleep(rng.uniform(0.1, 0.5))  # the moment of the crash
+                own_redis.kill()
+                await asyncio.to_thread(own_redis.start)
+            await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        try:
+            await end_everything(gw, acked)
+            assert sum(len(c) for c in acked.ended.values()) > 0
+            await drain(persister)
+            await verify(store, ledger, tenants, acked)
+        finally:
+            await ledger.close()
+            await store.close()
