@@ -57,6 +57,7 @@ from loadtest.common import (
     Server,
     child_processes,
     create_tenants,
+    ensure_tool,
     free_port,
     gateway,
     new_token,
@@ -75,22 +76,6 @@ TARGET_P99_MS = 2.0
 # ledger, not call control. The events wait in Redis streams, as designed; the backlog
 # left at the end of each run and its drain time are reported.
 DRAIN_DEADLINE_SECONDS = 120.0
-
-
-def ensure_wrk() -> str:
-    wrk = shutil.which("wrk")
-    if wrk:
-        return wrk
-    print("wrk not found: installing it with apt (Debian package wrk)", file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"],
-                   check=True, env=env)
-    wrk = shutil.which("wrk")
-    if not wrk:
-        raise SystemExit("wrk is required for make bench")
-    return wrk
 
 
 class Wrk:
@@ -351,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPUs for redis-server in the pinned runs (default: the generator's)")
     args = p.parse_args(argv)
 
-    wrk_path = ensure_wrk()
+    wrk_path = ensure_tool("wrk", "wrk", "make bench")
     token = new_token()
     work = scratch_dir("bench")
     tenants = [f"bench-t{i}" for i in range(args.tenants)]

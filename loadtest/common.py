@@ -170,3 +170,22 @@ def child_processes(pid: int) -> dict[int, list[str]]:
         if argv:
             out[child] = argv
     return out
+
+
+def ensure_tool(name: str, package: str, needed_by: str) -> str:
+    """The path of executable ``name``, installed with apt (Debian package ``package``)
+    when missing."""
+    path = shutil.which(name)
+    if path:
+        return path
+    print(f"{name} not found: installing it with apt (Debian package {package})",
+          file=sys.stderr)
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                    package], check=True, env=env)
+    path = shutil.which(name)
+    if not path:
+        raise SystemExit(f"{name} is required for {needed_by}")
+    return path

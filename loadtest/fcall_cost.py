@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,23 +37,13 @@ from gateway.config import load_settings
 from gateway.redisclient import backend_from_url
 from gateway.redisproc import find_redis_server
 from gateway.store import Store, TenantSettings, library_source
-from loadtest.common import RESULTS, scratch_dir
+from loadtest.common import RESULTS, ensure_tool, scratch_dir
 
 TENANTS = 50
 USERS_PER_TENANT = 10
 WARMUP_CALLS = 1000
 CONCURRENCY = 32
 SPEC = UserSpec("US", "domestic", DIAL_OUT[0], True, None, None, ())
-
-
-def ensure_valgrind() -> None:
-    if shutil.which("valgrind"):
-        return
-    print("valgrind not found: installing it with apt (Debian package valgrind)",
-          file=sys.stderr)
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends",
-                    "valgrind"], check=True)
 
 
 class CallgrindRedis:
@@ -158,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=2000, help="calls measured per phase")
     p.add_argument("--lua", help="a directory of lua/*.lua to load instead of the gateway's")
     args = p.parse_args(argv)
-    ensure_valgrind()
+    ensure_tool("valgrind", "valgrind", "loadtest.fcall_cost")
     work = scratch_dir("fcall-cost")
     server = CallgrindRedis(work)
     try:

@@ -32,13 +32,17 @@ def _i(v: Any) -> int:
     return int(v or 0)
 
 
-def _record(d: dict[str, Any]) -> str:
-    """The call's Redis record carried by the event (HGETALL, flat) as a JSON object."""
+def _flat_record(d: dict[str, Any]) -> dict[str, str]:
+    """The call's Redis record carried by the event (HGETALL, flat) by field name."""
     flat = d.get("call") or []
     if isinstance(flat, dict):  # cjson writes an empty table as {}
-        return "{}"
-    return orjson.dumps({str(flat[i]): str(flat[i + 1])
-                         for i in range(0, len(flat) - 1, 2)}).decode()
+        return {}
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+def _record(d: dict[str, Any]) -> str:
+    """The record as the ledger keeps it: a JSON object, exactly as Redis holds it."""
+    return orjson.dumps(_flat_record(d)).decode()
 
 
 # call.allowed carries only the call id and the call's record (lua/50_authorize.lua): the
@@ -53,10 +57,11 @@ _FIELDS_IN_RECORD = {
 
 
 def _with_record_fields(d: dict[str, Any]) -> dict[str, Any]:
-    flat = d.get("call")
-    if "direction" in d or not flat or isinstance(flat, dict):
+    if "direction" in d:
         return d
-    rec = call_fields({str(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)})
+    rec = call_fields(_flat_record(d))
+    if not rec:
+        return d
     out: dict[str, Any] = {k: rec.get(f) for k, f in _FIELDS_IN_RECORD.items()}
     out["counted"] = str(rec.get("cnt")) == "1"
     out.update(d)
