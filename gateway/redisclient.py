@@ -73,11 +73,17 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: bytes, fut: asyncio.Future[Any], deadline: float | None = None,
              ) -> None:
+        if self.closed:
+            # Lost between the caller's lookup of the connection and this send (NodeClient
+            # resumes a caller after the connect, and Redis may die in between): no reply
+            # can come, and connection_lost has already failed what it held.
+            fut.set_exception(RedisUnavailable("connection lost before the command was sent"))
+            return
         self._out.append(packed)
         self._pending.append(fut)
         if len(self._out) >= FLUSH_EVERY:
-            self._flush()
-        if not self._flush_scheduled:
+            self._flush()  # a flush already scheduled for the tick writes what follows
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             fut.get_loop().call_soon(self._flush_at_end_of_tick)
         if deadline is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.redisclient import FLUSH_EVERY, Address, NodeClient
+from gateway.redisclient import FLUSH_EVERY, Address, NodeClient, RedisUnavailable, pack_command
 from gateway.redisproc import RedisServer
 
 
@@ -47,3 +47,24 @@ async def test_a_tick_of_commands_goes_out_in_writes_of_flush_every(
     await asyncio.gather(*(client.execute("INCRBY", "k", "1") for _ in range(3)))
     assert counting.commands_per_write == [3]
     proto.close()
+
+
+async def test_a_command_sent_on_a_lost_connection_fails_at_once(
+    own_redis: RedisServer
+) -> None:
+    """A caller can hold a connection that is lost before it sends (NodeClient resumes a
+    caller some time after the connection was made, and Redis may die in between). Its
+    command must fail with RedisUnavailable, not wait for a reply that cannot come: a
+    caller without a deadline (the persister) would wait forever."""
+    client = NodeClient(Address(port=own_redis.port), connect_timeout_s=5.0)
+    assert await client.execute("PING") == "PONG"
+    proto = client._proto
+    assert proto is not None
+    own_redis.kill()
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while not proto.closed:
+        assert asyncio.get_running_loop().time() < deadline, "connection loss not seen"
+        await asyncio.sleep(0.01)
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    proto.send(pack_command(("PING",)), fut)
+    assert fut.done() and isinstance(fut.exception(), RedisUnavailable)
