@@ -479,12 +479,21 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    """Prometheus text format; samples the active calls from Redis first (best effort:
-    a scrape never fails because Redis does)."""
+    """Prometheus text format; samples the active calls, and how overdue the reaper is,
+    from Redis first (best effort: a scrape never fails because Redis does)."""
     try:
-        metrics_mod.ACTIVE_CALLS.set(await request.app[STORE].active_calls())
+        active, earliest_expiry = await request.app[STORE].active_grants()
     except calls_mod.UNAVAILABLE as exc:
         log.debug("/metrics: active calls not sampled: %r", exc)
+    else:
+        metrics_mod.ACTIVE_CALLS.set(active)
+        # The reaper closes a grant once it is grace seconds past its expiry (D33), within a
+        # second when it runs; a grant much later than that means no reaper is running.
+        overdue = 0.0
+        if earliest_expiry is not None:
+            due_at = earliest_expiry + request.app[SETTINGS].reaper_grace_seconds
+            overdue = max(0.0, request.app[CLOCK].now() - due_at)
+        metrics_mod.REAPER_OVERDUE.set(overdue)
     body, content_type = metrics_mod.render()
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = content_type

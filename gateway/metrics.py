@@ -85,6 +85,12 @@ ACTIVE_CALLS = Gauge(
     "Calls holding a grant (all tenants), sampled from Redis when /metrics is scraped",
     multiprocess_mode="livemostrecent",
 )
+REAPER_OVERDUE = Gauge(
+    "callgate_reaper_overdue_seconds",
+    "How long past the reaper's grace the earliest expired grant is (0: none overdue); "
+    "sampled from Redis when /metrics is scraped. It grows when no reaper runs",
+    multiprocess_mode="livemostrecent",
+)
 GRANTS_REAPED = Counter(
     "callgate_grants_reaped_total",
     "Grants that expired without an end or extend and were billed by the reaper",
@@ -111,6 +117,7 @@ METRIC_NAMES: Final = frozenset({
     "callgate_persister_lag_seconds",
     "callgate_active_calls",
     "callgate_grants_reaped_total",
+    "callgate_reaper_overdue_seconds",
     "callgate_deck_reloads_total",
     "callgate_config_reloads_total",
 })

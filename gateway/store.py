@@ -442,15 +442,24 @@ class Store:
         return bool(await self.raw(k.tenant, "EXISTS", k.tenant))
 
     async def active_calls(self) -> int:
-        """Calls holding a grant, over every partition (for /metrics; never on the hot path)."""
+        """Calls holding a grant, over every partition (never on the hot path)."""
+        return (await self.active_grants())[0]
+
+    async def active_grants(self) -> tuple[int, int | None]:
+        """Calls holding a grant over every partition, and the earliest grant expiry among
+        them (seconds; None when there is none): for /metrics, never on the hot path."""
         from gateway.keys import all_partitions
 
+        parts = all_partitions(self.partitions)
         async with asyncio.timeout(self.admin_timeout_s):
-            counts = await asyncio.gather(*(
-                self.backend.execute(p.active, "ZCARD", p.active)
-                for p in all_partitions(self.partitions)
+            replies = await asyncio.gather(*(
+                self.backend.execute(p.active, cmd, p.active, *args)
+                for p in parts
+                for cmd, args in (("ZCARD", ()), ("ZRANGE", (0, 0, "WITHSCORES")))
             ))
-        return sum(int(c) for c in counts)
+        count = sum(int(c) for c in replies[0::2])
+        firsts = [int(float(r[1])) for r in replies[1::2] if r]
+        return count, min(firsts, default=None)
 
     async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)

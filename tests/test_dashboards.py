@@ -96,6 +96,7 @@ def test_alert_rules_structure() -> None:
     assert len(set(names)) == len(names)
     exprs = " ".join(r["expr"] for r in rules)
     for metric in ("callgate_persister_lag_seconds", "callgate_redis_errors_total",
+                   "callgate_reaper_overdue_seconds",
                    "callgate_decisions_total", "callgate_request_duration_seconds_bucket"):
         assert metric in exprs, f"no alert on {metric}"
     for r in rules:

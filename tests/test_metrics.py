@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
+from gateway.clock import ManualClock, parse_rfc3339
+from gateway.reaper import Reaper
+from gateway.redisproc import RedisServer
+from gateway.store import Store
+from tests.conftest import start_gateway
 from tests.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
@@ -40,6 +46,50 @@ async def test_metrics_endpoint_counts_decisions_and_latency(gw: Gateway, tenant
     assert {"authorize", "extend", "end_call"} <= fns
     active = families["callgate_active_calls"].samples[0].value
     assert active >= 0
+
+
+async def _gauges(gw: Gateway) -> dict[str, float]:
+    resp = await gw.client.get("/metrics")
+    assert resp.status == 200
+    return {s.name: s.value for f in text_string_to_metric_families(await resp.text())
+            for s in f.samples if s.name in ("callgate_active_calls",
+                                             "callgate_reaper_overdue_seconds")}
+
+
+async def test_reaper_overdue_shows_grants_nobody_reaps(own_redis: RedisServer,
+                                                        clock: ManualClock,
+                                                        aiohttp_client: Any) -> None:
+    """With no reaper running (as when CALLGATE_PERSIST=0 and no `callgate persist --reap`
+    runs elsewhere), the gauge measures how long past the grace the earliest expired grant
+    is; a reaper pass brings it back to 0. A private Redis: the active sets are global."""
+    gw = await start_gateway(aiohttp_client, clock, own_redis.url)
+    grace = gw.settings.reaper_grace_seconds
+    await gw.tenant("t")
+    await gw.user("t", "u", "US", "domestic")
+    assert await _gauges(gw) == {"callgate_active_calls": 0,
+                                 "callgate_reaper_overdue_seconds": 0}
+    first = await gw.call("t", "c1", NEW_YORK, user="u")
+    clock.advance(10)
+    await gw.call("t", "c2", NEW_YORK, user="u")
+    expires = parse_rfc3339(first["grant_expires_at"])
+    assert expires is not None
+
+    clock.set(expires + grace)  # due now: not overdue yet
+    assert await _gauges(gw) == {"callgate_active_calls": 2,
+                                 "callgate_reaper_overdue_seconds": 0}
+    clock.set(expires + grace + 125)
+    assert await _gauges(gw) == {"callgate_active_calls": 2,
+                                 "callgate_reaper_overdue_seconds": 125}
+
+    s = gw.settings
+    store = Store.from_url(own_redis.url, s.partitions)
+    try:
+        reaper = Reaper(store, clock, grace, s.clock_skew_seconds, s.call_retention_seconds)
+        assert await reaper.run_once() == 2
+    finally:
+        await store.close()
+    assert await _gauges(gw) == {"callgate_active_calls": 0,
+                                 "callgate_reaper_overdue_seconds": 0}
 
 
 def test_metric_names_follow_conventions() -> None:
