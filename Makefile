@@ -102,7 +102,7 @@ test: venv redis postgres
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway loadtest
 
 # bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk);
 # loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills.

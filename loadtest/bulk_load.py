@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -67,8 +67,14 @@ async def load(admin: AdminService, settings: Any, start: int, end: int) -> None
 def events_bytes(r: redis.Redis, partitions: int) -> int:
     total = 0
     for p in all_partitions(partitions):
-        total += int(r.memory_usage(p.events, samples=0) or 0)
+        total += int(cast(int | None, r.memory_usage(p.events, samples=0)) or 0)
     return total
+
+
+def info(r: redis.Redis, section: str) -> dict[str, Any]:
+    """INFO of one section (redis-py's stubs type it as maybe-awaitable: this client is
+    synchronous)."""
+    return cast(dict[str, Any], r.info(section))
 
 
 async def latency(calls: CallService, users: int, n: int, tag: str) -> dict[str, float]:
@@ -106,7 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         admin = AdminService(settings, store, clock)
         calls = CallService(settings, store, clock)
         r = redis.Redis(unix_socket_path=str(sock)) if sock else redis.Redis(port=server.port)
-        base = int(r.info("memory")["used_memory"])
+        base = int(info(r, "memory")["used_memory"])
         out: dict[str, Any] = {"baseline_used_memory_bytes": base, "steps": []}
         loaded = 0
         for target in args.steps:
@@ -114,11 +120,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await load(admin, settings, loaded, target)
             loaded = target
             elapsed = time.monotonic() - t0
-            mem = int(r.info("memory")["used_memory"])
+            mem = int(info(r, "memory")["used_memory"])
             ev = events_bytes(r, settings.partitions)
             r.config_resetstat()
             lat = await latency(calls, loaded, args.samples, str(target))
-            fc = r.info("commandstats").get("cmdstat_fcall", {})
+            fc = info(r, "commandstats").get("cmdstat_fcall", {})
             step = {
                 "users": loaded, "tenants": (loaded + USERS_PER_TENANT - 1) // USERS_PER_TENANT,
                 "load_seconds": round(elapsed, 1),
@@ -131,7 +137,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             out["steps"].append(step)
             print(json.dumps(step), flush=True)
         if args.active:
-            before = int(r.info("memory")["used_memory"])
+            before = int(info(r, "memory")["used_memory"])
             ev0 = events_bytes(r, settings.partitions)
             import random
 
@@ -147,7 +153,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 AuthorizeRequest(f"act-{i}", "outbound", f"u{u}", "+12125550123", None, None)))
                 for i, u in enumerate(picks)), limit=500)
             allowed = sum(a["decision"] == "allow" for a in answers)
-            after = int(r.info("memory")["used_memory"])
+            after = int(info(r, "memory")["used_memory"])
             ev1 = events_bytes(r, settings.partitions)
             out["active_calls"] = {
                 "calls": args.active, "allowed": allowed,
