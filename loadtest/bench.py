@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         redis.start()
         stack.callback(redis.stop)
         assert redis.pid is not None
+        redis_pid = redis.pid
         place(redis.pid, cpu_set(args.redis_cpus))
         sock = redis.unixsocket
         redis_url = f"unix://{sock}" if sock else redis.url
@@ -391,31 +392,31 @@ def main(argv: list[str] | None = None) -> int:
             # and a gateway run and the hello-world run right after it see the same drift;
             # the ratio is the median of these pairs' ratios.
             hello = stack.enter_context(contextlib.closing(Hello(1, "0")))
-            gw_runs: list[dict[str, Any]] = []
-            hello_runs: list[dict[str, Any]] = []
-            for i in range(args.repeat):
-                print(f"closed loop {i + 1}/{args.repeat}, {args.duration} s each: gateway "
-                      "pinned to CPU 0, then hello world pinned to CPU 0 ...", flush=True)
-                gw_runs.append(measure_gateway(
-                    wrk, gw, args.duration, args.warmup if i == 0 else 1, threads=1, cpus="1",
-                    redis_pid=redis.pid, persist_pid=persist_pid, backlog=backlog))
-                hello_runs.append(measure_hello(wrk, hello, args.duration,
-                                                args.warmup if i == 0 else 1, 1, "1"))
+
+            def in_turns(what: str, rate: float = 0.0) -> tuple[list[dict[str, Any]],
+                                                                  list[dict[str, Any]]]:
+                """--repeat runs of each, gateway then hello world, pinned; closed loops,
+                or with ``rate`` at that fixed rate (32 connections)."""
+                gws: list[dict[str, Any]] = []
+                hellos: list[dict[str, Any]] = []
+                for i in range(args.repeat):
+                    print(f"{what} {i + 1}/{args.repeat}, {args.duration} s each: gateway "
+                          "pinned to CPU 0, then hello world pinned to CPU 0 ...", flush=True)
+                    warmup = 0 if rate else args.warmup if i == 0 else 1
+                    gws.append(measure_gateway(
+                        wrk, gw, args.duration, warmup, threads=1, cpus="1",
+                        redis_pid=redis_pid, persist_pid=persist_pid, rate_per_thread=rate,
+                        connections=32 if rate else None, backlog=backlog))
+                    hellos.append(measure_hello(wrk, hello, args.duration, warmup, 1, "1",
+                                                rate_per_thread=rate))
+                return gws, hellos
+
+            gw_runs, hello_runs = in_turns("closed loop")
             gw_max, hello_max = median_run(gw_runs), median_run(hello_runs)
             half = gw_max["rps"] / 2
             # The tail at a fixed rate drifts with the machine as the throughput does: the
             # same turns, and the run of median p99 of each is reported.
-            gw_halves: list[dict[str, Any]] = []
-            hello_halves: list[dict[str, Any]] = []
-            for i in range(args.repeat):
-                print(f"fixed {half:.0f} req/s (50 %) {i + 1}/{args.repeat}, {args.duration} s "
-                      "each: gateway, then hello world ...", flush=True)
-                gw_halves.append(measure_gateway(
-                    wrk, gw, args.duration, 0, threads=1, cpus="1", redis_pid=redis.pid,
-                    persist_pid=persist_pid, rate_per_thread=half, connections=32,
-                    backlog=backlog))
-                hello_halves.append(measure_hello(wrk, hello, args.duration, 0, 1, "1",
-                                                  rate_per_thread=half))
+            gw_halves, hello_halves = in_turns(f"fixed {half:.0f} req/s (50 %)", half)
             gw_half = median_run(gw_halves, "p99_us")
             gw_half["target_rps"] = half
             hello_max["at_fixed_rate"] = median_run(hello_halves, "p99_us")
