@@ -21,9 +21,9 @@ VAR := var
 OPERATOR_TOKEN_FILE := $(VAR)/operator-token
 PYTEST_ARGS ?=
 
-# Shell snippet: `$(APT_INSTALL) pkg...` installs Debian packages, as root directly or
-# through sudo.
-APT_INSTALL := \
+# Shell snippets: `$(APT_UPDATE)` refreshes the package lists, `$(APT_INSTALL) pkg...`
+# installs Debian packages; as root directly or through sudo.
+APT_UPDATE := \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "error: apt-get not found; install the packages below by hand" >&2; exit 1; \
 	fi; \
@@ -32,7 +32,8 @@ APT_INSTALL := \
 	  if command -v sudo >/dev/null 2>&1; then sudo=sudo; \
 	  else echo "error: root or sudo is needed to install system packages" >&2; exit 1; fi; \
 	fi; \
-	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+APT_INSTALL := $(APT_UPDATE); \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
 .PHONY: help venv redis postgres run test lint bench loadtest chaos clean distclean
@@ -97,7 +98,22 @@ postgres:
 	  $(APT_INSTALL) postgresql; \
 	fi
 
-test: venv redis postgres
+# promtool, for the alert-rule tests: the one binary, unpacked from Debian's prometheus
+# package into the virtualenv (installing the package would also start a Prometheus
+# server). When it cannot be fetched, those two tests are skipped with a warning.
+PROMTOOL := $(BIN)/promtool
+$(PROMTOOL): | $(BIN)/python
+	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; exit 0; fi; \
+	echo "promtool not found: unpacking it from Debian's prometheus package" >&2; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	fetch() { (cd "$$tmp" && apt-get download -q prometheus >/dev/null 2>&1); }; \
+	if fetch || { ( $(APT_UPDATE) ) >/dev/null && fetch; }; then \
+	  dpkg-deb -x "$$tmp"/prometheus_*.deb "$$tmp/x" && cp "$$tmp/x/usr/bin/promtool" $@; \
+	else \
+	  echo "warning: could not fetch promtool; the alert-rule tests will be skipped" >&2; \
+	fi
+
+test: venv redis postgres $(PROMTOOL)
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
