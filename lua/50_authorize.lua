@@ -275,7 +275,20 @@ local function authorize(KEYS, ARGV)
     -- ledger. Everything else the ledger keeps of the call is a field of it (dir, uid, to,
     -- rsn, ...: gateway/ledger/project.py reads them there), so the event carries nothing
     -- twice: smaller XADD, AOF and persister reads on the hottest event of all.
-    emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
+    -- Written out rather than through cjson (6 % of authorize: it escaped the packed text
+    -- whole): the record's two JSON fields, 'i' and 'grants', stand beside it as JSON, not
+    -- as escaped strings, and every other value is integer text or our own word. The call
+    -- and tenant ids are the only text from outside; one the API would never let through
+    -- takes the cjson way, whose event reads the same.
+    if json_plain(cid) and json_plain(tid) then
+      emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
+        '","call":["st","active","h","' .. granted_text .. '","ps","' .. rec[8] ..
+        '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..
+        '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
+        grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
+    else
+      emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
+    end
   else
     emit(k_events, 'call.denied', tid, now, {
       call_id = cid, direction = direction, user = c.uid, to = to, from = from,

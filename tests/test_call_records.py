@@ -10,6 +10,8 @@ from typing import Any, cast
 import orjson
 import redis
 
+from gateway.api import CALLS
+from gateway.calls import AuthorizeRequest
 from gateway.clock import rfc3339
 from gateway.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
 from gateway.ledger.project import CALL_INSERT, _record, statements
@@ -42,13 +44,20 @@ async def pool_and_credit_users(gw: Gateway, t: str) -> None:
 
 
 def assert_record_is_hash(redis_sync: redis.Redis, gw: Gateway, t: str, call_id: str,
-                          etype: str) -> None:
+                          etype: str, written_out: bool = True) -> None:
     k = tenant_keys(t, gw.settings.partitions)
     got_type, data = last_event(redis_sync, k.partition.events, call_id)
     assert got_type == etype
     stored = call_hash(redis_sync, k.call(call_id))
     assert orjson.loads(_record(data)) == stored
-    assert len(data["call"]) == 2 * len(stored)  # no field twice
+    beside = [f for f in ("i", "grants") if f in data]
+    if etype == "call.allowed" and written_out:
+        # Written out by concatenation: the record's JSON fields beside it, as JSON.
+        assert beside == ["i", "grants"]
+        assert isinstance(data["i"], list) and isinstance(data["grants"], list)
+    else:
+        assert beside == []
+    assert len(data["call"]) + 2 * len(beside) == 2 * len(stored)  # no field twice
 
 
 async def test_records_of_authorize_and_extend_are_the_call_hash(
@@ -93,8 +102,10 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
     assert body["source"] == "credits"
     k = tenant_keys(t, gw.settings.partitions)
     etype, data = last_event(redis_sync, k.partition.events, "row")
-    assert etype == "call.allowed" and set(data) == {"call_id", "call", "type", "tenant", "ts"}
-    h = call_fields(call_hash(redis_sync, k.call("row")))
+    assert etype == "call.allowed" and set(data) == {"call_id", "call", "i", "grants", "type",
+                                                     "tenant", "ts"}
+    stored = call_hash(redis_sync, k.call("row"))
+    h = call_fields(stored)
     [(sql, params)] = statements("1-0", etype, t, data, {})
     assert sql == CALL_INSERT
     assert params[:17] == (
@@ -109,6 +120,26 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
            "month": h["mon"], "started_at": started, "pool": h["pool"], "pool_reserved_minutes": 0,
            "credits_reserved_micro": int(h["cr"]), "rate_prefix": "44", "counted": True}
     assert statements("1-0", etype, t, old, {}) == [(sql, params)]
+    # The shape cjson writes (the record's JSON fields inside it, as strings): the same row.
+    inside = {**{k: v for k, v in data.items() if k not in ("i", "grants")},
+              "call": [x for kv in stored.items() for x in kv]}
+    assert statements("1-0", etype, t, inside, {}) == [(sql, params)]
+
+
+async def test_an_id_that_json_must_escape_takes_the_cjson_way(
+    gw: Gateway, tenant_id: str, redis_sync: redis.Redis
+) -> None:
+    """The API lets no call id through that JSON would have to escape; a caller of the
+    Redis function that sends one gets call.allowed written by cjson (the record's JSON
+    fields inside it as strings), a valid event whose record is still the call hash."""
+    t = tenant_id
+    await pool_and_credit_users(gw, t)
+    odd = 'odd"id\\x'
+    calls = gw.client.server.app[CALLS]
+    body = await calls.authorize(t, AuthorizeRequest(odd, "outbound", "us0", NEW_YORK, None,
+                                                     None))
+    assert body["decision"] == "allow"
+    assert_record_is_hash(redis_sync, gw, t, odd, "call.allowed", written_out=False)
 
 
 async def test_the_fields_that_never_change_are_one_packed_field(

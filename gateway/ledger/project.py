@@ -32,17 +32,30 @@ def _i(v: Any) -> int:
     return int(v or 0)
 
 
+# Fields of the call record that are JSON text: call.allowed carries them beside the
+# record as JSON values rather than inside it as escaped strings (lua/50_authorize.lua).
+_JSON_FIELDS_BESIDE = ("i", "grants")
+
+
 def _flat_record(d: dict[str, Any]) -> dict[str, str]:
     """The call's Redis record carried by the event (HGETALL, flat) by field name."""
     flat = d.get("call") or []
     if isinstance(flat, dict):  # cjson writes an empty table as {}
         return {}
-    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    rec = {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+    for f in _JSON_FIELDS_BESIDE:
+        v = d.get(f)
+        if v is not None and not isinstance(v, str):
+            # Compact, as cjson wrote the text Redis holds (the same text for the values
+            # these fields hold: digits, our words, ids without '/' or escapes).
+            rec[f] = orjson.dumps(v).decode()
+    return rec
 
 
 def _record(d: dict[str, Any]) -> str:
-    """The record as the ledger keeps it: a JSON object, exactly as Redis holds it."""
-    return orjson.dumps(_flat_record(d)).decode()
+    """The record as the ledger keeps it: a JSON object of the values Redis holds, keys
+    sorted (the same text whichever shape of event carried it)."""
+    return orjson.dumps(_flat_record(d), option=orjson.OPT_SORT_KEYS).decode()
 
 
 # call.allowed carries only the call id and the call's record (lua/50_authorize.lua): the
