@@ -160,12 +160,12 @@ local function audit(k_audit, stream, etype, tenant_id, now, data)
   return id
 end
 
--- Current used and reserved minutes of a pool in one month hash, and the reserved field's
--- name.
+-- Current used and reserved minutes of a pool in one month hash, the reserved field's
+-- name, and whether the pool has neither field yet this month.
 local function pool_usage(month_key, pool)
   local r_field = 'r:' .. pool
   local vals = redis.call('HMGET', month_key, 'u:' .. pool, r_field)
-  return num(vals[1]), num(vals[2]), r_field
+  return num(vals[1]), num(vals[2]), r_field, not vals[1] and not vals[2]
 end
 
 -- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user. kind
@@ -248,5 +248,7 @@ local function load_call(k_call)
   return unpack_call(s), flat
 end
 
--- 400 days, as text: an EXPIRE argument (string.format is not reachable at load time).
+-- How long a month hash outlives its first write: long after its month ends (the spec's
+-- "expires after the month"), so a write need not renew it. 400 days, as text: an EXPIRE
+-- argument (string.format is not reachable at load time).
 local MONTH_TTL_SECONDS = '34560000'

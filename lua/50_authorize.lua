@@ -48,14 +48,17 @@ end
 local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
   local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
-  local used, reserved, r_field = pool_usage(k_month, pool)
+  local used, reserved, r_field, first = pool_usage(k_month, pool)
   local remaining = capacity - used - reserved
   if remaining < 0 then remaining = 0 end  -- D6: capacity fell below use
   local g = math.min(cap, (pool_r + remaining) * 60 - pool_s)
   if g <= 0 then return 0, pool_r end
   local new_r = ceil_div(pool_s + g, 60)
   hincr(k_month, r_field, new_r - pool_r)
-  redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
+  -- The pool's first minutes of the month set the hash's time to live; later grants need
+  -- not renew it (an EXPIRE was 4 % of authorize). A hash left without fields is deleted
+  -- and starts again here.
+  if first then redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS) end
   return g, new_r
 end
 

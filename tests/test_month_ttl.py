@@ -1,0 +1,58 @@
+"""The month hash (a tenant's pool and spend usage of one month) expires long after its
+month, without a cron job: its time to live is set when a pool's first minutes of the month
+are reserved, and by every end and credit reservation; a later pool grant does not renew
+it (an EXPIRE per authorize was 4 % of the function)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import redis
+
+from gateway.keys import tenant_keys
+from tests.gwclient import Gateway
+
+NEW_YORK = "+12125550123"
+TTL_SECONDS = 400 * 86400  # lua/00_lib.lua MONTH_TTL_SECONDS
+
+
+def ttl(redis_sync: redis.Redis, key: str) -> int:
+    return cast(int, redis_sync.ttl(key))
+
+
+async def test_first_grant_of_the_month_sets_the_ttl_later_ones_leave_it(
+    gw: Gateway, tenant_id: str, redis_sync: redis.Redis
+) -> None:
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "u", "US", "domestic")
+    month = tenant_keys(t, gw.settings.partitions).month("202611")
+    assert not redis_sync.exists(month)
+
+    await gw.call(t, "c1", NEW_YORK, user="u")
+    assert TTL_SECONDS - 60 <= ttl(redis_sync, month) <= TTL_SECONDS
+
+    redis_sync.expire(month, 1000)  # as if set long ago
+    await gw.call(t, "c2", NEW_YORK, user="u")
+    assert ttl(redis_sync, month) <= 1000  # not renewed by a later grant
+
+    # Every call ends: the pool's reserved field goes, the used one stays, and end renews.
+    await gw.end(t, "c1", 30)
+    await gw.end(t, "c2", 30)
+    assert TTL_SECONDS - 60 <= ttl(redis_sync, month) <= TTL_SECONDS
+
+
+async def test_a_month_hash_emptied_and_written_again_gets_a_ttl(
+    gw: Gateway, tenant_id: str, redis_sync: redis.Redis
+) -> None:
+    """An unanswered call ends with nothing used: its month's fields are all deleted, and
+    so the hash; the next grant creates it again, with its time to live."""
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "u", "US", "domestic")
+    month = tenant_keys(t, gw.settings.partitions).month("202611")
+    await gw.call(t, "c1", NEW_YORK, user="u")
+    await gw.end(t, "c1", 0)
+    assert not redis_sync.exists(month)
+    await gw.call(t, "c2", NEW_YORK, user="u")
+    assert TTL_SECONDS - 60 <= ttl(redis_sync, month) <= TTL_SECONDS
