@@ -137,6 +137,11 @@ def _scenario(series: dict[str, str], checks: list[tuple[str, str, str | None]],
     }
 
 
+ALLOWED = ('callgate_decisions_total'
+           '{decision="allow",reason="domestic_pool",source="domestic_pool"}')
+DENIED = ('callgate_decisions_total'
+          '{decision="deny",reason="pool_exhausted_no_credits",source="none"}')
+
 # Each alert fires on the condition it names, after its `for`, and not below its threshold.
 ALERT_SCENARIOS = [
     _scenario({"callgate_reaper_overdue_seconds": "0 0 90x20",
@@ -178,17 +183,13 @@ ALERT_SCENARIOS = [
     # Denials go from 1 to 50 a minute (a third of the decisions) after a quiet day (the
     # hour a day before lies wholly in the data); as many denials the day before: no alert.
     _scenario({
-        'callgate_decisions_total{decision="allow",reason="domestic_pool",source="domestic_pool"}':
-            "0+100x1600",
-        'callgate_decisions_total{decision="deny",reason="pool_exhausted_no_credits",source="none"}':
-            "0+1x1500 1550+50x99"},
+        ALLOWED: "0+100x1600",
+        DENIED: "0+1x1500 1550+50x99"},
         [("1505m", "CallgateDenyRateSpike", None),
          ("1530m", "CallgateDenyRateSpike", "warning")]),
     _scenario({
-        'callgate_decisions_total{decision="allow",reason="domestic_pool",source="domestic_pool"}':
-            "0+100x1600",
-        'callgate_decisions_total{decision="deny",reason="pool_exhausted_no_credits",source="none"}':
-            "0+50x1600"},
+        ALLOWED: "0+100x1600",
+        DENIED: "0+50x1600"},
         [("1530m", "CallgateDenyRateSpike", None)]),
 ]
 

@@ -20,13 +20,18 @@ def ttl(redis_sync: redis.Redis, key: str) -> int:
     return cast(int, redis_sync.ttl(key))
 
 
+async def month_of_a_pool_user(gw: Gateway, t: str) -> str:
+    """Tenant t with user u on a domestic pool; the key of the month of the tests' clock."""
+    await gw.tenant(t)
+    await gw.user(t, "u", "US", "domestic")
+    return tenant_keys(t, gw.settings.partitions).month("202611")
+
+
 async def test_first_grant_of_the_month_sets_the_ttl_later_ones_leave_it(
     gw: Gateway, tenant_id: str, redis_sync: redis.Redis
 ) -> None:
     t = tenant_id
-    await gw.tenant(t)
-    await gw.user(t, "u", "US", "domestic")
-    month = tenant_keys(t, gw.settings.partitions).month("202611")
+    month = await month_of_a_pool_user(gw, t)
     assert not redis_sync.exists(month)
 
     await gw.call(t, "c1", NEW_YORK, user="u")
@@ -48,9 +53,7 @@ async def test_a_month_hash_emptied_and_written_again_gets_a_ttl(
     """An unanswered call ends with nothing used: its month's fields are all deleted, and
     so the hash; the next grant creates it again, with its time to live."""
     t = tenant_id
-    await gw.tenant(t)
-    await gw.user(t, "u", "US", "domestic")
-    month = tenant_keys(t, gw.settings.partitions).month("202611")
+    month = await month_of_a_pool_user(gw, t)
     await gw.call(t, "c1", NEW_YORK, user="u")
     await gw.end(t, "c1", 0)
     assert not redis_sync.exists(month)
