@@ -290,9 +290,14 @@ class CallService:
         return call_body(call_id, rec)
 
 
+# Error replies of a Redis that is starting or failing over: it will answer again soon.
+TRANSIENT_REPLIES = ("LOADING ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+
+
 def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> None:
-    # An error reply is a fault of ours (a bug in a function, Redis out of memory): loud.
-    if isinstance(exc, ReplyError):
+    # Any other error reply is a fault of ours (a bug in a function, Redis out of memory):
+    # loud.
+    if isinstance(exc, ReplyError) and not str(exc).startswith(TRANSIENT_REPLIES):
         log.error("%s %s/%s: Redis error reply: %s", op, tenant_id, call_id, exc)
     else:
         log.warning("%s %s/%s without Redis: %r", op, tenant_id, call_id, exc)

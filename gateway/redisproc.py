@@ -12,6 +12,9 @@ Invariants:
 * A server is "ready" only when it answers PING *and* reports our child's pid: a port
   taken by someone else between :func:`free_port` and the bind can never be mistaken
   for ours.
+* A torn AOF tail (a crash in the middle of a write) is cut before the transaction it
+  tears, never inside it: servers run with ``aof-load-truncated no`` and a start that
+  finds one runs ``redis-check-aof --fix`` and starts again (:meth:`RedisServer.repair_aof`).
 * Children do not outlive the parent: on Linux the kernel sends them SIGTERM when the
   parent dies (``PR_SET_PDEATHSIG``, also after SIGKILL), and an ``atexit`` hook stops
   whatever is still running at a normal interpreter exit. Each child runs in its own
@@ -47,6 +50,7 @@ __all__ = [
     "REDIS_VERSION_MIN",
     "RedisCluster",
     "RedisServer",
+    "find_redis_check_aof",
     "find_redis_cli",
     "find_redis_server",
     "free_port",
@@ -73,6 +77,10 @@ _PROBE_TIMEOUT_SECONDS = 0.5
 _BIND_ATTEMPTS_MAX = 3
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _APPENDFSYNC_VALUES = ("always", "everysec", "no")
+# Redis's defaults for where the AOF lives in its `dir` (appenddirname, appendfilename).
+_AOF_MANIFEST = Path("appendonlydir") / "appendonly.aof.manifest"
+# What Redis logs when, with `aof-load-truncated no`, its AOF ends short.
+_AOF_SHORT_MARK = "Unexpected end of file reading the append only file"
 
 
 def _find_executable(name: str) -> str | None:
@@ -105,6 +113,21 @@ def find_redis_server() -> str:
     if version[:2] < REDIS_VERSION_MIN:
         found = ".".join(map(str, version))
         raise RuntimeError(f"{path} is Redis {found}, callgate needs >= 7.0: {_INSTALL_HINT}")
+    return path
+
+
+def find_redis_check_aof() -> str:
+    """Return the path of ``redis-check-aof``, preferring the one next to ``redis-server``.
+
+    Raises:
+        RuntimeError: with an install hint when it is missing.
+    """
+    sibling = Path(find_redis_server()).with_name("redis-check-aof")
+    if os.access(sibling, os.X_OK):
+        return str(sibling)
+    path = _find_executable("redis-check-aof")
+    if path is None:
+        raise RuntimeError(f"redis-check-aof not found: {_INSTALL_HINT}")
     return path
 
 
@@ -328,7 +351,10 @@ class RedisServer:
         """
         deadline = time.monotonic() + timeout_s
         attempts = 1 if self._port_pinned else _BIND_ATTEMPTS_MAX
-        for attempt in range(1, attempts + 1):
+        repaired = False
+        attempt = 0
+        while True:
+            attempt += 1
             self._spawn()
             try:
                 self._await_ready(deadline)
@@ -339,9 +365,41 @@ class RedisServer:
                     if self.cluster and not self._cluster_port_pinned:
                         self._cluster_port = free_port()
                     continue
+                if not repaired and _AOF_SHORT_MARK in error.log_tail:
+                    self.repair_aof()
+                    repaired, attempt = True, 0
+                    deadline = time.monotonic() + timeout_s  # the AOF is loaded again
+                    continue
                 raise
             self._port_pinned = self._cluster_port_pinned = True
             return
+
+    def repair_aof(self) -> str:
+        """Cut a torn tail off the AOF with ``redis-check-aof --fix``; returns its report.
+
+        A crash in the middle of a write (kill -9 while write(2) copies, power loss) can
+        leave the AOF's last command cut short. Redis's own remedy, ``aof-load-truncated
+        yes``, is wrong when the cut falls inside the MULTI/EXEC that carries a function's
+        writes (every FCALL of ours that writes twice): Redis 7.0 truncates after the last
+        whole command, leaving MULTI and half of the function's writes in the file, without
+        EXEC. The next restart then applies that half together with the next transaction,
+        or, when none follows, reverts everything written after it, acknowledged writes
+        included. ``redis-check-aof`` cuts before the MULTI, so servers started here run
+        with ``aof-load-truncated no`` and are repaired by this before a second start.
+        """
+        manifest = self.data_dir / _AOF_MANIFEST
+        result = subprocess.run(
+            [find_redis_check_aof(), "--fix", str(manifest)], cwd=self.data_dir,
+            input=b"y\n", capture_output=True, timeout=600, check=False,
+        )
+        report = result.stdout.decode("utf-8", "replace").strip()
+        if result.returncode != 0:
+            raise RedisStartError(f"{self.name}: redis-check-aof --fix failed "
+                                  f"(exit {result.returncode})", report)
+        summary = [line for line in report.splitlines() if "will shrink" in line]
+        log.warning("%s: the AOF ended in a torn write; cut by redis-check-aof: %s", self.name,
+                    "; ".join(summary) or report)
+        return report
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the server and wait for it to exit; idempotent.
@@ -404,6 +462,8 @@ class RedisServer:
             'save ""',
             f"appendonly {'yes' if self.appendonly else 'no'}",
             f"appendfsync {self.appendfsync}",
+            # A torn AOF tail stops the start; start() cuts it correctly (repair_aof).
+            "aof-load-truncated no",
             # Grants and balances must never be evicted: fail writes instead.
             "maxmemory-policy noeviction",
         ]

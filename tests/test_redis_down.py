@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import redis
 
+from gateway import calls
 from gateway.clock import ManualClock
 from gateway.keys import PartitionKeys, partition_of, partition_tag
+from gateway.redisclient import ReplyError
 from gateway.redisproc import RedisServer
 from tests.conftest import T0, start_gateway
 from tests.gwclient import Gateway
@@ -127,3 +129,17 @@ async def test_deadline_fails_the_late_call_and_keeps_the_connection_in_step(
     assert await patient == "patient"
     assert await backend.submit("k", pack_command(("ECHO", "next")), loop.time() + 5) == "next"
     await backend.close()
+
+
+@pytest.mark.parametrize(("reply", "level"), [
+    ("LOADING Redis is loading the dataset in memory", "WARNING"),
+    ("MASTERDOWN Link with MASTER is down", "WARNING"),
+    ("ERR user_script:1: Script attempted to access nonexistent global variable", "ERROR"),
+])
+def test_transient_error_replies_are_warnings(caplog: pytest.LogCaptureFixture, reply: str,
+                                              level: str) -> None:
+    """A Redis still loading its AOF is down for a moment, not a bug of ours: the error log
+    is kept for replies that mean one (a 503 either way)."""
+    with caplog.at_level("WARNING", logger="gateway.calls"):
+        calls._log_failure("authorize", "t1", "c1", ReplyError(reply))
+    assert [r.levelname for r in caplog.records] == [level]

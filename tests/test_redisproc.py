@@ -72,6 +72,54 @@ def test_aof_survives_kill_and_restart(tmp_path: Path) -> None:
         server.stop()
 
 
+# Three writes: Redis 7 logs them to the AOF as MULTI, INCRBY, INCRBY, SET, EXEC, as it
+# does every function of ours that writes more than once.
+_DEBIT = "redis.call('incrby', 'bal', 100); redis.call('incrby', 'res', -100); " \
+         "redis.call('set', 'st', 'ended')"
+
+
+@pytest.mark.parametrize("then", ["a_transaction", "single_writes"])
+@pytest.mark.parametrize("cut", ["inside_a_command", "between_commands"])
+def test_torn_transaction_in_the_aof_is_cut_before_its_multi(
+        tmp_path: Path, cut: str, then: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A crash in the middle of the AOF write of a function's writes: none of them is ever
+    applied, and what is written after the restart survives the next one. (Redis's own
+    aof-load-truncated left MULTI and half the writes in the file: the second restart
+    applied bal +100 / res -100 with the next transaction, or, when single writes
+    followed, dropped them.)"""
+    server = RedisServer(tmp_path / "data", appendfsync="always", name="torn")
+    server.start()
+    try:
+        with redis.Redis.from_url(server.url) as client:
+            client.set("before", "1")
+            client.eval(_DEBIT, 0)
+        server.kill()
+        (incr,) = (tmp_path / "data" / "appendonlydir").glob("*.incr.aof")
+        data = incr.read_bytes()
+        last_set = data.rindex(b"*3\r\n$3\r\nset\r\n$2\r\nst")
+        assert b"EXEC" not in data[data.rindex(b"MULTI", 0, last_set):last_set]  # inside it
+        incr.write_bytes(data[:last_set + 12] if cut == "inside_a_command" else data[:last_set])
+
+        with caplog.at_level("WARNING", logger="gateway.redisproc"):
+            server.start()
+        assert "torn write; cut by redis-check-aof: This will shrink" in caplog.text
+        with redis.Redis.from_url(server.url) as client:
+            assert client.mget("before", "bal", "res", "st") == [b"1", None, None, None]
+            client.set("acked", "yes")
+            if then == "a_transaction":
+                client.eval("redis.call('incrby', 'bal', 7); redis.call('set', 'x', 'y')", 0)
+            else:
+                client.incrby("bal", 7)
+                client.set("x", "y")
+        server.kill()
+        server.start()
+        with redis.Redis.from_url(server.url) as client:
+            assert client.mget("before", "bal", "res", "st", "acked", "x") == [
+                b"1", b"7", None, None, b"yes", b"y"]
+    finally:
+        server.stop()
+
+
 def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "data", extra_args=["--no-such-directive", "1"])
     with pytest.raises(RedisStartError, match="no-such-directive"):
