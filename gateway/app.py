@@ -60,6 +60,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             # Not fatal: calls are denied (emergency allowed) until Redis answers, and the
             # library is loaded on the first call that finds it missing.
             log.error("Redis unavailable at start-up: %r", exc)
+        else:
+            try:
+                for warning in await s.persistence_warnings():
+                    log.warning("%s", warning)
+            except UNAVAILABLE as exc:
+                log.warning("Redis's persistence settings not read: %r", exc)
         app[STORE] = s
         app[CALLS] = CallService(settings, s, app[CLOCK], app[DECKS])
         app[ADMIN] = AdminService(settings, s, app[CLOCK])

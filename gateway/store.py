@@ -200,6 +200,29 @@ class Store:
         async with asyncio.timeout(self.admin_timeout_s):
             await self.backend.on_all_primaries("FUNCTION", "LOAD", "REPLACE", self._source)
 
+    async def persistence_warnings(self) -> list[str]:
+        """What in the Redis servers' persistence settings can lose or corrupt acknowledged
+        changes in a crash (README, "What is guaranteed"); empty when nothing, or when a
+        server does not let us read them (CONFIG disabled, as some hosted Redis do)."""
+        try:
+            async with asyncio.timeout(self.admin_timeout_s):
+                replies = await self.backend.on_all_primaries(
+                    "CONFIG", "GET", "appendonly", "aof-load-truncated")
+        except ReplyError:
+            return []
+        warnings = []
+        for reply in replies:
+            conf = dict(zip(reply[::2], reply[1::2], strict=True))
+            if conf.get("appendonly") == "no":
+                warnings.append("Redis runs without its AOF (appendonly no): a restart loses "
+                                "every change since its last snapshot")
+            elif conf.get("aof-load-truncated") == "yes":
+                warnings.append("Redis runs with aof-load-truncated yes: after a crash that "
+                                "tears an AOF write, the next restart but one can apply half a "
+                                "function's writes or drop acknowledged ones; set it to no and "
+                                "repair a torn AOF with redis-check-aof --fix")
+        return sorted(set(warnings))
+
     async def close(self) -> None:
         await self.backend.close()
 

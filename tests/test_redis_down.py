@@ -143,3 +143,23 @@ def test_transient_error_replies_are_warnings(caplog: pytest.LogCaptureFixture, 
     with caplog.at_level("WARNING", logger="gateway.calls"):
         calls._log_failure("authorize", "t1", "c1", ReplyError(reply))
     assert [r.levelname for r in caplog.records] == [level]
+
+
+@pytest.mark.parametrize(("appendonly", "extra", "expected"), [
+    (True, [], None),
+    (True, ["--aof-load-truncated", "yes"], "aof-load-truncated yes"),
+    (False, [], "without its AOF"),
+])
+async def test_start_up_warns_of_a_redis_that_can_lose_acknowledged_changes(
+        tmp_path: Any, aiohttp_client: Any, caplog: pytest.LogCaptureFixture,
+        appendonly: bool, extra: list[str], expected: str | None) -> None:
+    with RedisServer(tmp_path / "redis", appendonly=appendonly, extra_args=extra,
+                     name="settings-redis") as server:
+        with caplog.at_level("WARNING", logger="gateway.app"):
+            gw = await start_gateway(aiohttp_client, ManualClock(T0), server.url)
+            await gw.tenant("t1")  # started and serving
+        warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.app"]
+        if expected is None:
+            assert warnings == []
+        else:
+            assert len(warnings) == 1 and expected in warnings[0], warnings
