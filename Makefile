@@ -118,7 +118,7 @@ test: venv redis postgres $(PROMTOOL)
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway loadtest
+	$(BIN)/mypy gateway loadtest tests
 
 # bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk);
 # loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills.

@@ -427,7 +427,8 @@ class Model:
         """D33: a call whose grant expired ``grace`` seconds ago or more is closed, billed
         as fully used."""
         for call in self.calls.values():
-            if call.state == "active" and call.expires + grace <= now:
+            if (call.state == "active" and call.expires is not None
+                    and call.expires + grace <= now):
                 self._close(call, call.horizon, "expired")
 
     def end(self, call_id: str, duration: int) -> tuple[int, dict[str, Any] | None]:

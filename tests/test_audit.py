@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -89,8 +89,8 @@ async def test_every_admin_change_is_recorded_with_who_what_when(
 
     # No token anywhere: not in the answer, not in the events, not in the audit list.
     k = tenant_keys(t, gw.settings.partitions)
-    stored = [str(x) for x in redis_sync.lrange(k.audit, 0, -1)]
-    stored += [str(e) for e in redis_sync.xrange(k.partition.events)]
+    stored = [str(x) for x in cast(list[Any], redis_sync.lrange(k.audit, 0, -1))]
+    stored += [str(e) for e in cast(list[Any], redis_sync.xrange(k.partition.events))]
     for token in (ADMIN_TOKEN, SWITCH_TOKEN, OPERATOR_TOKEN):
         for text in (str(body), *stored):
             assert token not in text and token_sha256(token) not in text

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -108,7 +108,7 @@ async def test_upload_then_every_instance_rates_with_it_within_1s(
                    "initial_increment": 60, "subsequent_increment": 60}
 
     # The change is an event with its actor (the bootstrap operator's token id).
-    last = redis_sync.xrevrange(DECKS_EVENTS, count=1)[0][1]
+    last = cast(list[Any], redis_sync.xrevrange(DECKS_EVENTS, count=1))[0][1]
     data = orjson.loads(last[b"data"])
     assert (data["type"], data["currency"], data["rows"], data["actor"]) == (
         "deck.replaced", "XTS", 2, "bootstrap")

@@ -231,7 +231,7 @@ class GatewayVsModel(RuleBasedStateMachine):
         assert got_cut == want, f"{what}: gateway {got_cut} != model {want}"
 
     def _authorize(self, body: dict[str, Any]) -> str:
-        cid = body["call_id"]
+        cid: str = body["call_id"]
         status, got = self.req("POST", "/calls", body)
         assert status == 200, got
         started = self.started_at.get(cid, self.now)
@@ -268,8 +268,8 @@ class GatewayVsModel(RuleBasedStateMachine):
     @rule(target=calls, uid=st.sampled_from((*USER_IDS, *USER_IDS, UNKNOWN_USER)),
           to=st.sampled_from(DESTINATIONS), started=STARTED_AT)
     def authorize_outbound(self, uid: str, to: str, started: int | None) -> str:
-        body = {"call_id": self._new_call_id(), "direction": "outbound", "user_id": uid,
-                "to": to}
+        body: dict[str, Any] = {"call_id": self._new_call_id(), "direction": "outbound",
+                                "user_id": uid, "to": to}
         if started is not None:  # the switch's start time picks the month (D7)
             body["started_at"] = rfc3339(self.now + started)
             self.started_at[body["call_id"]] = self.now + started

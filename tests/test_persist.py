@@ -123,7 +123,9 @@ async def test_pending_entries_of_a_dead_consumer_are_claimed(
     summary = await store.backend.execute(stream, "XPENDING", stream, GROUP)
     assert int(summary[0]) == 0
     # The dead consumer holds nothing now; once silent long enough it is forgotten.
-    names = lambda infos: {str(c[1]) for c in infos}  # noqa: E731
+    def names(infos: list[list[Any]]) -> set[str]:
+        return {str(c[1]) for c in infos}
+
     consumers = await store.backend.execute(stream, "XINFO", "CONSUMERS", stream, GROUP)
     assert "dead" in names(consumers)
     monkeypatch.setattr(persist_mod, "DEAD_CONSUMER_IDLE_MS", -1)

@@ -90,14 +90,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     s = requests.Session()
     s.headers.update(AUTH)
     t = f"{app.base}/v1/tenants/{TENANT}"
-    for method, url, body in [
+    seed: list[tuple[str, str, dict[str, Any] | None]] = [
         ("PUT", t, {"name": "Acme"}),
         ("PUT", f"{t}/users/{USER}", {"country": "US", "plan": "domestic",
                                       "numbers": ["+12125550111"]}),
         ("POST", f"{t}/credits/topups", {"amount": "20.00", "idempotency_key": "seed"}),
         ("POST", f"{t}/calls", {"call_id": CALL, "user_id": USER, "to": "+12125550123"}),
         ("PUT", f"{t}/toll-free-numbers/%2B18005550199", None),
-    ]:
+    ]
+    for method, url, body in seed:
         resp = s.request(method, url, json=body, timeout=5)
         assert resp.status_code in (200, 201), resp.text
     yield app

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -22,9 +23,10 @@ from gateway.ledger import open_ledger
 from gateway.persist import GROUP, Persister, event_streams
 from gateway.redisproc import RedisServer, free_port
 from gateway.store import Store
+from loadtest.common import child_processes
 from tests.gwclient import AUTH, OPERATOR_TOKEN
 from tests.persist_helpers import drain
-from tests.proctree import alive, child_processes, wait_persist_child
+from tests.proctree import alive, wait_persist_child
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 30.0
@@ -137,7 +139,7 @@ def consumer_pids(redis_url: str) -> set[int]:
     try:
         pids: set[int] = set()
         for stream in event_streams(PARTITIONS):
-            for c in client.xinfo_consumers(stream, GROUP):
+            for c in cast(list[dict[str, Any]], client.xinfo_consumers(stream, GROUP)):
                 pids.add(int(str(c["name"]).rsplit("-", 1)[1]))
         return pids
     finally:
@@ -253,7 +255,7 @@ async def test_sigterm_stops_workers_and_persister_losing_no_acknowledged_event(
     # The child finished its batch: nothing is left delivered but unacknowledged.
     client = redis.Redis.from_url(own_redis.url)
     try:
-        assert all(client.xpending(s, GROUP)["pending"] == 0
+        assert all(cast(dict[str, Any], client.xpending(s, GROUP))["pending"] == 0
                    for s in event_streams(PARTITIONS))
     finally:
         client.close()

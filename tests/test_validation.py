@@ -91,7 +91,9 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
-def _dump_key(r: redis.Redis, key: bytes) -> tuple[Any, ...]:
+# The snapshot helpers take a sync redis.Redis as Any: redis-py types its replies as
+# `Awaitable | Any`, for the sync and the asyncio client alike.
+def _dump_key(r: Any, key: bytes) -> tuple[Any, ...]:
     kind = r.type(key).decode()
     content: Any
     if kind == "string":
@@ -111,7 +113,7 @@ def _dump_key(r: redis.Redis, key: bytes) -> tuple[Any, ...]:
     return kind, content, r.execute_command("PEXPIRETIME", key)
 
 
-def snapshot(r: redis.Redis, tenant: str, partitions: int) -> dict[str, Any]:
+def snapshot(r: Any, tenant: str, partitions: int) -> dict[str, Any]:
     """Every key of one tenant (type, content, expiry) and its partition's shared keys."""
     tag = partition_tag(partition_of(tenant, partitions))
     prefix = f"{tag}:t:{tenant}".encode()
@@ -307,18 +309,18 @@ assert len(ALL_ROUTES) == 15, ALL_ROUTES
 for method, path in ALL_ROUTES:
     slug = f"{method} {path}".replace("/v1/tenants/{t}", "").strip() or method
     body = ROUTE_BODIES.get((method, path))
-    for bad_id, value in BAD_IDS:
+    for bad_id, segment in BAD_IDS:
         case(f"{slug}-tenant_id-{bad_id}",
              Bad(method, path, ("tenant_id",), r"A-Za-z0-9|character", body=body,
-                 bad_tenant=value))
+                 bad_tenant=segment))
         if "/users/" in path:
             case(f"{slug}-user_id-{bad_id}",
-                 Bad(method, path.replace(f"/users/{USER}", f"/users/{value}"),
+                 Bad(method, path.replace(f"/users/{USER}", f"/users/{segment}"),
                      ("user_id",), r"A-Za-z0-9|character", body=body))
     if f"/calls/{LIVE_CALL}" in path:
-        for bad_id, value in BAD_CALL_IDS:
+        for bad_id, segment in BAD_CALL_IDS:
             case(f"{slug}-call_id-{bad_id}",
-                 Bad(method, path.replace(f"/calls/{LIVE_CALL}", f"/calls/{value}"),
+                 Bad(method, path.replace(f"/calls/{LIVE_CALL}", f"/calls/{segment}"),
                      ("call_id",), r"A-Za-z0-9|character|128", body=body))
 
 # -- authorize ----------------------------------------------------------------------------
@@ -398,7 +400,7 @@ case("authorize-from-null-inbound",
 
 # ISO 8601 forms that are not RFC 3339 (api.md: "Times are RFC 3339 UTC strings"), all
 # accepted by datetime.fromisoformat: each must be a 400, not an authorized call.
-for case_id, value in [
+for case_id, stamp in [
     ("hour-only", "2026-11-27T10Z"),
     ("no-seconds", "2026-11-27T10:00Z"),
     ("basic-format", "20261127T100000Z"),
@@ -409,7 +411,7 @@ for case_id, value in [
 ]:
     case(f"authorize-started_at-not-rfc3339-{case_id}",
          Bad("POST", P_AUTHORIZE, ("started_at",), r"RFC 3339",
-             body=with_(A, started_at=value)))
+             body=with_(A, started_at=stamp)))
 
 # -- extend / end ---------------------------------------------------------------------------
 for ep, path, name in [("extend", P_EXTEND, "used_seconds"), ("end", P_END, "duration_seconds")]:
