@@ -36,7 +36,7 @@ APT_UPDATE := \
 APT_INSTALL := $(APT_UPDATE); \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: help venv redis postgres run test lint bench loadtest chaos clean distclean
+.PHONY: help venv redis postgres sip run test lint bench loadtest chaos clean distclean
 
 help:
 	@echo "make run        start callgate with a demo tenant (operator token in $(OPERATOR_TOKEN_FILE))"
@@ -113,7 +113,18 @@ $(PROMTOOL): | $(BIN)/python
 	  echo "warning: could not fetch promtool; the alert-rule tests will be skipped" >&2; \
 	fi
 
-test: venv redis postgres $(PROMTOOL)
+# Kamailio with its http_client and json modules, and sipp, for tests/test_kamailio.py
+# (integrations/kamailio). On a machine with systemd the package also starts a Kamailio on
+# 5060: harmless, the tests start their own on free ports.
+KAMAILIO_MODULES := /usr/lib/*/kamailio/modules
+sip:
+	@if ! command -v kamailio >/dev/null 2>&1 || ! command -v sipp >/dev/null 2>&1 \
+	    || ! ls $(KAMAILIO_MODULES)/http_client.so $(KAMAILIO_MODULES)/json.so >/dev/null 2>&1; then \
+	  echo "kamailio/sipp not found: installing them with apt" >&2; \
+	  $(APT_INSTALL) kamailio kamailio-utils-modules kamailio-json-modules sip-tester; \
+	fi
+
+test: venv redis postgres sip $(PROMTOOL)
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv

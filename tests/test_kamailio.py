@@ -1,0 +1,214 @@
+"""Kamailio in front of the gateway, driven by sipp (integrations/kamailio).
+
+A real Kamailio (Debian's 5.6, `make test` installs it) runs integrations/kamailio/kamailio.cfg
+on a free UDP port, pointed at a gateway served by the test; sipp plays the caller (the
+scenarios in integrations/kamailio/sipp) and the trunk (sipp/uas_answer.xml).
+Grants are 5 s here, so an 8 s call lives only if Kamailio extends it in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.clock import ManualClock
+from gateway.redisproc import RedisServer, free_port
+from tests.conftest import T0, start_gateway
+from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
+
+REPO = Path(__file__).resolve().parent.parent
+KAMAILIO_DIR = REPO / "integrations" / "kamailio"
+SCENARIOS = KAMAILIO_DIR / "sipp"
+TENANT = "kam"
+DESTINATION = "+12125550123"
+BUSY = "+12125550199"  # the trunk answers 486 (sipp/uas_answer.xml)
+GRANT_SECONDS = 5
+TALK_MS = 8000
+DEADLINE_SECONDS = 30  # for Kamailio to listen, and for each sipp run to finish
+
+
+def _udp_listening(port: int) -> bool:
+    """Whether some socket is bound to 127.0.0.1:port/udp (from /proc, no probe packet)."""
+    needle = f"0100007F:{port:04X}"
+    with open("/proc/net/udp") as table:
+        return any(line.split()[1] == needle for line in list(table)[1:])
+
+
+async def run_sipp(work: Path, *args: str, name: str) -> tuple[int, str]:
+    """Run sipp to completion (it exits on its own: -m, -timeout); rc and its errors."""
+    errors = work / f"{name}.errors.log"
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("sipp") or "sipp", *args, "-i", "127.0.0.1", "-m", "1",
+        "-timeout", f"{DEADLINE_SECONDS}s", "-timeout_error", "-nostdin",
+        "-trace_err", "-error_file", str(errors),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, stderr = await proc.communicate()
+    detail = stderr.decode(errors="replace")
+    if errors.exists():
+        detail += errors.read_text(errors="replace")
+    detail += (work / "kamailio.log").read_text(errors="replace")[-4000:]
+    assert proc.returncode is not None
+    return proc.returncode, detail
+
+
+async def dial(proxy_port: int, work: Path, scenario: str, caller: str, call_id: str,
+               *extra: str, to: str = DESTINATION) -> tuple[int, str]:
+    """One call from ``caller`` to ``to`` through the proxy, as sipp/``scenario`` plays it;
+    the SIP Call-ID is ``call_id``."""
+    return await run_sipp(
+        work, "-sf", str(SCENARIOS / scenario), "-p", str(free_port()), "-s", to,
+        "-key", "caller", caller, "-cid_str", call_id, *extra,
+        f"127.0.0.1:{proxy_port}", name=call_id)
+
+
+@dataclass
+class Sip:
+    gw: Gateway
+    proxy_port: int
+    work: Path
+
+    async def call(self, scenario: str, caller: str, call_id: str, *extra: str,
+                   to: str = DESTINATION) -> tuple[int, str]:
+        return await dial(self.proxy_port, self.work, scenario, caller, call_id, *extra,
+                          to=to)
+
+
+@contextlib.asynccontextmanager
+async def proxy(gateway_url: str, work: Path) -> AsyncIterator[int]:
+    """Kamailio (integrations/kamailio/kamailio.cfg) for ``gateway_url`` and the sipp trunk
+    behind it, both listening; yields the proxy's port."""
+    if shutil.which("kamailio") is None or shutil.which("sipp") is None:
+        pytest.fail("kamailio and sipp are needed: `make test` installs them")
+    proxy_port, trunk_port = free_port(), free_port()
+    env = {**os.environ,
+           "CALLGATE_URL": gateway_url, "CALLGATE_TOKEN": OPERATOR_TOKEN,
+           "CALLGATE_TENANT": TENANT, "CARRIER": f"127.0.0.1:{trunk_port}",
+           "SIP_LISTEN": f"127.0.0.1:{proxy_port}", "EXTEND_BEFORE": "3",
+           "CALLGATE_TIMEOUT": "5"}
+    log_path = work / "kamailio.log"
+    with log_path.open("wb") as log:
+        kamailio = subprocess.Popen(
+            ["kamailio", "-f", str(KAMAILIO_DIR / "kamailio.cfg"), "-DD", "-E",
+             "-Y", str(work), "-P", str(work / "kamailio.pid")],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        trunk = await asyncio.create_subprocess_exec(
+            shutil.which("sipp") or "sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i",
+            "127.0.0.1", "-p", str(trunk_port), "-nostdin",
+            "-timeout", f"{DEADLINE_SECONDS * 4}s",
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while not (_udp_listening(proxy_port) and _udp_listening(trunk_port)):
+                assert kamailio.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "kamailio or sipp not listening"
+                await asyncio.sleep(0.05)
+            yield proxy_port
+        finally:
+            trunk.kill()
+            await trunk.wait()
+            kamailio.terminate()
+            try:
+                kamailio.wait(10)
+            except subprocess.TimeoutExpired:
+                kamailio.kill()
+                kamailio.wait()
+
+
+@pytest.fixture
+async def sip(own_redis: RedisServer, aiohttp_client: Any, tmp_path: Path
+              ) -> AsyncIterator[Sip]:
+    gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
+                             grant_seconds=GRANT_SECONDS)
+    await gw.tenant(TENANT)
+    await gw.user(TENANT, "alice", "US", "domestic")
+    await gw.user(TENANT, "bob", "US", "domestic", dial_out="none")
+    async with proxy(f"http://127.0.0.1:{gw.client.server.port}", tmp_path) as port:
+        yield Sip(gw, port, tmp_path)
+
+
+async def test_allowed_call_is_extended_and_billed_when_the_caller_hangs_up(
+        sip: Sip) -> None:
+    rc, errors = await sip.call("uac_talk.xml", "alice", "kam-talk", "-d", str(TALK_MS))
+    assert rc == 0, errors
+    call = await ended_call(sip.gw, "kam-talk")
+    assert call["user_id"] == "alice" and call["to"] == DESTINATION
+    # Talked 8 s on 5 s grants: alive at the end only because Kamailio extended in time.
+    assert call["duration_seconds"] >= TALK_MS // 1000
+    assert len(call["grants"]) >= 2, call
+    assert call["overrun_seconds"] == 0
+    assert call["billed"]["domestic_pool_minutes"] == 1
+
+
+async def test_call_is_cut_when_the_money_runs_out(sip: Sip) -> None:
+    """Credits for 5 s (a per-second deck): the extensions shrink to what is left, the
+    last is denied, and the grant's expiry hangs up both sides."""
+    deck = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
+            "subsequent_increment\n1212,New York (per second),outbound,6.0000,0.0000,1,1\n")
+    await sip.gw.req("PUT", "/v1/rate-decks/USD", raw=deck.encode(),
+                     headers={**AUTH, "Content-Type": "text/csv"})
+    await sip.gw.user(TENANT, "carol", "US", "pay_as_you_go")
+    await sip.gw.topup(TENANT, "0.50", "carol-seed")
+    rc, errors = await sip.call("uac_cut.xml", "carol", "kam-cut")
+    assert rc == 0, errors
+    call = await ended_call(sip.gw, "kam-cut")
+    # Every extension was cut down to what 0.50 buys, and the last was denied.
+    assert call["granted_seconds_total"] == 5, call
+    # Kamailio reports whole seconds, 4 or 5 by where the second boundaries fell; the time
+    # past the grant (if any) is overrun, not billed.
+    billed_seconds = call["duration_seconds"] - call["overrun_seconds"]
+    assert billed_seconds in (4, 5), call
+    charged = Decimal(call["billed"]["credits"])
+    assert charged == Decimal("0.10") * billed_seconds, call
+    balance = await sip.gw.req("GET", f"/v1/tenants/{TENANT}/credits")
+    assert Decimal(balance["balance"]) == Decimal("0.50") - charged, balance
+    assert Decimal(balance["reserved"]) == 0, balance
+
+
+async def test_unanswered_call_gives_its_reservation_back(sip: Sip) -> None:
+    rc, errors = await sip.call("uac_busy.xml", "alice", "kam-busy", to=BUSY)
+    assert rc == 0, errors
+    call = await ended_call(sip.gw, "kam-busy")
+    assert call["decision"] == "allow" and call["duration_seconds"] == 0, call
+    assert call["billed"]["domestic_pool_minutes"] == 0
+    pools = await sip.gw.req("GET", f"/v1/tenants/{TENANT}/pools")
+    assert [(p["used_minutes"], p["reserved_minutes"]) for p in pools["pools"]] == [(0, 0)]
+
+
+async def test_denied_call_gets_the_gateways_sip_code(sip: Sip) -> None:
+    rc, errors = await sip.call("uac_denied.xml", "bob", "kam-denied")
+    assert rc == 0, errors
+    call = await sip.gw.req("GET", f"/v1/tenants/{TENANT}/calls/kam-denied")
+    assert (call["decision"], call["reason"]) == ("deny", "dial_out_policy")
+
+
+async def ended_call(gw: Gateway, call_id: str) -> Any:
+    """The call once Kamailio's end (sent as the dialog ends) has reached the gateway."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        call = await gw.req("GET", f"/v1/tenants/{TENANT}/calls/{call_id}")
+        if call["state"] == "ended":
+            return call
+        assert time.monotonic() < deadline, call
+        await asyncio.sleep(0.05)
+
+
+async def test_without_the_gateway_only_emergency_calls_go_through(tmp_path: Path) -> None:
+    """Nothing listens at the gateway's address: a call is refused with 503, and an
+    emergency call is relayed all the same (life safety first)."""
+    async with proxy(f"http://127.0.0.1:{free_port()}", tmp_path) as port:
+        rc, errors = await dial(port, tmp_path, "uac_unavailable.xml", "alice", "kam-down")
+        assert rc == 0, errors
+        rc, errors = await dial(port, tmp_path, "uac_talk.xml", "alice", "kam-911", "-d",
+                                "500", to="911")
+        assert rc == 0, errors
