@@ -36,7 +36,7 @@ APT_UPDATE := \
 APT_INSTALL := $(APT_UPDATE); \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: help venv redis postgres sip run test lint bench loadtest chaos clean distclean
+.PHONY: help venv redis postgres sip run test lint bench loadtest sipbench chaos clean distclean
 
 help:
 	@echo "make run        start callgate with a demo tenant (operator token in $(OPERATOR_TOKEN_FILE))"
@@ -44,6 +44,7 @@ help:
 	@echo "make lint       ruff check + mypy --strict"
 	@echo "make bench      micro-benchmark of the call path"
 	@echo "make loadtest   Locust load test"
+	@echo "make sipbench   call setup through Kamailio and the gateway (sipp)"
 	@echo "make chaos      fault-injection tests (Redis crashes, persister restarts)"
 	@echo "make clean      remove var/ and caches; distclean also removes $(VENV)"
 
@@ -138,6 +139,11 @@ bench: venv redis
 
 loadtest: venv redis
 	$(BIN)/python -m loadtest.run_locust
+
+# sipbench: call setup (INVITE to 200) through Kamailio and the gateway, sipp at 50, 200
+# and 500 calls/s.
+sipbench: venv redis sip
+	$(BIN)/python -m loadtest.sip_bench
 
 chaos: venv redis postgres
 	CALLGATE_CHAOS_KILLS=$${CALLGATE_CHAOS_KILLS:-100} CALLGATE_CHAOS_REDIS_KILLS=$${CALLGATE_CHAOS_REDIS_KILLS:-20} \

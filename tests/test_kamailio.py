@@ -3,14 +3,13 @@
 A real Kamailio (Debian's 5.6, `make test` installs it) runs integrations/kamailio/kamailio.cfg
 on a free UDP port, pointed at a gateway served by the test; sipp plays the caller (the
 scenarios in integrations/kamailio/sipp) and the trunk (sipp/uas_answer.xml).
-Grants are 5 s here, so an 8 s call lives only if Kamailio extends it in time.
+Grants are 10 s here, so a 15 s call lives only if Kamailio extends it in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 import time
@@ -24,25 +23,17 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.redisproc import RedisServer, free_port
+from loadtest.sip import SCENARIOS, sip_proxy, tools_missing
 from tests.conftest import T0, start_gateway
 from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
-REPO = Path(__file__).resolve().parent.parent
-KAMAILIO_DIR = REPO / "integrations" / "kamailio"
-SCENARIOS = KAMAILIO_DIR / "sipp"
 TENANT = "kam"
 DESTINATION = "+12125550123"
 BUSY = "+12125550199"  # the trunk answers 486 (sipp/uas_answer.xml)
-GRANT_SECONDS = 5
-TALK_MS = 8000
+RINGING = "+12125550177"  # the trunk rings 2 s before it answers
+GRANT_SECONDS = 10
+TALK_MS = 15000
 DEADLINE_SECONDS = 30  # for Kamailio to listen, and for each sipp run to finish
-
-
-def _udp_listening(port: int) -> bool:
-    """Whether some socket is bound to 127.0.0.1:port/udp (from /proc, no probe packet)."""
-    needle = f"0100007F:{port:04X}"
-    with open("/proc/net/udp") as table:
-        return any(line.split()[1] == needle for line in list(table)[1:])
 
 
 async def run_sipp(work: Path, *args: str, name: str) -> tuple[int, str]:
@@ -86,43 +77,13 @@ class Sip:
 
 @contextlib.asynccontextmanager
 async def proxy(gateway_url: str, work: Path) -> AsyncIterator[int]:
-    """Kamailio (integrations/kamailio/kamailio.cfg) for ``gateway_url`` and the sipp trunk
-    behind it, both listening; yields the proxy's port."""
-    if shutil.which("kamailio") is None or shutil.which("sipp") is None:
-        pytest.fail("kamailio and sipp are needed: `make test` installs them")
-    proxy_port, trunk_port = free_port(), free_port()
-    env = {**os.environ,
-           "CALLGATE_URL": gateway_url, "CALLGATE_TOKEN": OPERATOR_TOKEN,
-           "CALLGATE_TENANT": TENANT, "CARRIER": f"127.0.0.1:{trunk_port}",
-           "SIP_LISTEN": f"127.0.0.1:{proxy_port}", "EXTEND_BEFORE": "3",
-           "CALLGATE_TIMEOUT": "5"}
-    log_path = work / "kamailio.log"
-    with log_path.open("wb") as log:
-        kamailio = subprocess.Popen(
-            ["kamailio", "-f", str(KAMAILIO_DIR / "kamailio.cfg"), "-DD", "-E",
-             "-Y", str(work), "-P", str(work / "kamailio.pid")],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        trunk = await asyncio.create_subprocess_exec(
-            shutil.which("sipp") or "sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i",
-            "127.0.0.1", "-p", str(trunk_port), "-nostdin",
-            "-timeout", f"{DEADLINE_SECONDS * 4}s",
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while not (_udp_listening(proxy_port) and _udp_listening(trunk_port)):
-                assert kamailio.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "kamailio or sipp not listening"
-                await asyncio.sleep(0.05)
-            yield proxy_port
-        finally:
-            trunk.kill()
-            await trunk.wait()
-            kamailio.terminate()
-            try:
-                kamailio.wait(10)
-            except subprocess.TimeoutExpired:
-                kamailio.kill()
-                kamailio.wait()
+    """Kamailio for ``gateway_url`` and the sipp trunk behind it; yields the proxy's port."""
+    missing = tools_missing()
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} needed: `make test` installs them")
+    with sip_proxy(gateway_url, OPERATOR_TOKEN, TENANT, work, extend_before=5,
+                   deadline_s=DEADLINE_SECONDS) as port:
+        yield port
 
 
 @pytest.fixture
@@ -143,7 +104,7 @@ async def test_allowed_call_is_extended_and_billed_when_the_caller_hangs_up(
     assert rc == 0, errors
     call = await ended_call(sip.gw, "kam-talk")
     assert call["user_id"] == "alice" and call["to"] == DESTINATION
-    # Talked 8 s on 5 s grants: alive at the end only because Kamailio extended in time.
+    # Talked 15 s on 10 s grants: alive at the end only because Kamailio extended in time.
     assert call["duration_seconds"] >= TALK_MS // 1000
     assert len(call["grants"]) >= 2, call
     assert call["overrun_seconds"] == 0
@@ -151,28 +112,41 @@ async def test_allowed_call_is_extended_and_billed_when_the_caller_hangs_up(
 
 
 async def test_call_is_cut_when_the_money_runs_out(sip: Sip) -> None:
-    """Credits for 5 s (a per-second deck): the extensions shrink to what is left, the
-    last is denied, and the grant's expiry hangs up both sides."""
-    deck = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
-            "subsequent_increment\n1212,New York (per second),outbound,6.0000,0.0000,1,1\n")
-    await sip.gw.req("PUT", "/v1/rate-decks/USD", raw=deck.encode(),
-                     headers={**AUTH, "Content-Type": "text/csv"})
+    """Credits for 10 s (a per-second deck): no extension goes past what the money buys,
+    and the grant's expiry hangs up both sides."""
+    await per_second_deck(sip.gw)
     await sip.gw.user(TENANT, "carol", "US", "pay_as_you_go")
-    await sip.gw.topup(TENANT, "0.50", "carol-seed")
+    await sip.gw.topup(TENANT, "1.00", "carol-seed")
     rc, errors = await sip.call("uac_cut.xml", "carol", "kam-cut")
     assert rc == 0, errors
     call = await ended_call(sip.gw, "kam-cut")
-    # Every extension was cut down to what 0.50 buys, and the last was denied.
-    assert call["granted_seconds_total"] == 5, call
-    # Kamailio reports whole seconds, 4 or 5 by where the second boundaries fell; the time
+    # Every extension was cut down to what 1.00 buys.
+    assert call["granted_seconds_total"] == 10, call
+    # Kamailio reports whole seconds, 9 or 10 by where the second boundaries fell; the time
     # past the grant (if any) is overrun, not billed.
     billed_seconds = call["duration_seconds"] - call["overrun_seconds"]
-    assert billed_seconds in (4, 5), call
+    assert billed_seconds in (9, 10), call
     charged = Decimal(call["billed"]["credits"])
     assert charged == Decimal("0.10") * billed_seconds, call
     balance = await sip.gw.req("GET", f"/v1/tenants/{TENANT}/credits")
-    assert Decimal(balance["balance"]) == Decimal("0.50") - charged, balance
+    assert Decimal(balance["balance"]) == Decimal("1.00") - charged, balance
     assert Decimal(balance["reserved"]) == 0, balance
+
+
+async def test_ringing_is_not_paid_for(sip: Sip) -> None:
+    """A call that rang 2 s: its first grant's expiry (counted from the authorization) comes
+    8 s after the answer, the extension asked before it renews it, and the caller talks the
+    10 s the money buys, counted from the answer."""
+    await per_second_deck(sip.gw)
+    await sip.gw.user(TENANT, "carol", "US", "pay_as_you_go")
+    await sip.gw.topup(TENANT, "1.00", "carol-seed")
+    rc, errors = await sip.call("uac_cut.xml", "carol", "kam-ring", to=RINGING)
+    assert rc == 0, errors
+    call = await ended_call(sip.gw, "kam-ring")
+    assert call["granted_seconds_total"] == 10, call
+    billed_seconds = call["duration_seconds"] - call["overrun_seconds"]
+    assert billed_seconds in (9, 10), call  # whole seconds, as Kamailio reports them
+    assert Decimal(call["billed"]["credits"]) == Decimal("0.10") * billed_seconds
 
 
 async def test_unanswered_call_gives_its_reservation_back(sip: Sip) -> None:
@@ -190,6 +164,14 @@ async def test_denied_call_gets_the_gateways_sip_code(sip: Sip) -> None:
     assert rc == 0, errors
     call = await sip.gw.req("GET", f"/v1/tenants/{TENANT}/calls/kam-denied")
     assert (call["decision"], call["reason"]) == ("deny", "dial_out_policy")
+
+
+async def per_second_deck(gw: Gateway) -> None:
+    """New York at 0.10 a second: 1.00 buys exactly 10 s."""
+    deck = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
+            "subsequent_increment\n1212,New York (per second),outbound,6.0000,0.0000,1,1\n")
+    await gw.req("PUT", "/v1/rate-decks/USD", raw=deck.encode(),
+                 headers={**AUTH, "Content-Type": "text/csv"})
 
 
 async def ended_call(gw: Gateway, call_id: str) -> Any:

@@ -1,0 +1,164 @@
+"""``make sipbench``: call setup through Kamailio and the gateway, measured by sipp.
+
+Starts Redis, ``callgate serve`` (one worker), Kamailio with integrations/kamailio/
+kamailio.cfg and a sipp trunk that answers at once; then, for each rate, a sipp caller
+places calls (INVITE, 200, ACK, hold, BYE) through the proxy and records, per call, the
+time from its INVITE to the 200 OK: the post-dial delay the proxy and the gateway add
+(Kamailio authorizes before it relays). Prints p50 / p90 / p99 / max per rate with the
+gateway's own authorize latency, and writes loadtest/results/sip_bench.{json,md}.
+
+    python -m loadtest.sip_bench [--rates 50,200,500] [--seconds 10] [--hold-ms 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.redisproc import RedisServer
+from loadtest.bench import SERVER_SIDE, histogram, machine, quantiles
+from loadtest.common import RESULTS, create_tenants, free_port, gateway, new_token, scratch_dir
+from loadtest.sip import SCENARIOS, sip_proxy, tools_missing
+
+TENANT = "sip"
+USERS = 100
+DESTINATION = "+12125550123"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
+             base: str) -> dict[str, Any]:
+    """sipp at ``rate`` calls/s for ``seconds``; INVITE-to-200 times from its rtt trace."""
+    calls = rate * seconds
+    run_dir = work / f"rate-{rate}"
+    run_dir.mkdir()
+    before = {k: histogram(base, name, label) for k, name, label in SERVER_SIDE}
+    cmd = ["sipp", "-sf", str(SCENARIOS / "uac_talk.xml"), "-i", "127.0.0.1",
+           "-p", str(free_port()), "-s", DESTINATION, "-key", "caller", "u0",
+           "-d", str(hold_ms), "-r", str(rate), "-m", str(calls), "-nostdin",
+           "-timeout", f"{seconds + hold_ms // 1000 + 60}s", "-timeout_error",
+           "-timer_resol", "1", "-trace_rtt", "-rtt_freq", "1", "-trace_stat", "-fd", "1",
+           f"127.0.0.1:{proxy_port}"]
+    proc = subprocess.run(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    rtts: list[float] = []
+    for path in run_dir.glob("*_rtt.csv"):
+        with path.open() as f:
+            for row in csv.reader(f, delimiter=";"):
+                if len(row) >= 2 and row[0][:1].isdigit():
+                    rtts.append(float(row[1]))
+    stats = {}
+    for path in run_dir.glob("*_.csv"):  # -trace_stat: the last line holds the totals
+        with path.open() as f:
+            rows = list(csv.reader(f, delimiter=";"))
+        if len(rows) >= 2:
+            last = dict(zip(rows[0], rows[-1], strict=False))
+            stats = {"successful": int(last.get("SuccessfulCall(C)", 0)),
+                     "failed": int(last.get("FailedCall(C)", 0))}
+    result: dict[str, Any] = {
+        "rate_cps": rate, "calls": calls, "hold_ms": hold_ms, "sipp_exit": proc.returncode,
+        **stats, "setup_samples": len(rtts),
+        "gateway": {k: quantiles(histogram(base, name, label), before[k])
+                    for k, name, label in SERVER_SIDE},
+    }
+    if rtts:
+        result["setup_ms_step"] = _step(rtts)
+        result["setup_ms"] = {"p50": percentile(rtts, 0.50), "p90": percentile(rtts, 0.90),
+                              "p99": percentile(rtts, 0.99), "max": max(rtts),
+                              "mean": statistics.fmean(rtts)}
+    if proc.returncode != 0:
+        result["sipp_errors"] = proc.stderr.decode(errors="replace")[-2000:]
+    return result
+
+
+def _step(values: list[float]) -> float:
+    """The clock step sipp's samples show: the gcd of the non-zero ones (in µs)."""
+    step = 0
+    for v in values:
+        step = math.gcd(step, round(v * 1000))
+    return step / 1000
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}, "
+        f"Redis {m['redis']}, Kamailio {res['kamailio']}; {res['when']}. sipp caller and "
+        "trunk, Kamailio (4 children), callgate serve (1 worker), Redis on one machine.",
+        "",
+        "| calls/s | calls | ok | failed | INVITE→200 p50 ms | p90 ms | p99 ms | max ms "
+        "| gateway authorize p99 (bucket) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["runs"]:
+        s = r.get("setup_ms", {})
+        lines.append(
+            f"| {r['rate_cps']} | {r['calls']} | {r.get('successful', '?')} "
+            f"| {r.get('failed', '?')} | {s.get('p50', 0):.1f} | {s.get('p90', 0):.1f} "
+            f"| {s.get('p99', 0):.1f} | {s.get('max', 0):.1f} "
+            f"| ≤ {r['gateway']['request']['p99_ms_at_most']:g} ms |")
+    steps = res.get("setup_ms_step")
+    if steps:
+        lines += ["", f"sipp's timestamps move in steps of {steps:g} ms here (every sample is a "
+                  f"multiple): a reading of N ms means between N - {steps:g} and N + {steps:g} "
+                  "ms. The gateway's column is its own histogram (parse to answer, bucket "
+                  "bound)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rates", default="50,200,500", help="calls per second, comma-separated")
+    p.add_argument("--seconds", type=int, default=10, help="seconds of calls per rate")
+    p.add_argument("--hold-ms", type=int, default=2000, help="answered time of each call")
+    p.add_argument("--shm-mb", type=int, default=256, help="Kamailio's shared memory (-m)")
+    args = p.parse_args(argv)
+    missing = tools_missing()
+    if missing:
+        raise SystemExit(f"{' and '.join(missing)} needed: `make sipbench` installs them")
+    token = new_token()
+    work = scratch_dir("sipbench")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    version = subprocess.run(["kamailio", "-v"], capture_output=True, text=True,
+                             check=False).stdout.split("\n", 1)[0].replace("version: ", "")
+    res: dict[str, Any] = {"machine": machine(), "kamailio": version.strip(), "runs": [],
+                           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with RedisServer(work / "redis", appendonly=True, appendfsync="everysec",
+                     name="sipbench-redis") as redis, \
+            gateway(work / "gw", redis.url, token, workers=1) as gw:
+        asyncio.run(create_tenants(gw.base, token, [TENANT], USERS))
+        with sip_proxy(gw.base, token, TENANT, work, extend_before=30,
+                       shm_mb=args.shm_mb) as port:
+            for rate in (int(r) for r in args.rates.split(",")):
+                print(f"{rate} calls/s for {args.seconds} s, {args.hold_ms} ms each ...",
+                      flush=True)
+                res["runs"].append(run_rate(port, work, rate, args.seconds, args.hold_ms,
+                                            gw.base))
+    res["setup_ms_step"] = max((r.get("setup_ms_step", 0) for r in res["runs"]), default=0)
+    (RESULTS / "sip_bench.json").write_text(json.dumps(res, indent=2) + "\n")
+    table = markdown(res)
+    (RESULTS / "sip_bench.md").write_text(table)
+    print()
+    print(table)
+    failed = [r for r in res["runs"] if r["sipp_exit"] != 0]
+    for r in failed:
+        print(f"sipp at {r['rate_cps']} calls/s exited {r['sipp_exit']}: "
+              f"{r.get('sipp_errors', '')}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
