@@ -116,34 +116,26 @@ def find_redis_server() -> str:
     return path
 
 
-def find_redis_check_aof() -> str:
-    """Return the path of ``redis-check-aof``, preferring the one next to ``redis-server``.
-
-    Raises:
-        RuntimeError: with an install hint when it is missing.
-    """
-    sibling = Path(find_redis_server()).with_name("redis-check-aof")
+def _find_redis_tool(name: str, package: str) -> str:
+    """The path of Redis tool ``name``, preferring the one next to ``redis-server`` (the
+    same version); RuntimeError naming the Debian ``package`` when it is missing."""
+    sibling = Path(find_redis_server()).with_name(name)
     if os.access(sibling, os.X_OK):
         return str(sibling)
-    path = _find_executable("redis-check-aof")
+    path = _find_executable(name)
     if path is None:
-        raise RuntimeError(f"redis-check-aof not found: {_INSTALL_HINT}")
+        raise RuntimeError(f"{name} not found (package {package}): {_INSTALL_HINT}")
     return path
+
+
+def find_redis_check_aof() -> str:
+    """Return the path of ``redis-check-aof`` (RuntimeError with an install hint)."""
+    return _find_redis_tool("redis-check-aof", "redis-server")
 
 
 def find_redis_cli() -> str:
-    """Return the path of ``redis-cli``, preferring the one next to ``redis-server``.
-
-    Raises:
-        RuntimeError: with an install hint when it is missing.
-    """
-    sibling = Path(find_redis_server()).with_name("redis-cli")
-    if os.access(sibling, os.X_OK):
-        return str(sibling)
-    path = _find_executable("redis-cli")
-    if path is None:
-        raise RuntimeError(f"redis-cli not found (package redis-tools): {_INSTALL_HINT}")
-    return path
+    """Return the path of ``redis-cli`` (RuntimeError with an install hint)."""
+    return _find_redis_tool("redis-cli", "redis-tools")
 
 
 def free_port() -> int:
