@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +39,7 @@ async def run_sipp(work: Path, *args: str, name: str) -> tuple[int, str]:
     """Run sipp to completion (it exits on its own: -m, -timeout); rc and its errors."""
     errors = work / f"{name}.errors.log"
     proc = await asyncio.create_subprocess_exec(
-        shutil.which("sipp") or "sipp", *args, "-i", "127.0.0.1", "-m", "1",
+        "sipp", *args, "-i", "127.0.0.1", "-m", "1",
         "-timeout", f"{DEADLINE_SECONDS}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(errors),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -75,15 +74,13 @@ class Sip:
                           to=to)
 
 
-@contextlib.asynccontextmanager
-async def proxy(gateway_url: str, work: Path) -> AsyncIterator[int]:
-    """Kamailio for ``gateway_url`` and the sipp trunk behind it; yields the proxy's port."""
+def proxy(gateway_url: str, work: Path) -> contextlib.AbstractContextManager[int]:
+    """Kamailio for ``gateway_url`` and the sipp trunk behind it; gives the proxy's port."""
     missing = tools_missing()
     if missing:
         pytest.fail(f"{' and '.join(missing)} needed: `make test` installs them")
-    with sip_proxy(gateway_url, OPERATOR_TOKEN, TENANT, work, extend_before=5,
-                   deadline_s=DEADLINE_SECONDS) as port:
-        yield port
+    return sip_proxy(gateway_url, OPERATOR_TOKEN, TENANT, work, extend_before=5,
+                     deadline_s=DEADLINE_SECONDS)
 
 
 @pytest.fixture
@@ -94,7 +91,7 @@ async def sip(own_redis: RedisServer, aiohttp_client: Any, tmp_path: Path
     await gw.tenant(TENANT)
     await gw.user(TENANT, "alice", "US", "domestic")
     await gw.user(TENANT, "bob", "US", "domestic", dial_out="none")
-    async with proxy(f"http://127.0.0.1:{gw.client.server.port}", tmp_path) as port:
+    with proxy(f"http://127.0.0.1:{gw.client.server.port}", tmp_path) as port:
         yield Sip(gw, port, tmp_path)
 
 
@@ -188,7 +185,7 @@ async def ended_call(gw: Gateway, call_id: str) -> Any:
 async def test_without_the_gateway_only_emergency_calls_go_through(tmp_path: Path) -> None:
     """Nothing listens at the gateway's address: a call is refused with 503, and an
     emergency call is relayed all the same (life safety first)."""
-    async with proxy(f"http://127.0.0.1:{free_port()}", tmp_path) as port:
+    with proxy(f"http://127.0.0.1:{free_port()}", tmp_path) as port:
         rc, errors = await dial(port, tmp_path, "uac_unavailable.xml", "alice", "kam-down")
         assert rc == 0, errors
         rc, errors = await dial(port, tmp_path, "uac_talk.xml", "alice", "kam-911", "-d",
