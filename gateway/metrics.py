@@ -105,6 +105,23 @@ CONFIG_RELOADS = Counter(
     "Configuration reloads, by result (ok or error)",
     ("result",),
 )
+SHED_REQUESTS = Counter(
+    "callgate_shed_requests_total",
+    "Call-control requests answered service_unavailable at once, without Redis, because "
+    "the worker already had max_inflight_calls in flight, by operation",
+    ("operation",),
+)
+VOIDS = Counter(
+    "callgate_voids_total",
+    "Authorizes answered other than allow whose Redis function may have run, undone by "
+    "void_call: result is voided (it had run and reserved) or nothing (it had not)",
+    ("result",),
+)
+VOIDS_PENDING = Gauge(
+    "callgate_voids_pending",
+    "Voids waiting to reach Redis (retried until they land)",
+    multiprocess_mode="livesum",
+)
 
 #: Every metric family name defined here (the dashboard and alert tests check against it).
 METRIC_NAMES: Final = frozenset({
@@ -120,6 +137,9 @@ METRIC_NAMES: Final = frozenset({
     "callgate_reaper_overdue_seconds",
     "callgate_deck_reloads_total",
     "callgate_config_reloads_total",
+    "callgate_shed_requests_total",
+    "callgate_voids_total",
+    "callgate_voids_pending",
 })
 
 # -- cheap hot-path accessors ------------------------------------------------------------
@@ -217,6 +237,18 @@ def count_redis_failure(exc: BaseException) -> None:
     else:
         kind = "unavailable"
     REDIS_ERRORS.labels(kind).inc()
+
+
+def count_shed(operation: str) -> None:
+    SHED_REQUESTS.labels(operation).inc()
+
+
+def count_void(voided: bool) -> None:
+    VOIDS.labels("voided" if voided else "nothing").inc()
+
+
+def set_voids_pending(n: int) -> None:
+    VOIDS_PENDING.set(n)
 
 
 # -- for the persister, the reaper and the reloaders ------------------------------------------
