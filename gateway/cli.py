@@ -331,8 +331,8 @@ def _token_create_redis(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.tokens import create_token, parse_token_spec
 
     if args.id:
-        print("callgate token create: the ids of tokens in Redis are made for them (tok_…); "
-              "describe it with --description", file=sys.stderr)
+        print("callgate token create: --id: tokens in Redis get an id of their own (tok_…); "
+              "describe the token with --description", file=sys.stderr)
         return 2
     body: dict[str, object] = {"role": args.role, "tenants": args.tenant or None,
                                "description": args.description, "expires_at": args.expires_at}
