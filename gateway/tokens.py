@@ -266,16 +266,23 @@ async def record_seen(store: Store, token_ids: Sequence[str], now: int) -> None:
 class TokenTable:
     """Keeps one worker's Authenticator in step with the tokens in Redis."""
 
-    __slots__ = ("auth", "version")
+    __slots__ = ("_lock", "auth", "version")
 
     def __init__(self, auth: Authenticator) -> None:
         self.auth = auth
         self.version: int | None = None  # the counter last loaded; None: nothing loaded yet
+        # One refresh at a time: the poller's and a handler's (after a change) must not
+        # interleave, or an older table read first could be swapped in last.
+        self._lock = asyncio.Lock()
 
     async def refresh(self, store: Store) -> bool:
         """Reload the table if the version moved (one GET, plus one HGETALL when it did);
         True if it was reloaded. Any other value than the last one loaded (a Redis emptied
         and restarted too) reloads."""
+        async with self._lock:
+            return await self._refresh(store)
+
+    async def _refresh(self, store: Store) -> bool:
         raw = await store.raw(TOKENS_VERSION, "GET", TOKENS_VERSION)
         version = int(raw) if raw is not None else 0
         if version == self.version:
