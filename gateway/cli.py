@@ -345,7 +345,7 @@ def _token_create_redis(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def create() -> dict[str, object]:
-        await _ensure_functions(store)
+        # (Store.fcall loads the function library into a Redis no gateway has used yet.)
         record, secret = await create_token(store, spec, now, "cli")
         return record.created(secret)
 
@@ -358,12 +358,6 @@ def _token_create_redis(args: argparse.Namespace, settings: Settings) -> int:
 def _option_of(field: str) -> str:
     name = field.split("[", 1)[0]
     return {"tenants": "--tenant", "expires_at": "--expires-at"}.get(name, f"--{name}")
-
-
-async def _ensure_functions(store: Store) -> None:
-    """Load the function library if the Redis lacks it (a Redis no gateway has used yet)."""
-    if not await store.functions_loaded():
-        await store.load_functions()
 
 
 def _run_closing(store: Store, coro: Coroutine[Any, Any, T]) -> T:
@@ -405,11 +399,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
     store = _token_store(_token_settings())
 
-    async def revoke() -> bool:
-        await _ensure_functions(store)
-        return await revoke_token(store, args.token_id, actor="cli")
-
-    if not _run_closing(store, revoke()):
+    if not _run_closing(store, revoke_token(store, args.token_id, actor="cli")):
         print(f"callgate token revoke: no token {args.token_id!r}", file=sys.stderr)
         return 1
     print(f"token {args.token_id} revoked: it answers 401 on every worker within 1 s",

@@ -5,6 +5,7 @@ log line of the gateways or of the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -196,3 +197,37 @@ def test_cli_refuses_bad_arguments_for_redis_tokens(own_redis: RedisServer,
     for argv in (["list"], ["revoke", "tok_0000000000000000"]):
         out = cli(no_redis, *argv)
         assert out.returncode != 0 and "CALLGATE_REDIS_URL" in out.stderr
+
+
+def test_cli_on_a_redis_no_gateway_has_used(own_redis: RedisServer,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI loads the function library itself; the token is usable by the next gateway."""
+    from gateway.auth import Authenticator
+    from gateway.cli import main
+    from gateway.store import Store
+    from gateway.tokens import TokenTable
+
+    monkeypatch.setenv("CALLGATE_REDIS_URL", own_redis.url)
+    assert main(["token", "create", "--role", "admin", "--tenant", "x", "--tenant", "y"]) == 0
+    answer = orjson.loads(capsys.readouterr().out)
+    assert (answer["role"], answer["tenants"]) == ("admin", ["x", "y"])
+
+    async def principal_of(token: str) -> Any:
+        auth = Authenticator(None, [])
+        store = Store.from_url(own_redis.url, 64)
+        try:
+            await TokenTable(auth).refresh(store)
+        finally:
+            await store.close()
+        return auth.authenticate(f"Bearer {token}")
+
+    p = asyncio.run(principal_of(answer["token"]))
+    assert p is not None and (p.token_id, p.tenants) == (answer["id"], frozenset({"x", "y"}))
+    assert main(["token", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert answer["id"] in listed and answer["token"] not in listed
+    assert main(["token", "revoke", answer["id"]]) == 0
+    assert main(["token", "list"]) == 0
+    assert orjson.loads(capsys.readouterr().out) == {"tokens": []}
+    assert asyncio.run(principal_of(answer["token"])) is None
