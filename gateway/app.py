@@ -25,6 +25,7 @@ from gateway.api import (
 from gateway.api_audit import add_audit_routes
 from gateway.api_cdrs import ledger_ctx
 from gateway.api_decks import add_deck_routes
+from gateway.api_tokens import add_token_routes
 from gateway.auth import Authenticator
 from gateway.calls import UNAVAILABLE, CallService
 from gateway.clock import Clock, SystemClock
@@ -46,7 +47,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app = web.Application(middlewares=[problems_middleware], client_max_size=BODY_LIMIT_BYTES)
     app[SETTINGS] = settings
     app[CLOCK] = clock or SystemClock()
-    app[AUTH] = Authenticator(settings.operator_token, settings.tokens)
+    app[AUTH] = Authenticator(settings.operator_token, settings.tokens, clock=app[CLOCK])
     app[DECKS] = Decks(settings.rate_decks)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -98,5 +99,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     add_routes(app)
     add_deck_routes(app)
     add_audit_routes(app)
+    add_token_routes(app)  # also its poller (cleanup_ctx), after redis_ctx: it needs STORE
     add_openapi_route(app)  # last: it describes the routes above
     return app
