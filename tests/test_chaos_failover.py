@@ -133,7 +133,7 @@ async def test_primary_killed_under_load_fails_over_cleanly(
                 stop.set()
                 await load
             await caller.retry_ends()
-            report = await settle_and_check(cluster.url, caller, balance)
+            report = await settle_and_check(cluster.url, caller, balance, stable_s=2.0)
             down = caller.answers.unavailable_times()
             outage = caller.answers.unavailable_span_s()
             lag = down[-1] - promoted_at if down else 0.0

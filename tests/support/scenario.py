@@ -11,9 +11,13 @@ import asyncio
 import os
 import random
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.rawhttp import HttpConn, HttpError
 from tests.support.serve import AUTH, PARTITIONS
@@ -204,9 +208,31 @@ async def closed_loop(caller: Caller, stop: asyncio.Event, connections: int,
     await asyncio.gather(*(worker() for _ in range(connections)))
 
 
+def pending_metric(port: int) -> Callable[[], int] | None:
+    """When CALLGATE_CHAOS_PENDING_METRIC names a metric of the gateway (compensations not
+    yet landed, say), a reader of its value summed over its samples: settling then also
+    waits for it to reach 0. None otherwise."""
+    name = os.environ.get("CALLGATE_CHAOS_PENDING_METRIC", "")
+    if not name:
+        return None
+
+    def read() -> int:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            total += sum(s.value for s in family.samples if s.name == name)
+        return int(total)
+
+    return read
+
+
 async def settle_and_check(redis_url: str, caller: Caller, balance_before_micro: int,
-                           deadline_s: float = 60.0) -> Report:
-    """Wait until the tenant's state holds still, then check it against the answers."""
+                           deadline_s: float = 60.0, stable_s: float = 1.0) -> Report:
+    """Wait until the tenant's state holds still for ``stable_s`` (and the pending metric, if
+    one is named, is 0), then check it against the answers."""
+    pending = pending_metric(caller.port)
+
     def run() -> Report:
         client = redis_client(redis_url)
         try:
@@ -215,7 +241,7 @@ async def settle_and_check(redis_url: str, caller: Caller, balance_before_micro:
             def read() -> Any:
                 return snapshot(client, caller.tenant_id, PARTITIONS, ids)
 
-            snap = settle(read, deadline_s=deadline_s)
+            snap = settle(read, stable_s=stable_s, deadline_s=deadline_s, pending=pending)
             return check(snap, caller.answers, caller.tenant_id, balance_before_micro)
         finally:
             client.close()
