@@ -45,7 +45,8 @@ help:
 	@echo "make bench      micro-benchmark of the call path"
 	@echo "make loadtest   Locust load test"
 	@echo "make sipbench   call setup through Kamailio and the gateway (sipp)"
-	@echo "make chaos      fault-injection tests (Redis crashes, persister restarts)"
+	@echo "make chaos      fault-injection tests (Redis crashes, persister restarts, bursts,"
+	@echo "                Redis stalls, cluster failover; docs/faults.md)"
 	@echo "make clean      remove var/ and caches; distclean also removes $(VENV)"
 
 # --- internal: virtualenv and system packages ------------------------------------------
@@ -133,7 +134,8 @@ lint: venv
 	$(BIN)/mypy gateway loadtest tests
 
 # bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk);
-# loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills.
+# loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills, and the
+# burst, Redis-stall and failover scenarios 20 times each (docs/faults.md).
 bench: venv redis
 	$(BIN)/python -m loadtest.bench
 
@@ -147,7 +149,8 @@ sipbench: venv redis sip
 
 chaos: venv redis postgres
 	CALLGATE_CHAOS_KILLS=$${CALLGATE_CHAOS_KILLS:-100} CALLGATE_CHAOS_REDIS_KILLS=$${CALLGATE_CHAOS_REDIS_KILLS:-20} \
-	$(BIN)/pytest -q -p no:cacheprovider -m chaos $(PYTEST_ARGS)
+	CALLGATE_CHAOS_REPEATS=$${CALLGATE_CHAOS_REPEATS:-20} \
+	$(BIN)/pytest -q -p no:cacheprovider -s -m chaos $(PYTEST_ARGS)
 
 # --- cleaning --------------------------------------------------------------------------
 
