@@ -34,7 +34,7 @@ from gateway import metrics
 from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.persist import persister_status
-from gateway.redisclient import parse_url
+from gateway.redisclient import ReplyError, parse_url
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ class SingleFlight(Generic[T]):
 class MetricsSample:
     active_calls: int
     earliest_expiry: int | None  # seconds; None: no active grant
-    memory_used_bytes: int
-    memory_max_bytes: int  # 0: no limit
+    memory_used_bytes: int | None  # None: INFO refused (some hosted Redis rename it)
+    memory_max_bytes: int | None  # 0: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +205,9 @@ class Observer:
                 due_at = v.earliest_expiry + self.settings.reaper_grace_seconds
                 overdue = max(0.0, self.clock.now() - due_at)
             metrics.REAPER_OVERDUE.set(overdue)
-            metrics.REDIS_MEMORY_USED.set(v.memory_used_bytes)
-            metrics.REDIS_MEMORY_MAX.set(v.memory_max_bytes)
+            if v.memory_used_bytes is not None and v.memory_max_bytes is not None:
+                metrics.REDIS_MEMORY_USED.set(v.memory_used_bytes)
+                metrics.REDIS_MEMORY_MAX.set(v.memory_max_bytes)
         metrics.REDIS_UP.set(1 if sample.current else 0)
         metrics.flush()  # on the loop: the hot path's counters are the loop's
         return await asyncio.to_thread(metrics.generate)
@@ -214,9 +215,15 @@ class Observer:
     async def _sample_metrics(self) -> MetricsSample:
         store = self.store
         active, earliest = await store.active_grants()
-        async with asyncio.timeout(store.admin_timeout_s):
-            infos = await store.backend.on_all_primaries("INFO", "memory")
-        used, maximum = fullest(infos)
+        used: int | None = None
+        maximum: int | None = None
+        try:
+            async with asyncio.timeout(store.admin_timeout_s):
+                infos = await store.backend.on_all_primaries("INFO", "memory")
+        except ReplyError as exc:  # the active calls are worth having without it
+            log.debug("INFO memory refused: %r", exc)
+        else:
+            used, maximum = fullest(infos)
         return MetricsSample(active, earliest, used, maximum)
 
     # -- /readyz ----------------------------------------------------------------------
