@@ -109,6 +109,10 @@ class SingleFlight(Generic[T]):
         finally:
             self._task = None
 
+    @property
+    def in_flight(self) -> bool:
+        return self._task is not None
+
     async def close(self) -> None:
         task = self._task
         if task is not None:

@@ -50,6 +50,14 @@ def spent(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: n for k, n in out.items() if n}
 
 
+async def settled(obs: Observer) -> None:
+    """Until no round is in flight (one may outlive the requests that waited 0.5 s)."""
+    deadline = time.monotonic() + 10
+    while obs.metrics_rounds.in_flight or obs.ready_rounds.in_flight:
+        assert time.monotonic() < deadline, "a sampling round never ended"
+        await asyncio.sleep(0.01)  # pacing of the poll
+
+
 def observer(gw: Gateway) -> Observer:
     obs: Observer = gw.client.server.app[OBSERVER]
     return obs
@@ -81,6 +89,7 @@ async def test_concurrent_scrapes_share_one_sampling_round(
         ready = await asyncio.gather(*(gw.req("GET", "/readyz", headers={})
                                        for _ in range(SCRAPERS)))
         assert all(r["status"] == "ready" for r in ready)
+    await settled(obs)
     cost = spent(before, commandstats(rsync))
     assert (obs.metrics_rounds.rounds, obs.ready_rounds.rounds, obs.renders.rounds) == (1, 1, 1)
     # One /metrics round: ZCARD + ZRANGE per partition, one INFO memory; one /readyz round:
@@ -112,6 +121,7 @@ async def test_at_most_one_round_a_second(own_redis: RedisServer, rsync: redis.R
         for r in resps:
             await r.read()
     elapsed = time.monotonic() - t0
+    await settled(obs)
     cost = spent(before, commandstats(rsync))
     rounds = obs.metrics_rounds.rounds
     assert 1 <= rounds <= int(elapsed) + 1, (rounds, elapsed)
