@@ -326,7 +326,7 @@ def parse_tenant(body: dict[str, Any], tenant_id: str, settings: Settings,
     """`currencies`: those with a rate deck now (uploaded ones too); default: the config's."""
     known = settings.rate_decks if currencies is None else currencies
     f = Fields(body, ("name", "currency", "timezone", "charge_inbound_calls",
-                      "max_concurrent_calls"))
+                      "max_concurrent_calls", "authorizations_per_second"))
     name = f.string("name", default=tenant_id, max_len=200)
     currency = f.string("currency", default=settings.default_currency, max_len=3)
     if currency is not None and currency not in known:
@@ -336,9 +336,10 @@ def parse_tenant(body: dict[str, Any], tenant_id: str, settings: Settings,
         f.fail("timezone", "must be an IANA time zone such as Europe/Paris or UTC")
     charge_inbound = f.boolean("charge_inbound_calls", default=False)
     maxc = f.integer("max_concurrent_calls", minimum=1, maximum=1_000_000, nullable=True)
+    rate = f.integer("authorizations_per_second", minimum=1, maximum=1_000_000, nullable=True)
     f.done()
     assert name is not None and currency is not None and tz is not None
-    return TenantSettings(name, currency, tz, charge_inbound, maxc)
+    return TenantSettings(name, currency, tz, charge_inbound, maxc, rate)
 
 
 async def put_tenant(request: web.Request, ctx: Ctx) -> web.StreamResponse:

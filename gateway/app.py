@@ -36,6 +36,9 @@ from gateway.store import Store
 
 log = logging.getLogger(__name__)
 
+# How long a stopping worker waits for its queued voids to reach Redis.
+VOIDS_DRAIN_SECONDS = 5.0
+
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
                store: Store | None = None) -> web.Application:
@@ -71,6 +74,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         app[CALLS] = CallService(settings, s, app[CLOCK], app[DECKS])
         app[ADMIN] = AdminService(settings, s, app[CLOCK])
         yield
+        # Voids still queued go out before the connection closes (gateway.voids).
+        await app[CALLS].voider.drain(VOIDS_DRAIN_SECONDS)
+        await app[CALLS].voider.close()
         if own:
             await s.close()
 

@@ -26,6 +26,8 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
     {pNNN}:events            stream every change of state, for the persister
     {pNNN}:t:T:audit         list   newest-first JSON of the tenant's admin changes (who, what,
                                     when), capped at AUDIT_MAX_ENTRIES; the ledger keeps all
+    {pNNN}:t:T:rl:S          string new calls the tenant asked to authorize in second S (its
+                                    rate limit's bucket); expires 2 s after its first
 
 Global keys (not per tenant) carry their own hash tag ``{decks}``, so the deck keys and their
 stream share one cluster slot and one function call can replace a deck atomically:
@@ -120,6 +122,9 @@ class TenantKeys:
 
     def call(self, call_id: str) -> str:
         return f"{self.tenant}:c:{call_id}"
+
+    def rate(self, second: int) -> str:
+        return f"{self.tenant}:rl:{second}"
 
 
 # The fields of a call hash that authorize sets and nothing changes after, in the order

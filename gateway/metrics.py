@@ -125,6 +125,23 @@ REDIS_OOM_ERRORS = Counter(
     "Redis error replies saying OOM (maxmemory reached under noeviction); also counted in "
     "callgate_redis_errors_total{kind=\"error_reply\"} when on the call path",
 )
+SHED_REQUESTS = Counter(
+    "callgate_shed_requests_total",
+    "Call-control requests answered service_unavailable at once, without Redis, because "
+    "the worker already had max_inflight_calls in flight, by operation",
+    ("operation",),
+)
+VOIDS = Counter(
+    "callgate_voids_total",
+    "Authorizes answered other than allow whose Redis function may have run, undone by "
+    "void_call: result is voided (it had run and reserved) or nothing (it had not)",
+    ("result",),
+)
+VOIDS_PENDING = Gauge(
+    "callgate_voids_pending",
+    "Voids waiting to reach Redis (retried until they land)",
+    multiprocess_mode="livesum",
+)
 
 #: Every metric family name defined here (the dashboard and alert tests check against it).
 METRIC_NAMES: Final = frozenset({
@@ -143,6 +160,9 @@ METRIC_NAMES: Final = frozenset({
     "callgate_redis_memory_max_bytes",
     "callgate_redis_up",
     "callgate_redis_oom_errors_total",
+    "callgate_shed_requests_total",
+    "callgate_voids_total",
+    "callgate_voids_pending",
 })
 
 # -- cheap hot-path accessors ------------------------------------------------------------
@@ -250,6 +270,18 @@ def count_redis_oom(exc: BaseException) -> None:
 
     if isinstance(exc, ReplyError) and str(exc).lstrip().startswith("OOM"):
         REDIS_OOM_ERRORS.inc()
+
+
+def count_shed(operation: str) -> None:
+    SHED_REQUESTS.labels(operation).inc()
+
+
+def count_void(voided: bool) -> None:
+    VOIDS.labels("voided" if voided else "nothing").inc()
+
+
+def set_voids_pending(n: int) -> None:
+    VOIDS_PENDING.set(n)
 
 
 # -- for the persister, the reaper and the reloaders ------------------------------------------

@@ -39,7 +39,7 @@ REASONS = ["domestic_pool", "international_pool", "credits", "emergency", "toll_
            "inbound_free", "no_calling_plan", "dial_out_policy", "destination_blocked",
            "invalid_destination", "pool_exhausted_no_credits", "insufficient_credits",
            "credits_not_allowed", "spend_limit_reached", "concurrency_limit", "unknown_user",
-           "service_unavailable"]
+           "service_unavailable", "rate_limited"]
 
 
 def _obj(props: dict[str, Any], required: Iterable[str] = (), closed: bool = False,
@@ -121,12 +121,17 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "charge_inbound_calls": {"type": "boolean"},
             "max_concurrent_calls": {"type": ["integer", "null"], "minimum": 1,
                                      "maximum": 1_000_000},
+            "authorizations_per_second": {
+                "type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000,
+                "description": "new calls authorized per second (a token bucket of twice "
+                               "as many); null: the deployment's default"},
         }, closed=True),
         "Tenant": _obj({
             "tenant_id": {"type": "string"}, "name": NULLABLE_STR,
             "currency": NULLABLE_STR, "timezone": NULLABLE_STR,
             "charge_inbound_calls": {"type": "boolean"},
             "max_concurrent_calls": {"type": ["integer", "null"]},
+            "authorizations_per_second": {"type": ["integer", "null"]},
         }, ["tenant_id", "name", "currency", "timezone"]),
         "UserRequest": _obj({
             "country": {"type": "string", "pattern": "^[A-Z]{2}$", "examples": ["US"]},

@@ -24,7 +24,7 @@ from gateway.store import Store
 
 MONTH_TTL_SECONDS = 400 * 86400  # as lua/00_lib.lua
 # Fields of the tenant hash that the ledger determines (created/updated/ver are bookkeeping).
-TENANT_FIELDS = ("name", "cur", "tz", "chg_in", "maxc", "bal", "res", "act")
+TENANT_FIELDS = ("name", "cur", "tz", "chg_in", "maxc", "rl", "bal", "res", "act")
 CALL_FIELDS = ("st", "gexp", "pr", "cr", "uid", "pool", "mon")
 
 
@@ -53,13 +53,14 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
                          clock_skew_seconds: int) -> Expected:
     ex = Expected()
     months = set(candidate_months(now, clock_skew_seconds))
-    for (t, name, cur, tz, chg_in, maxc, bal, created, updated) in await ledger.query(
+    for (t, name, cur, tz, chg_in, maxc, rl, bal, created, updated) in await ledger.query(
             "SELECT tenant, name, currency, timezone, charge_inbound_calls, "
-            "max_concurrent_calls, balance_micro, created_at, updated_at FROM tenants"):
+            "max_concurrent_calls, authorizations_per_second, balance_micro, created_at, "
+            "updated_at FROM tenants"):
         k = tenant_keys(t, partitions)
         ex.tenant_keys.add(k.tenant)
         ex.hashes[k.tenant] = {"name": name, "cur": cur, "tz": tz, "chg_in": str(chg_in),
-                               "maxc": maxc, "bal": str(bal), "res": "0", "act": "0",
+                               "maxc": maxc, "rl": rl, "bal": str(bal), "res": "0", "act": "0",
                                "created": str(created), "updated": str(updated), "ver": "1"}
     for (t, uid, record) in await ledger.query(
             "SELECT tenant, user_id, record FROM users ORDER BY updated_at"):
