@@ -20,6 +20,7 @@ from gateway.api import (
     SETTINGS,
     STORE,
     add_routes,
+    observer_ctx,
     problems_middleware,
 )
 from gateway.api_audit import add_audit_routes
@@ -94,6 +95,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(decks_ctx)
+    app.cleanup_ctx.append(observer_ctx)  # /metrics and /readyz: Redis sampled once a second
     app.cleanup_ctx.append(ledger_ctx)  # GET …/cdrs reads the ledger (opened on first use)
     app.cleanup_ctx.append(metrics.flusher_ctx)
     add_routes(app)

@@ -216,7 +216,10 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         "Health": _obj({"status": {"type": "string"}}, ["status"]),
         "Ready": _obj({"status": {"type": "string", "enum": ["ready", "not ready"]},
                        "checks": {"type": "object",
-                                  "additionalProperties": {"type": "string"}}},
+                                  "additionalProperties": {"type": "string"}},
+                       "details": {"type": "object",
+                                   "description": "with an operator token only: Redis "
+                                   "nodes, the last error, the persister's backlog"}},
                       ["status", "checks"]),
     }
 
