@@ -1,0 +1,261 @@
+"""Ledger outages: the persister backs off exponentially (bounded attempts), logs a
+handful of lines (down, still down with the backlog, recovered) without tracebacks, and
+loses no event once the database is back. A PostgreSQL server of the test's own is
+stopped and started for real; the back-off schedule itself is checked on a manual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.background import run_persister
+from gateway.clock import ManualClock
+from gateway.ledger import Ledger, open_ledger
+from gateway.ledger.backoff import DELAY_MAX_SECONDS, DELAY_MIN_SECONDS, JITTER_FRACTION, Outage
+from gateway.persist import Persister
+from gateway.redisproc import RedisServer
+from gateway.store import Store
+from tests.conftest import make_settings, start_gateway
+from tests.gwclient import Gateway
+from tests.ledger_fixtures import _as_pg_user, _free_port, _pg_bin
+from tests.persist_helpers import entries_added, scalar, wait_drained
+
+PARTITIONS = 4
+DEADLINE_SECONDS = 30.0
+OUTAGE_SECONDS = 3.0  # how long the test keeps PostgreSQL down
+STILL_DOWN_EVERY_SECONDS = 1.0  # the test's report interval (30 s in production)
+LOGGER = "gateway.persist"
+
+
+class PgServer:
+    """A PostgreSQL server of one test, which it may stop and start again."""
+
+    def __init__(self, base: Path) -> None:
+        self.base, self.data, self.port = base, base / "data", _free_port()
+        if os.geteuid() == 0:
+            shutil.chown(base, "postgres", "postgres")
+        subprocess.run(_as_pg_user([_pg_bin("initdb"), "-D", str(self.data), "-U",
+                                    "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                       check=True, capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(_as_pg_user([_pg_bin("pg_ctl"), "-D", str(self.data), *args]),
+                       check=True, capture_output=True, timeout=DEADLINE_SECONDS)
+
+    def start(self) -> None:
+        opts = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off")
+        self._ctl("-o", opts, "-w", "-l", str(self.base / "log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def pg() -> Iterator[PgServer]:
+    server = PgServer(Path(tempfile.mkdtemp(prefix="callgate-pg-outage-")))
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(server.base, ignore_errors=True)
+
+
+@pytest.fixture
+async def gw(own_redis: RedisServer, clock: ManualClock, aiohttp_client: Any) -> Gateway:
+    return await start_gateway(aiohttp_client, clock, own_redis.url, partitions=PARTITIONS)
+
+
+@pytest.fixture
+async def store(own_redis: RedisServer) -> AsyncIterator[Store]:
+    s = Store.from_url(own_redis.url, PARTITIONS)
+    yield s
+    await s.close()
+
+
+async def poll(what: str, cond: Any, deadline_s: float = DEADLINE_SECONDS) -> None:
+    end = time.monotonic() + deadline_s
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def attempts_max(elapsed_s: float) -> int:
+    """The most attempts the back-off allows in elapsed_s: each wait is at least
+    (1 - JITTER_FRACTION) x min(DELAY_MIN_SECONDS x 2^i, DELAY_MAX_SECONDS)."""
+    n, waited, delay = 1, 0.0, DELAY_MIN_SECONDS
+    while True:
+        waited += delay * (1 - JITTER_FRACTION)
+        if waited > elapsed_s:
+            return n
+        n += 1
+        delay = min(delay * 2, DELAY_MAX_SECONDS)
+
+
+def records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER]
+
+
+async def test_postgres_outage_backs_off_logs_a_handful_and_loses_nothing(
+    pg: PgServer, gw: Gateway, store: Store, tenant_id: str,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    t = tenant_id
+    ledger = await open_ledger(pg.url)
+    outage = Outage("persister", logging.getLogger(LOGGER),
+                    still_down_every_seconds=STILL_DOWN_EVERY_SECONDS)
+    persister = Persister(store, ledger, consumer="p", outage=outage)
+    stop = asyncio.Event()
+    task = asyncio.create_task(persister.run(stop))
+    try:
+        await gw.tenant(t)
+        await gw.topup(t, "1.00", "before")
+        await wait_drained(store)
+        caplog.clear()
+
+        pg.stop()
+        for i in range(20):  # events written while the ledger is down
+            await gw.topup(t, "1.00", f"during-{i}")
+        await poll("the outage", lambda: outage.down)
+        down_at = outage.down_since
+        assert down_at is not None and outage.part == "ledger"
+        await poll(f"{OUTAGE_SECONDS} s of outage",
+                   lambda: time.monotonic() - down_at >= OUTAGE_SECONDS)
+        failed, elapsed = outage.failures, time.monotonic() - down_at
+        # Bounded by the back-off (the old loop made ~16 attempts a second).
+        assert 2 <= failed <= attempts_max(elapsed), (failed, elapsed)
+        pg.start()
+        await poll("the recovery", lambda: not outage.down)
+        await wait_drained(store)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_SECONDS)
+
+    logged = records(caplog)
+    texts = [r.getMessage() for r in logged]
+    # A handful: down, one "still down" per report interval at most, recovered.
+    assert len(logged) <= 2 + int(time.monotonic() - down_at) // int(STILL_DOWN_EVERY_SECONDS)
+    assert not any(r.exc_info for r in caplog.records), \
+        f"no traceback for a refused connection: {[r.name for r in caplog.records]}"
+    assert texts[0].startswith("persister: ledger down (") and "backing off to" in texts[0]
+    still = [x for x in texts if "still down after" in x]
+    assert still and all("failed attempts" in x and "backlog " in x for x in still)
+    assert any("backlog 2" in x for x in still), still  # 20 or 21 entries waiting
+    assert texts[-1].startswith("persister: ledger recovered after ")
+    assert "wrote 20 entries" in texts[-1] or "wrote 21 entries" in texts[-1], texts[-1]
+    assert sum("recovered" in x for x in texts) == 1
+
+    # Nothing lost: every entry ever appended is in the ledger, each top-up once.
+    check = await open_ledger(pg.url)
+    try:
+        assert await scalar(check, "SELECT COUNT(*) FROM events") == await entries_added(store)
+        assert await scalar(check, "SELECT COUNT(*) FROM topups WHERE tenant = ?", t) == 21
+        assert await scalar(check, "SELECT balance_micro FROM tenants WHERE tenant = ?",
+                            t) == 21_000_000
+    finally:
+        await check.close()
+        await ledger.close()
+
+
+async def test_persister_started_while_postgres_is_down_waits_for_it(
+    pg: PgServer, gw: Gateway, store: Store, tenant_id: str,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """`callgate persist` started with its database down waits with the same back-off
+    and log lines (no crash loop through the supervisor), then persists everything."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    await gw.tenant(tenant_id)
+    await gw.topup(tenant_id, "2.00", "k")
+    pg.stop()
+    assert gw.settings.redis_url
+    settings = make_settings(gw.settings.redis_url, partitions=PARTITIONS,
+                             database_url=pg.url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_persister(settings, stop, reaper=False))
+    try:
+        await poll("the down line",
+                   lambda: any("ledger down" in r.getMessage() for r in records(caplog)))
+        assert not task.done()
+        pg.start()
+        await wait_drained(store)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_SECONDS)
+    texts = [r.getMessage() for r in records(caplog)]
+    assert sum("recovered" in x for x in texts) == 1
+    ledger: Ledger = await open_ledger(pg.url)
+    try:
+        assert await scalar(ledger, "SELECT balance_micro FROM tenants WHERE tenant = ?",
+                            tenant_id) == 2_000_000
+    finally:
+        await ledger.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_back_off_schedule_and_log_lines_on_a_manual_clock(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.1 s doubling to 5 s; down once, still down every 30 s with the backlog,
+    recovered once; a traceback only for an unexpected error, and only at "down"."""
+    caplog.set_level(logging.INFO, logger="t.backoff")
+    clock = _Clock()
+    outage = Outage("persister", logging.getLogger("t.backoff"), monotonic=clock,
+                    jitter=lambda: 0.0)
+
+    async def backlog() -> int:
+        return 42
+
+    waits = []
+    for _ in range(40):
+        wait = await outage.failed("ledger", ConnectionRefusedError(111, "refused"),
+                                   backlog)
+        waits.append(wait)
+        clock.now += wait
+    assert waits[:7] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0])
+    assert set(waits[7:]) == {5.0}
+    elapsed = clock.now - 1000.0  # 6.3 + 33 x 5 = 171.3 s
+    await outage.succeeded(backlog)
+    texts = [r.getMessage() for r in caplog.records]
+    assert texts[0] == ("persister: ledger down (ConnectionRefusedError: [Errno 111] "
+                        "refused); retrying in 0.1 s, backing off to 5 s")
+    still = [x for x in texts if "still down" in x]
+    assert len(still) == int(elapsed // 30)
+    assert still[0].startswith("persister: ledger still down after 3") and \
+        "backlog 42 entries" in still[0]
+    assert texts[-1] == (f"persister: ledger recovered after {elapsed:.1f} s (40 failed "
+                         "attempts); backlog 42 entries")
+    assert "(12 failed attempts, last ConnectionRefusedError" in still[0], still[0]
+    assert len(texts) == 2 + len(still) and not any(r.exc_info for r in caplog.records)
+    # The next outage starts again from the shortest delay.
+    caplog.clear()
+    assert await outage.failed("ledger", RuntimeError("bug")) == pytest.approx(0.1)
+    (rec,) = caplog.records
+    assert rec.levelno == logging.ERROR and rec.exc_info  # unexpected: the traceback, once
+    assert await outage.failed("ledger", RuntimeError("bug")) == pytest.approx(0.2)
+    assert len(caplog.records) == 1
