@@ -28,7 +28,7 @@ from gateway.persist import Persister
 from gateway.redisproc import RedisServer
 from gateway.store import Store
 from tests.conftest import make_settings, start_gateway
-from tests.gwclient import Gateway
+from tests.gwclient import AUTH, Gateway
 from tests.ledger_fixtures import _as_pg_user, _free_port, _pg_bin
 from tests.persist_helpers import entries_added, scalar, wait_drained
 
@@ -259,3 +259,24 @@ async def test_back_off_schedule_and_log_lines_on_a_manual_clock(
     assert rec.levelno == logging.ERROR and rec.exc_info  # unexpected: the traceback, once
     assert await outage.failed("ledger", RuntimeError("bug")) == pytest.approx(0.2)
     assert len(caplog.records) == 1
+
+
+async def test_cdrs_answer_503_while_postgres_is_down_and_200_after(
+    pg: PgServer, own_redis: RedisServer, clock: ManualClock, aiohttp_client: Any,
+    tenant_id: str
+) -> None:
+    gw = await start_gateway(aiohttp_client, clock, own_redis.url, partitions=PARTITIONS,
+                             database_url=pg.url)
+    await gw.tenant(tenant_id)
+    path = f"/v1/tenants/{tenant_id}/cdrs"
+    assert (await gw.req("GET", path))["cdrs"] == []
+    pg.stop()
+    doc = await gw.req("GET", path, status=503)
+    assert doc["type"] == "urn:callgate:problem:service-unavailable"
+    assert "ledger" in doc["detail"], doc  # not "Redis is unavailable"
+    assert str(pg.port) not in str(doc)
+    pg.start()
+    end = time.monotonic() + DEADLINE_SECONDS
+    while (resp := await gw.client.get(path, headers=AUTH)).status != 200:
+        assert resp.status == 503 and time.monotonic() < end, resp.status
+        await asyncio.sleep(0.05)
