@@ -25,6 +25,7 @@ from gateway.clock import ManualClock
 from gateway.ledger import Ledger, open_ledger
 from gateway.ledger.backoff import DELAY_MAX_SECONDS, DELAY_MIN_SECONDS, JITTER_FRACTION, Outage
 from gateway.persist import Persister
+from gateway.reaper import Reaper
 from gateway.redisproc import RedisServer
 from gateway.store import Store
 from tests.conftest import make_settings, start_gateway
@@ -288,3 +289,53 @@ async def test_cdrs_answer_503_while_postgres_is_down_and_200_after(
     while (resp := await gw.client.get(path, headers=AUTH)).status != 200:
         assert resp.status == 503 and time.monotonic() < end, resp.status
         await asyncio.sleep(0.05)
+
+
+async def test_redis_outage_backs_off_persister_and_reaper_and_loses_nothing(
+    own_redis: RedisServer, gw: Gateway, store: Store, tenant_id: str, tmp_path: Path,
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stopped and started again (same port, AOF): the persister and the reaper back
+    off and log a handful of lines each, then every event reaches the ledger."""
+    caplog.set_level(logging.INFO)
+    ledger = await open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    persister = Persister(store, ledger, consumer="p", outage=Outage(
+        "persister", logging.getLogger(LOGGER), still_down_every_seconds=1.0))
+    reaper = Reaper(store, clock, 30, 5, 86400, outage=Outage(
+        "reaper", logging.getLogger("gateway.reaper"), delay_min_seconds=1.0,
+        still_down_every_seconds=1.0))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(persister.run(stop)), asyncio.create_task(reaper.run(stop))]
+    try:
+        await gw.tenant(tenant_id)
+        await gw.topup(tenant_id, "1.00", "before")
+        await wait_drained(store)
+        own_redis.stop()
+        await poll("both outages", lambda: persister.outage.down and reaper.outage.down)
+        since = min(persister.outage.down_since or 0.0, reaper.outage.down_since or 0.0)
+        await poll("3 s of outage", lambda: time.monotonic() - since >= 3.0)
+        elapsed = time.monotonic() - since
+        assert persister.outage.part == "redis"
+        assert persister.outage.failures <= attempts_max(elapsed)
+        assert reaper.outage.failures <= 1 + elapsed  # 1 s doubling: at most one a second
+        own_redis.start()
+        await poll("the recovery", lambda: not persister.outage.down and
+                   not reaper.outage.down)
+        await gw.topup(tenant_id, "1.00", "after")
+        await wait_drained(store)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE_SECONDS)
+    mine = [r for r in caplog.records if r.name in (LOGGER, "gateway.reaper")]
+    assert not any(r.exc_info for r in mine)
+    assert len(mine) <= 4 + 2 * (time.monotonic() - since)  # down, recovered, 1 a second
+    for who in ("persister", "reaper"):
+        texts = [r.getMessage() for r in mine if r.getMessage().startswith(who)]
+        assert texts[0].startswith(f"{who}: redis down ("), texts
+        assert texts[-1].startswith(f"{who}: redis recovered after "), texts
+    try:
+        assert await scalar(ledger, "SELECT COUNT(*) FROM events") == await entries_added(store)
+        assert await scalar(ledger, "SELECT balance_micro FROM tenants WHERE tenant = ?",
+                            tenant_id) == 2_000_000
+    finally:
+        await ledger.close()
