@@ -102,6 +102,7 @@ class Persister:
     _last_trim: float = 0.0
     _own_checked: set[str] = field(default_factory=set)  # own pending re-read after a fault
     outage: Outage = field(default_factory=lambda: Outage("persister", log))
+    status_interval_seconds: float = STATUS_INTERVAL_SECONDS
 
     @property
     def streams(self) -> list[str]:
@@ -236,7 +237,7 @@ class Persister:
             else:
                 await self.outage.succeeded(self.backlog_entries, written=done)
             # Published in an outage too (when Redis answers): the lag alerts then fire.
-            if time.monotonic() - last_status > STATUS_INTERVAL_SECONDS:
+            if time.monotonic() - last_status > self.status_interval_seconds:
                 last_status = time.monotonic()
                 with contextlib.suppress(Exception):
                     status = await persister_status(self.store)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.background import run_persister
 from gateway.clock import ManualClock
@@ -126,7 +127,8 @@ async def test_postgres_outage_backs_off_logs_a_handful_and_loses_nothing(
     ledger = await open_ledger(pg.url)
     outage = Outage("persister", logging.getLogger(LOGGER),
                     still_down_every_seconds=STILL_DOWN_EVERY_SECONDS)
-    persister = Persister(store, ledger, consumer="p", outage=outage)
+    persister = Persister(store, ledger, consumer="p", outage=outage,
+                          status_interval_seconds=0.2)
     stop = asyncio.Event()
     task = asyncio.create_task(persister.run(stop))
     try:
@@ -141,6 +143,9 @@ async def test_postgres_outage_backs_off_logs_a_handful_and_loses_nothing(
         await poll("the outage", lambda: outage.down)
         down_at = outage.down_since
         assert down_at is not None and outage.part == "ledger"
+        # The backlog reaches /metrics during the outage: the lag alerts can fire.
+        await poll("the backlog on /metrics", lambda: (REGISTRY.get_sample_value(
+            "callgate_persister_backlog_events") or 0) >= 20)
         await poll(f"{OUTAGE_SECONDS} s of outage",
                    lambda: time.monotonic() - down_at >= OUTAGE_SECONDS)
         failed, elapsed = outage.failures, time.monotonic() - down_at
