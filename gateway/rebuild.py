@@ -200,8 +200,11 @@ async def rebuild(store: Store, ledger: Ledger, now: int, clock_skew_seconds: in
         if bar:
             bar.advance()
     for key, entries in ex.lists.items():
-        for i in range(0, len(entries), LIST_PUSH_CHUNK):  # newest first, as LPUSH left it
-            await store.raw(key, "RPUSH", key, *entries[i:i + LIST_PUSH_CHUNK])
+        # Only into an empty list: a second run (--force) must not append the entries
+        # again, and a list the gateway has written since is left as it is.
+        if entries and not int(await store.raw(key, "LLEN", key)):
+            for i in range(0, len(entries), LIST_PUSH_CHUNK):  # newest first, as LPUSH
+                await store.raw(key, "RPUSH", key, *entries[i:i + LIST_PUSH_CHUNK])
         if bar:
             bar.advance()
     if bar:

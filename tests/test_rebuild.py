@@ -203,6 +203,9 @@ async def test_audit_reports_a_missing_or_altered_audit_list_and_rate_deck(
     await store.backend.execute("x", "FLUSHALL")
     await rebuild(store, ledger, now, skew, show_progress=False)
     assert await audit(store, ledger, now, skew) == []
+    # Run twice (as --force does): nothing is appended again.
+    await rebuild(store, ledger, now, skew, show_progress=False)
+    assert await audit(store, ledger, now, skew) == []
     page = await rgw.req("GET", f"/v1/tenants/{t}/audit?limit=1")
     assert page["entries"][0]["id"] == orjson.loads(newest)["id"]
 
@@ -237,3 +240,26 @@ async def test_rebuilt_audit_list_keeps_the_newest_entries_in_stream_order(
     finally:
         await store.close()
         await ledger.close()
+
+
+def test_audit_and_rebuild_name_an_unreachable_store_in_one_line(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    from gateway.redisproc import free_port
+
+    closed = free_port()  # nothing listens there
+    cases = [
+        ({"CALLGATE_REDIS_URL": own_redis.url,
+          "CALLGATE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/x"},
+         "callgate: the ledger is unavailable (ConnectionRefusedError"),
+        ({"CALLGATE_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+          "CALLGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"},
+         "callgate: audit stopped: RedisUnavailable"),
+    ]
+    for env, first in cases:
+        proc = subprocess.run([sys.executable, "-m", "gateway", "audit"], cwd=REPO,
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.startswith(first), proc.stderr
+        assert "Traceback" not in proc.stderr
