@@ -7,8 +7,11 @@ connections, where every per-request and per-wake-up cost shows. This starts a p
 redis-server (AOF everysec, unix socket) and `callgate serve` (one worker, its persist
 child), creates tenants through the API, then for each rate runs wrk with
 loadtest/lifecycle.lua and reads the CPU time of the HTTP worker, the persister and Redis
-from /proc before and after: microseconds of CPU per call (authorize + end). Last, an idle
-phase with no traffic: each process's share of a core.
+from /proc before and after: microseconds of CPU per call (authorize + end). Beside each
+rate, the aiohttp hello world of `make bench` (loadtest/hello.py) gets the same requests at
+the same pace over as many connections: its CPU per two requests is the floor that waking
+up, reading and writing cost any asyncio server at that pace. Last, an idle phase with no
+traffic: each process's share of a core.
 
     python -m loadtest.pace [--rates 100,300,1000] [--connections 8] [--duration 10]
 
@@ -39,6 +42,7 @@ from loadtest.common import (
 )
 
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lifecycle.lua")
+HELLO_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authorize.lua")
 TENANTS = 20
 USERS = 40
 
@@ -95,6 +99,27 @@ def run_rate(wrk_path: str, base: str, env: dict[str, str], roles: dict[str, lis
     return r
 
 
+def run_hello(wrk_path: str, env: dict[str, str], calls_per_s: int, connections: int,
+              seconds: int) -> float:
+    """Hello world's CPU per two requests at the pace of ``calls_per_s`` calls."""
+    from loadtest.bench import Hello
+
+    hello = Hello(1, None)
+    try:
+        before = cpu_seconds(tree_pids(hello.proc.pid))
+        out = subprocess.run(
+            [wrk_path, "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "2s",
+             "-s", HELLO_LUA, f"http://127.0.0.1:{hello.port}"],
+            env={**env, "BENCH_RATE": str(2 * calls_per_s)}, check=True, capture_output=True,
+            text=True).stdout
+        after = cpu_seconds(tree_pids(hello.proc.pid))
+    finally:
+        hello.close()
+    line = next(ln for ln in out.splitlines() if ln.startswith("BENCH_JSON "))
+    requests = json.loads(line.removeprefix("BENCH_JSON "))["requests"]
+    return (after - before) / requests * 2 * 1e6 if requests else 0.0
+
+
 def run_idle(roles: dict[str, list[int]], seconds: float) -> dict[str, float]:
     before = snapshot(roles)
     time.sleep(seconds)  # measuring what happens when nothing happens: the time is the point
@@ -124,8 +149,10 @@ def measure(rates: list[int], connections: int, seconds: int,
         roles = processes(gw.pid, redis.pid)
         for rate in rates:
             print(f"{rate} calls/s over {connections} connections, {seconds} s ...", flush=True)
-            out["rates"].append(run_rate(wrk_path, gw.base, env, roles, rate, connections,
-                                         seconds))
+            r = run_rate(wrk_path, gw.base, env, roles, rate, connections, seconds)
+            r["hello_cpu_us_per_two_requests"] = run_hello(wrk_path, env, rate, connections,
+                                                           seconds)
+            out["rates"].append(r)
         print(f"idle, {idle_seconds:.0f} s ...", flush=True)
         out["idle_percent_of_a_core"] = run_idle(roles, idle_seconds)
     return out
@@ -133,12 +160,13 @@ def measure(rates: list[int], connections: int, seconds: int,
 
 def table(res: dict[str, Any]) -> str:
     rows = ["| calls/s (target) | done | errors | p99 ms | worker µs/call | persister µs/call "
-            "| Redis µs/call |", "|---:|---:|---:|---:|---:|---:|---:|"]
+            "| Redis µs/call | hello world µs/2 requests |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rates"]:
         c = r["cpu_us_per_call"]
         rows.append(f"| {r['target_calls_per_s']} | {r['calls_per_s']:.0f} | {r['errors']} | "
                     f"{r['p99_us'] / 1000:.1f} | {c['worker']:.0f} | {c['persister']:.0f} | "
-                    f"{c['redis']:.0f} |")
+                    f"{c['redis']:.0f} | {r['hello_cpu_us_per_two_requests']:.0f} |")
     idle = res["idle_percent_of_a_core"]
     rows.append("")
     rows.append("idle, % of a core: " + ", ".join(f"{k} {v:.2f}" for k, v in idle.items())
