@@ -16,6 +16,7 @@ from gateway.config import Settings
 from gateway.ledger.backoff import Outage, open_ledger_when_up
 from gateway.persist import CLAIM_IDLE_MS, Persister
 from gateway.reaper import Reaper
+from gateway.redisclient import parse_url
 from gateway.store import Store
 
 
@@ -37,8 +38,13 @@ async def run_persister(settings: Settings, stop: asyncio.Event,
     if ledger is None:
         await store.close()
         return
+    # On one Redis server the persister waits for events on a connection of its own (a
+    # blocking read over every stream) instead of polling; a cluster is polled.
+    waiter = (Store.from_url(settings.redis_url, settings.partitions)
+              if parse_url(settings.redis_url)[0] == "single" else None)
     try:
-        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms(), outage=outage).run(stop),
+        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms(), outage=outage,
+                           waiter=waiter).run(stop),
                  metrics.flush_until(stop)]
         if reaper:
             tasks.append(Reaper(store, clock or SystemClock(), settings.reaper_grace_seconds,
@@ -48,3 +54,5 @@ async def run_persister(settings: Settings, stop: asyncio.Event,
     finally:
         await ledger.close()
         await store.close()
+        if waiter is not None:
+            await waiter.close()
