@@ -91,6 +91,7 @@ class Caller:
     tenant_id: str
     rng: random.Random
     answers: Answers = field(default_factory=Answers)
+    durations: dict[str, int] = field(default_factory=dict)  # a retried end repeats its own
 
     def new_call(self) -> tuple[str, str]:
         return uuid.uuid4().hex[:16], self.rng.choice(POOL_USERS + CREDIT_USERS)
@@ -107,7 +108,7 @@ class Caller:
         return self.answers.authorized(call_id, user_id, status, body)
 
     async def end_on(self, conn: HttpConn, call_id: str) -> bool:
-        duration = self.rng.randrange(0, 400)
+        duration = self.durations.setdefault(call_id, self.rng.randrange(0, 400))
         try:
             status, body = await asyncio.wait_for(
                 conn.request("POST", f"/v1/tenants/{self.tenant_id}/calls/{call_id}/end",
