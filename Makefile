@@ -36,7 +36,7 @@ APT_UPDATE := \
 APT_INSTALL := $(APT_UPDATE); \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: help venv redis postgres sip run test lint bench loadtest sipbench chaos clean distclean
+.PHONY: help venv redis postgres sip valgrind run test lint bench loadtest sipbench chaos clean distclean
 
 help:
 	@echo "make run        start callgate with a demo tenant (operator token in $(OPERATOR_TOKEN_FILE))"
@@ -126,7 +126,14 @@ sip:
 	  $(APT_INSTALL) kamailio kamailio-utils-modules kamailio-json-modules sip-tester; \
 	fi
 
-test: venv redis postgres sip $(PROMTOOL)
+# valgrind, for the gate on Redis instructions per call (tests/test_fcall_cost.py).
+valgrind:
+	@if ! command -v valgrind >/dev/null 2>&1; then \
+	  echo "valgrind not found: installing it with apt" >&2; \
+	  $(APT_INSTALL) valgrind; \
+	fi
+
+test: venv redis postgres sip valgrind $(PROMTOOL)
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
