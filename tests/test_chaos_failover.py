@@ -40,6 +40,7 @@ from tests.support.scenario import (
     repeats,
     settle_and_check,
     setup_tenant,
+    voids_line,
 )
 from tests.support.serve import PARTITIONS, ServeProcess
 from tests.support.truth import ALLOW, Report
@@ -152,6 +153,7 @@ async def test_primary_killed_under_load_fails_over_cleanly(
                 await asyncio.to_thread(victim.start)
                 await asyncio.to_thread(cluster.wait_ready, 60.0)
     phantoms = [len(r.phantoms) for r in reports]
+    print(voids_line(serve.port))
     print(f"failover outages (s): {[round(o, 2) for o in outages]}, over the target "
           f"{OUTAGE_TARGET_SECONDS:.1f} s: {sum(o > OUTAGE_TARGET_SECONDS for o in outages)}; "
           f"gateway lag (s): {[round(g, 2) for g in lags]}; "

@@ -29,6 +29,7 @@ from tests.support.scenario import (
     repeats,
     settle_and_check,
     setup_tenant,
+    voids_line,
 )
 from tests.support.serve import ServeProcess
 from tests.support.truth import Report
@@ -94,6 +95,7 @@ async def test_redis_stall_under_load_leaves_no_phantom(
                   f"{unavailable} service_unavailable answers\n{report.summary()}")
             reports.append(report)
     phantoms = [len(r.phantoms) for r in reports]
+    print(voids_line(serve.port))
     print(f"stall phantoms per run: {phantoms} (total {sum(phantoms)})")
     bad = [r.summary() for r in reports if not r.ok]
     assert not bad, f"{len(bad)} of {len(reports)} stalls departed from the answers:\n" + \
