@@ -28,6 +28,7 @@ from tests.support.scenario import (
     repeats,
     settle_and_check,
     setup_tenant,
+    voids_line,
 )
 from tests.support.serve import ServeProcess
 from tests.support.truth import Report
@@ -67,6 +68,7 @@ async def test_burst_of_connections_leaves_no_phantom(
             assert opened >= 1000, f"only {opened} of {CONNECTIONS} connections opened"
             reports.append(report)
     phantoms = [len(r.phantoms) for r in reports]
+    print(voids_line(serve.port))
     print(f"burst phantoms per run: {phantoms} (total {sum(phantoms)})")
     bad = [r.summary() for r in reports if not r.ok]
     assert not bad, f"{len(bad)} of {len(reports)} bursts departed from the answers:\n" + \

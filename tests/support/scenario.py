@@ -91,6 +91,7 @@ class Caller:
     tenant_id: str
     rng: random.Random
     answers: Answers = field(default_factory=Answers)
+    durations: dict[str, int] = field(default_factory=dict)  # a retried end repeats its own
 
     def new_call(self) -> tuple[str, str]:
         return uuid.uuid4().hex[:16], self.rng.choice(POOL_USERS + CREDIT_USERS)
@@ -107,7 +108,7 @@ class Caller:
         return self.answers.authorized(call_id, user_id, status, body)
 
     async def end_on(self, conn: HttpConn, call_id: str) -> bool:
-        duration = self.rng.randrange(0, 400)
+        duration = self.durations.setdefault(call_id, self.rng.randrange(0, 400))
         try:
             status, body = await asyncio.wait_for(
                 conn.request("POST", f"/v1/tenants/{self.tenant_id}/calls/{call_id}/end",
@@ -208,23 +209,41 @@ async def closed_loop(caller: Caller, stop: asyncio.Event, connections: int,
     await asyncio.gather(*(worker() for _ in range(connections)))
 
 
+def metric_samples(port: int, name: str) -> dict[str, float]:
+    """The samples of metric ``name`` on the worker's /metrics, by their label values
+    ("" for none); empty when the worker has no such metric."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                key = ",".join(v for k, v in sorted(sample.labels.items()) if k != "pid")
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+# The gateway's count of voids not yet landed (gateway/voids.py): settling waits for it to
+# be 0 as well. CALLGATE_CHAOS_PENDING_METRIC names another metric ("" for none).
+PENDING_METRIC = os.environ.get("CALLGATE_CHAOS_PENDING_METRIC", "callgate_voids_pending")
+
+
 def pending_metric(port: int) -> Callable[[], int] | None:
-    """When CALLGATE_CHAOS_PENDING_METRIC names a metric of the gateway (compensations not
-    yet landed, say), a reader of its value summed over its samples: settling then also
-    waits for it to reach 0. None otherwise."""
-    name = os.environ.get("CALLGATE_CHAOS_PENDING_METRIC", "")
-    if not name:
+    """A reader of the pending metric summed over its samples (0 when the worker has no
+    such metric), or None when none is named."""
+    if not PENDING_METRIC:
         return None
 
     def read() -> int:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            total += sum(s.value for s in family.samples if s.name == name)
-        return int(total)
+        return int(sum(metric_samples(port, PENDING_METRIC).values()))
 
     return read
+
+
+def voids_line(port: int) -> str:
+    """The worker's voids so far by result, for the scenarios' last line."""
+    voids = metric_samples(port, "callgate_voids_total")
+    return f"voids so far: {dict(sorted(voids.items())) or 'none (no such metric)'}"
 
 
 async def settle_and_check(redis_url: str, caller: Caller, balance_before_micro: int,

@@ -49,7 +49,10 @@ class ServeProcess:
         env = {**os.environ, "CALLGATE_DATA_DIR": str(self.data_dir / "var"),
                "CALLGATE_OPERATOR_TOKEN": TOKEN, "CALLGATE_LOG_LEVEL": "ERROR",
                "CALLGATE_REDIS_URL": self.redis_url, "CALLGATE_PERSIST": "0",
-               "CALLGATE_PARTITIONS": str(PARTITIONS), **self.extra_env}
+               "CALLGATE_PARTITIONS": str(PARTITIONS),
+               # No per-tenant authorize rate: the scenarios load one tenant far above any
+               # real one's rate, and their calls must reach the reservations.
+               "CALLGATE_TENANT_AUTHORIZATIONS_PER_SECOND": "0", **self.extra_env}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
