@@ -79,7 +79,8 @@ async def _create(request: web.Request, ctx: Ctx, tenant_id: str | None) -> web.
 
 async def _revoke(request: web.Request, ctx: Ctx, tenant_id: str | None) -> web.StreamResponse:
     token_id = path_id(request.match_info["token_id"], "token_id")
-    if not await revoke_token(request.app[STORE], token_id, tenant_id, ctx.actor):
+    if not await revoke_token(request.app[STORE], token_id, tenant_id, ctx.actor,
+                              int(request.app[CLOCK].now())):
         return _token_not_found()
     await _reload_here(request.app)
     return web.Response(status=204)

@@ -48,6 +48,9 @@ create or revoke changes the table and its version in one function call):
     {tokens}:version         string counter, +1 on every create and revoke (workers poll it)
     {tokens}:used            hash   tok_… -> last_used_at (seconds, coarse: each worker
                                     writes the ids it saw at most once a minute)
+    {tokens}:events          stream token.created / token.revoked, for the persister: the
+                                    ledger keeps every change and `callgate rebuild`
+                                    restores the table from it
 """
 
 from __future__ import annotations
@@ -179,6 +182,7 @@ TOKENS_TAG = "{tokens}"
 TOKENS = f"{TOKENS_TAG}:all"
 TOKENS_VERSION = f"{TOKENS_TAG}:version"
 TOKENS_USED = f"{TOKENS_TAG}:used"
+TOKENS_EVENTS = f"{TOKENS_TAG}:events"
 
 
 def tenant_keys(tenant_id: str, partitions: int) -> TenantKeys:

@@ -11,9 +11,16 @@ from typing import Any
 
 import orjson
 
-from gateway.keys import all_partitions, call_fields, deck_key
+from gateway.keys import TOKENS, all_partitions, call_fields, deck_key
 from gateway.ledger import Ledger
-from gateway.rebuild import CALL_FIELDS, TENANT_FIELDS, diff_hash, expected_state, latest_decks
+from gateway.rebuild import (
+    CALL_FIELDS,
+    TENANT_FIELDS,
+    diff_hash,
+    expected_state,
+    latest_decks,
+    latest_tokens,
+)
 from gateway.store import Store
 
 
@@ -89,4 +96,14 @@ async def audit(store: Store, ledger: Ledger, now: int, clock_skew_seconds: int)
             state = "missing" if have_deck is None else "differs"
             problems.append(f"{key}: {state} in redis (the ledger's last upload of "
                             f"{currency}: {len(csv_text)} bytes)")
+    flat = await store.raw(TOKENS, "HGETALL", TOKENS)
+    have_tokens = {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+    want_tokens = await latest_tokens(ledger)
+    # Named by id only: a record carries the token's SHA-256, which stays out of output.
+    for token_id in sorted(set(want_tokens) | set(have_tokens)):
+        w, h = want_tokens.get(token_id), have_tokens.get(token_id)
+        if w != h:
+            state = ("missing in redis" if h is None else "not in the ledger" if w is None
+                     else "differs from the ledger's")
+            problems.append(f"{TOKENS} {token_id}: {state}")
     return problems

@@ -37,7 +37,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from gateway import metrics
-from gateway.keys import DECKS_EVENTS, all_partitions
+from gateway.keys import DECKS_EVENTS, TOKENS_EVENTS, all_partitions
 from gateway.ledger import Entry, Ledger
 from gateway.ledger.backoff import Outage
 from gateway.redisclient import ReplyError
@@ -97,8 +97,9 @@ IDLE_STATUS_INTERVAL_SECONDS = 60.0
 
 
 def event_streams(partitions: int) -> list[str]:
-    """Every stream the persister drains: one per partition, and the rate decks' own."""
-    return [p.events for p in all_partitions(partitions)] + [DECKS_EVENTS]
+    """Every stream the persister drains: one per partition, the rate decks' own and the
+    run-time tokens'."""
+    return [p.events for p in all_partitions(partitions)] + [DECKS_EVENTS, TOKENS_EVENTS]
 
 @dataclass
 class Persister:

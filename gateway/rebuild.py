@@ -173,6 +173,36 @@ async def latest_decks(ledger: Ledger) -> dict[str, str]:
     return latest
 
 
+async def latest_tokens(ledger: Ledger) -> dict[str, str]:
+    """The run-time tokens the ledger says exist: token id -> record (JSON, the SHA-256
+    only), from the token.created and token.revoked events in stream order."""
+    tokens: dict[str, str] = {}
+    rows = await ledger.query(
+        "SELECT entry_id, type, data FROM events "
+        "WHERE type IN ('token.created', 'token.revoked')")
+    for _, etype, text in sorted((_entry_order(str(r[0])), str(r[1]), str(r[2]))
+                                 for r in rows):
+        data = orjson.loads(text)
+        if etype == "token.created":
+            tokens[str(data["token_id"])] = str(data["record"])
+        else:
+            tokens.pop(str(data["token_id"]), None)
+    return tokens
+
+
+async def restore_tokens(store: Store, ledger: Ledger) -> int:
+    """Put back the run-time tokens (never over one Redis has); returns those written. The
+    version counter moves, so that running workers reload the table."""
+    from gateway.keys import TOKENS, TOKENS_VERSION
+
+    written = 0
+    for token_id, record in (await latest_tokens(ledger)).items():
+        written += int(await store.raw(TOKENS, "HSETNX", TOKENS, token_id, record))
+    if written:
+        await store.raw(TOKENS_VERSION, "INCR", TOKENS_VERSION)
+    return written
+
+
 async def redis_is_empty(store: Store, ex: Expected) -> bool:
     for key in ex.tenant_keys:
         if int(await store.raw(key, "EXISTS", key)):
@@ -212,7 +242,7 @@ async def rebuild(store: Store, ledger: Ledger, now: int, clock_skew_seconds: in
         bar.close()
     lists = sum(1 for entries in ex.lists.values() if entries)
     return (len(ex.hashes) + len(ex.zsets) + lists
-            + await restore_decks(store, ledger, now))
+            + await restore_decks(store, ledger, now) + await restore_tokens(store, ledger))
 
 
 async def restore_decks(store: Store, ledger: Ledger, now: int) -> int:

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ import orjson
 
 from gateway.auth import ROLES, Authenticator, Principal, token_sha256
 from gateway.clock import Clock, parse_rfc3339, rfc3339
-from gateway.keys import TOKENS, TOKENS_USED, TOKENS_VERSION
+from gateway.keys import TOKENS, TOKENS_EVENTS, TOKENS_USED, TOKENS_VERSION
 from gateway.store import Status, Store, StoreError
 from gateway.validate import ID_RE, Fields
 
@@ -199,8 +200,8 @@ async def create_token(store: Store, spec: TokenSpec, now: int,
         record = TokenRecord(new_token_id(), token_sha256(secret), spec.role, spec.tenants,
                              spec.description, now, spec.expires_at, actor)
         async with asyncio.timeout(store.admin_timeout_s):
-            reply = await store.fcall("token_create", [TOKENS, TOKENS_VERSION],
-                                      [record.id, record.to_json()])
+            reply = await store.fcall("token_create", [TOKENS, TOKENS_VERSION, TOKENS_EVENTS],
+                                      [record.id, record.to_json(), now])
         status = Status(int(reply[0]))
         if status is Status.OK:
             log.info("token %s created by %s: role %s, tenants %s, expires %s", record.id,
@@ -238,12 +239,13 @@ async def list_tokens(store: Store, tenant_id: str | None = None) -> list[dict[s
 
 
 async def revoke_token(store: Store, token_id: str, tenant_id: str | None = None,
-                       actor: str = "") -> bool:
+                       actor: str = "", now: int | None = None) -> bool:
     """Delete a token; False if there is none (or, with ``tenant_id``, none that this
     tenant's admin manages)."""
     async with asyncio.timeout(store.admin_timeout_s):
-        reply = await store.fcall("token_revoke", [TOKENS, TOKENS_VERSION, TOKENS_USED],
-                                  [token_id, tenant_id or ""])
+        reply = await store.fcall(
+            "token_revoke", [TOKENS, TOKENS_VERSION, TOKENS_USED, TOKENS_EVENTS],
+            [token_id, tenant_id or "", int(time.time()) if now is None else now, actor])
     status = Status(int(reply[0]))
     if status is Status.NOT_FOUND:
         return False

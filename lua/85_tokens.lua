@@ -8,8 +8,11 @@ step, so a worker that sees a new version reloads a table that already holds the
 token_create
   KEYS[1] tokens hash     {tokens}:all (tok_… -> JSON record)
   KEYS[2] version         {tokens}:version
+  KEYS[3] events stream   {tokens}:events (token.created, with the record: its SHA-256,
+                          never the token)
   ARGV[1] token id (tok_…)
   ARGV[2] the record, JSON
+  ARGV[3] now (seconds)
   Returns {OK, version}, or {IDEMPOTENCY_CONFLICT} if the id is taken (the caller draws
   another).
 --]]
@@ -17,6 +20,7 @@ local function token_create(KEYS, ARGV)
   if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
     return {IDEMPOTENCY_CONFLICT}
   end
+  emit(KEYS[3], 'token.created', '', tonumber(ARGV[3]), {token_id = ARGV[1], record = ARGV[2]})
   return {OK, redis.call('INCR', KEYS[2])}
 end
 
@@ -25,7 +29,9 @@ token_revoke
   KEYS[1] tokens hash     {tokens}:all
   KEYS[2] version         {tokens}:version
   KEYS[3] last-use hash   {tokens}:used
+  KEYS[4] events stream   {tokens}:events (token.revoked)
   ARGV[1] token id
+  ARGV[3] now (seconds)   ARGV[4] actor: id of the token that revoked it
   ARGV[2] tenant id, or '' for any token (operator). With a tenant, only a switch token
           whose tenants are exactly that one tenant is revoked; any other is NOT_FOUND,
           as if it did not exist.
@@ -43,6 +49,7 @@ local function token_revoke(KEYS, ARGV)
   end
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
+  emit(KEYS[4], 'token.revoked', '', tonumber(ARGV[3]), {token_id = ARGV[1], actor = ARGV[4]})
   return {OK, redis.call('INCR', KEYS[2])}
 end
 

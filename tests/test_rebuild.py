@@ -263,3 +263,30 @@ def test_audit_and_rebuild_name_an_unreachable_store_in_one_line(
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.startswith(first), proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+async def test_run_time_tokens_reach_the_ledger_and_come_back_with_rebuild(
+        rgw: Gateway, parts: tuple[Store, Ledger, Persister], clock: ManualClock) -> None:
+    """A token created at run time survives the loss of Redis, a revoked one stays revoked;
+    audit names a token missing from Redis by its id, never with its hash."""
+    from gateway.keys import TOKENS
+    from gateway.tokens import TokenRecord
+
+    store, ledger, persister = parts
+    await rgw.tenant("tk")
+    kept = await rgw.req("POST", "/v1/tokens", {"role": "switch", "tenants": ["tk"]},
+                         status=201)
+    gone = await rgw.req("POST", "/v1/tokens", {"role": "switch", "tenants": ["tk"]},
+                         status=201)
+    await rgw.req("DELETE", f"/v1/tokens/{gone['id']}", status=204)
+    await drain(persister)
+    before = await store.raw(TOKENS, "HGET", TOKENS, kept["id"])
+    await store.raw(TOKENS, "FLUSHALL")
+    await rebuild(store, ledger, int(clock.now()), 300, show_progress=False)
+    assert await store.raw(TOKENS, "HGET", TOKENS, kept["id"]) == before
+    assert await store.raw(TOKENS, "HEXISTS", TOKENS, gone["id"]) == 0
+    assert TokenRecord.from_json(kept["id"], before).role == "switch"
+    assert await audit(store, ledger, int(clock.now()), 300) == []
+    await store.raw(TOKENS, "HDEL", TOKENS, kept["id"])
+    problems = await audit(store, ledger, int(clock.now()), 300)
+    assert problems == [f"{TOKENS} {kept['id']}: missing in redis"]
