@@ -108,7 +108,27 @@ _REQUEST_LINE_RE = re.compile(
     rb"POST (/v1/tenants/(%s)/calls(?:/(%s)/(extend|end))?) HTTP/1\.1" % (_SEGMENT, _SEGMENT))
 # Header fields, each "name:value CRLF": RFC 9110 token names; values of visible ASCII,
 # spaces and tabs only (no control characters, no obs-text, no obs-fold).
-_FIELDS_RE = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*\r\n)*")
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELD = rb"%s:[\t\x20-\x7e]*\r\n" % _TOKEN
+_FIELDS_RE = re.compile(rb"(?:%s)*" % _FIELD)
+
+
+def _prefixes(literal: bytes) -> bytes:
+    """A pattern matching every prefix of literal, the empty one included."""
+    pattern = b""
+    for byte in reversed(literal):
+        pattern = b"(?:%s%s)?" % (re.escape(bytes([byte])), pattern)
+    return pattern
+
+
+# What may begin a fast-path request before its line is complete, and a head before its
+# end: bytes that cannot be its beginning are handed over at once (aiohttp may answer
+# them at once), never waited on.
+_LINE_START_RE = re.compile(
+    rb"%s|POST /v1/tenants/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*%s"
+    % (_prefixes(b"POST /v1/tenants/"), _prefixes(b" HTTP/1.1\r")))
+_FIELDS_START_RE = re.compile(
+    rb"(?:%s)*(?:%s(?::[\t\x20-\x7e]*\r?)?|\r)?" % (_FIELD, _TOKEN))
 
 # Header names the parser looks at: their codes. Singletons (aiohttp refuses a second one)
 # have a bit of their own, above the low byte.
@@ -176,7 +196,9 @@ def _parse(buf: bytearray) -> _Request | int:
     plainly valid: aiohttp then gives the verdict, 400 included)."""
     eol = buf.find(b"\r\n")
     if eol < 0:
-        return _HANDOVER if len(buf) > HEAD_LIMIT_BYTES or b"\n" in buf else _INCOMPLETE
+        if len(buf) > HEAD_LIMIT_BYTES or _LINE_START_RE.fullmatch(buf) is None:
+            return _HANDOVER
+        return _INCOMPLETE
     line = _REQUEST_LINE_RE.fullmatch(buf, 0, eol)
     if line is None:
         return _HANDOVER
@@ -185,7 +207,9 @@ def _parse(buf: bytearray) -> _Request | int:
         return _HANDOVER
     end = buf.find(b"\r\n\r\n", eol)
     if end < 0:
-        return _HANDOVER if len(buf) > HEAD_LIMIT_BYTES else _INCOMPLETE
+        if len(buf) > HEAD_LIMIT_BYTES or _FIELDS_START_RE.fullmatch(buf, eol + 2) is None:
+            return _HANDOVER
+        return _INCOMPLETE
     if end > HEAD_LIMIT_BYTES:
         return _HANDOVER
     fields = bytes(buf[eol + 2:end + 2])  # each line with its CRLF; b"" when none
@@ -568,8 +592,10 @@ class FastServer(Server):
             return self._reject()
         return FastProtocol(self) if self.fast else self.aiohttp_handler()
 
+    handler_class: type[AiohttpHandler] = AiohttpHandler
+
     def aiohttp_handler(self) -> AiohttpHandler:
-        return AiohttpHandler(self, loop=self._loop, **self._kwargs)
+        return self.handler_class(self, loop=self._loop, **self._kwargs)
 
     def _reject(self) -> asyncio.Protocol:
         self.rejected += 1
