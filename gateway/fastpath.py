@@ -31,7 +31,8 @@ Limits (docs/http-limits.md), none costing a timer or a system call per request:
 * Head timeout (``http_head_timeout_seconds``). A request begun must arrive whole within it,
   and a new connection must send its first request within it; a byte now and then does not
   extend it. Connections handed to aiohttp get the same for their heads. Idle kept-alive
-  connections close after the keep-alive timeout, as in aiohttp.
+  connections close after the keep-alive timeout, as in aiohttp, and so does (aborted) a
+  connection whose client has read none of its answers for that long.
 * Connection cap (``http_max_connections``, kept below RLIMIT_NOFILE). Past it, new
   connections are closed on arrival, counted and logged (at most one line per 10 s).
 * One sweep a second (or a quarter of the shortest timeout) checks every connection.
@@ -282,6 +283,7 @@ class FastProtocol(asyncio.Protocol):
         self._aiohttp_next = False  # what starts the buffer is aiohttp's
         self._reading_paused = False
         self._writing_paused = False
+        self._writing_paused_at = 0.0
         self.opened_at = 0.0
         self.idle_since = 0.0
         self.served = 0
@@ -306,6 +308,7 @@ class FastProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._writing_paused_at = self._server.loop.time()
         self._flow()
 
     def resume_writing(self) -> None:
@@ -395,7 +398,13 @@ class FastProtocol(asyncio.Protocol):
         """Close the connection if a timeout has passed (called by the sweep); True if
         it was a head timeout."""
         transport = self._transport
-        if transport is None or self._busy or self._queue or self._writing_paused:
+        if transport is None:
+            return False
+        if self._writing_paused:  # the client reads none of its answers
+            if keepalive_timeout > 0 and now - self._writing_paused_at >= keepalive_timeout:
+                transport.abort()  # close() would wait for the answers to be read
+            return False
+        if self._busy or self._queue:
             self._mark = None
             return False
         if self.served == 0:  # the first request: within head_timeout of connecting
@@ -442,13 +451,19 @@ class _Rejected(asyncio.Protocol):
 class AiohttpHandler(RequestHandler):
     """aiohttp's protocol for connections it serves, with the head timeout: the sweep
     closes one waiting for a request whose bytes began arriving longer than the head
-    timeout ago (or, never used, opened longer ago)."""
+    timeout ago (or, never used, opened longer ago), and one whose client has read
+    nothing for the keep-alive timeout while answers wait."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._partial = False  # bytes arrived since the last complete request
         self._mark: tuple[int, float] | None = None
         self.opened_at = self._loop.time()
+        self._writing_paused_at = 0.0
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writing_paused_at = self._loop.time()
 
     def data_received(self, data: bytes) -> None:
         count = self._request_count
@@ -458,9 +473,14 @@ class AiohttpHandler(RequestHandler):
         elif data:
             self._partial = True
 
-    def expire(self, now: float, head_timeout: float) -> bool:
+    def expire(self, now: float, head_timeout: float, keepalive_timeout: float) -> bool:
+        transport = self.transport
+        if (transport is not None and self.writing_paused and keepalive_timeout > 0
+                and now - self._writing_paused_at >= keepalive_timeout):
+            transport.abort()  # the client reads none of its answers
+            return False
         waiter = self._waiter
-        if self.transport is None or waiter is None or waiter.done():  # not waiting
+        if transport is None or waiter is None or waiter.done():  # not waiting
             self._mark = None
             return False
         if self._request_count == 0 and not self._partial:  # never used
@@ -622,7 +642,7 @@ class FastServer(Server):
             timeouts += conn.expire(now, head, keepalive)
         for handler in list(self._connections):
             if isinstance(handler, AiohttpHandler):
-                timeouts += handler.expire(now, head)
+                timeouts += handler.expire(now, head, keepalive)
         self.head_timeouts += timeouts
         bad = BAD_REQUESTS.count - self._bad_requests_seen
         self._bad_requests_seen += bad

@@ -39,9 +39,11 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def served(redis_url: str, **overrides: object) -> AsyncIterator[Served]:
+async def served(redis_url: str, keepalive_timeout: float = 75.0,
+                 **overrides: object) -> AsyncIterator[Served]:
     settings = make_settings(redis_url, http_head_timeout_seconds=1, **overrides)
-    runner = CallgateRunner(create_app(settings, clock=ManualClock(T0)), access_log=None)
+    runner = CallgateRunner(create_app(settings, clock=ManualClock(T0)), access_log=None,
+                            keepalive_timeout=keepalive_timeout)
     await runner.setup()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -144,6 +146,27 @@ async def test_an_idle_kept_alive_connection_outlives_the_head_timeout(gw: Serve
     finally:
         writer.close()
     assert gw.server.head_timeouts == 0
+
+
+@pytest.mark.parametrize("prefix", [pytest.param(b"", id="fast"),
+                                    pytest.param(HEALTH, id="handed-over")])
+async def test_a_client_that_reads_nothing_is_cut_off(redis_server: RedisServer,
+                                                      prefix: bytes) -> None:
+    """Answers pile up unread (the worker stops reading and answering): after the
+    keep-alive timeout (1 s here) of that, the connection is aborted."""
+    async with served(redis_server.url, keepalive_timeout=1.0) as gw:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        raw = HEAD + b"Content-Length: 0\r\n\r\n"  # 401 each: no token
+        writer.write(prefix + raw * 40_000)  # ~9 MB of answers: more than buffers hold
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            while gw.server.open_connections:
+                await asyncio.sleep(0.05)
+        assert gw.server.handovers == (1 if prefix else 0)
+        writer.transport.abort()
 
 
 def _metric(name: str) -> float:
