@@ -127,8 +127,9 @@ def _send_until_blocked(sock: socket.socket, chunk: bytes) -> int:
         try:
             n = sock.send(view[offset:])
         except BlockingIOError:
-            _, writable, _ = select.select([], [sock], [], BLOCKED_SECONDS)
-            if not writable:
+            poll = select.poll()
+            poll.register(sock, select.POLLOUT)
+            if not poll.poll(BLOCKED_SECONDS * 1000):
                 return sent
             continue
         sent += n
@@ -239,3 +240,70 @@ def test_no_token_in_the_log_and_no_log_flood(tmp_path: Path, redis_server: Redi
     reported = len(lines) + sum(int(line.split("; ")[1].split()[0])
                                 for line in lines if "more not logged" in line)
     assert reported == len(_malformed(tenant)) + 1001, lines
+
+
+def _all_blocked(socks: list[socket.socket], chunk: bytes) -> None:
+    """Send chunk after chunk on every socket, never reading, until none takes more for
+    BLOCKED_SECONDS."""
+    for sock in socks:
+        sock.setblocking(False)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    sent = dict.fromkeys(socks, 0)
+    while time.monotonic() < deadline:
+        for sock in socks:
+            with contextlib.suppress(BlockingIOError):
+                while sent[sock] < SEND_LIMIT_BYTES:
+                    sent[sock] += sock.send(chunk)
+        poll = select.poll()  # select() stops at descriptor 1023
+        for sock in socks:
+            poll.register(sock, select.POLLOUT)
+        if not poll.poll(BLOCKED_SECONDS * 1000):
+            return
+    raise AssertionError("the worker kept reading")
+
+
+IDLE_CONNECTIONS = 1000
+NON_READING_CONNECTIONS = 20
+
+
+def test_memory_per_connection(tmp_path: Path, redis_server: RedisServer,
+                               tenant: str) -> None:
+    """What one connection costs the worker: kept alive and idle after a request, and at
+    worst (pipelining without reading, buffers full). The figures in docs/http-limits.md
+    come from this test (pytest -s prints them)."""
+    raw = _calls_request(tenant, TOKEN)
+    with serve(tmp_path, redis_server.url) as worker:
+        assert _http(worker.port, "PUT", f"/v1/tenants/{tenant}", {"name": "x"}) == 201
+        assert _http(worker.port, "PUT", f"/v1/tenants/{tenant}/users/nobody",
+                     {"country": "US", "plan": "domestic"}) == 201
+        _warm_up(worker, raw)
+        socks: list[socket.socket] = []
+        try:
+            # Warm up the connection path with a few, then measure a thousand more: kept
+            # alive after a call-control request (fast path), after a GET (aiohttp's).
+            health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            idle: dict[bytes, float] = {}
+            for first in (raw, health):
+                before = 0
+                for i in range(100 + IDLE_CONNECTIONS):
+                    if i == 100:
+                        before = worker.rss()
+                    sock = socket.create_connection(("127.0.0.1", worker.port), timeout=10)
+                    socks.append(sock)
+                    sock.sendall(first)
+                    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+                idle[first] = (worker.rss() - before) / IDLE_CONNECTIONS
+            before = worker.rss()
+            pipelining = [socket.create_connection(("127.0.0.1", worker.port), timeout=10)
+                          for _ in range(NON_READING_CONNECTIONS)]
+            socks += pipelining
+            _all_blocked(pipelining, raw * 200)
+            worst = (worker.rss() - before) / NON_READING_CONNECTIONS
+        finally:
+            for sock in socks:
+                sock.close()
+    print(f"memory per connection: idle on the fast path {idle[raw] / 1024:.1f} KiB, "
+          f"idle aiohttp's {idle[health] / 1024:.1f} KiB, "
+          f"not reading {worst / 1024:.1f} KiB")
+    assert max(idle.values()) < 64 * 1024
+    assert worst < 1024 * 1024
