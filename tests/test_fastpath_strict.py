@@ -294,12 +294,21 @@ NAMED_400 = {
     "value-with-del": _raw(b"User-Agent: sw\x7fitch", _AUTH, _LENGTH),
     "target-with-control": _raw(_AUTH, _LENGTH, target=CALLS.encode() + b"\x01"),
     "host-twice": _raw(b"Host: 127.0.0.1", _AUTH, _LENGTH),
+    "content-length-twice-same": _raw(_AUTH, _LENGTH, _LENGTH),
+    "content-type-twice": _raw(_AUTH, b"Content-Type: application/json",
+                               b"Content-Type: application/json", _LENGTH),
+    "chunked-and-length": _raw(_AUTH, b"Transfer-Encoding: chunked", _LENGTH),
     "obs-fold": _raw(_AUTH, b" folded", _LENGTH),
     "bare-cr": _raw(b"X-A: b\rc", _AUTH, _LENGTH),
 }
 
 NAMED_SAME = {
     "no-host": _raw(_AUTH, _LENGTH).replace(b"Host: 127.0.0.1\r\n", b""),
+    "empty-host": _raw(_AUTH, _LENGTH).replace(b"Host: 127.0.0.1", b"Host:"),
+    "authorization-twice": _raw(_AUTH, b"Authorization: Bearer other", _LENGTH),
+    "tab-around-values": _raw(b"Authorization:\t" + _AUTH.split(b": ")[1] + b"\t",
+                              b"Content-Length:\t%d\t" % len(BODY)),
+    "expect-continue": _raw(_AUTH, _LENGTH, b"Expect: 100-continue"),
     "content-length-leading-zeros": _raw(_AUTH, b"Content-Length: 000%d" % len(BODY)),
     "content-length-11-digits": _raw(_AUTH, b"Content-Length: %011d" % len(BODY)),
     "connection-closed-is-not-close": _raw(_AUTH, _LENGTH, b"Connection: closed"),
