@@ -465,6 +465,13 @@ class AiohttpHandler(RequestHandler):
         super().pause_writing()
         self._writing_paused_at = self._loop.time()
 
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):  # a malformed request: counted here, its
+            BAD_REQUESTS.count += 1  # log line filtered (BadRequestFilter)
+        return super().handle_error(request, status, exc, message)
+
     def data_received(self, data: bytes) -> None:
         count = self._request_count
         super().data_received(data)
@@ -526,13 +533,12 @@ class BadRequestFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.limit = _RateLimited(BAD_REQUEST_LOG_SECONDS)
-        self.count = 0  # malformed requests seen (the sweep moves them to the metric)
+        self.count = 0  # malformed requests answered (the sweep moves them to the metric)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, HttpProcessingError):
             return True
-        self.count += 1
         if self.limit.ready():
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             more = self.limit.take_suppressed()

@@ -213,6 +213,13 @@ def _malformed(tenant: str) -> dict[str, bytes]:
     }
 
 
+def _bad_requests_metric(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(r"^callgate_http_bad_requests_total (\S+)$", text, re.M)
+    return float(found[1]) if found else 0.0
+
+
 def test_no_token_in_the_log_and_no_log_flood(tmp_path: Path, redis_server: RedisServer,
                                               tenant: str) -> None:
     """A malformed Authorization header (a control byte after the token) put the bearer
@@ -230,6 +237,13 @@ def test_no_token_in_the_log_and_no_log_flood(tmp_path: Path, redis_server: Redi
         # The last suppressed count is reported by the next line: force one a second on.
         time.sleep(1.1)
         _one_shot(worker.port, flood)
+        # Every one counted, in the metric (reported by the once-a-second sweep).
+        total = len(_malformed(tenant)) + 1001
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while _bad_requests_metric(worker.port) < total:
+            assert time.monotonic() < deadline, _bad_requests_metric(worker.port)
+            time.sleep(0.2)
+        assert _bad_requests_metric(worker.port) == total
     text = worker.log_text()
     assert SECRET not in text
     assert SECRET[:16] not in text
