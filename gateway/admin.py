@@ -105,6 +105,7 @@ class AdminService:
             "timezone": t.get("tz"),
             "charge_inbound_calls": t.get("chg_in") == "1",
             "max_concurrent_calls": int(t["maxc"]) if t.get("maxc") else None,
+            "authorizations_per_second": int(t["rl"]) if t.get("rl") else None,
             "active_calls": int(t.get("act") or 0),
         }
 

@@ -20,11 +20,13 @@ from gateway.api import (
     SETTINGS,
     STORE,
     add_routes,
+    observer_ctx,
     problems_middleware,
 )
 from gateway.api_audit import add_audit_routes
 from gateway.api_cdrs import ledger_ctx
 from gateway.api_decks import add_deck_routes
+from gateway.api_tokens import add_token_routes
 from gateway.auth import Authenticator
 from gateway.calls import UNAVAILABLE, CallService
 from gateway.clock import Clock, SystemClock
@@ -35,6 +37,9 @@ from gateway.store import Store
 
 log = logging.getLogger(__name__)
 
+# How long a stopping worker waits for its queued voids to reach Redis.
+VOIDS_DRAIN_SECONDS = 5.0
+
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
                store: Store | None = None) -> web.Application:
@@ -43,7 +48,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app = web.Application(middlewares=[problems_middleware], client_max_size=BODY_LIMIT_BYTES)
     app[SETTINGS] = settings
     app[CLOCK] = clock or SystemClock()
-    app[AUTH] = Authenticator(settings.operator_token, settings.tokens)
+    app[AUTH] = Authenticator(settings.operator_token, settings.tokens, clock=app[CLOCK])
     app[DECKS] = Decks(settings.rate_decks)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -70,6 +75,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         app[CALLS] = CallService(settings, s, app[CLOCK], app[DECKS])
         app[ADMIN] = AdminService(settings, s, app[CLOCK])
         yield
+        # Voids still queued go out before the connection closes (gateway.voids).
+        await app[CALLS].voider.drain(VOIDS_DRAIN_SECONDS)
+        await app[CALLS].voider.close()
         if own:
             await s.close()
 
@@ -87,10 +95,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(decks_ctx)
+    app.cleanup_ctx.append(observer_ctx)  # /metrics and /readyz: Redis sampled once a second
     app.cleanup_ctx.append(ledger_ctx)  # GET …/cdrs reads the ledger (opened on first use)
     app.cleanup_ctx.append(metrics.flusher_ctx)
     add_routes(app)
     add_deck_routes(app)
     add_audit_routes(app)
+    add_token_routes(app)  # also its poller (cleanup_ctx), after redis_ctx: it needs STORE
     add_openapi_route(app)  # last: it describes the routes above
     return app

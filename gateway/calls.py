@@ -9,7 +9,10 @@ before Redis, so they are allowed even when Redis is down (D11).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import secrets
 import time
 from typing import Any, NamedTuple
 
@@ -25,6 +28,7 @@ from gateway.numbers import Destination, classify
 from gateway.rating import Rate, RateDeck
 from gateway.redisclient import RedisUnavailable, ReplyError
 from gateway.store import AuthorizeArgs, Bill, Decision, Status, Store, StoreError
+from gateway.voids import Voider
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ SIP_CODES: dict[str, int] = {
     "invalid_destination": 484,
     "concurrency_limit": 486,
     "service_unavailable": 503,
+    "rate_limited": 503,
 }
 
 # Failures of the one round trip that turn into deny / service_unavailable (or, for an
@@ -81,6 +86,17 @@ class CallService:
         # (gateway.decks); the configuration's decks until then.
         self.decks = decks if decks is not None else Decks(settings.rate_decks)
         self._timeout_s = settings.redis_timeout_ms / 1000
+        # Redis refuses a call-control function it starts later than this after the request
+        # began (wall clock): a quarter of the deadline is left for the reply to come back,
+        # so that late work is refused rather than done and then voided.
+        self._redis_budget_ms = max(1, settings.redis_timeout_ms * 3 // 4)
+        # Call-control requests in flight (waiting for Redis); past max_inflight_calls new
+        # ones are shed at once (architecture.md, "Answers that stay true under stress").
+        self.inflight = 0
+        self.max_inflight = settings.max_inflight_calls
+        self.voider = Voider(settings, store, clock)
+        self._attempt_prefix = f"{os.getpid():x}.{secrets.token_hex(3)}."
+        self._attempts = itertools.count(1)
         # Tenant currency and time zone, as last seen; authorize checks them in Lua and
         # answers the real ones when they changed, so a stale entry costs one retry.
         self._tenant_cache: dict[str, tuple[str, str]] = {}
@@ -132,7 +148,7 @@ class CallService:
 
     def _args(
         self, tenant_id: str, req: AuthorizeRequest, dest: Destination, now: int,
-        currency: str, tz: str,
+        currency: str, tz: str, attempt: str,
     ) -> AuthorizeArgs:
         started = req.started_at if req.started_at is not None else now
         predeny, credits_only = "", False
@@ -161,6 +177,8 @@ class CallService:
             subsequent_increment=rate.subsequent_increment_seconds,
             grant_max_seconds=self.settings.grant_seconds,
             retention_seconds=self.settings.call_retention_seconds, started_at=started,
+            deadline_ms=int(time.time() * 1000) + self._redis_budget_ms, attempt=attempt,
+            default_authorizations_per_second=self.settings.tenant_authorizations_per_second,
         )
 
     async def authorize(self, tenant_id: str, req: AuthorizeRequest) -> dict[str, Any]:
@@ -168,14 +186,31 @@ class CallService:
         now = int(self.clock.now())
         dest = classify(req.to)
         emergency = req.direction == "outbound" and bool(dest.emergency_regions)
+        if self.inflight >= self.max_inflight:
+            metrics.count_shed("authorize")
+            decision = self._without_redis(dest, emergency, now)
+        else:
+            self.inflight += 1
+            try:
+                decision = await self._authorize(tenant_id, req, dest, emergency, now)
+            finally:
+                self.inflight -= 1
+        if not decision.replayed:
+            metrics.count_decision(decision.decision, decision.reason, decision.source)
+        metrics.observe_request("authorize", time.perf_counter() - t0)
+        return decision_body(req.call_id, decision)
+
+    async def _authorize(self, tenant_id: str, req: AuthorizeRequest, dest: Destination,
+                         emergency: bool, now: int) -> Decision:
         currency, tz = self._tenant_cache.get(
             tenant_id, (self.settings.default_currency, self.settings.default_timezone)
         )
+        attempt = self._attempt_prefix + str(next(self._attempts))
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
             try:
                 decision = await self.store.authorize(
-                    self._args(tenant_id, req, dest, now, currency, tz), deadline
+                    self._args(tenant_id, req, dest, now, currency, tz, attempt), deadline
                 )
             except StoreError as exc:
                 if exc.status is not Status.TENANT_SETTINGS_CHANGED:
@@ -183,27 +218,27 @@ class CallService:
                 currency, tz = str(exc.detail[0]), str(exc.detail[1])
                 self._tenant_cache[tenant_id] = (currency, tz)
                 decision = await self.store.authorize(
-                    self._args(tenant_id, req, dest, now, currency, tz), deadline
+                    self._args(tenant_id, req, dest, now, currency, tz, attempt), deadline
                 )
         except StoreError as exc:
             if exc.status is Status.TENANT_NOT_FOUND:
                 self._tenant_cache.pop(tenant_id, None)
                 raise TenantNotFound(tenant_id) from exc
-            # The tenant's settings changed again between our two attempts: no answer.
+            # LATE (Redis started it past our deadline: nothing done), or the tenant's
+            # settings changed again between our two attempts: no answer.
             _log_failure("authorize", tenant_id, req.call_id, exc)
-            decision = self._without_redis(dest, emergency, now)
+            return self._without_redis(dest, emergency, now)
         except UNAVAILABLE as exc:
             _log_failure("authorize", tenant_id, req.call_id, exc)
             metrics.count_redis_failure(exc)
-            decision = self._without_redis(dest, emergency, now)
-        else:
-            if len(self._tenant_cache) > 100_000:
-                self._tenant_cache.clear()
-            self._tenant_cache[tenant_id] = (currency, tz)
-        if not decision.replayed:
-            metrics.count_decision(decision.decision, decision.reason, decision.source)
-        metrics.observe_request("authorize", time.perf_counter() - t0)
-        return decision_body(req.call_id, decision)
+            if not emergency and may_have_run(exc):
+                # Told deny; whatever the function did must be undone (gateway.voids).
+                self.voider.add(tenant_id, req.call_id, attempt)
+            return self._without_redis(dest, emergency, now)
+        if len(self._tenant_cache) > 100_000:
+            self._tenant_cache.clear()
+        self._tenant_cache[tenant_id] = (currency, tz)
+        return decision
 
     def _without_redis(self, dest: Destination, emergency: bool, now: int) -> Decision:
         """The answer when Redis could not decide: emergency calls go through (D11)."""
@@ -220,18 +255,29 @@ class CallService:
         t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
-        try:
-            decision = await self.store.extend(
-                tenant_id, call_id, now, used_seconds, months, self.settings.grant_seconds,
-                deadline,
-            )
-        except StoreError as exc:
-            raise _lifecycle_error(exc) from exc
-        except UNAVAILABLE as exc:
-            _log_failure("extend", tenant_id, call_id, exc)
-            metrics.count_redis_failure(exc)
-            decision = Decision("deny", "service_unavailable", "", 0, 0, "", "", "")
+        unavailable = Decision("deny", "service_unavailable", "", 0, 0, "", "", "")
+        if self.inflight >= self.max_inflight:
+            metrics.count_shed("extend")
+            decision = unavailable
+        else:
+            self.inflight += 1
+            deadline = asyncio.get_running_loop().time() + self._timeout_s
+            try:
+                decision = await self.store.extend(
+                    tenant_id, call_id, now, used_seconds, months, self.settings.grant_seconds,
+                    deadline, int(time.time() * 1000) + self._redis_budget_ms,
+                )
+            except StoreError as exc:
+                if exc.status is not Status.LATE:
+                    raise _lifecycle_error(exc) from exc
+                _log_failure("extend", tenant_id, call_id, exc)
+                decision = unavailable
+            except UNAVAILABLE as exc:
+                _log_failure("extend", tenant_id, call_id, exc)
+                metrics.count_redis_failure(exc)
+                decision = unavailable
+            finally:
+                self.inflight -= 1
         metrics.count_decision(decision.decision, decision.reason, decision.source)
         metrics.observe_request("extend", time.perf_counter() - t0)
         return decision_body(call_id, decision, current_grant=True)
@@ -240,6 +286,10 @@ class CallService:
         t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
+        if self.inflight >= self.max_inflight:
+            metrics.count_shed("end")
+            raise ServiceUnavailable("overloaded: shed")
+        self.inflight += 1
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
             bill = await self.store.end(
@@ -251,9 +301,12 @@ class CallService:
         except UNAVAILABLE as exc:
             _log_failure("end", tenant_id, call_id, exc)
             metrics.count_redis_failure(exc)
-            # Not billed: the switch must retry (end is idempotent); the reaper bills the
-            # call as fully used if it never gets through (D33).
+            # Not billed, or billed without our knowing: the switch must retry (end is
+            # idempotent, a retry answers the bill); the reaper bills the call as fully used
+            # if it never gets through (D33).
             raise ServiceUnavailable(str(exc)) from exc
+        finally:
+            self.inflight -= 1
         metrics.observe_request("end", time.perf_counter() - t0)
         return bill_body(call_id, bill)
 
@@ -290,17 +343,41 @@ class CallService:
         return call_body(call_id, rec)
 
 
+def may_have_run(exc: BaseException) -> bool:
+    """Whether a call-control FCALL that failed with ``exc`` may have run in Redis: its
+    deadline passed with the command written, or the connection broke with it in flight.
+    An error reply means it did not run (Redis refuses a writing function up front when
+    out of memory) or failed in a way a void could not mend."""
+    if isinstance(exc, TimeoutError):
+        return True
+    return isinstance(exc, RedisUnavailable) and exc.sent
+
+
 # Error replies of a Redis that is starting or failing over: it will answer again soon.
 TRANSIENT_REPLIES = ("LOADING ", "MASTERDOWN ", "TRYAGAIN ", "CLUSTERDOWN ")
+# Out of memory (maxmemory with noeviction): an operations problem, not a bug of ours.
+OOM_REPLY = "OOM "
+
+# Failures are logged at most once a second per worker (an outage or an overload fails
+# thousands of requests a second), with the count of those left out.
+_LOG_INTERVAL_SECONDS = 1.0
+_log_state = {"at": 0.0, "suppressed": 0}
 
 
 def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> None:
-    # Any other error reply is a fault of ours (a bug in a function, Redis out of memory):
-    # loud.
-    if isinstance(exc, ReplyError) and not str(exc).startswith(TRANSIENT_REPLIES):
-        log.error("%s %s/%s: Redis error reply: %s", op, tenant_id, call_id, exc)
+    t = time.monotonic()
+    if t - _log_state["at"] < _LOG_INTERVAL_SECONDS:
+        _log_state["suppressed"] += 1
+        return
+    more = int(_log_state["suppressed"])
+    _log_state["at"], _log_state["suppressed"] = t, 0
+    also = f" (and {more} more failures since the last line)" if more else ""
+    # Any other error reply is a fault of ours (a bug in a function): loud.
+    if isinstance(exc, ReplyError) and not str(exc).startswith((*TRANSIENT_REPLIES,
+                                                                 OOM_REPLY)):
+        log.error("%s %s/%s: Redis error reply: %s%s", op, tenant_id, call_id, exc, also)
     else:
-        log.warning("%s %s/%s without Redis: %r", op, tenant_id, call_id, exc)
+        log.warning("%s %s/%s without Redis: %r%s", op, tenant_id, call_id, exc, also)
 
 
 def _lifecycle_error(exc: StoreError) -> Exception:

@@ -143,6 +143,12 @@ class Settings:
     workers: int = field(default_factory=_cpu_count)
     partitions: int = 64  # P of the {pNNN} hash tag; fixed for the life of a deployment
     redis_timeout_ms: int = 100  # bound on one call-control Redis round trip
+    # Call-control requests one worker keeps in flight; more are shed (service_unavailable)
+    # at once. Size: requests/s a worker serves x the latency you accept (docs/overload.md).
+    max_inflight_calls: int = 256
+    # Authorizations per second of a tenant that has no rate of its own (token bucket of
+    # twice as many; 0: no limit). Generous: a limit on abuse, not on business.
+    tenant_authorizations_per_second: int = 1000
     reaper_grace_seconds: int = 60
     call_retention_seconds: int = 604_800  # an ended call stays for retries and GET
     default_currency: str = "USD"
@@ -282,6 +288,13 @@ def _build(root: _Table, env: Mapping[str, str], config_dir: Path) -> Settings:
         partitions=_int_setting(root, env, "partitions", "CALLGATE_PARTITIONS", (1, 16_384)),
         redis_timeout_ms=_int_setting(
             root, env, "redis_timeout_ms", "CALLGATE_REDIS_TIMEOUT_MS", (1, 60_000)
+        ),
+        max_inflight_calls=_int_setting(
+            root, env, "max_inflight_calls", "CALLGATE_MAX_INFLIGHT_CALLS", (1, 1_000_000)
+        ),
+        tenant_authorizations_per_second=_int_setting(
+            root, env, "tenant_authorizations_per_second",
+            "CALLGATE_TENANT_AUTHORIZATIONS_PER_SECOND", (0, 1_000_000)
         ),
         reaper_grace_seconds=_int_setting(
             root, env, "reaper_grace_seconds", "CALLGATE_REAPER_GRACE_SECONDS", (0, 86_400)

@@ -26,6 +26,8 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
     {pNNN}:events            stream every change of state, for the persister
     {pNNN}:t:T:audit         list   newest-first JSON of the tenant's admin changes (who, what,
                                     when), capped at AUDIT_MAX_ENTRIES; the ledger keeps all
+    {pNNN}:t:T:rl:S          string new calls the tenant asked to authorize in second S (its
+                                    rate limit's bucket); expires 2 s after its first
 
 Global keys (not per tenant) carry their own hash tag ``{decks}``, so the deck keys and their
 stream share one cluster slot and one function call can replace a deck atomically:
@@ -36,6 +38,16 @@ stream share one cluster slot and one function call can replace a deck atomicall
                                     worker loads several times faster than the CSV
     {decks}:versions         hash   CUR -> the global version of its last upload
     {decks}:events           stream deck.replaced events (actor, currency, rows, version)
+
+API tokens made at run time are global too, under their own tag ``{tokens}`` (one slot: a
+create or revoke changes the table and its version in one function call):
+
+    {tokens}:all             hash   tok_… -> JSON record (sha256 of the token, role, tenants,
+                                    description, created_at, expires_at, created_by); never
+                                    the token itself
+    {tokens}:version         string counter, +1 on every create and revoke (workers poll it)
+    {tokens}:used            hash   tok_… -> last_used_at (seconds, coarse: each worker
+                                    writes the ids it saw at most once a minute)
 """
 
 from __future__ import annotations
@@ -121,6 +133,9 @@ class TenantKeys:
     def call(self, call_id: str) -> str:
         return f"{self.tenant}:c:{call_id}"
 
+    def rate(self, second: int) -> str:
+        return f"{self.tenant}:rl:{second}"
+
 
 # The fields of a call hash that authorize sets and nothing changes after, in the order
 # lua/00_lib.lua (CALL_PACKED) packs them, as a JSON array of strings, into the field 'i'.
@@ -158,6 +173,12 @@ def deck_key(currency: str) -> str:
 def deck_rows_key(currency: str) -> str:
     """The same deck as JSON rows [prefix, description, kind, rate, fee, A, B]."""
     return f"{DECKS_TAG}:rows:{currency}"
+
+
+TOKENS_TAG = "{tokens}"
+TOKENS = f"{TOKENS_TAG}:all"
+TOKENS_VERSION = f"{TOKENS_TAG}:version"
+TOKENS_USED = f"{TOKENS_TAG}:used"
 
 
 def tenant_keys(tenant_id: str, partitions: int) -> TenantKeys:

@@ -10,6 +10,10 @@ regard to acknowledgement.
 
 Every Redis command goes through ``Store.backend.execute(stream_key, …)``: routed by the
 stream's hash tag, so the persister works on one server and on a cluster alike.
+
+While Redis or the ledger fails, rounds back off exponentially (gateway.ledger.backoff:
+0.1 s doubling to 5 s) with one log line per change of state; nothing is lost meanwhile,
+the events wait in the streams, unacknowledged.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Any, TypeVar
 from gateway import metrics
 from gateway.keys import DECKS_EVENTS, all_partitions
 from gateway.ledger import Entry, Ledger
-from gateway.redisclient import RedisUnavailable, ReplyError
+from gateway.ledger.backoff import Outage
+from gateway.redisclient import ReplyError
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,11 @@ IDLE_SLEEP_SECONDS = 0.05
 CLAIM_IDLE_MS = 30_000  # an entry pending this long on a silent consumer is taken over
 TRIM_INTERVAL_SECONDS = 5.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000
+
+
+class LedgerError(Exception):
+    """Writing a batch into the ledger failed (the cause is chained): tells a ledger
+    outage from a Redis one in the persister's log."""
 
 
 def consumer_name() -> str:
@@ -91,6 +101,8 @@ class Persister:
     _claim_cursor: dict[str, str] = field(default_factory=dict)  # XAUTOCLAIM scan under way
     _last_trim: float = 0.0
     _own_checked: set[str] = field(default_factory=set)  # own pending re-read after a fault
+    outage: Outage = field(default_factory=lambda: Outage("persister", log))
+    status_interval_seconds: float = STATUS_INTERVAL_SECONDS
 
     @property
     def streams(self) -> list[str]:
@@ -194,7 +206,10 @@ class Persister:
         self.backlogged = any(len(b) >= self.batch_entries_max for b in batches)
         work = [(s, b) for s, b in zip(self.streams, batches, strict=True) if b]
         if work:
-            self.persisted_total += await self.ledger.apply_batches(work)
+            try:
+                self.persisted_total += await self.ledger.apply_batches(work)
+            except Exception as exc:
+                raise LedgerError(str(exc)) from exc
             await self._each([
                 partial(self.store.backend.execute, s, "XACK", s, GROUP,
                         *(e.entry_id for e in b))
@@ -205,27 +220,36 @@ class Persister:
         return sum(len(b) for _, b in work)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Until ``stop``: rounds back to back while there is a backlog, paced when idle,
+        backed off exponentially (``self.outage``) while Redis or the ledger fails."""
         stop = stop or asyncio.Event()
         last_status = 0.0
         while not stop.is_set():
+            wait = IDLE_SLEEP_SECONDS
             try:
                 done = await self.run_once()
-                if time.monotonic() - last_status > STATUS_INTERVAL_SECONDS:
-                    last_status = time.monotonic()
+            except Exception as exc:
+                self._own_checked.clear()
+                part, cause = ("ledger", exc.__cause__ or exc) if isinstance(exc, LedgerError) \
+                    else ("redis", exc)
+                wait = await self.outage.failed(part, cause, self.backlog_entries)
+                done = 0
+            else:
+                await self.outage.succeeded(self.backlog_entries, written=done)
+            # Published in an outage too (when Redis answers): the lag alerts then fire.
+            if time.monotonic() - last_status > self.status_interval_seconds:
+                last_status = time.monotonic()
+                with contextlib.suppress(Exception):
                     status = await persister_status(self.store)
                     metrics.set_persister_state(status["backlog_entries"],
                                                 status["lag_seconds"])
-            except (OSError, ReplyError, TimeoutError, RedisUnavailable) as exc:
-                log.warning("persister: %r; retrying", exc)
-                self._own_checked.clear()
-                done = 0
-            except Exception:
-                log.exception("persister step failed; retrying")
-                self._own_checked.clear()
-                done = 0
             if done == 0 or not self.backlogged:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), IDLE_SLEEP_SECONDS)
+                    await asyncio.wait_for(stop.wait(), wait)
+
+    async def backlog_entries(self) -> int | None:
+        """Entries not yet acknowledged (None when Redis cannot tell), for the log."""
+        return int((await persister_status(self.store))["backlog_entries"])
 
 
 async def _last_delivered(store: Store, stream: str) -> str | None:

@@ -8,7 +8,9 @@ connection (replies come back in order, RESP guarantees it) and parses with hire
 redis-py stays in use for tooling and tests.
 
 A caller that times out simply abandons its future: the reply still arrives, in order, and
-is discarded, so the connection never desynchronises.
+is discarded, so the connection never desynchronises. What the abandoned command did in
+Redis is the caller's to undo (gateway.voids), or Redis's to refuse (a function that checks
+the caller's deadline).
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ class ReplyError(Exception):
 
 
 class RedisUnavailable(Exception):
-    """Redis could not be reached or the connection broke with the command in flight."""
+    """Redis could not be reached or the connection broke with the command in flight.
+
+    ``sent``: the command may have reached Redis and run (the connection broke while it was
+    in flight); False when it was never written."""
+
+    def __init__(self, message: str, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 # After a failed connect, fail fast for this long instead of hammering a dead server.
@@ -148,7 +157,7 @@ class _Protocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        err = RedisUnavailable(f"connection lost: {exc or 'closed by server'}")
+        err = RedisUnavailable(f"connection lost: {exc or 'closed by server'}", sent=True)
         while self._pending:
             fut = self._pending.popleft()
             if not fut.done():
@@ -437,7 +446,8 @@ def parse_url(url: str) -> tuple[str, list[Address]]:
         seeds = []
         for hp in hosts.split(","):
             host, _, port = hp.rpartition(":")
-            seeds.append(Address(host or "127.0.0.1", int(port or 6379), password=password))
+            seeds.append(Address(host or "127.0.0.1", int(port or 6379), password=password,
+                                 username=username))
         return "cluster", seeds
     raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r}")
 

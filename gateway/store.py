@@ -42,6 +42,7 @@ class Status(enum.IntEnum):
     NOT_FOUND = -8
     BALANCE_LIMIT = -9
     MONTH_NEEDED = -10
+    LATE = -11
 
 
 class StoreError(Exception):
@@ -75,6 +76,7 @@ class _HotKeys(NamedTuple):
     events: str  # of the tenant's partition
     month_prefix: str  # + YYYYMM
     call_prefix: str  # + call id
+    rate_prefix: str  # + second
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,7 @@ class TenantSettings:
     timezone: str
     charge_inbound_calls: bool
     max_concurrent_calls: int | None
+    authorizations_per_second: int | None = None  # None: the deployment's default
 
 
 class Decision(NamedTuple):
@@ -140,6 +143,12 @@ class AuthorizeArgs(NamedTuple):
     grant_max_seconds: int
     retention_seconds: int
     started_at: int
+    # The moment the caller answers without Redis, in wall-clock milliseconds since the
+    # epoch (0: none), and the id of this attempt (void_call undoes the call for it only).
+    deadline_ms: int = 0
+    attempt: str = ""
+    # Authorizations per second of a tenant without a rate of its own (0: no limit).
+    default_authorizations_per_second: int = 0
 
 
 def _str(v: Any) -> str:
@@ -190,7 +199,7 @@ class Store:
             k = self.keys(tenant_id)
             p = k.partition
             hk = _HotKeys(k.tenant, k.users, k.pools, k.numbers, k.tollfree, k.user_active,
-                          p.active, p.events, k.month(""), k.call(""))
+                          p.active, p.events, k.month(""), k.call(""), k.rate(0)[:-1])
             if len(self._hot_keys) >= HOT_KEYS_MAX_TENANTS:
                 self._hot_keys.clear()
             self._hot_keys[tenant_id] = hk
@@ -304,7 +313,7 @@ class Store:
             "tenant_put",
             [k.tenant, k.partition.events, k.audit],
             [tenant_id, now, s.name, s.currency, s.timezone, int(s.charge_inbound_calls),
-             _str(s.max_concurrent_calls), actor],
+             _str(s.max_concurrent_calls), actor, _str(s.authorizations_per_second)],
         )
         return bool(reply[1])
 
@@ -389,7 +398,8 @@ class Store:
         reply = await self._call(
             "authorize",
             [k.tenant, k.users, k.call_prefix + a.call_id, k.pools, k.month_prefix + a.month,
-             k.numbers, k.tollfree, k.user_active, k.active, k.events],
+             k.numbers, k.tollfree, k.user_active, k.active, k.events,
+             k.rate_prefix + str(a.now)],
             # The fields are in ARGV order: the tuple is the argument list, but for the flag.
             (*a[:15], int(a.credits_only), *a[16:]),
             deadline,
@@ -410,11 +420,14 @@ class Store:
     async def extend(
         self, tenant_id: str, call_id: str, now: int, used_seconds: int,
         months: Sequence[str], grant_max_seconds: int, deadline: float | None = None,
+        deadline_ms: int = 0,
     ) -> Decision:
+        """``deadline`` (loop time): fail with TimeoutError then; ``deadline_ms`` (wall
+        clock): Redis changes nothing if it starts the function later (Status.LATE)."""
         reply = await self._call(
             "extend",
             self._lifecycle_keys(tenant_id, call_id, months),
-            [tenant_id, call_id, now, used_seconds, *months, grant_max_seconds],
+            [tenant_id, call_id, now, used_seconds, *months, grant_max_seconds, deadline_ms],
             deadline,
         )
         return Decision(
@@ -459,6 +472,24 @@ class Store:
              "expired" if expired else "switch", grace_seconds],
             deadline,
         )
+
+    async def void_call(self, tenant_id: str, call_id: str, now: int, attempt: str,
+                        months: Sequence[str], retention_seconds: int) -> bool:
+        """Undo the call if ``attempt`` was the last to answer it allow and the switch has
+        not extended or ended it (lua/65_void.lua); True if it was undone. Idempotent."""
+        keys = self._lifecycle_keys(tenant_id, call_id, months)
+        try:
+            reply = await self._checked(
+                "void_call", keys, [tenant_id, call_id, now, attempt, *months,
+                                    retention_seconds])
+        except StoreError as exc:
+            if exc.status is not Status.MONTH_NEEDED:
+                raise
+            month = str(exc.detail[0])
+            reply = await self._checked(
+                "void_call", self._lifecycle_keys(tenant_id, call_id, (month,) * 3),
+                [tenant_id, call_id, now, attempt, month, month, month, retention_seconds])
+        return bool(reply[1])
 
     async def tenant_exists(self, tenant_id: str) -> bool:
         k = self.keys(tenant_id)

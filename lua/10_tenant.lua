@@ -12,6 +12,8 @@ ARGV[5] time zone (IANA)
 ARGV[6] charge_inbound_calls "1" | "0"
 ARGV[7] max concurrent PSTN calls of the tenant ("" = no cap)
 ARGV[8] actor: id of the token that made the change (audit trail)
+ARGV[9] authorizations per second of the tenant ("" = the deployment's default, which
+        authorize receives)
 
 Returns {OK, created 1|0} or {CURRENCY_LOCKED} when the currency would change while the
 wallet holds or reserves credits (money never silently changes currency).
@@ -20,7 +22,7 @@ local function tenant_put(KEYS, ARGV)
   local k_tenant, k_events, k_audit = KEYS[1], KEYS[2], KEYS[3]
   local tid, now = ARGV[1], tonumber(ARGV[2])
   local name, cur, tz, chg_in, maxc = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-  local actor = ARGV[8]
+  local actor, rl = ARGV[8], ARGV[9] or ''
 
   local old = redis.call('HMGET', k_tenant, 'cur', 'bal', 'res', 'ver')
   local created = old[1] == false
@@ -31,10 +33,10 @@ local function tenant_put(KEYS, ARGV)
     redis.call('HSET', k_tenant, 'bal', 0, 'res', 0, 'act', 0, 'created', now)
   end
   redis.call('HSET', k_tenant, 'name', name, 'cur', cur, 'tz', tz, 'chg_in', chg_in,
-    'maxc', maxc, 'updated', now, 'ver', num(old[4]) + 1)
+    'maxc', maxc, 'rl', rl, 'updated', now, 'ver', num(old[4]) + 1)
   audit(k_audit, k_events, created and 'tenant.created' or 'tenant.updated', tid, now,
     {name = name, currency = cur, timezone = tz, charge_inbound_calls = chg_in == '1',
-     max_concurrent_calls = maxc, actor = actor})
+     max_concurrent_calls = maxc, authorizations_per_second = rl, actor = actor})
   return {OK, created and 1 or 0}
 end
 

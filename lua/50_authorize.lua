@@ -11,6 +11,7 @@ KEYS[7]  toll-free hash     {p}:t:T:tollfree
 KEYS[8]  user-active hash   {p}:t:T:uact
 KEYS[9]  active zset        {p}:active
 KEYS[10] events stream      {p}:events
+KEYS[11] rate bucket        {p}:t:T:rl:S       (S: now, the second of ARGV[3])
 ARGV[1]  tenant id              ARGV[2]  call id
 ARGV[3]  now (s)                ARGV[4]  month YYYYMM of KEYS[5]
 ARGV[5]  currency and ARGV[6] time zone the caller computed rate and month under; checked
@@ -28,17 +29,32 @@ ARGV[18] rate (micro-units / minute)   ARGV[19] connection fee (micro-units)
 ARGV[20] initial increment A (s)        ARGV[21] subsequent increment B (s)
 ARGV[22] largest grant (s)             ARGV[23] retention of a closed call record (s)
 ARGV[24] started_at (s)
+ARGV[25] deadline: the caller answers without us from this moment on, in milliseconds since
+         the epoch ("0": none); a request Redis starts later changes nothing (LATE)
+ARGV[26] attempt id: names this request. A new call stores it ('n'), a replay that answers
+         an active allow stores it as the call's confirming attempt ('cn'): void_call
+         undoes a call only for the attempt that last answered it allow
+ARGV[27] the deployment's authorizations per second per tenant, for a tenant without its own
+         ('rl'; "0": no limit). A bucket of that many tokens, refilled whole every second
+         (KEYS[11] counts the second's new calls): a new call id over it is denied
+         rate_limited and leaves nothing behind (no record, no event): a retry is a new
+         question. Emergency calls are never limited.
 
 Returns {OK, replayed 0|1, decision, reason, source, granted_seconds, grant_expires_at,
          class, destination country, destination type}
-      | {TENANT_NOT_FOUND} | {TENANT_SETTINGS_CHANGED, currency, time zone}
+      | {TENANT_NOT_FOUND} | {TENANT_SETTINGS_CHANGED, currency, time zone} | {LATE}
 --]]
 
--- The first answer again (D32), from the stored call.
-local function call_reply(k_call, replayed)
-  local v = redis.call('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt')
+-- The first answer again (D32), from the stored call. A live call answered allow again is
+-- confirmed by this attempt: if its answer is lost too, void_call undoes the call for it.
+local function call_reply(k_call, replayed, attempt)
+  local v = redis.call('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
+    'st')
   local s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
     cls = v[7], dc = v[8], dt = v[9]})
+  if v[10] == 'active' and s.d == 'allow' and attempt ~= '' then
+    redis.call('HSET', k_call, 'cn', attempt)
+  end
   return {OK, replayed, s.d, s.rsn, s.src, tonumber(s.g), tonumber(s.exp), s.cls, s.dc, s.dt}
 end
 
@@ -213,17 +229,32 @@ local function decide_inbound(c, st, A)
           counted = false}
 end
 
+-- One new call from the tenant's bucket of the current second (see ARGV[27]); rl: the
+-- tenant's own rate ('' or false: default_rate). False when the bucket is empty.
+local function take_token(k_rate, rl, default_rate)
+  if not rl or rl == '' then rl = default_rate end
+  local rate = tonumber(rl)
+  if rate <= 0 then return true end
+  local n = redis.call('INCR', k_rate)
+  if n == 1 then redis.call('EXPIRE', k_rate, 2) end
+  return n <= rate
+end
+
 local function authorize(KEYS, ARGV)
   local tid, cid, now, month = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
   local direction, to, from, dcountry, dtype = ARGV[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
   local started = tonumber(ARGV[24])
   local k_call, k_active, k_events = KEYS[3], KEYS[9], KEYS[10]
+  if past_deadline(ARGV[25]) then return {LATE} end
 
   -- The tenant's cap and count of active calls (D25) come with its settings: one read.
-  local t = redis.call('HMGET', KEYS[1], 'cur', 'tz', 'maxc', 'act')
+  local t = redis.call('HMGET', KEYS[1], 'cur', 'tz', 'maxc', 'act', 'rl')
   if not t[1] then return {TENANT_NOT_FOUND} end
   if t[1] ~= ARGV[5] or t[2] ~= ARGV[6] then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
-  if redis.call('EXISTS', k_call) == 1 then return call_reply(k_call, 1) end  -- D32
+  if redis.call('EXISTS', k_call) == 1 then return call_reply(k_call, 1, ARGV[26]) end  -- D32
+  if ARGV[14] == '' and not take_token(KEYS[11], t[5], ARGV[27]) then
+    return {OK, 0, 'deny', 'rate_limited', '', 0, now, '', dcountry, dtype}
+  end
 
   -- The request as decide_outbound / decide_inbound read it.
   local A = {to = to, dtype = dtype, zone = ARGV[13], emergency_regions = ARGV[14],
@@ -263,7 +294,11 @@ local function authorize(KEYS, ARGV)
     'st', allowed and 'active' or 'denied', 'i', packed, 'h', granted_text,
     'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
     'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
-  redis.call('HSET', k_call, unpack(rec))
+  if allowed then
+    redis.call('HSET', k_call, 'n', ARGV[26], unpack(rec))
+  else
+    redis.call('HSET', k_call, unpack(rec))
+  end
   if allowed then
     redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
     if o.counted then
@@ -283,13 +318,15 @@ local function authorize(KEYS, ARGV)
     -- as escaped strings, and every other value is integer text or our own word. The call
     -- and tenant ids are the only text from outside; one the API would never let through
     -- takes the cjson way, whose event reads the same.
-    if json_plain(cid) and json_plain(tid) then
+    if json_plain(cid) and json_plain(tid) and json_plain(ARGV[26]) then
       emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
-        '","call":["st","active","h","' .. granted_text .. '","ps","' .. rec[8] ..
+        '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' .. rec[8] ..
         '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..
         '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
         grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
     else
+      table.insert(rec, 1, ARGV[26])
+      table.insert(rec, 1, 'n')
       emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
     end
   else

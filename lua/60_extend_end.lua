@@ -12,10 +12,11 @@ KEYS[4..6] month hashes of the three months the call may have started in (caller
 KEYS[7] active zset {p}:active   KEYS[8] events stream {p}:events
 ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] used seconds so far
 ARGV[8] largest grant (s)
+ARGV[9] deadline in milliseconds since the epoch ("0": none), as authorize's ARGV[25]
 The new grant counts from now: the horizon becomes used + granted. A retried extend with the
 same used seconds reserves nothing more (it releases and re-reserves the same time).
 Returns {OK, decision, reason, source, granted_seconds, grant_expires_at, class, country,
-         number type} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND} | {CALL_ENDED}
+         number type} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND} | {CALL_ENDED} | {LATE}
 An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so that a missing
 tenant looks the same on every route (and the same as another tenant's, api.md).
 
@@ -126,6 +127,7 @@ local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
   local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local grant_max = tonumber(ARGV[8])
+  if past_deadline(ARGV[9]) then return {LATE} end
   local call, flat = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end

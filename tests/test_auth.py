@@ -22,6 +22,7 @@ import pytest
 from gateway.api import ROUTES, Handler
 from gateway.api_audit import AUDIT_ROUTES
 from gateway.api_decks import DECK_ROUTES
+from gateway.api_tokens import TOKEN_ROUTES
 from gateway.app import create_app
 from gateway.auth import Authenticator, token_sha256
 from gateway.config import TokenEntry
@@ -30,7 +31,7 @@ from tests.conftest import make_settings, start_gateway
 from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
 ALL_ROUTES: list[tuple[str, str, Handler, Sequence[str]]] = [
-    *ROUTES, *DECK_ROUTES, *AUDIT_ROUTES,
+    *ROUTES, *DECK_ROUTES, *AUDIT_ROUTES, *TOKEN_ROUTES,
 ]
 
 SWITCH_TOKEN = "cg_switch_" + secrets.token_urlsafe(16)
@@ -107,6 +108,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/tenants/{tenant_id}/users/{user_id}"): {"country": "US", "plan": "domestic"},
     ("POST", "/v1/tenants/{tenant_id}/credits/topups"): {"amount": "1.00",
                                                          "idempotency_key": "k1"},
+    ("POST", "/v1/tokens"): {"role": "switch", "tenants": ["matrix"]},
+    ("POST", "/v1/tenants/{tenant_id}/tokens"): {"description": "matrix"},
 }
 DECK_CSV = (b"prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
             b"subsequent_increment\n1,North America,outbound,0.01,,60,60\n")
@@ -115,7 +118,7 @@ DECK_CSV = (b"prefix,description,kind,rate_per_minute,connection_fee,initial_inc
 def fill(path: str, tenant: str) -> str:
     return (path.replace("{tenant_id}", tenant).replace("{call_id}", "c1")
             .replace("{user_id}", "alice").replace("{e164}", "+18005550199")
-            .replace("{currency}", "XTA"))
+            .replace("{currency}", "XTA").replace("{token_id}", "tok_0000000000000000"))
 
 
 async def send(gw: Gateway, method: str, route: str, tenant: str,

@@ -82,10 +82,13 @@ def _with_record_fields(d: dict[str, Any]) -> dict[str, Any]:
 
 
 TENANT_UPSERT = (
-    "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (tenant) DO UPDATE "
+    "INSERT INTO tenants (tenant, name, currency, timezone, charge_inbound_calls, "
+    "max_concurrent_calls, balance_micro, created_at, updated_at, authorizations_per_second) "
+    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE "
     "SET name = excluded.name, currency = excluded.currency, "
     "timezone = excluded.timezone, charge_inbound_calls = excluded.charge_inbound_calls, "
-    "max_concurrent_calls = excluded.max_concurrent_calls, updated_at = excluded.updated_at")
+    "max_concurrent_calls = excluded.max_concurrent_calls, updated_at = excluded.updated_at, "
+    "authorizations_per_second = excluded.authorizations_per_second")
 USER_UPSERT = ("INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT (tenant, user_id) DO UPDATE "
                "SET record = excluded.record, updated_at = excluded.updated_at")
 USER_DELETE = "DELETE FROM users WHERE tenant = ? AND user_id = ?"
@@ -102,6 +105,8 @@ CALL_RESERVED = ("UPDATE calls SET pool_reserved_minutes = ?, credits_reserved_m
 CALL_RESERVED_RECORD = ("UPDATE calls SET pool_reserved_minutes = ?, "
                         "credits_reserved_micro = ?, record = ? "
                         "WHERE tenant = ? AND call_id = ?")
+CALL_VOID = ("UPDATE calls SET state = 'denied', reason = ?, pool_reserved_minutes = 0, "
+             "credits_reserved_micro = 0 WHERE tenant = ? AND call_id = ?")
 CALL_CLOSE = ("UPDATE calls SET state = ?, pool_reserved_minutes = 0, "
               "credits_reserved_micro = 0 WHERE tenant = ? AND call_id = ?")
 # Casts: PostgreSQL does not infer parameter types in a SELECT list from the target.
@@ -143,7 +148,7 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
         return [(TENANT_UPSERT, (
             t, _s(d.get("name")), _s(d.get("currency")), _s(d.get("timezone")),
             1 if d.get("charge_inbound_calls") else 0, _s(d.get("max_concurrent_calls")),
-            _i(d.get("ts")), _i(d.get("ts"))))]
+            _i(d.get("ts")), _i(d.get("ts")), _s(d.get("authorizations_per_second"))))]
     if etype in ("user.created", "user.updated"):
         return [(USER_UPSERT, (t, _s(d.get("user")), _s(d.get("record")), _i(d.get("ts"))))]
     if etype == "user.deleted":
@@ -178,6 +183,9 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
         if credits:
             balance[t] = balance.get(t, 0) - credits
         return _closed(entry_id, t, d, etype.split(".", 1)[1])
+    if etype == "call.voided":
+        # An allow that never reached the switch, undone (gateway.voids): a denied call.
+        return [(CALL_VOID, (_s(d.get("reason")), t, _s(d.get("call_id"))))]
     return []  # unknown types: kept in events only
 
 

@@ -59,6 +59,11 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "ALTER TABLE calls ADD COLUMN counted INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX calls_state ON calls (state, tenant)",
     )),
+    (3, (
+        # The tenant's own authorize rate ('' : the deployment's default), which
+        # `callgate rebuild` restores with the other settings.
+        "ALTER TABLE tenants ADD COLUMN authorizations_per_second TEXT NOT NULL DEFAULT ''",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,62 @@
+--[[
+void_call: undo an authorize whose allow never reached the switch (architecture.md, "Answers
+that stay true under stress").
+
+A worker that answered an authorize other than allow (service_unavailable after its deadline,
+or nothing: the connection to Redis broke) while its FCALL may still have run calls this,
+retrying until it lands. The call then holds no reservation, no concurrency slot and no
+place in the reaper's zset, and its record says what the switch was told: deny,
+service_unavailable (a retry of the same call id replays that answer, D32).
+
+Only the attempt that last answered the call allow may void it: the attempt that created it
+('n') unless a replay answered allow since ('cn'); a call the switch has extended or ended
+is the switch's. Voiding twice, or a call that does not exist, changes nothing.
+
+Uses load-time locals of 60_extend_end.lua (month_key) and 00_lib.lua.
+
+KEYS as end_call: KEYS[1] tenant hash, KEYS[2] call hash, KEYS[3] pools hash (unused),
+KEYS[4..6] month hashes of ARGV[5..7], KEYS[7] active zset, KEYS[8] events stream,
+KEYS[9] user-active hash
+ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] attempt id (authorize's ARGV[26])
+ARGV[5..7] months YYYYMM of KEYS[4..6]  ARGV[8] retention of the closed record (s)
+Returns {OK, 1} voided | {OK, 0} nothing to undo | {MONTH_NEEDED, YYYYMM} (as end_call)
+--]]
+
+local function void_call(KEYS, ARGV)
+  local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
+    KEYS[9]
+  local tid, cid, now, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+  local v = redis.call('HMGET', k_call, 'st', 'n', 'cn', 'ext', 'i', 'pr', 'cr')
+  if v[1] ~= 'active' or v[4] ~= '0' or not v[5] or attempt == '' then return {OK, 0} end
+  if (v[3] or v[2]) ~= attempt then return {OK, 0} end
+  local packed = cjson.decode(v[5])
+  local call = unpack_call({i = v[5]})
+  local pr, cr = num(v[6]), num(v[7])
+  local k_month = month_key(KEYS, ARGV, call.mon)
+  if not k_month and (pr ~= 0 or cr ~= 0) then return {MONTH_NEEDED, call.mon} end
+  if k_month then
+    if call.pool ~= '' then hincr_or_del(k_month, 'r:' .. call.pool, -pr) end
+    if call.uid ~= '' then hincr_or_del(k_month, 'sr:' .. call.uid, -cr) end
+  end
+  hincr(k_tenant, 'res', -cr)
+  if call.cnt == '1' then
+    redis.call('HINCRBY', k_tenant, 'act', '-1')
+    hincr_or_del(k_uact, call.uid, -1)
+  end
+  -- The answer the switch was given, in the packed fields a replay reads (CALL_PACKED: d,
+  -- rsn, src, g, exp are the 16th to 20th), and no concurrency slot to give back at an end
+  -- (cnt, the 3rd).
+  packed[3] = '0'
+  packed[16], packed[17], packed[18], packed[19], packed[20] = 'deny', 'service_unavailable',
+    '', '0', ARGV[3]
+  redis.call('HSET', k_call, 'st', 'denied', 'i', cjson.encode(packed), 'h', '0', 'ps', '0',
+    'cs', '0', 'pr', '0', 'cr', '0', 'gexp', ARGV[3], 'grants', '[]')
+  redis.call('EXPIRE', k_call, ARGV[8])
+  redis.call('ZREM', k_active, tid .. '/' .. cid)
+  emit(k_events, 'call.voided', tid, now, {call_id = cid, reason = 'service_unavailable',
+    attempt = attempt, pool = call.pool, pool_reserved_minutes = pr,
+    credits_reserved_micro = cr, month = call.mon, user = call.uid})
+  return {OK, 1}
+end
+
+redis.register_function('void_call', void_call)
