@@ -163,6 +163,10 @@ METRIC_NAMES: Final = frozenset({
     "callgate_shed_requests_total",
     "callgate_voids_total",
     "callgate_voids_pending",
+    "callgate_http_connections",
+    "callgate_http_connections_rejected_total",
+    "callgate_http_head_timeouts_total",
+    "callgate_http_bad_requests_total",
 })
 
 # -- cheap hot-path accessors ------------------------------------------------------------
@@ -331,3 +335,40 @@ def worker_exited(pid: int) -> None:
     """Drop the live-gauge files of a worker that is gone (its counters stay summed)."""
     if multiprocess_enabled():
         _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# -- HTTP connections (gateway.fastpath; docs/http-limits.md) ------------------------------
+#
+# Counted by the server in plain integers and moved here by its once-a-second sweep, like
+# the hot-path counts above: no prometheus call per connection or per request.
+
+HTTP_CONNECTIONS = Gauge(
+    "callgate_http_connections",
+    "Open HTTP connections (fast path and aiohttp), sampled every second",
+    multiprocess_mode="livesum",
+)
+HTTP_CONNECTIONS_REJECTED = Counter(
+    "callgate_http_connections_rejected_total",
+    "Connections closed on arrival because the worker's connection cap was reached",
+)
+HTTP_HEAD_TIMEOUTS = Counter(
+    "callgate_http_head_timeouts_total",
+    "Connections closed because a request did not arrive whole within the head timeout",
+)
+HTTP_BAD_REQUESTS = Counter(
+    "callgate_http_bad_requests_total",
+    "Malformed HTTP requests (answered by aiohttp's parser with a 4xx and closed)",
+)
+
+
+def set_http_state(connections: int, rejected: int = 0, head_timeouts: int = 0,
+                   bad_requests: int = 0) -> None:
+    """The open connections now, and what was rejected, timed out or malformed since the
+    last call."""
+    HTTP_CONNECTIONS.set(connections)
+    if rejected:
+        HTTP_CONNECTIONS_REJECTED.inc(rejected)
+    if head_timeouts:
+        HTTP_HEAD_TIMEOUTS.inc(head_timeouts)
+    if bad_requests:
+        HTTP_BAD_REQUESTS.inc(bad_requests)
