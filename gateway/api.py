@@ -251,6 +251,7 @@ def parse_authorize(body: dict[str, Any], now: int, skew: int | None) -> Authori
 
 
 async def authorize_call(app: web.Application, ctx: Ctx, call_id: str, raw: bytes) -> Answer:
+    app[CALLS].new_request()
     body = json_object(raw)
     now, skew = int(app[CLOCK].now()), app[SETTINGS].clock_skew_seconds
     try:
@@ -297,7 +298,11 @@ def on_request(op: CallControl) -> Handler:
 
     async def handler(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         call_id = request.match_info.get("call_id", "")
-        return to_response(await op(request.app, ctx, call_id, await request.read()))
+        answer = await op(request.app, ctx, call_id, await request.read())
+        transport = request.transport
+        if op is authorize_call and (transport is None or transport.is_closing()):
+            request.app[CALLS].answer_lost()  # an allow nobody hears is undone
+        return to_response(answer)
 
     return handler
 
