@@ -239,11 +239,11 @@ def token_entry_toml(token_id: str, role: str, tenants: Sequence[str], digest: s
 
 
 def _token_args_error(args: argparse.Namespace) -> str | None:
-    from gateway.validate import ID_RE
+    from gateway.validate import ID_HINT, ID_RE
 
     for name in [args.id or "", *args.tenant]:
         if name and ID_RE.fullmatch(name) is None:
-            return f"{name!r}: ids are 1-64 characters of [A-Za-z0-9._-]"
+            return f"{name!r}: an id {ID_HINT}"
     if args.role == "operator" and args.tenant:
         return "an operator token acts for every tenant: give no --tenant"
     if args.role != "operator" and not args.tenant:
