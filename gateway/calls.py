@@ -19,7 +19,7 @@ from gateway import metrics
 from gateway.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.config import Settings
 from gateway.decks import Decks
-from gateway.errors import TenantNotFound
+from gateway.errors import TenantNotFound, ValidationError
 from gateway.money import format_money
 from gateway.numbers import Destination, classify
 from gateway.rating import Rate, RateDeck
@@ -310,6 +310,10 @@ def _lifecycle_error(exc: StoreError) -> Exception:
         return TenantNotFound()
     if exc.status is Status.CALL_ENDED:
         return CallEnded()
+    if exc.status is Status.USED_BACKWARDS:  # extend only: nothing was changed
+        return ValidationError.one(
+            "used_seconds", f"must not be lower than the {int(exc.detail[0])} s already "
+                            "reported: time only moves forward")
     return exc
 
 

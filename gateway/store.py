@@ -42,6 +42,7 @@ class Status(enum.IntEnum):
     NOT_FOUND = -8
     BALANCE_LIMIT = -9
     MONTH_NEEDED = -10
+    USED_BACKWARDS = -12  # extend: used_seconds below those already reported; detail: them
 
 
 class StoreError(Exception):

@@ -17,7 +17,8 @@ Conventions of every function:
     gateway/store.py (Status):
        0 OK, -1 TENANT_NOT_FOUND, -2 TENANT_SETTINGS_CHANGED, -3 CALL_NOT_FOUND,
       -4 CALL_ENDED, -5 NUMBER_CONFLICT, -6 IDEMPOTENCY_CONFLICT, -7 CURRENCY_LOCKED,
-      -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT, -10 MONTH_NEEDED
+      -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT, -10 MONTH_NEEDED,
+      -12 USED_BACKWARDS (extend: used seconds below those already reported)
   * every change of state XADDs one event to the partition stream in the same atomic step.
 
 Lua numbers are IEEE doubles: integers are exact below 2^53 (9e15 micro-units = 9e9 units
@@ -35,6 +36,7 @@ local CURRENCY_LOCKED = -7
 local NOT_FOUND = -8
 local BALANCE_LIMIT = -9
 local MONTH_NEEDED = -10
+local USED_BACKWARDS = -12
 
 -- Minutes are 60 s; pools are charged in whole minutes per call (D8).
 local function ceil_div(a, b)
