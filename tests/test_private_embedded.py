@@ -9,14 +9,17 @@ local account could HINCRBY a tenant's balance. The data directory was 0755 and 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -99,10 +102,24 @@ def ledger_tenants(path: Path) -> set[str]:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path, Path]]:
+def shared_dir() -> Iterator[Path]:
+    """A directory every local user may enter (0755), as /srv or /var/lib are: only the
+    modes serve gives its own data directory then keep other users out. (pytest's tmp_path
+    sits in a 0700 directory, which would keep them out by itself.)"""
+    path = Path(tempfile.mkdtemp(prefix="cg-private-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, shared_dir: Path
+          ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path, Path]]:
     """``callgate serve --workers 2`` with no CALLGATE_REDIS_URL: the embedded Redis."""
     port = free_port()
-    data = tmp_path / "var"
+    data = shared_dir / "var"
     stderr = tmp_path / "serve.stderr"
     env = {**os.environ, "CALLGATE_DATA_DIR": str(data), "CALLGATE_OPERATOR_TOKEN": TOKEN,
            "CALLGATE_LOG_LEVEL": "INFO"}
@@ -172,6 +189,62 @@ def test_embedded_redis_is_private_and_serve_still_works(
     assert "unix socket only, password required" in log
     assert password not in log
     assert loose_modes(data) == []
+
+
+# Run as another local user: what it can open of a data directory.
+_AS_OTHER_USER = """
+import json, os, socket, sys
+data = sys.argv[1]
+out = {}
+for name in sys.argv[2:]:
+    path = os.path.join(data, name)
+    try:
+        if name.endswith(".sock"):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+        elif os.path.isdir(path):
+            os.listdir(path)
+        else:
+            with open(path, "rb") as f:
+                f.read(1)
+        out[name] = "opened"
+    except PermissionError:
+        out[name] = "denied"
+print(json.dumps(out))
+"""
+NOBODY = 65534
+
+
+def as_nobody(data: Path, names: list[str]) -> dict[str, str]:
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    proc = subprocess.run(["/usr/bin/python3", "-c", _AS_OTHER_USER, str(data), *names],
+                          capture_output=True, text=True, timeout=30, preexec_fn=drop,
+                          cwd="/", env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, str] = json.loads(proc.stdout)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="acting as another local user needs root (setuid to nobody)")
+def test_another_local_user_can_open_nothing(
+    serve: tuple[subprocess.Popen[bytes], str, Path, Path]
+) -> None:
+    """The issue's attack, as an unprivileged account: no TCP port to reach Redis on, and
+    neither the socket nor the ledger, the password or the AOF can be opened."""
+    _, base, data, _ = serve
+    assert request(base, "PUT", "/v1/tenants/o1", b'{"name": "o1"}') == 201
+    wait_until("o1 in the ledger", lambda: "o1" in ledger_tenants(data / "ledger.db"))
+    (data.parent / "public.txt").write_text("a control: readable by all\n")
+    (data.parent / "public.txt").chmod(0o644)
+    names = ["", "ledger.db", "ledger.db-wal", "redis", "redis/requirepass", "redis/redis.conf",
+             "redis/redis.sock", "redis/appendonlydir", "metrics"]
+    assert as_nobody(data.parent, ["public.txt"]) == {"public.txt": "opened"}
+    assert as_nobody(data, names) == dict.fromkeys(names, "denied")
 
 
 def test_the_password_is_made_once_and_kept_0600(tmp_path: Path) -> None:
