@@ -3,7 +3,7 @@
 # For production, point CALLGATE_REDIS_URL / CALLGATE_DATABASE_URL at managed services;
 # the embedded Redis is then never started.
 # Private by default, as outside a container: it runs as the unprivileged user callgate;
-# /data is 0700 and everything serve writes there 0600 (serve sets umask 077); the embedded
+# /data is 0700 and everything serve writes there 0600 (callgate sets umask 077); the embedded
 # Redis listens on a unix socket in /data/redis only, with a password generated on the first
 # start and kept in /data/redis/requirepass. CALLGATE_OPERATOR_TOKEN, if given, must carry
 # 128 bits (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`).

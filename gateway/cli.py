@@ -28,9 +28,10 @@ log = logging.getLogger("callgate")
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
-# Private by default: everything serve and its children create (data directory, ledger and
-# its -wal/-shm, metrics files, the embedded Redis's files, token files) is the owner's only.
-SERVE_UMASK = 0o077
+# Private by default: everything callgate and its children create (data directory, ledger
+# and its -wal/-shm, metrics files, the embedded Redis's files, token files) is the owner's
+# only. Set by main() for every command (`persist` alone writes the ledger too).
+PRIVATE_UMASK = 0o077
 DATA_DIR_MODE = 0o700
 REDIS_PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -213,8 +214,7 @@ def _warn_if_open_redis(url: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    os.umask(SERVE_UMASK)  # first: inherited by every worker and child, and their files
-    settings = load_settings()
+    settings = load_settings()  # main() has set PRIVATE_UMASK: workers and children inherit it
     if args.workers is not None:
         settings = replace(settings, workers=args.workers)
     if args.port is not None:
@@ -424,11 +424,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"callgate: {exc}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
+    umask = os.umask(PRIVATE_UMASK)
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"callgate: {exc}", file=sys.stderr)
         return 2
+    finally:
+        os.umask(umask)  # for a caller in the same process (tests)
 
 
 if __name__ == "__main__":
