@@ -23,7 +23,7 @@ from gateway import metrics
 from gateway.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.config import Settings
 from gateway.decks import Decks
-from gateway.errors import TenantNotFound
+from gateway.errors import TenantNotFound, ValidationError
 from gateway.money import format_money
 from gateway.numbers import Destination, classify
 from gateway.rating import Rate, RateDeck
@@ -396,12 +396,16 @@ def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> N
     more = int(_log_state["suppressed"])
     _log_state["at"], _log_state["suppressed"] = t, 0
     also = f" (and {more} more failures since the last line)" if more else ""
+    # `extra`: the request's fields, for structured logs (CALLGATE_LOG_FORMAT=json).
+    fields = {"operation": op, "tenant_id": tenant_id, "call_id": call_id}
     # Any other error reply is a fault of ours (a bug in a function): loud.
     if isinstance(exc, ReplyError) and not str(exc).startswith((*TRANSIENT_REPLIES,
                                                                  OOM_REPLY)):
-        log.error("%s %s/%s: Redis error reply: %s%s", op, tenant_id, call_id, exc, also)
+        log.error("%s %s/%s: Redis error reply: %s%s", op, tenant_id, call_id, exc, also,
+                  extra=fields)
     else:
-        log.warning("%s %s/%s without Redis: %r%s", op, tenant_id, call_id, exc, also)
+        log.warning("%s %s/%s without Redis: %r%s", op, tenant_id, call_id, exc, also,
+                    extra=fields)
 
 
 def _lifecycle_error(exc: StoreError) -> Exception:
@@ -411,6 +415,10 @@ def _lifecycle_error(exc: StoreError) -> Exception:
         return TenantNotFound()
     if exc.status is Status.CALL_ENDED:
         return CallEnded()
+    if exc.status is Status.USED_BACKWARDS:  # extend only: nothing was changed
+        return ValidationError.one(
+            "used_seconds", f"must not be lower than the {int(exc.detail[0])} s already "
+                            "reported: time only moves forward")
     return exc
 
 

@@ -359,7 +359,7 @@ async def test_an_allow_whose_client_is_gone_is_voided(
                ).encode() + body
     stop(own_redis)  # the answer cannot come before the client has gone
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request)
         await writer.drain()
         await until(lambda: calls.inflight == 1, "the authorize waits for Redis")
