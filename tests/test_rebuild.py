@@ -175,7 +175,7 @@ async def test_audit_reports_a_missing_or_altered_audit_list_and_rate_deck(
     await traffic(rgw, t)
     csv = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
            "subsequent_increment\n1,North America,outbound,0.0042,0,60,60\n")
-    auth = {"Authorization": "Bearer test-operator-token", "Content-Type": "text/csv"}
+    auth = {**AUTH, "Content-Type": "text/csv"}
     await rgw.req("PUT", "/v1/rate-decks/USD", raw=csv.encode(), headers=auth, status=None)
     await drain(persister)
     now = int(rgw.clock.now())
