@@ -65,10 +65,11 @@ def write_tokens(directory: Path, tokens: Mapping[str, str]) -> None:
 
 
 def kamcmd(work: Path, *args: str) -> str:
-    """An RPC command to the proxy started by sip_proxy in ``work``."""
+    """An RPC command to the proxy started by sip_proxy in ``work``: its output, errors
+    included."""
     out = subprocess.run(["kamcmd", "-s", f"unix:{work / 'kamailio_ctl'}", *args],
-                         capture_output=True, text=True, timeout=10, check=True)
-    return out.stdout
+                         capture_output=True, text=True, timeout=10, check=False)
+    return out.stdout + out.stderr
 
 
 @contextlib.contextmanager
