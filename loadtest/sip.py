@@ -79,8 +79,9 @@ def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
               deadline_s: float = 30.0) -> Iterator[int]:
     """Kamailio on ``gateway_url`` for ``tenancy`` and the sipp trunk behind it
     (sipp/uas_answer.xml), both listening; yields the proxy's UDP port. Kamailio's log is
-    ``work/kamailio.log``; its address file ``work/sources.list`` and tokens
-    ``work/tokens-db/tokens`` (rewrite them and reload with kamcmd to change them live)."""
+    ``work/kamailio.log``, its main process id ``work/kamailio.pid``; its address file
+    ``work/sources.list`` and tokens ``work/tokens-db/tokens`` (rewrite them and reload
+    with kamcmd to change them live)."""
     proxy_port, trunk_port = free_port(), free_port()
     sources, tokens_db = work / "sources.list", work / "tokens-db"
     write_sources(sources, tenancy.trunks, tenancy.trusted)
@@ -94,7 +95,7 @@ def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
            "ASYNC_WORKERS": str(async_workers)}
     log_path = work / "kamailio.log"
     cmd = ["kamailio", "-f", str(KAMAILIO_DIR / "kamailio.cfg"), "-DD", "-E",
-           "-Y", str(work), "-P", str(work / "kamailio.pid"),
+           "-Y", str(work),
            "-A", f'CTL_SOCKET="unix:{work / "kamailio_ctl"}"']
     if children:
         cmd += ["-n", str(children)]
@@ -103,6 +104,7 @@ def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
     with log_path.open("wb") as log, open(os.devnull, "wb") as devnull:
         kamailio = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT)
+        (work / "kamailio.pid").write_text(f"{kamailio.pid}\n")  # -DD writes none
         trunk = subprocess.Popen(
             ["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1",
              "-p", str(trunk_port), "-nostdin"],

@@ -34,11 +34,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import uvloop
 
 from gateway.redisproc import RedisServer
-from loadtest.bench import SERVER_SIDE, histogram, machine, quantiles
-from loadtest.common import RESULTS, create_tenants, free_port, gateway, new_token, scratch_dir
+from loadtest.bench import SERVER_SIDE, cpu_seconds, histogram, machine, quantiles
+from loadtest.common import (
+    RESULTS,
+    create_tenants,
+    free_port,
+    gateway,
+    new_token,
+    scratch_dir,
+    tree_pids,
+)
 from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
 
 TENANT = "sip"
@@ -59,8 +69,7 @@ class _Relay(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.client = transport
+        self.client = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -71,7 +80,6 @@ class _Relay(asyncio.Protocol):
             assert self.client is not None
             self.client.close()
             return
-        assert isinstance(transport, asyncio.Transport)
         self.upstream = transport
         self._drain()
 
@@ -117,11 +125,11 @@ def slow_link(base: str, delay_ms: int) -> Iterator[str]:
     """A base URL that reaches ``base`` (http://127.0.0.1:port) ``delay_ms`` later per
     request, served by a thread of this process until the block ends."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()
     listen = free_port()
     ready = threading.Event()
 
-    async def serve() -> asyncio.Server:
+    async def serve() -> asyncio.AbstractServer:
         return await loop.create_server(lambda: _Relay((host, int(port)), delay_ms / 1000),
                                         "127.0.0.1", listen, backlog=1024)
 
@@ -148,13 +156,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
-             base: str, delay_ms: int) -> dict[str, Any]:
-    """sipp at ``rate`` calls/s for ``seconds``; INVITE-to-200 times from its rtt trace."""
+             base: str, delay_ms: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+    """sipp at ``rate`` calls/s for ``seconds``; INVITE-to-200 times from its rtt trace, and
+    the CPU time each of ``pids`` (name: processes) used meanwhile."""
     calls = rate * seconds
     run_dir = work / f"delay-{delay_ms}-rate-{rate}"
     run_dir.mkdir()
     before = {k: histogram(base, name, label) for k, name, label in SERVER_SIDE}
     load_before = os.getloadavg()[0]
+    cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
     cmd = ["sipp", "-sf", str(SCENARIOS / "uac_talk.xml"), "-i", TRUNK,
            "-p", str(free_port()), "-s", DESTINATION, "-key", "caller", "u0",
            "-d", str(hold_ms), "-r", str(rate), "-m", str(calls), "-nostdin",
@@ -163,6 +173,7 @@ def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
            f"127.0.0.1:{proxy_port}"]
     proc = subprocess.run(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    cpu = {name: cpu_seconds(p) - cpu_before[name] for name, p in pids.items()}
     rtts: list[float] = []
     for path in run_dir.glob("*_rtt.csv"):
         with path.open() as f:
@@ -180,6 +191,7 @@ def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
     result: dict[str, Any] = {
         "gateway_delay_ms": delay_ms, "loadavg_1m_before": load_before,
         "loadavg_1m_after": os.getloadavg()[0],
+        "cpu_ms_per_call": {name: round(v * 1000 / calls, 3) for name, v in cpu.items()},
         "rate_cps": rate, "calls": calls, "hold_ms": hold_ms, "sipp_exit": proc.returncode,
         **stats, "setup_samples": len(rtts),
         "gateway": {k: quantiles(histogram(base, name, label), before[k])
@@ -212,8 +224,9 @@ def markdown(res: dict[str, Any]) -> str:
         "serve (1 worker), Redis on one machine.",
         "",
         "| gateway delay ms | calls/s | calls | ok | failed | INVITE→200 p50 ms | p90 ms "
-        "| p99 ms | max ms | gateway authorize p99 (bucket) | load 1m before/after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p99 ms | max ms | gateway authorize p99 (bucket) | CPU ms/call Kamailio / gateway "
+        "| load 1m before/after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["runs"]:
         s = r.get("setup_ms", {})
@@ -223,13 +236,16 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {r.get('failed', '?')} | {s.get('p50', 0):.1f} | {s.get('p90', 0):.1f} "
             f"| {s.get('p99', 0):.1f} | {s.get('max', 0):.1f} "
             f"| ≤ {r['gateway']['request']['p99_ms_at_most']:g} ms "
+            f"| {r['cpu_ms_per_call']['kamailio']:.2f} / {r['cpu_ms_per_call']['gateway']:.2f} "
             f"| {r['loadavg_1m_before']:.1f} / {r['loadavg_1m_after']:.1f} |")
     steps = res.get("setup_ms_step")
     if steps:
         lines += ["", f"sipp's timestamps move in steps of {steps:g} ms here (every sample is a "
                   f"multiple): a reading of N ms means between N - {steps:g} and N + {steps:g} "
                   "ms. The gateway's column is its own histogram (parse to answer, bucket "
-                  "bound); the gateway delay is added in front of it by a slow link."]
+                  "bound); the gateway delay is added in front of it by a slow link. CPU time "
+                  "per call (user + system, all processes: SIP and async workers, timers; "
+                  "the gateway's workers) does not depend on what else the machine runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -268,11 +284,13 @@ def main(argv: list[str] | None = None) -> int:
                 port = stack.enter_context(sip_proxy(
                     url, tenancy, proxy_work, extend_before=30,
                     async_workers=args.async_workers, shm_mb=args.shm_mb))
+                kamailio = int((proxy_work / "kamailio.pid").read_text())
+                pids = {"kamailio": tree_pids(kamailio), "gateway": tree_pids(gw.pid)}
                 for rate in (int(r) for r in args.rates.split(",")):
                     print(f"gateway +{delay} ms: {rate} calls/s for {args.seconds} s, "
                           f"{args.hold_ms} ms each ...", flush=True)
                     res["runs"].append(run_rate(port, work, rate, args.seconds, args.hold_ms,
-                                                gw.base, delay))
+                                                gw.base, delay, pids))
     res["setup_ms_step"] = max((r.get("setup_ms_step", 0) for r in res["runs"]), default=0)
     (RESULTS / "sip_bench.json").write_text(json.dumps(res, indent=2) + "\n")
     table = markdown(res)
