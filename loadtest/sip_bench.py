@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold-ms", type=int, default=2000, help="answered time of each call")
     p.add_argument("--delays-ms", default="0,50",
                    help="gateway delays (a slow link in front of it), comma-separated")
-    p.add_argument("--async-workers", type=int, default=64,
+    p.add_argument("--async-workers", type=int, default=128,
                    help="Kamailio's async workers (ASYNC_WORKERS)")
     p.add_argument("--shm-mb", type=int, default=256, help="Kamailio's shared memory (-m)")
     args = p.parse_args(argv)
