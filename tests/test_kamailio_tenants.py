@@ -130,7 +130,9 @@ async def test_unknown_source_is_refused_and_logged(sip: Proxy) -> None:
 async def test_tenant_header_counts_only_from_a_trusted_upstream(sip: Proxy) -> None:
     """From globex's trunk, a header naming acme changes nothing: the trunk's tenant wins.
     From the trusted upstream, the header names the tenant; without it, the upstream is just
-    an unknown source (there is no default tenant)."""
+    an unknown source (there is no default tenant). The trunk behind the proxy answers 500
+    to an INVITE that still carries the header (sipp/uas_answer.xml): relayed calls show
+    that the proxy removed it."""
     await asyncio.gather(
         sip.talk(GLOBEX_TRUNK, "forged", tenant_header="acme"),
         sip.talk(UPSTREAM, "via-upstream", tenant_header="initech"),
