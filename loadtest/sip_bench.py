@@ -129,22 +129,24 @@ def slow_link(base: str, delay_ms: int) -> Iterator[str]:
     listen = free_port()
     ready = threading.Event()
 
-    async def serve() -> asyncio.AbstractServer:
-        return await loop.create_server(lambda: _Relay((host, int(port)), delay_ms / 1000),
-                                        "127.0.0.1", listen, backlog=1024)
+    servers: list[asyncio.AbstractServer] = []
 
-    def run() -> None:
+    def run() -> None:  # the relay's loop lives in its thread only
+        asyncio.set_event_loop(loop)
+        servers.append(loop.run_until_complete(loop.create_server(
+            lambda: _Relay((host, int(port)), delay_ms / 1000), "127.0.0.1", listen,
+            backlog=1024)))
         ready.set()
         loop.run_forever()
 
-    server = loop.run_until_complete(serve())
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    ready.wait(5)
+    if not ready.wait(10):
+        raise RuntimeError("the slow link did not start")
     try:
         yield f"http://127.0.0.1:{listen}"
     finally:
-        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(servers[0].close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()

@@ -25,8 +25,9 @@ from gateway.clock import ManualClock
 from gateway.config import TokenEntry
 from gateway.redisproc import RedisServer
 from loadtest.sip import Tenancy, kamcmd, write_sources, write_tokens
+from loadtest.sip_bench import slow_link
 from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from tests.gwclient import OPERATOR_TOKEN, Gateway
 from tests.test_kamailio import DEADLINE_SECONDS, GRANT_SECONDS, TALK_MS, dial, ended_call, proxy
 
 ACME_TRUNK, GLOBEX_TRUNK, UPSTREAM, STRANGER = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
@@ -182,3 +183,24 @@ async def test_trunks_and_tokens_reload_without_a_restart(sip: Proxy) -> None:
     await sip.talk(UMBRELLA_TRUNK, "after-reload")
     call = await ended_call(sip.gw, "after-reload", "umbrella")
     assert call["billed"]["domestic_pool_minutes"] == 1, call
+
+
+async def test_call_cancelled_while_it_is_authorized_gives_its_reservation_back(
+        own_redis: RedisServer, aiohttp_client: Any, tmp_path: Path) -> None:
+    """The gateway answers 3 s late (a slow link in front of it); the caller cancels half a
+    second after the 100 Trying, while its INVITE waits in an async worker for the answer.
+    The allowed call is never relayed, and its end gives the reservation back."""
+    gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
+                             grant_seconds=GRANT_SECONDS)
+    await gw.tenant("acme")
+    await gw.user("acme", "alice", "US", "domestic")
+    tenancy = Tenancy(default_tenant="", token=OPERATOR_TOKEN, trunks={ACME_TRUNK: "acme"})
+    with slow_link(f"http://127.0.0.1:{gw.client.server.port}", 3000) as url, \
+            proxy(url, tmp_path, tenancy) as port:
+        rc, errors = await dial(port, tmp_path, "uac_cancel.xml", "alice", "cancelled",
+                                source=ACME_TRUNK)
+        assert rc == 0, errors
+        call = await ended_call(gw, "cancelled", "acme")
+    assert call["decision"] == "allow" and call["duration_seconds"] == 0, call
+    pools = await gw.req("GET", "/v1/tenants/acme/pools")
+    assert [(p["used_minutes"], p["reserved_minutes"]) for p in pools["pools"]] == [(0, 0)]
