@@ -3,7 +3,9 @@
 A real Kamailio (Debian's 5.6, `make test` installs it) runs integrations/kamailio/kamailio.cfg
 on a free UDP port, pointed at a gateway served by the test; sipp plays the caller (the
 scenarios in integrations/kamailio/sipp) and the trunk (sipp/uas_answer.xml).
-Grants are 10 s here, so a 15 s call lives only if Kamailio extends it in time.
+Grants are 10 s here, so a 15 s call lives only if Kamailio extends it in time. Every call
+here is of the proxy's default tenant (no trunk listed); tests/test_kamailio_tenants.py has
+many tenants behind one proxy.
 """
 
 from __future__ import annotations
