@@ -1,5 +1,5 @@
 """Kamailio (integrations/kamailio/kamailio.cfg) and a sipp trunk behind it, as processes:
-for tests/test_kamailio.py and ``make sipbench``."""
+for tests/test_kamailio*.py and ``make sipbench``."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ back at once). It is the gateway slowed by that much, seen from Kamailio; it exi
 here, nothing in the gateway can be slowed.
 
     python -m loadtest.sip_bench [--rates 50,200,500] [--delays-ms 0,50] [--seconds 10]
-                                 [--hold-ms 2000] [--async-workers 64]
+                                 [--hold-ms 2000] [--async-workers 128]
 """
 
 from __future__ import annotations
