@@ -77,8 +77,11 @@ class _Relay(asyncio.Protocol):
         try:
             transport, _ = await loop.create_connection(lambda: _Back(self), *self.target)
         except OSError:
-            assert self.client is not None
-            self.client.close()
+            if self.client is not None:
+                self.client.close()
+            return
+        if self.client is None or self.client.is_closing():
+            transport.close()  # the client left while this connected
             return
         self.upstream = transport
         self._drain()
@@ -93,6 +96,9 @@ class _Relay(asyncio.Protocol):
         self.timer = None
         if self.upstream is None:
             return  # _connect drains once connected
+        if self.upstream.is_closing():
+            self.queue.clear()  # the gateway hung up: nothing more to pass on
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self.queue and self.queue[0][0] <= now:
@@ -112,12 +118,13 @@ class _Back(asyncio.Protocol):
         self.relay = relay
 
     def data_received(self, data: bytes) -> None:
-        assert self.relay.client is not None
-        self.relay.client.write(data)
+        client = self.relay.client
+        if client is not None and not client.is_closing():
+            client.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        assert self.relay.client is not None
-        self.relay.client.close()
+        if self.relay.client is not None:
+            self.relay.client.close()
 
 
 @contextlib.contextmanager
