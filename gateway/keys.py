@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 import orjson
 
+
 def partition_of(tenant_id: str, partitions: int) -> int:
     """The partition of a tenant: stable across processes and restarts (crc32, not hash())."""
     return zlib.crc32(tenant_id.encode()) % partitions
