@@ -290,3 +290,25 @@ async def test_run_time_tokens_reach_the_ledger_and_come_back_with_rebuild(
     await store.raw(TOKENS, "HDEL", TOKENS, kept["id"])
     problems = await audit(store, ledger, int(clock.now()), 300)
     assert problems == [f"{TOKENS} {kept['id']}: missing in redis"]
+
+
+async def test_a_call_redis_no_longer_holds_is_read_from_the_ledger(
+        rgw: Gateway, parts: tuple[Store, Ledger, Persister], tenant_id: str) -> None:
+    """Past the replay window Redis forgets a closed call; GET answers it from the ledger,
+    as it answered from Redis (a denied one too); a call neither holds is a 404."""
+    store, _, persister = parts
+    t = tenant_id
+    await traffic(rgw, t)
+    await rgw.call(t, "kept", NEW_YORK, user="us0")
+    await rgw.end(t, "kept", 125)
+    assert (await rgw.call(t, "refused", "+99912345", user="us0"))["decision"] == "deny"
+    await drain(persister)
+    answers = {cid: await rgw.req("GET", f"/v1/tenants/{t}/calls/{cid}")
+               for cid in ("kept", "refused")}
+    k = store.keys(t)
+    for cid in answers:
+        await store.raw(k.call(cid), "DEL", k.call(cid))  # the replay window is over
+    for cid, before in answers.items():
+        after = await rgw.req("GET", f"/v1/tenants/{t}/calls/{cid}")
+        assert after == before, cid
+    await rgw.req("GET", f"/v1/tenants/{t}/calls/never", status=404)
