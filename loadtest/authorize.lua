@@ -8,16 +8,8 @@
 -- connection, when free, waits for the next slot, so the offered rate does not drop when
 -- the server slows down (as long as enough connections are idle). wrk's delay() has 1 ms
 -- resolution: at 0.2 ms intervals requests leave in small bursts each millisecond.
-local ffi = require("ffi")
-ffi.cdef [[
-  typedef struct { long tv_sec; long tv_nsec; } cg_timespec;
-  int clock_gettime(int clk_id, cg_timespec *tp);
-]]
-local ts = ffi.new("cg_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
-end
+local common = dofile(string.match(debug.getinfo(1, "S").source, "^@(.*/)") ..
+  "wrk_common.lua")
 
 local tenants = tonumber(os.getenv("BENCH_TENANTS") or "10")
 local users = tonumber(os.getenv("BENCH_USERS") or "10")
@@ -72,27 +64,6 @@ function request()
   return head(t) .. #body .. "\r\n\r\n" .. body
 end
 
-if rate > 0 then
-  local interval = 1000 / rate
-  local next_slot = nil
-  function delay()
-    local now = now_ms()
-    if next_slot == nil or next_slot < now - 1000 then next_slot = now end
-    local slot = next_slot
-    next_slot = next_slot + interval
-    local d = slot - now
-    if d <= 0 then return 0 end
-    return math.floor(d)
-  end
-end
+delay = common.paced_delay(rate)
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,' ..
-    '"write_errors":%d,"status_errors":%d,"timeouts":%d,"latency_mean_us":%.1f,' ..
-    '"latency_max_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency:percentile(99.9)))
-end
+done = common.done
