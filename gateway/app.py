@@ -22,6 +22,7 @@ from gateway.api import (
     add_routes,
     problems_middleware,
 )
+from gateway.api_alerts import add_alert_routes
 from gateway.api_audit import add_audit_routes
 from gateway.api_cdrs import ledger_ctx
 from gateway.api_decks import add_deck_routes
@@ -98,5 +99,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     add_routes(app)
     add_deck_routes(app)
     add_audit_routes(app)
+    add_alert_routes(app)
     add_openapi_route(app)  # last: it describes the routes above
     return app

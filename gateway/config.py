@@ -160,6 +160,8 @@ class Settings:
     rate_decks: dict[str, RateDeck] = field(default_factory=dict)  # currency -> deck
     tokens: tuple[TokenEntry, ...] = ()
     demo_tenant: DemoTenant | None = None
+    # Webhooks may target loopback and private addresses (tests, private deployments).
+    webhook_allow_private: bool = False
 
     @property
     def database_url_effective(self) -> str:
@@ -307,6 +309,8 @@ def _build(root: _Table, env: Mapping[str, str], config_dir: Path) -> Settings:
         rate_decks=_rate_decks(root.table("rate_decks"), config_dir),
         tokens=_tokens(root.take("tokens", [])),
         demo_tenant=_demo_tenant(root.take("demo_tenant"), default_currency, default_timezone),
+        webhook_allow_private=bool(_int_setting(
+            root, env, "webhook_allow_private", "CALLGATE_WEBHOOK_ALLOW_PRIVATE", (0, 1))),
     )
 
 

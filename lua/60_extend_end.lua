@@ -10,6 +10,7 @@ KEYS[1] tenant hash {p}:t:T      KEYS[2] call hash {p}:t:T:c:C     KEYS[3] pools
 KEYS[4..6] month hashes of the three months the call may have started in (caller's
            candidates; see gateway/store.py), ARGV[5..7] their YYYYMM in the same order
 KEYS[7] active zset {p}:active   KEYS[8] events stream {p}:events
+KEYS[9] user-active hash (end_call's; unused here)   KEYS[10] notify stream {p}:notify
 ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] used seconds so far
 ARGV[8] largest grant (s)
 ARGV[9] deadline in milliseconds since the epoch ("0": none), as authorize's ARGV[25]
@@ -76,12 +77,14 @@ local function month_key(KEYS, ARGV, mon)
   return nil
 end
 
-local function ctx_of(KEYS, call, k_month)
+local function ctx_of(KEYS, ARGV, call, k_month)
   return {
     k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
     uid = call.uid, credits_only = call.co == '1', credits_allowed = call.ca == '1',
     limit = tonumber(call.sl),
     rp = call.rp, rr = call.rr, rf = call.rf, ra = call.ra, rb = call.rb,  -- rate_of
+    tid = ARGV[1], now = tonumber(ARGV[3]), mon = call.mon, k_events = KEYS[8],  -- alerts
+    k_notify = KEYS[10],
   }
 end
 
@@ -143,7 +146,7 @@ local function extend(KEYS, ARGV)
       -- The call started before the previous month: no further time (its month is closed).
       g, reason = 0, 'service_unavailable'
     else
-      local c = ctx_of(KEYS, call, k_month)
+      local c = ctx_of(KEYS, ARGV, call, k_month)
       local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
                     cred_r = st.cred_r}
       truncate(c, st, u)
