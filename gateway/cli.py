@@ -19,9 +19,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.cli_notify import notify_supervisor
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
-from gateway.persist_child import PersistSupervisor, persist_enabled, persist_env
+from gateway.persist_child import PersistSupervisor, Supervisors, persist_enabled, persist_env
 from gateway.redisproc import die_with_parent_hook
 
 log = logging.getLogger("callgate")
@@ -39,7 +40,7 @@ def _install_uvloop() -> None:
 
 
 async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None = None,
-                       persister: PersistSupervisor | None = None) -> None:
+                       persister: PersistSupervisor | Supervisors | None = None) -> None:
     """One HTTP worker: call control only. With ``persister`` (one worker: this is the
     main process) the persist child is started once signals are handled here, and stopped
     after the in-flight requests are done."""
@@ -168,7 +169,9 @@ def _run_workers(settings: Settings) -> int:
     workers = max(1, settings.workers)
     banner = f"callgate listening on http://{settings.http_host}:{settings.http_port} " \
              f"({workers} worker{'s' if workers > 1 else ''})"
-    persister = PersistSupervisor(persist_env(settings)) if persist_enabled() else None
+    persister: PersistSupervisor | Supervisors | None = Supervisors(
+        PersistSupervisor(persist_env(settings)) if persist_enabled() else None,
+        notify_supervisor(settings))
     if workers == 1:
         _install_uvloop()
         asyncio.run(_serve_async(settings, reuse_port=False, ready=banner, persister=persister))
@@ -194,7 +197,8 @@ def _run_workers(settings: Settings) -> int:
     return _wait_children(children, persister)
 
 
-def _wait_children(children: list[int], persister: PersistSupervisor | None) -> int:
+def _wait_children(children: list[int],
+                   persister: PersistSupervisor | Supervisors | None) -> int:
     """Wait for the HTTP workers (SIGTERM/SIGINT forwarded to them), then stop the persist
     child: it keeps persisting while the workers finish their in-flight requests."""
     def forward(signum: int, _frame: object) -> None:
@@ -316,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="append the entry to this configuration file (validated first) and "
                          "print only the token")
     tc.set_defaults(func=cmd_token_create)
-    from gateway import cli_persist
+    from gateway import cli_notify, cli_persist
 
     cli_persist.register(sub)
+    cli_notify.register(sub)
     return p
 
 
