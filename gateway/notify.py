@@ -145,11 +145,15 @@ class Notifier:
         """Our own entries left pending by an earlier run first (killed mid-intake), then
         new ones."""
         await self._ensure_group(stream)
-        start = ">" if stream in self._own_checked else "0"
-        reply = await self.store.raw(stream, "XREADGROUP", "GROUP", GROUP, self.consumer,
-                                     "COUNT", BATCH, "STREAMS", stream, start)
-        entries = list(reply[0][1]) if reply else []
-        if start == "0" and len(entries) < BATCH:
+        entries: list[Any] = []
+        for start in ("0", ">"):
+            if start == "0" and stream in self._own_checked:
+                continue
+            reply = await self.store.raw(stream, "XREADGROUP", "GROUP", GROUP, self.consumer,
+                                         "COUNT", BATCH, "STREAMS", stream, start)
+            entries += list(reply[0][1]) if reply else []
+            if len(entries) >= BATCH:
+                break
             self._own_checked.add(stream)
         return entries
 
