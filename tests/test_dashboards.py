@@ -191,6 +191,13 @@ ALERT_SCENARIOS = [
         ALLOWED: "0+100x1600",
         DENIED: "0+50x1600"},
         [("1530m", "CallgateDenyRateSpike", None)]),
+    # Two failed webhook attempts a minute and nothing delivered; the same with deliveries.
+    _scenario({'callgate_webhook_deliveries_total{result="retry"}': "0+2x60"},
+              [("5m", "CallgateWebhookDeliveriesFailing", None),
+               ("50m", "CallgateWebhookDeliveriesFailing", "warning")]),
+    _scenario({'callgate_webhook_deliveries_total{result="retry"}': "0+2x60",
+               'callgate_webhook_deliveries_total{result="delivered"}': "0+10x60"},
+              [("50m", "CallgateWebhookDeliveriesFailing", None)]),
 ]
 
 
