@@ -196,3 +196,18 @@ async def test_spend_limit_once_per_user_and_month(gw: Gateway, tenant_id: str,
         ("credits", 300), ("credits", 60), ("spend_limit_reached", 0)]
     months = [e["month"] for e in credit_alerts(redis_sync, gw, t, "spend_limit.reached")]
     assert months == ["2026-11", "2026-12"]
+
+
+async def test_an_extension_crosses_too(gw: Gateway, tenant_id: str,
+                                        redis_sync: redis.Redis) -> None:
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "u", "US", "domestic_120")
+    for i in range(23):  # 115 of 120 minutes: 80 % crossed, 100 % not
+        await gw.call(t, f"c{i}", NEW_YORK, user="u")
+    assert [e["threshold_percent"] for e in alerts_of(redis_sync, gw, t)] == [80]
+    gw.clock.advance(300)
+    assert (await gw.extend(t, "c0", 300))["source"] == "domestic_pool"
+    events = alerts_of(redis_sync, gw, t)
+    assert [e["threshold_percent"] for e in events] == [80, 100]
+    assert (events[1]["used_minutes"], events[1]["reserved_minutes"]) == (0, 120)

@@ -299,3 +299,30 @@ async def test_nothing_lost_when_the_notifier_is_killed_mid_delivery(
     assert len(receiver.requests) == 2
     assert len({h["Callgate-Event-Id"] for h, _b in receiver.requests}) == 1
     assert all(verify(SECRET, h["Callgate-Signature"], b) for h, b in receiver.requests)
+
+
+async def test_alert_events_reach_the_ledger(gw: Gateway, store: Store, receiver: Receiver,
+                                             tenant_id: str, tmp_path: Path) -> None:
+    from gateway.ledger import open_ledger
+    from gateway.persist import Persister
+    from tests.persist_helpers import drain
+
+    t = tenant_id
+    await low_balance_crossed(gw, t, receiver.url)
+    ledger = await open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        await drain(Persister(store, ledger, consumer="p"))
+        rows = await ledger.query(
+            "SELECT type, entry_id, data FROM events WHERE tenant = ? AND type IN "
+            "('alerts.updated', 'webhook.created', 'credits.low_balance') ORDER BY entry_id", t)
+    finally:
+        await ledger.close()
+    assert [r[0] for r in rows] == ["alerts.updated", "webhook.created", "credits.low_balance"]
+    assert all(SECRET not in str(r[2]) for r in rows)
+    notifier = Notifier(store, gw.clock, allow_private=True)
+    try:
+        await notifier.run_once()
+    finally:
+        await notifier.close()
+    [(headers, _body)] = receiver.requests
+    assert headers["Callgate-Event-Id"].endswith("_" + str(rows[2][1]))
