@@ -17,27 +17,12 @@ from aiohttp import web
 
 from gateway.redisproc import RedisServer
 from gateway.webhooks import verify
-from loadtest.common import child_processes
 from tests.gwclient import AUTH
+from tests.proctree import notify_children, wait_notify_child
 from tests.test_serve_persist import DEADLINE_SECONDS, metric_value, start_serve
 
 SECRET = "whsec_" + "s" * 40
 TENANT = "alerted"
-
-
-def notify_children(serve_pid: int) -> list[int]:
-    return [p for p, argv in child_processes(serve_pid).items() if argv[-1:] == ["notify"]]
-
-
-async def wait_notify_child(serve_pid: int, other_than: int = 0) -> int:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        found = [p for p in notify_children(serve_pid) if p != other_than]
-        if found:
-            assert len(found) == 1, found
-            return found[0]
-        assert time.monotonic() < deadline, child_processes(serve_pid)
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -71,7 +56,7 @@ async def test_serve_delivers_alerts_through_a_supervised_notifier(
     url, got = received
     served = await start_serve(tmp_path, own_redis.url, 1, CALLGATE_WEBHOOK_ALLOW_PRIVATE="1")
     try:
-        first = await wait_notify_child(served.proc.pid)
+        first = wait_notify_child(served.proc.pid)
         async with aiohttp.ClientSession(served.base, headers=AUTH) as http:
             async def put(path: str, body: object) -> None:
                 async with http.put(f"/v1/tenants/{TENANT}{path}", json=body) as r:
@@ -92,7 +77,7 @@ async def test_serve_delivers_alerts_through_a_supervised_notifier(
             assert verify(SECRET, got[0][0]["Callgate-Signature"], got[0][1])
             # Killed: restarted by serve, and the next alert is delivered by the new one.
             os.kill(first, signal.SIGKILL)
-            await wait_notify_child(served.proc.pid, other_than=first)
+            wait_notify_child(served.proc.pid, other_than=first)
             await put("/alerts", {"low_balance": "0.30"})  # re-armed
             for i in range(8, 11):
                 async with http.post(f"/v1/tenants/{TENANT}/calls", json={
