@@ -211,3 +211,46 @@ async def test_an_extension_crosses_too(gw: Gateway, tenant_id: str,
     events = alerts_of(redis_sync, gw, t)
     assert [e["threshold_percent"] for e in events] == [80, 100]
     assert (events[1]["used_minutes"], events[1]["reserved_minutes"]) == (0, 120)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@pytest.mark.cluster
+async def test_crossings_on_a_cluster_too(gw: Gateway, tenant_id: str, store_url: str) -> None:
+    """Every key an announcing function touches shares the tenant's slot (the suite's
+    cluster run: a key of another slot would fail with CROSSSLOT)."""
+    from gateway.store import Store
+
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "u", "US", "domestic_120")
+    await gw.user(t, "v", "US", "pay_as_you_go", monthly_spend_limit="0.07")
+    await gw.topup(t, "1.00", "k0")
+    await put_alerts(gw, t, {"low_balance": "0.95",
+                             "auto_recharge": {"below": "0.95", "amount": "5.00"}})
+    answers = await asyncio.gather(*(gw.call(t, f"c{i}", NEW_YORK, user="u")
+                                     for i in range(30)),
+                                   *(gw.call(t, f"d{i}", NEW_YORK, user="v")
+                                     for i in range(3)))
+    assert sum(a["reason"] == "domestic_pool" for a in answers) == 24
+    gw.clock.advance(60)
+    await gw.extend(t, "c0", 60)
+    store = Store.from_url(store_url, gw.settings.partitions)
+    try:
+        k = tenant_keys(t, gw.settings.partitions).partition
+        seen = []
+        for stream in (k.events, k.notify):
+            entries = await store.raw(stream, "XRANGE", stream, "-", "+")
+            fields = [{_text(f[i]): _text(f[i + 1]) for i in range(0, len(f), 2)}
+                      for _id, f in entries]
+            seen.append(sorted(f["type"] for f in fields if f["tenant"] == t and f["type"] in (
+                "pool.threshold_crossed", "credits.low_balance", "credits.recharge_requested",
+                "spend_limit.reached")))
+    finally:
+        await store.close()
+    want = ["credits.low_balance", "credits.recharge_requested", "pool.threshold_crossed",
+            "pool.threshold_crossed", "spend_limit.reached"]
+    assert seen[0] == want
+    assert seen[1] == want

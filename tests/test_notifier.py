@@ -326,3 +326,45 @@ async def test_alert_events_reach_the_ledger(gw: Gateway, store: Store, receiver
         await notifier.close()
     [(headers, _body)] = receiver.requests
     assert headers["Callgate-Event-Id"].endswith("_" + str(rows[2][1]))
+
+
+@pytest.mark.cluster
+async def test_delivery_on_a_cluster_too(store_url: str, aiohttp_client: Any,
+                                         clock: ManualClock, receiver: Receiver,
+                                         tenant_id: str) -> None:
+    """Intake and result functions touch only the tenant's slot (the suite's cluster run)."""
+    gw = await start_gateway(aiohttp_client, clock, store_url, webhook_allow_private=True)
+    t = tenant_id
+    receiver.statuses = [500, 200]
+    await low_balance_crossed(gw, t, receiver.url)
+    s = Store.from_url(store_url, gw.settings.partitions)
+    notifier = Notifier(s, gw.clock, allow_private=True)
+    try:
+        await notifier.run_once()
+        gw.clock.advance(1)
+        await notifier.run_once()
+    finally:
+        await notifier.close()
+        await s.close()
+    mine = [(h, b) for h, b in receiver.requests if orjson.loads(b)["tenant_id"] == t]
+    assert len(mine) == 2
+    [d] = await deliveries(gw, t)
+    assert (d["state"], d["attempts"], d["last_status"]) == ("delivered", 2, 200)
+
+
+async def test_status_command_reports_pending(gw: Gateway, store: Store, receiver: Receiver,
+                                              tenant_id: str, own_redis: RedisServer) -> None:
+    receiver.statuses = [500]
+    await low_balance_crossed(gw, tenant_id, receiver.url)
+    notifier = Notifier(store, gw.clock, allow_private=True)
+    try:
+        await notifier.run_once()
+    finally:
+        await notifier.close()
+    env = {**os.environ, "CALLGATE_REDIS_URL": own_redis.url,
+           "CALLGATE_PARTITIONS": str(gw.settings.partitions)}
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway", "notify", "--status"], cwd=REPO,
+        env=env, capture_output=True, timeout=60, check=True)
+    status = orjson.loads(out.stdout)
+    assert status["pending"] == 1 and status["oldest_pending_seconds"] >= 0
