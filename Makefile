@@ -36,7 +36,7 @@ APT_UPDATE := \
 APT_INSTALL := $(APT_UPDATE); \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: help venv redis postgres sip run test lint bench loadtest sipbench chaos clean distclean
+.PHONY: help venv redis postgres sip valgrind run test lint bench loadtest sipbench chaos clean distclean
 
 help:
 	@echo "make run        start callgate with a demo tenant (operator token in $(OPERATOR_TOKEN_FILE))"
@@ -45,7 +45,8 @@ help:
 	@echo "make bench      micro-benchmark of the call path"
 	@echo "make loadtest   Locust load test"
 	@echo "make sipbench   call setup through Kamailio and the gateway (sipp)"
-	@echo "make chaos      fault-injection tests (Redis crashes, persister restarts)"
+	@echo "make chaos      fault-injection tests (Redis crashes, persister restarts, bursts,"
+	@echo "                Redis stalls, cluster failover; docs/faults.md)"
 	@echo "make clean      remove var/ and caches; distclean also removes $(VENV)"
 
 # --- internal: virtualenv and system packages ------------------------------------------
@@ -125,7 +126,14 @@ sip:
 	  $(APT_INSTALL) kamailio kamailio-utils-modules kamailio-json-modules sip-tester; \
 	fi
 
-test: venv redis postgres sip $(PROMTOOL)
+# valgrind, for the gate on Redis instructions per call (tests/test_fcall_cost.py).
+valgrind:
+	@if ! command -v valgrind >/dev/null 2>&1; then \
+	  echo "valgrind not found: installing it with apt" >&2; \
+	  $(APT_INSTALL) valgrind; \
+	fi
+
+test: venv redis postgres sip valgrind $(PROMTOOL)
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
@@ -133,7 +141,8 @@ lint: venv
 	$(BIN)/mypy gateway loadtest tests
 
 # bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk);
-# loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills.
+# loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills, and the
+# burst, Redis-stall and failover scenarios 20 times each (docs/faults.md).
 bench: venv redis
 	$(BIN)/python -m loadtest.bench
 
@@ -147,7 +156,8 @@ sipbench: venv redis sip
 
 chaos: venv redis postgres
 	CALLGATE_CHAOS_KILLS=$${CALLGATE_CHAOS_KILLS:-100} CALLGATE_CHAOS_REDIS_KILLS=$${CALLGATE_CHAOS_REDIS_KILLS:-20} \
-	$(BIN)/pytest -q -p no:cacheprovider -m chaos $(PYTEST_ARGS)
+	CALLGATE_CHAOS_REPEATS=$${CALLGATE_CHAOS_REPEATS:-20} \
+	$(BIN)/pytest -q -p no:cacheprovider -s -m chaos $(PYTEST_ARGS)
 
 # --- cleaning --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ roles it admits and whether it is scoped to the tenant in its path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import available_timezones
@@ -28,7 +28,7 @@ from gateway.clock import Clock, parse_rfc3339
 from gateway.config import Settings
 from gateway.errors import FieldError, TenantNotFound, ValidationError
 from gateway.money import parse_money
-from gateway.persist import persister_status
+from gateway.observe import OBSERVER, Observer
 from gateway.store import Store, TenantSettings
 from gateway.validate import CALL_ID_RE, ID_RE, IDEMPOTENCY_KEY_RE, Fields, json_object, path_id
 from gateway.validate import query_month as _query_month
@@ -457,47 +457,31 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return json_response({"status": "ok"})
 
 
-# The oldest event not yet in the ledger may be this old before the gateway reports itself
-# not ready: the persister is then stalled (or absent), and Redis holds what the ledger lacks.
-PERSISTER_STALLED_SECONDS = 300
+async def observer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context (after the store's): what /metrics and /readyz read from
+    Redis, sampled at most once a second per worker (gateway.observe)."""
+    app[OBSERVER] = Observer(app[SETTINGS], app[STORE], app[CLOCK])
+    yield
+    await app[OBSERVER].close()
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    store = request.app[STORE]
-    checks: dict[str, str] = {}
-    try:
-        checks["redis"] = "ok" if await store.ping() else "failing"
-        checks["functions"] = "ok" if await store.functions_loaded() else "missing"
-        lag = (await persister_status(store))["lag_seconds"]
-        checks["persister"] = (
-            "ok" if lag <= PERSISTER_STALLED_SECONDS else f"stalled: {lag:.0f} s behind"
-        )
-    except calls_mod.UNAVAILABLE as exc:
-        checks["redis"] = f"unreachable: {exc}"
-    ready = all(v == "ok" for v in checks.values()) and len(checks) == 3
-    return json_response({"status": "ready" if ready else "not ready", "checks": checks},
-                         200 if ready else 503)
+    """Ready when Redis answers, the function library is loaded and the persister is not
+    stalled. Without a token (probes): which check failed, from a fixed vocabulary, no
+    address or error text; with an operator token, the details as well."""
+    ctx = check_access(request.app, request.headers.get("Authorization"), {}, OPERATOR,
+                       tenant_scoped=False)
+    ready, body = await request.app[OBSERVER].readiness(details=isinstance(ctx, Ctx))
+    return json_response(body, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    """Prometheus text format; samples the active calls, and how overdue the reaper is,
-    from Redis first (best effort: a scrape never fails because Redis does)."""
-    try:
-        active, earliest_expiry = await request.app[STORE].active_grants()
-    except calls_mod.UNAVAILABLE as exc:
-        log.debug("/metrics: active calls not sampled: %r", exc)
-    else:
-        metrics_mod.ACTIVE_CALLS.set(active)
-        # The reaper closes a grant once it is grace seconds past its expiry (D33), within a
-        # second when it runs; a grant much later than that means no reaper is running.
-        overdue = 0.0
-        if earliest_expiry is not None:
-            due_at = earliest_expiry + request.app[SETTINGS].reaper_grace_seconds
-            overdue = max(0.0, request.app[CLOCK].now() - due_at)
-        metrics_mod.REAPER_OVERDUE.set(overdue)
-    body, content_type = metrics_mod.render()
+    """Prometheus text format, rendered at most once a second per worker with the gauges
+    sampled from Redis (active calls, reaper overdue, Redis memory) no more often; a
+    scrape never fails, nor waits long, because Redis does (gateway.observe)."""
+    body = await request.app[OBSERVER].exposition()
     resp = web.Response(body=body)
-    resp.headers["Content-Type"] = content_type
+    resp.headers["Content-Type"] = metrics_mod.CONTENT_TYPE
     return resp
 
 

@@ -7,6 +7,7 @@ and closed with the application.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -16,10 +17,13 @@ from gateway.cdrs import cdr_view, decode_cursor, encode_cursor
 from gateway.clock import parse_rfc3339
 from gateway.errors import ValidationError
 from gateway.ledger import Ledger, open_ledger
+from gateway.ledger.backoff import describe, expected_error
 from gateway.validate import query_int
 
 if TYPE_CHECKING:
     from gateway.api import Ctx
+
+log = logging.getLogger(__name__)
 
 CDR_PAGE_DEFAULT = 100
 CDR_PAGE_MAX = 1000
@@ -67,7 +71,7 @@ def _time(query: dict[str, str], name: str) -> int | None:
 
 
 async def list_cdrs(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    from gateway.api import json_response
+    from gateway.api import json_response, problem
 
     query = dict(request.query)
     from_ts, to_ts = _time(query, "from"), _time(query, "to")
@@ -83,8 +87,16 @@ async def list_cdrs(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     # A tenant that does not exist answers 404, as on every other tenant path.
     if not await request.app[STORE].tenant_exists(ctx.tenant_id):
         raise TenantNotFound(ctx.tenant_id)
-    ledger = await request.app[LEDGER].get()
-    rows = await ledger.cdrs(ctx.tenant_id, from_ts, to_ts, limit + 1, before)
+    try:
+        ledger = await request.app[LEDGER].get()
+        rows = await ledger.cdrs(ctx.tenant_id, from_ts, to_ts, limit + 1, before)
+    except Exception as exc:
+        if not expected_error(exc):
+            raise
+        # The database is down or refusing: retry later, as for Redis (no address shown).
+        log.warning("GET cdrs: ledger unavailable (%s)", describe(exc))
+        return problem(503, "Service unavailable", "the ledger is unavailable; retry",
+                       slug="service-unavailable")
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:

@@ -20,12 +20,14 @@ from gateway.api import (
     SETTINGS,
     STORE,
     add_routes,
+    observer_ctx,
     problems_middleware,
 )
 from gateway.api_alerts import add_alert_routes
 from gateway.api_audit import add_audit_routes
 from gateway.api_cdrs import ledger_ctx
 from gateway.api_decks import add_deck_routes
+from gateway.api_tokens import add_token_routes
 from gateway.auth import Authenticator
 from gateway.calls import UNAVAILABLE, CallService
 from gateway.clock import Clock, SystemClock
@@ -47,7 +49,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app = web.Application(middlewares=[problems_middleware], client_max_size=BODY_LIMIT_BYTES)
     app[SETTINGS] = settings
     app[CLOCK] = clock or SystemClock()
-    app[AUTH] = Authenticator(settings.operator_token, settings.tokens)
+    app[AUTH] = Authenticator(settings.operator_token, settings.tokens, clock=app[CLOCK])
     app[DECKS] = Decks(settings.rate_decks)
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -94,11 +96,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(decks_ctx)
+    app.cleanup_ctx.append(observer_ctx)  # /metrics and /readyz: Redis sampled once a second
     app.cleanup_ctx.append(ledger_ctx)  # GET …/cdrs reads the ledger (opened on first use)
     app.cleanup_ctx.append(metrics.flusher_ctx)
     add_routes(app)
     add_deck_routes(app)
     add_audit_routes(app)
+    add_token_routes(app)  # also its poller (cleanup_ctx), after redis_ctx: it needs STORE
     add_alert_routes(app)
     add_openapi_route(app)  # last: it describes the routes above
     return app

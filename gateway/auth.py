@@ -7,15 +7,22 @@ environment (CALLGATE_OPERATOR_TOKEN) is accepted as an operator token.
 Roles: ``switch`` (call control), ``admin`` (tenant management and reports), ``operator``
 (everything, every tenant). A switch or admin token acts only for its own tenants: another
 tenant's path answers 404, exactly as a missing tenant would.
+
+Tokens made at run time (gateway.tokens) join the same table: a background task of each
+worker replaces it whole (`load_runtime`) when the token version in Redis moves, so a request
+still costs one SHA-256 and one dict lookup, plus, for a token with an expiry, one reading of
+the clock. The ids of run-time tokens used are noted in `seen` (a set, drained by the same
+background task into Redis at most once a minute: the coarse ``last_used_at``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.clock import Clock, SystemClock
 from gateway.config import TokenEntry
 
 ROLES = ("switch", "admin", "operator")
@@ -38,16 +45,42 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# digest -> (digest, principal, expires_at seconds or None, made at run time)
+_Entry = tuple[str, Principal, float | None, bool]
+
+
 class Authenticator:
-    def __init__(self, operator_token: str | None, tokens: Sequence[TokenEntry]) -> None:
-        self._by_hash: dict[str, tuple[str, Principal]] = {}
+    def __init__(self, operator_token: str | None, tokens: Sequence[TokenEntry],
+                 clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
+        static: dict[str, _Entry] = {}
         for t in tokens:
             tenants = None if t.role == "operator" else frozenset(t.tenants)
             digest = t.sha256.lower()
-            self._by_hash[digest] = (digest, Principal(t.id, t.role, tenants))
+            static[digest] = (digest, Principal(t.id, t.role, tenants), None, False)
         if operator_token:
             digest = token_sha256(operator_token)
-            self._by_hash[digest] = (digest, Principal("bootstrap", "operator", None))
+            static[digest] = (digest, Principal("bootstrap", "operator", None), None, False)
+        self._static = static  # the bootstrap: configuration file and environment
+        self._by_hash: dict[str, _Entry] = dict(static)
+        self.seen: set[str] = set()  # ids of run-time tokens used since the last drain
+
+    def load_runtime(self, tokens: Iterable[tuple[str, Principal, float | None]]) -> None:
+        """Replace the run-time tokens: (sha256 hex, principal, expires_at or None) each.
+        The new table is built aside and swapped in whole; the bootstrap tokens stay."""
+        table: dict[str, _Entry] = {}
+        for digest, principal, expires_at in tokens:
+            d = digest.lower()
+            table[d] = (d, principal, expires_at, True)
+        table.update(self._static)  # a bootstrap token always keeps its bootstrap meaning
+        self._by_hash = table
+
+    def runtime_count(self) -> int:
+        return sum(1 for e in self._by_hash.values() if e[3])
+
+    def drain_seen(self) -> set[str]:
+        seen, self.seen = self.seen, set()
+        return seen
 
     def authenticate(self, authorization: str | None) -> Principal | None:
         if not authorization:
@@ -62,5 +95,11 @@ class Authenticator:
         entry = self._by_hash.get(digest)
         if entry is None:
             return None
-        stored, principal = entry
-        return principal if hmac.compare_digest(stored, digest) else None
+        stored, principal, expires_at, runtime = entry
+        if not hmac.compare_digest(stored, digest):
+            return None
+        if expires_at is not None and self._clock.now() >= expires_at:
+            return None  # expired: checked here, against this worker's clock
+        if runtime:
+            self.seen.add(principal.token_id)
+        return principal

@@ -6,15 +6,17 @@ control on the call path's connection."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Mapping
 
 from gateway import metrics
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
-from gateway.ledger import open_ledger
+from gateway.ledger.backoff import Outage, open_ledger_when_up
 from gateway.persist import CLAIM_IDLE_MS, Persister
 from gateway.reaper import Reaper
+from gateway.redisclient import parse_url
 from gateway.store import Store
 
 
@@ -29,9 +31,20 @@ async def run_persister(settings: Settings, stop: asyncio.Event,
     and at the end, as an HTTP worker's are."""
     assert settings.redis_url, "the persister needs settings.redis_url"
     store = Store.from_url(settings.redis_url, settings.partitions)
-    ledger = await open_ledger(settings.database_url_effective)
+    # A database down at start-up is waited for here, with the persister's back-off and
+    # log lines, rather than crashing the process into the supervisor's restarts.
+    outage = Outage("persister", logging.getLogger("gateway.persist"))
+    ledger = await open_ledger_when_up(settings.database_url_effective, stop, outage)
+    if ledger is None:
+        await store.close()
+        return
+    # On one Redis server the persister waits for events on a connection of its own (a
+    # blocking read over every stream) instead of polling; a cluster is polled.
+    waiter = (Store.from_url(settings.redis_url, settings.partitions)
+              if parse_url(settings.redis_url)[0] == "single" else None)
     try:
-        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms()).run(stop),
+        tasks = [Persister(store, ledger, claim_idle_ms=claim_idle_ms(), outage=outage,
+                           waiter=waiter).run(stop),
                  metrics.flush_until(stop)]
         if reaper:
             tasks.append(Reaper(store, clock or SystemClock(), settings.reaper_grace_seconds,
@@ -41,3 +54,5 @@ async def run_persister(settings: Settings, stop: asyncio.Event,
     finally:
         await ledger.close()
         await store.close()
+        if waiter is not None:
+            await waiter.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from gateway.clock import rfc3339
 from gateway.money import format_money
+from gateway.validate import CALL_ID_RE, INT_MAX
 
 CSV_COLUMNS = (
     "tenant_id", "call_id", "user_id", "direction", "from", "to", "destination_country",
@@ -50,10 +52,23 @@ def encode_cursor(ended_at: int, call_id: str) -> str:
     return base64.urlsafe_b64encode(f"{ended_at}/{call_id}".encode()).decode().rstrip("=")
 
 
+# A cursor: base64url of "<ended_at>/<call_id>", as encode_cursor writes it. What decodes
+# is checked as strictly as what the API accepts elsewhere: the database never sees an
+# integer it cannot hold (SQLite raised OverflowError past 2^63) nor text it refuses
+# (PostgreSQL refuses NUL).
+_CURSOR_RE = re.compile(r"([0-9]{1,13})/(" + CALL_ID_RE.pattern + ")", re.ASCII)
+CURSOR_CHARS_MAX = 4 * (13 + 1 + 128) // 3 + 4
+
+
 def decode_cursor(text: str) -> tuple[int, str] | None:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        ts, _, call_id = raw.partition("/")
-        return (int(ts), call_id) if call_id and ts.isdigit() else None
-    except ValueError:
+    """(ended_at, call_id) of a cursor encode_cursor wrote; None for anything else."""
+    if len(text) > CURSOR_CHARS_MAX or not text.isascii():
         return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
+    m = _CURSOR_RE.fullmatch(raw)
+    if m is None or int(m.group(1)) > INT_MAX:
+        return None
+    return int(m.group(1)), m.group(2)

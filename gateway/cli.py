@@ -13,9 +13,10 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -25,7 +26,11 @@ from gateway.errors import ConfigError
 from gateway.persist_child import PersistSupervisor, Supervisors, persist_enabled, persist_env
 from gateway.redisproc import die_with_parent_hook
 
+if TYPE_CHECKING:
+    from gateway.store import Store
+
 log = logging.getLogger("callgate")
+T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
@@ -276,13 +281,25 @@ def _worker_exited(pid: int) -> None:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    """Mint a token. The token goes to stdout once and is never stored; its configuration
-    entry (SHA-256, role, tenants) is appended to --write CONFIG, or else printed to stdout
-    after it for the operator to paste (token on stderr then, so that a redirection of
-    stdout captures only the entry)."""
+    """Mint a token. By default it is stored in Redis (its SHA-256 only) and usable on every
+    worker within a second; the create answer, with the token, goes to stdout once.
+
+    With --write CONFIG or --config-entry (or when no Redis is configured) it becomes a
+    bootstrap token of the configuration file instead: its entry (SHA-256, role, tenants) is
+    appended to CONFIG, or else printed to stdout after it for the operator to paste (token
+    on stderr then, so that a redirection of stdout captures only the entry)."""
     from gateway.auth import token_sha256
 
+    to_config = bool(args.write or args.config_entry)
+    if not to_config:
+        settings = load_settings()
+        if settings.redis_url:
+            return _token_create_redis(args, settings)
+        print("callgate token create: no Redis configured (CALLGATE_REDIS_URL): making a "
+              "configuration entry instead", file=sys.stderr)
     problem = _token_args_error(args)
+    if not problem and (args.description or args.expires_at):
+        problem = "--description and --expires-at are for tokens in Redis, not the file's"
     if problem:
         print(f"callgate token create: {problem}", file=sys.stderr)
         return 2
@@ -301,6 +318,99 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_store(settings: Settings) -> Store:
+    from gateway.store import Store
+
+    assert settings.redis_url
+    return Store.from_url(settings.redis_url, settings.partitions)
+
+
+def _token_create_redis(args: argparse.Namespace, settings: Settings) -> int:
+    """The same as POST /v1/tokens: the answer (with the token, shown once) on stdout."""
+    import time
+
+    import orjson
+
+    from gateway.errors import ValidationError
+    from gateway.tokens import create_token, parse_token_spec
+
+    if args.id:
+        print("callgate token create: --id: tokens in Redis get an id of their own (tok_…); "
+              "describe the token with --description", file=sys.stderr)
+        return 2
+    body: dict[str, object] = {"role": args.role, "tenants": args.tenant or None,
+                               "description": args.description, "expires_at": args.expires_at}
+    now = int(time.time())
+    try:
+        spec = parse_token_spec(body, now)
+    except ValidationError as exc:
+        for e in exc.errors:
+            print(f"callgate token create: {_option_of(e.field)}: {e.message}", file=sys.stderr)
+        return 2
+
+    async def create() -> dict[str, object]:
+        # (Store.fcall loads the function library into a Redis no gateway has used yet.)
+        record, secret = await create_token(store, spec, now, "cli")
+        return record.created(secret)
+
+    store = _token_store(settings)
+    answer = _run_closing(store, create())
+    print(orjson.dumps(answer).decode())
+    return 0
+
+
+def _option_of(field: str) -> str:
+    name = field.split("[", 1)[0]
+    return {"tenants": "--tenant", "expires_at": "--expires-at"}.get(name, f"--{name}")
+
+
+def _run_closing(store: Store, coro: Coroutine[Any, Any, T]) -> T:
+    async def run() -> T:
+        try:
+            return await coro
+        finally:
+            await store.close()
+
+    _install_uvloop()
+    return asyncio.run(run())
+
+
+def _token_settings() -> Settings:
+    settings = load_settings()
+    if not settings.redis_url:
+        raise SystemExit("callgate: CALLGATE_REDIS_URL is required for this command")
+    return settings
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    """The same as GET /v1/tokens (never a secret), optionally only those acting for one
+    tenant."""
+    import orjson
+
+    from gateway.tokens import list_tokens
+
+    store = _token_store(_token_settings())
+    tokens = _run_closing(store, list_tokens(store))
+    if args.tenant:
+        tokens = [t for t in tokens if args.tenant in t["tenants"]]
+    print(orjson.dumps({"tokens": tokens}, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """The same as DELETE /v1/tokens/{token_id}: 0 revoked, 1 no such token."""
+    from gateway.tokens import revoke_token
+
+    store = _token_store(_token_settings())
+
+    if not _run_closing(store, revoke_token(store, args.token_id, actor="cli")):
+        print(f"callgate token revoke: no token {args.token_id!r}", file=sys.stderr)
+        return 1
+    print(f"token {args.token_id} revoked: it answers 401 on every worker within 1 s",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="callgate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -312,14 +422,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     t = sub.add_parser("token", help="API tokens")
     tsub = t.add_subparsers(dest="token_command", required=True)
-    tc = tsub.add_parser("create", help="mint a token; prints its configuration entry")
+    tc = tsub.add_parser("create", help="mint a token, stored in Redis (or, with --write or "
+                                        "--config-entry, a configuration file entry)")
     tc.add_argument("--role", choices=("switch", "admin", "operator"), required=True)
     tc.add_argument("--tenant", action="append", default=[], help="tenant it acts for")
-    tc.add_argument("--id", help="token id shown in audit records")
+    tc.add_argument("--description", help="what the token is for (Redis tokens)")
+    tc.add_argument("--expires-at", metavar="RFC3339",
+                    help="when it stops working, e.g. 2027-01-31T00:00:00Z (Redis tokens)")
+    tc.add_argument("--id", help="token id shown in audit records (configuration entries)")
     tc.add_argument("--write", metavar="CONFIG",
                     help="append the entry to this configuration file (validated first) and "
                          "print only the token")
+    tc.add_argument("--config-entry", action="store_true",
+                    help="print a configuration file entry instead of storing in Redis")
     tc.set_defaults(func=cmd_token_create)
+    tl = tsub.add_parser("list", help="the tokens in Redis, without their secrets")
+    tl.add_argument("--tenant", help="only the tokens acting for this tenant")
+    tl.set_defaults(func=cmd_token_list)
+    tr = tsub.add_parser("revoke", help="revoke a token in Redis (401 everywhere within 1 s)")
+    tr.add_argument("token_id", help="its id, tok_…")
+    tr.set_defaults(func=cmd_token_revoke)
     from gateway import cli_notify, cli_persist
 
     cli_persist.register(sub)

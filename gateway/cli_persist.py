@@ -22,6 +22,20 @@ def _settings_with_redis() -> Settings:
     return settings
 
 
+async def _open_ledger(url: str) -> Any:
+    """The ledger, or exit with one line naming the error (no traceback) when its
+    database cannot be reached."""
+    from gateway.ledger import open_ledger
+    from gateway.ledger.backoff import describe, expected_error
+
+    try:
+        return await open_ledger(url)
+    except Exception as exc:
+        if not expected_error(exc):
+            raise
+        raise SystemExit(f"callgate: the ledger is unavailable ({describe(exc)})") from None
+
+
 def _run(coro: Any) -> Any:
     from gateway.cli import _install_uvloop
 
@@ -69,11 +83,10 @@ def _month_range(month: str) -> tuple[int, int]:
 
 async def _export(settings: Settings, tenant: str, month: str, out: Any) -> int:
     from gateway.cdrs import CSV_COLUMNS, csv_row
-    from gateway.ledger import open_ledger
     from gateway.progress import Progress
 
     lo, hi = _month_range(month)
-    ledger = await open_ledger(settings.database_url_effective)
+    ledger = await _open_ledger(settings.database_url_effective)
     try:
         total = (await ledger.query(
             "SELECT COUNT(*) FROM cdrs WHERE tenant = ? AND ended_at >= ? AND ended_at < ?",
@@ -108,15 +121,14 @@ def cmd_export_cdrs(args: argparse.Namespace) -> int:
 async def _rebuild_or_audit(settings: Settings, what: str, force: bool) -> int:
     import time
 
-    from gateway.ledger import open_ledger
     from gateway.ledger_audit import audit
     from gateway.persist import persister_status
     from gateway.rebuild import expected_state, rebuild, redis_is_empty
     from gateway.store import Store
 
     assert settings.redis_url
+    ledger = await _open_ledger(settings.database_url_effective)
     store = Store.from_url(settings.redis_url, settings.partitions)
-    ledger = await open_ledger(settings.database_url_effective)
     now = int(time.time())
     try:
         if what == "rebuild":
@@ -137,6 +149,14 @@ async def _rebuild_or_audit(settings: Settings, what: str, force: bool) -> int:
             print(line)
         print(f"{len(problems)} discrepanc{'y' if len(problems) == 1 else 'ies'}")
         return 1 if problems else 0
+    except Exception as exc:
+        from gateway.ledger.backoff import describe, expected_error
+
+        if not expected_error(exc):
+            raise
+        # A store went away midway: one line, no traceback; a rebuild may be run again
+        # with --force (it writes the same values).
+        raise SystemExit(f"callgate: {what} stopped: {describe(exc)}") from None
     finally:
         await ledger.close()
         await store.close()

@@ -160,6 +160,10 @@ class Settings:
     rate_decks: dict[str, RateDeck] = field(default_factory=dict)  # currency -> deck
     tokens: tuple[TokenEntry, ...] = ()
     demo_tenant: DemoTenant | None = None
+    # HTTP connection limits (docs/http-limits.md): a request head (a new connection's
+    # first request, whole) must arrive within this; open connections per worker.
+    http_head_timeout_seconds: int = 10
+    http_max_connections: int = 10_000
     # Webhooks may target loopback and private addresses (tests, private deployments).
     webhook_allow_private: bool = False
 
@@ -309,6 +313,12 @@ def _build(root: _Table, env: Mapping[str, str], config_dir: Path) -> Settings:
         rate_decks=_rate_decks(root.table("rate_decks"), config_dir),
         tokens=_tokens(root.take("tokens", [])),
         demo_tenant=_demo_tenant(root.take("demo_tenant"), default_currency, default_timezone),
+        http_head_timeout_seconds=_int_setting(
+            root, env, "http_head_timeout_seconds", "CALLGATE_HTTP_HEAD_TIMEOUT_SECONDS", (1, 300)
+        ),
+        http_max_connections=_int_setting(
+            root, env, "http_max_connections", "CALLGATE_HTTP_MAX_CONNECTIONS", (1, 1_000_000)
+        ),
         webhook_allow_private=bool(_int_setting(
             root, env, "webhook_allow_private", "CALLGATE_WEBHOOK_ALLOW_PRIVATE", (0, 1))),
     )

@@ -54,6 +54,19 @@ stream share one cluster slot and one function call can replace a deck atomicall
                                     worker loads several times faster than the CSV
     {decks}:versions         hash   CUR -> the global version of its last upload
     {decks}:events           stream deck.replaced events (actor, currency, rows, version)
+
+API tokens made at run time are global too, under their own tag ``{tokens}`` (one slot: a
+create or revoke changes the table and its version in one function call):
+
+    {tokens}:all             hash   tok_… -> JSON record (sha256 of the token, role, tenants,
+                                    description, created_at, expires_at, created_by); never
+                                    the token itself
+    {tokens}:version         string counter, +1 on every create and revoke (workers poll it)
+    {tokens}:used            hash   tok_… -> last_used_at (seconds, coarse: each worker
+                                    writes the ids it saw at most once a minute)
+    {tokens}:events          stream token.created / token.revoked, for the persister: the
+                                    ledger keeps every change and `callgate rebuild`
+                                    restores the table from it
 """
 
 from __future__ import annotations
@@ -205,6 +218,13 @@ def deck_key(currency: str) -> str:
 def deck_rows_key(currency: str) -> str:
     """The same deck as JSON rows [prefix, description, kind, rate, fee, A, B]."""
     return f"{DECKS_TAG}:rows:{currency}"
+
+
+TOKENS_TAG = "{tokens}"
+TOKENS = f"{TOKENS_TAG}:all"
+TOKENS_VERSION = f"{TOKENS_TAG}:version"
+TOKENS_USED = f"{TOKENS_TAG}:used"
+TOKENS_EVENTS = f"{TOKENS_TAG}:events"
 
 
 def tenant_keys(tenant_id: str, partitions: int) -> TenantKeys:

@@ -37,6 +37,8 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _mp
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: The exposition's Content-Type (text format 0.0.4).
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
 # Latency budget: p99 of authorize <= 2 ms; buckets resolve 100 us up to 2.5 ms, then coarser.
 LATENCY_BUCKETS_SECONDS: Final = (
@@ -82,7 +84,8 @@ PERSISTER_LAG = Gauge(
 )
 ACTIVE_CALLS = Gauge(
     "callgate_active_calls",
-    "Calls holding a grant (all tenants), sampled from Redis when /metrics is scraped",
+    "Calls holding a grant (all tenants), sampled from Redis when /metrics is scraped "
+    "(at most once a second per worker)",
     multiprocess_mode="livemostrecent",
 )
 REAPER_OVERDUE = Gauge(
@@ -100,10 +103,27 @@ DECK_RELOADS = Counter(
     "Rate-deck reloads, by result (ok or error)",
     ("result",),
 )
-CONFIG_RELOADS = Counter(
-    "callgate_config_reloads_total",
-    "Configuration reloads, by result (ok or error)",
-    ("result",),
+REDIS_MEMORY_USED = Gauge(
+    "callgate_redis_memory_used_bytes",
+    "used_memory (INFO memory) of the Redis primary closest to its maxmemory (the one "
+    "using most memory when none has a limit); sampled with the other Redis gauges",
+    multiprocess_mode="livemostrecent",
+)
+REDIS_MEMORY_MAX = Gauge(
+    "callgate_redis_memory_max_bytes",
+    "maxmemory of that same Redis primary (0: no limit)",
+    multiprocess_mode="livemostrecent",
+)
+REDIS_UP = Gauge(
+    "callgate_redis_up",
+    "1 when the last sampling of Redis for /metrics succeeded, 0 when it failed or did not "
+    "answer in time (the sampled gauges then keep their last values)",
+    multiprocess_mode="livemostrecent",
+)
+REDIS_OOM_ERRORS = Counter(
+    "callgate_redis_oom_errors_total",
+    "Redis error replies saying OOM (maxmemory reached under noeviction); also counted in "
+    "callgate_redis_errors_total{kind=\"error_reply\"} when on the call path",
 )
 SHED_REQUESTS = Counter(
     "callgate_shed_requests_total",
@@ -153,10 +173,17 @@ METRIC_NAMES: Final = frozenset({
     "callgate_grants_reaped_total",
     "callgate_reaper_overdue_seconds",
     "callgate_deck_reloads_total",
-    "callgate_config_reloads_total",
+    "callgate_redis_memory_used_bytes",
+    "callgate_redis_memory_max_bytes",
+    "callgate_redis_up",
+    "callgate_redis_oom_errors_total",
     "callgate_shed_requests_total",
     "callgate_voids_total",
     "callgate_voids_pending",
+    "callgate_http_connections",
+    "callgate_http_connections_rejected_total",
+    "callgate_http_head_timeouts_total",
+    "callgate_http_bad_requests_total",
     "callgate_webhook_deliveries_total",
     "callgate_webhook_deliveries_pending",
     "callgate_webhook_oldest_pending_seconds",
@@ -257,6 +284,16 @@ def count_redis_failure(exc: BaseException) -> None:
     else:
         kind = "unavailable"
     REDIS_ERRORS.labels(kind).inc()
+    count_redis_oom(exc)
+
+
+def count_redis_oom(exc: BaseException) -> None:
+    """Count ``exc`` in callgate_redis_oom_errors_total when it is Redis's OOM error reply
+    (any path may call this with any Redis failure)."""
+    from gateway.redisclient import ReplyError
+
+    if isinstance(exc, ReplyError) and str(exc).lstrip().startswith("OOM"):
+        REDIS_OOM_ERRORS.inc()
 
 
 def count_shed(operation: str) -> None:
@@ -289,10 +326,6 @@ def count_deck_reload(ok: bool = True) -> None:
     DECK_RELOADS.labels("ok" if ok else "error").inc()
 
 
-def count_config_reload(ok: bool = True) -> None:
-    CONFIG_RELOADS.labels("ok" if ok else "error").inc()
-
-
 # -- exposition --------------------------------------------------------------------------
 
 
@@ -304,11 +337,18 @@ def render() -> tuple[bytes, str]:
     """(body, content type) of the text exposition, aggregated over the workers when
     PROMETHEUS_MULTIPROC_DIR is set (other workers' last second may not be in yet)."""
     flush()
+    return generate(), CONTENT_TYPE_LATEST
+
+
+def generate() -> bytes:
+    """The text exposition of what is flushed so far, without flushing: safe to call from
+    a thread other than the event loop's (flush() is not; gateway.observe calls it on the
+    loop, then this in a worker thread)."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
 
 
 def worker_exited(pid: int) -> None:
@@ -317,6 +357,41 @@ def worker_exited(pid: int) -> None:
         _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+# -- HTTP connections (gateway.fastpath; docs/http-limits.md) ------------------------------
+#
+# Counted by the server in plain integers and moved here by its once-a-second sweep, like
+# the hot-path counts above: no prometheus call per connection or per request.
+
+HTTP_CONNECTIONS = Gauge(
+    "callgate_http_connections",
+    "Open HTTP connections (fast path and aiohttp), sampled every second",
+    multiprocess_mode="livesum",
+)
+HTTP_CONNECTIONS_REJECTED = Counter(
+    "callgate_http_connections_rejected_total",
+    "Connections closed on arrival because the worker's connection cap was reached",
+)
+HTTP_HEAD_TIMEOUTS = Counter(
+    "callgate_http_head_timeouts_total",
+    "Connections closed because a request did not arrive whole within the head timeout",
+)
+HTTP_BAD_REQUESTS = Counter(
+    "callgate_http_bad_requests_total",
+    "Malformed HTTP requests (answered by aiohttp's parser with a 4xx and closed)",
+)
+
+
+def set_http_state(connections: int, rejected: int = 0, head_timeouts: int = 0,
+                   bad_requests: int = 0) -> None:
+    """The open connections now, and what was rejected, timed out or malformed since the
+    last call."""
+    HTTP_CONNECTIONS.set(connections)
+    if rejected:
+        HTTP_CONNECTIONS_REJECTED.inc(rejected)
+    if head_timeouts:
+        HTTP_HEAD_TIMEOUTS.inc(head_timeouts)
+    if bad_requests:
+        HTTP_BAD_REQUESTS.inc(bad_requests)
 # -- for the notifier ----------------------------------------------------------------------
 
 

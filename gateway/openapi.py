@@ -213,13 +213,52 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "subsequent_increment": {"type": "integer"},
         }, ["currency", "prefix", "kind", "rate_per_minute", "connection_fee",
             "initial_increment", "subsequent_increment"]),
+        # -- tokens
+        **_token_schemas(),
         # -- operations
         "Health": _obj({"status": {"type": "string"}}, ["status"]),
         "Ready": _obj({"status": {"type": "string", "enum": ["ready", "not ready"]},
                        "checks": {"type": "object",
-                                  "additionalProperties": {"type": "string"}}},
+                                  "additionalProperties": {"type": "string"}},
+                       "details": {"type": "object",
+                                   "description": "with an operator token only: Redis "
+                                   "nodes, the last error, the persister's backlog"}},
                       ["status", "checks"]),
     } | _notify_schemas()
+
+
+def _token_schemas() -> dict[str, Any]:
+    tenants = {"type": "array", "maxItems": 100, "uniqueItems": True, "items": ID}
+    token = {
+        "id": {"type": "string", "pattern": "^tok_[0-9a-f]{16}$"},
+        "role": {"type": "string", "enum": ["switch", "admin", "operator"]},
+        "tenants": {"type": "array", "items": {"type": "string"}},
+        "description": NULLABLE_STR, "created_at": TIME, "expires_at": NULLABLE_TIME,
+    }
+    shown = ["id", "role", "tenants", "description", "created_at", "expires_at"]
+    return {
+        "TokenRequest": _obj({
+            "role": {"type": "string", "enum": ["switch", "admin", "operator"],
+                     "description": "required on /v1/tokens; on a tenant's route only "
+                                    "switch (the default) is allowed, another role is 403"},
+            "tenants": {"anyOf": [tenants, {"type": "null"}],
+                        "description": "the tenants a switch or admin token acts for (none "
+                                       "for an operator token); on a tenant's route, that "
+                                       "tenant alone (the default)"},
+            "description": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
+            "expires_at": {"type": ["string", "null"], "format": "date-time",
+                           "description": "RFC 3339, in the future; null: never expires"},
+        }, closed=True),
+        "TokenCreated": _obj({**token, "token": {
+            "type": "string", "pattern": "^cg_[A-Za-z0-9_-]{43}$",
+            "description": "the secret: shown in this answer only, never again"}},
+            ["id", "token", *shown[1:]]),
+        "Token": _obj({**token, "last_used_at": {
+            **NULLABLE_TIME, "description": "coarse: recorded at most once a minute"}},
+            [*shown, "last_used_at"]),
+        "TokenList": _obj({"tokens": {"type": "array", "items": _ref("Token")}},
+                          ["tokens"]),
+    }
 
 
 _PROBLEM_TEXT = {
@@ -245,6 +284,8 @@ def _path_param(name: str) -> dict[str, Any]:
     schemas: dict[str, dict[str, Any]] = {
         "tenant_id": ID, "user_id": ID, "call_id": CALL_ID, "webhook_id": ID,
         "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["USD"]},
+        "token_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
+                     "examples": ["tok_3f1c0a9b8e7d6c5b"]},
         "e164": {"type": "string", "minLength": 1, "maxLength": 32,
                  "examples": ["+18005550199"],
                  "description": "E.164 number ('+' may be written %2B)"},
@@ -373,6 +414,7 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             ],
             "responses": {"200": _json(_ref("DeckRow"), "the row"),
                           **_problems(400, 401, 403, 404)}},
+        **_token_operations(guarded, with_body),
         ("GET", "/healthz"): {
             "summary": "The process is alive", "security": [],
             "responses": {"200": _json(_ref("Health"), "alive")}},
@@ -393,6 +435,28 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
         names = [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
         if names:
             op["parameters"] = [_path_param(n) for n in names] + op.get("parameters", [])
+    return ops
+
+
+def _token_operations(guarded: tuple[int, ...], with_body: tuple[int, ...]
+                      ) -> dict[tuple[str, str], dict[str, Any]]:
+    ops: dict[tuple[str, str], dict[str, Any]] = {}
+    pickup = "; the token answers 401 on every worker within 1 s"
+    for base, who in (("/v1/tokens", "operator"),
+                      (f"{T}/tokens", "admin of the tenant: its switch tokens only")):
+        ops[("POST", base)] = {
+            "summary": f"Create a token ({who}); the secret is in this answer only",
+            "requestBody": _body("TokenRequest"),
+            "responses": {"201": _json(_ref("TokenCreated"), "created"),
+                          **_problems(*with_body)}}
+        ops[("GET", base)] = {
+            "summary": f"The tokens, without their secrets ({who})",
+            "responses": {"200": _json(_ref("TokenList"), "the tokens"),
+                          **_problems(*guarded)}}
+        ops[("DELETE", f"{base}/{{token_id}}")] = {
+            "summary": f"Revoke a token ({who})",
+            "responses": {"204": {"description": "revoked" + pickup},
+                          **_problems(*guarded)}}
     return ops
 
 

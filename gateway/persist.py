@@ -10,6 +10,17 @@ regard to acknowledgement.
 
 Every Redis command goes through ``Store.backend.execute(stream_key, …)``: routed by the
 stream's hash tag, so the persister works on one server and on a cluster alike.
+
+On a single Redis server the persister waits for work rather than polling: with a
+``waiter`` (a Store of its own, whose one connection may block), a round reads every stream
+with ONE ``XREADGROUP … BLOCK`` over all of them, which returns as soon as any has new
+entries; an idle persister costs Redis one command every ``BLOCK_MILLISECONDS``. A cluster
+cannot serve one command over keys of many slots: there each stream is read on its own,
+and rounds that find nothing wait longer and longer (up to ``IDLE_SLEEP_MAX_SECONDS``).
+
+While Redis or the ledger fails, rounds back off exponentially (gateway.ledger.backoff:
+0.1 s doubling to 5 s) with one log line per change of state; nothing is lost meanwhile,
+the events wait in the streams, unacknowledged.
 """
 
 from __future__ import annotations
@@ -26,9 +37,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 from gateway import metrics
-from gateway.keys import DECKS_EVENTS, all_partitions
+from gateway.keys import DECKS_EVENTS, TOKENS_EVENTS, all_partitions
 from gateway.ledger import Entry, Ledger
-from gateway.redisclient import RedisUnavailable, ReplyError
+from gateway.ledger.backoff import Outage
+from gateway.redisclient import ReplyError
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,9 +60,19 @@ STREAMS_AT_ONCE = 4
 # per event on the call path's server (measured by make bench), paced rounds a fraction of
 # that. A backlog (a stream that filled its batch) is read without pause.
 IDLE_SLEEP_SECONDS = 0.05
+# Polling (a cluster): each round that finds nothing doubles the pause, up to this.
+IDLE_SLEEP_MAX_SECONDS = 1.0
+# Waiting (one server): how long one blocking read waits for new entries before the round
+# goes on (claims, trims, status, the stop signal are looked at between rounds).
+BLOCK_MILLISECONDS = 1000
 CLAIM_IDLE_MS = 30_000  # an entry pending this long on a silent consumer is taken over
 TRIM_INTERVAL_SECONDS = 5.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000
+
+
+class LedgerError(Exception):
+    """Writing a batch into the ledger failed (the cause is chained): tells a ledger
+    outage from a Redis one in the persister's log."""
 
 
 def consumer_name() -> str:
@@ -68,13 +90,16 @@ def _entries(raw: Sequence[Any]) -> list[Entry]:
                          f.get("data", "{}")))
     return out
 
-# How often the running persister publishes its backlog and lag (one XINFO per stream).
+# How often the running persister publishes its backlog and lag (one XINFO per stream), and
+# how often when it has written nothing since.
 STATUS_INTERVAL_SECONDS = 5.0
+IDLE_STATUS_INTERVAL_SECONDS = 60.0
 
 
 def event_streams(partitions: int) -> list[str]:
-    """Every stream the persister drains: one per partition, and the rate decks' own."""
-    return [p.events for p in all_partitions(partitions)] + [DECKS_EVENTS]
+    """Every stream the persister drains: one per partition, the rate decks' own and the
+    run-time tokens'."""
+    return [p.events for p in all_partitions(partitions)] + [DECKS_EVENTS, TOKENS_EVENTS]
 
 @dataclass
 class Persister:
@@ -91,6 +116,11 @@ class Persister:
     _claim_cursor: dict[str, str] = field(default_factory=dict)  # XAUTOCLAIM scan under way
     _last_trim: float = 0.0
     _own_checked: set[str] = field(default_factory=set)  # own pending re-read after a fault
+    outage: Outage = field(default_factory=lambda: Outage("persister", log))
+    status_interval_seconds: float = STATUS_INTERVAL_SECONDS
+    # A Store of its own for the blocking read over every stream (one Redis server only;
+    # None: each stream read on its own, polling).
+    waiter: Store | None = None
 
     @property
     def streams(self) -> list[str]:
@@ -139,11 +169,14 @@ class Persister:
             self._groups_ready.discard(stream)
             return await self._read(stream)
 
-    async def _read(self, stream: str) -> list[Entry]:
+    async def _read(self, stream: str, new: bool = True) -> list[Entry]:
+        """``new``: with the entries never delivered yet (else claimed and own pending
+        entries only: the caller reads new ones itself)."""
         await self._ensure_group(stream)
         entries = await self._claim(stream)
         starts = [] if stream in self._own_checked else ["0"]
-        starts.append(">")
+        if new:
+            starts.append(">")
         for start in starts:
             room = self.batch_entries_max - len(entries)
             if room <= 0:
@@ -186,15 +219,50 @@ class Persister:
             out += await asyncio.gather(*(c() for c in calls[i:i + STREAMS_AT_ONCE]))
         return out
 
-    async def run_once(self) -> int:
-        """One round over every stream: read them all (a few streams at a time), write
-        everything in ONE ledger transaction, then acknowledge. A round costs one commit
-        however many partitions there are."""
-        batches = await self._each([partial(self.read, s) for s in self.streams])
+    async def _read_waiting(self, waiter: Store, block_ms: int) -> list[list[Entry]]:
+        """Every stream's batch: claimed and own pending entries stream by stream (rare:
+        after a fault, or a claim scan every claim_idle_ms / 2), then the new entries of
+        all streams with one XREADGROUP, blocking up to ``block_ms`` (0: not at all) when
+        there was nothing else."""
+        streams = self.streams
+        batches = await self._each([partial(self._read_old, s) for s in streams])
+        rooms = [self.batch_entries_max - len(b) for b in batches]
+        room = min(rooms)
+        if room <= 0:
+            return batches
+        block: tuple[str | int, ...] = (
+            ("BLOCK", block_ms) if block_ms > 0 and not any(batches) else ())
+        reply = await waiter.backend.execute(
+            streams[0], "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", room, *block,
+            "STREAMS", *streams, *(">" for _ in streams))
+        got = {str(stream): _entries(raw) for stream, raw in (reply or [])}
+        return [b + got.get(s, []) for s, b in zip(streams, batches, strict=True)]
+
+    async def _read_old(self, stream: str) -> list[Entry]:
+        try:
+            return await self._read(stream, new=False)
+        except ReplyError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups_ready.discard(stream)
+            return await self._read(stream, new=False)
+
+    async def run_once(self, block_ms: int = 0) -> int:
+        """One round over every stream: read them all (a few streams at a time, or all in
+        one command with a ``waiter``, which may then block up to ``block_ms`` for new
+        entries), write everything in ONE ledger transaction, then acknowledge. A round
+        costs one commit however many partitions there are."""
+        if self.waiter is not None:
+            batches = await self._read_waiting(self.waiter, block_ms)
+        else:
+            batches = await self._each([partial(self.read, s) for s in self.streams])
         self.backlogged = any(len(b) >= self.batch_entries_max for b in batches)
         work = [(s, b) for s, b in zip(self.streams, batches, strict=True) if b]
         if work:
-            self.persisted_total += await self.ledger.apply_batches(work)
+            try:
+                self.persisted_total += await self.ledger.apply_batches(work)
+            except Exception as exc:
+                raise LedgerError(str(exc)) from exc
             await self._each([
                 partial(self.store.backend.execute, s, "XACK", s, GROUP,
                         *(e.entry_id for e in b))
@@ -205,27 +273,57 @@ class Persister:
         return sum(len(b) for _, b in work)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Until ``stop``: rounds back to back while there is a backlog, paced when idle,
+        backed off exponentially (``self.outage``) while Redis or the ledger fails."""
         stop = stop or asyncio.Event()
         last_status = 0.0
+        idle = IDLE_SLEEP_SECONDS
+        block_ms = 0
+        written_since_status = False
         while not stop.is_set():
+            wait = IDLE_SLEEP_SECONDS
             try:
-                done = await self.run_once()
-                if time.monotonic() - last_status > STATUS_INTERVAL_SECONDS:
-                    last_status = time.monotonic()
+                done = await self.run_once(block_ms)
+            except Exception as exc:
+                self._own_checked.clear()
+                part, cause = ("ledger", exc.__cause__ or exc) if isinstance(exc, LedgerError) \
+                    else ("redis", exc)
+                wait = await self.outage.failed(part, cause, self.backlog_entries)
+                done = 0
+            else:
+                await self.outage.succeeded(self.backlog_entries, written=done)
+            # Published in an outage too (when Redis answers): the lag alerts then fire. An
+            # idle persister (nothing written since it last published) publishes rarely.
+            written_since_status = written_since_status or done > 0
+            busy = (written_since_status or self.outage.down_since is not None
+                    or last_status == 0.0)
+            since = time.monotonic() - last_status
+            if since > self.status_interval_seconds and (
+                    busy or since > IDLE_STATUS_INTERVAL_SECONDS):
+                written_since_status = False
+                last_status = time.monotonic()
+                with contextlib.suppress(Exception):
                     status = await persister_status(self.store)
                     metrics.set_persister_state(status["backlog_entries"],
                                                 status["lag_seconds"])
-            except (OSError, ReplyError, TimeoutError, RedisUnavailable) as exc:
-                log.warning("persister: %r; retrying", exc)
-                self._own_checked.clear()
-                done = 0
-            except Exception:
-                log.exception("persister step failed; retrying")
-                self._own_checked.clear()
-                done = 0
+            if self.waiter is not None and self.outage.down_since is None:
+                # Waiting on Redis: an empty round blocked already; after a batch, a pause
+                # lets the next one gather more events per commit.
+                block_ms = BLOCK_MILLISECONDS
+                if done == 0 or self.backlogged:
+                    continue
+            elif done == 0 and self.outage.down_since is None:
+                wait = idle
+                idle = min(idle * 2, IDLE_SLEEP_MAX_SECONDS)
+            else:
+                idle = IDLE_SLEEP_SECONDS
             if done == 0 or not self.backlogged:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), IDLE_SLEEP_SECONDS)
+                    await asyncio.wait_for(stop.wait(), wait)
+
+    async def backlog_entries(self) -> int | None:
+        """Entries not yet acknowledged (None when Redis cannot tell), for the log."""
+        return int((await persister_status(self.store))["backlog_entries"])
 
 
 async def _last_delivered(store: Store, stream: str) -> str | None:

@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway import metrics
 from gateway.clock import Clock, candidate_months
 from gateway.keys import all_partitions
-from gateway.redisclient import RedisUnavailable, ReplyError
+from gateway.ledger.backoff import Outage
 from gateway.store import Status, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 REAP_BATCH_MAX = 100
-REAP_INTERVAL_SECONDS = 1.0
+# A pass reads every partition's active set (one command each), idle or not: every 5 s keeps
+# an idle gateway quiet, and a lost call is closed at most that long after its grace.
+REAP_INTERVAL_SECONDS = 5.0
 
 
 @dataclass
@@ -34,6 +36,9 @@ class Reaper:
     clock_skew_seconds: int
     retention_seconds: int
     reaped_total: int = 0
+    # Its passes are a second apart already: back off from there.
+    outage: Outage = field(default_factory=lambda: Outage(
+        "reaper", log, delay_min_seconds=REAP_INTERVAL_SECONDS))
 
     async def run_once(self) -> int:
         """One pass over every partition; returns the calls this reaper closed."""
@@ -60,13 +65,16 @@ class Reaper:
         return closed
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
+        """A pass every REAP_INTERVAL_SECONDS; while Redis fails, backed off (one log line
+        per change of state, gateway.ledger.backoff)."""
         stop = stop or asyncio.Event()
         while not stop.is_set():
+            wait = REAP_INTERVAL_SECONDS
             try:
                 metrics.count_grants_reaped(await self.run_once())
-            except (OSError, ReplyError, TimeoutError, RedisUnavailable) as exc:
-                log.warning("reaper: %r; retrying", exc)
-            except Exception:
-                log.exception("reaper pass failed; retrying")
+            except Exception as exc:
+                wait = await self.outage.failed("redis", exc)
+            else:
+                await self.outage.succeeded()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), REAP_INTERVAL_SECONDS)
+                await asyncio.wait_for(stop.wait(), wait)

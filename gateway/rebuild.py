@@ -5,8 +5,10 @@ Restored: tenants (settings, wallet balance, reservations, active-call count), u
 their licences (pools hash derived from the user records, as user_put does), inbound
 numbers, toll-free numbers, top-up idempotency records, open calls (record, active zset,
 per-user active counts) and the pool / credit usage of the months a live call may still
-touch (clock.candidate_months). Not restored: records of closed calls (kept 7 days in
-Redis only for GET and repeated ends; their CDRs are in the ledger).
+touch (clock.candidate_months), each tenant's audit list (its newest AUDIT_MAX_ENTRIES
+admin-change events, as lua/00_lib.lua `audit` wrote them) and the last rate deck of each
+currency. Not restored: records of closed calls (kept 7 days in Redis only for GET and
+repeated ends; their CDRs are in the ledger).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.clock import candidate_months
-from gateway.keys import active_member, tenant_keys
+from gateway.keys import AUDIT_MAX_ENTRIES, active_member, tenant_keys
 from gateway.ledger import Ledger
 from gateway.progress import Progress
 from gateway.store import Store
@@ -26,6 +28,12 @@ MONTH_TTL_SECONDS = 400 * 86400  # as lua/00_lib.lua
 # Fields of the tenant hash that the ledger determines (created/updated/ver are bookkeeping).
 TENANT_FIELDS = ("name", "cur", "tz", "chg_in", "maxc", "rl", "bal", "res", "act")
 CALL_FIELDS = ("st", "gexp", "pr", "cr", "uid", "pool", "mon")
+# The events that lua/00_lib.lua `audit` also pushes on the tenant's audit list.
+AUDIT_EVENT_TYPES = ("tenant.created", "tenant.updated", "user.created", "user.updated",
+                     "user.deleted", "credits.topped_up", "tollfree.added",
+                     "tollfree.removed")
+# Rows pushed per RPUSH when restoring an audit list.
+LIST_PUSH_CHUNK = 200
 
 
 @dataclass
@@ -35,6 +43,8 @@ class Expected:
     months: set[str] = field(default_factory=set)  # keys of month hashes (expire)
     tenant_keys: set[str] = field(default_factory=set)
     call_keys: set[str] = field(default_factory=set)
+    # Audit lists, newest entry first (as LRANGE 0 -1 reads them): one per tenant.
+    lists: dict[str, list[str]] = field(default_factory=dict)
 
     def h(self, key: str) -> dict[str, str]:
         return self.hashes.setdefault(key, {})
@@ -59,6 +69,7 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
             "updated_at FROM tenants"):
         k = tenant_keys(t, partitions)
         ex.tenant_keys.add(k.tenant)
+        ex.lists[k.audit] = []
         ex.hashes[k.tenant] = {"name": name, "cur": cur, "tz": tz, "chg_in": str(chg_in),
                                "maxc": maxc, "rl": rl, "bal": str(bal), "res": "0", "act": "0",
                                "created": str(created), "updated": str(updated), "ver": "1"}
@@ -114,7 +125,82 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
         if ":m:" in key:
             ex.months.add(key)
             _drop_zeros(h, ("u:", "r:", "s:", "sr:"))
+    await _audit_lists(ledger, partitions, ex)
     return ex
+
+
+def audit_entry_text(entry_id: str, data: str) -> str:
+    """The audit list entry of one admin-change event: the event's data (the JSON text the
+    Lua function wrote) with its stream entry id, as lua/00_lib.lua `audit` pushes it."""
+    body = data.strip()
+    assert body.startswith("{"), f"event {entry_id}: data is not a JSON object"
+    rest = body[1:].lstrip()
+    return '{"id":' + orjson.dumps(entry_id).decode() + ("," if rest != "}" else "") + rest
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _audit_lists(ledger: Ledger, partitions: int, ex: Expected) -> None:
+    """Each tenant's audit list: its newest AUDIT_MAX_ENTRIES admin-change events. A
+    tenant's events all come from its one partition stream, so stream order (entry id,
+    compared as numbers) is the order Redis pushed them in."""
+    per_tenant: dict[str, list[tuple[tuple[int, int], str]]] = {}
+    marks = ", ".join("?" * len(AUDIT_EVENT_TYPES))
+    for (t, entry_id, data) in await ledger.query(
+            f"SELECT tenant, entry_id, data FROM events WHERE type IN ({marks})",
+            *AUDIT_EVENT_TYPES):
+        per_tenant.setdefault(str(t), []).append(
+            (_entry_order(str(entry_id)), audit_entry_text(str(entry_id), str(data))))
+    for t, entries in per_tenant.items():
+        k = tenant_keys(t, partitions)
+        if k.tenant not in ex.tenant_keys:
+            continue  # no tenant record (never created): nothing to audit in Redis
+        entries.sort(reverse=True)
+        ex.lists[k.audit] = [text for _, text in entries[:AUDIT_MAX_ENTRIES]]
+
+
+async def latest_decks(ledger: Ledger) -> dict[str, str]:
+    """The CSV of the last rate deck uploaded per currency (``deck.replaced`` events)."""
+    latest: dict[str, str] = {}
+    rows = await ledger.query("SELECT entry_id, data FROM events WHERE type = 'deck.replaced'")
+    for _, text in sorted((_entry_order(str(r[0])), str(r[1])) for r in rows):
+        data = orjson.loads(text)
+        if data.get("csv"):
+            latest[str(data["currency"])] = str(data["csv"])
+    return latest
+
+
+async def latest_tokens(ledger: Ledger) -> dict[str, str]:
+    """The run-time tokens the ledger says exist: token id -> record (JSON, the SHA-256
+    only), from the token.created and token.revoked events in stream order."""
+    tokens: dict[str, str] = {}
+    rows = await ledger.query(
+        "SELECT entry_id, type, data FROM events "
+        "WHERE type IN ('token.created', 'token.revoked')")
+    for _, etype, text in sorted((_entry_order(str(r[0])), str(r[1]), str(r[2]))
+                                 for r in rows):
+        data = orjson.loads(text)
+        if etype == "token.created":
+            tokens[str(data["token_id"])] = str(data["record"])
+        else:
+            tokens.pop(str(data["token_id"]), None)
+    return tokens
+
+
+async def restore_tokens(store: Store, ledger: Ledger) -> int:
+    """Put back the run-time tokens (never over one Redis has); returns those written. The
+    version counter moves, so that running workers reload the table."""
+    from gateway.keys import TOKENS, TOKENS_VERSION
+
+    written = 0
+    for token_id, record in (await latest_tokens(ledger)).items():
+        written += int(await store.raw(TOKENS, "HSETNX", TOKENS, token_id, record))
+    if written:
+        await store.raw(TOKENS_VERSION, "INCR", TOKENS_VERSION)
+    return written
 
 
 async def redis_is_empty(store: Store, ex: Expected) -> bool:
@@ -129,7 +215,8 @@ async def rebuild(store: Store, ledger: Ledger, now: int, clock_skew_seconds: in
     """Write the ledger's state into Redis (expected empty); returns keys written."""
     ex = await expected_state(ledger, store.partitions, now, clock_skew_seconds)
     await store.load_functions()
-    bar = Progress("rebuild", len(ex.hashes) + len(ex.zsets)) if show_progress else None
+    total = len(ex.hashes) + len(ex.zsets) + len(ex.lists)
+    bar = Progress("rebuild", total) if show_progress else None
     for key, h in ex.hashes.items():
         if h:
             flat = [x for kv in h.items() for x in kv]
@@ -143,9 +230,19 @@ async def rebuild(store: Store, ledger: Ledger, now: int, clock_skew_seconds: in
         await store.raw(key, "ZADD", key, *flat_z)
         if bar:
             bar.advance()
+    for key, entries in ex.lists.items():
+        # Only into an empty list: a second run (--force) must not append the entries
+        # again, and a list the gateway has written since is left as it is.
+        if entries and not int(await store.raw(key, "LLEN", key)):
+            for i in range(0, len(entries), LIST_PUSH_CHUNK):  # newest first, as LPUSH
+                await store.raw(key, "RPUSH", key, *entries[i:i + LIST_PUSH_CHUNK])
+        if bar:
+            bar.advance()
     if bar:
         bar.close()
-    return len(ex.hashes) + len(ex.zsets) + await restore_decks(store, ledger, now)
+    lists = sum(1 for entries in ex.lists.values() if entries)
+    return (len(ex.hashes) + len(ex.zsets) + lists
+            + await restore_decks(store, ledger, now) + await restore_tokens(store, ledger))
 
 
 async def restore_decks(store: Store, ledger: Ledger, now: int) -> int:
@@ -154,13 +251,7 @@ async def restore_decks(store: Store, ledger: Ledger, now: int) -> int:
     from gateway.decks import store_deck
     from gateway.rating import RateDeck
 
-    latest: dict[str, str] = {}
-    for row in await ledger.query(
-        "SELECT data FROM events WHERE type = 'deck.replaced' ORDER BY entry_ms, entry_id"
-    ):
-        data = orjson.loads(row[0])
-        if data.get("csv"):
-            latest[str(data["currency"])] = str(data["csv"])
+    latest = await latest_decks(ledger)
     for currency, csv_text in latest.items():
         await store_deck(store, RateDeck.from_csv(csv_text, currency), csv_text, now,
                          actor="callgate-rebuild")

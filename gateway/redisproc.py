@@ -1,8 +1,9 @@
 """Start and supervise local ``redis-server`` processes.
 
 Used by ``callgate serve`` when no Redis URL is configured (one embedded server with AOF
-in the data directory), by the test-suite fixtures (a session-scoped server and a
-three-primary cluster) and by crash tests (``kill`` + ``restart`` replays the AOF).
+in the data directory), by the test-suite fixtures (a session-scoped server, and the nodes
+of the test cluster in tests/support/cluster.py) and by crash tests (``kill`` + ``restart``
+replays the AOF).
 
 Invariants:
 
@@ -46,9 +47,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 __all__ = [
-    "CLUSTER_SLOTS",
     "REDIS_VERSION_MIN",
-    "RedisCluster",
     "RedisServer",
     "find_redis_check_aof",
     "find_redis_cli",
@@ -58,7 +57,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CLUSTER_SLOTS = 16384
 # 7.0: Redis Functions, `cluster-port` (an explicit cluster bus port, see RedisServer).
 REDIS_VERSION_MIN = (7, 0)
 
@@ -532,119 +530,3 @@ class RedisServer:
             return False
         # Another pid means someone else owns the port; our child will fail to bind and exit.
         return server_pid == pid
-
-
-class RedisCluster:
-    """Three primaries (no replicas) on free ports, cluster-enabled, joined with
-    ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``; ready when
-    every node reports ``cluster_state:ok`` and all 16384 slots are assigned.
-
-    Meant for tests: ``data_dir`` must not hold a previous cluster (``start`` refuses
-    node directories with a ``nodes.conf``). Single nodes can then be killed and
-    restarted through :attr:`nodes`; they keep their ports and cluster identity.
-    """
-
-    def __init__(self, data_dir: Path, primaries: int = 3) -> None:
-        if primaries < 3:
-            raise ValueError(f"a Redis Cluster needs at least 3 primaries, got {primaries}")
-        self.data_dir = Path(data_dir).resolve()
-        self._nodes = [
-            RedisServer(self.data_dir / f"node-{index}", cluster=True, name=f"cluster-node-{index}")
-            for index in range(primaries)
-        ]
-
-    def __repr__(self) -> str:
-        return f"<RedisCluster {self.url} dir={self.data_dir}>"
-
-    @property
-    def nodes(self) -> list[RedisServer]:
-        return list(self._nodes)
-
-    @property
-    def url(self) -> str:
-        addresses = ",".join(f"127.0.0.1:{node.port}" for node in self._nodes)
-        return f"redis+cluster://{addresses}"
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Start every node, join them into one cluster and wait until it serves all slots.
-
-        Raises:
-            RuntimeError: if a node directory already holds a cluster, or the cluster
-                does not form in time (every node is stopped again).
-        """
-        deadline = time.monotonic() + timeout_s
-        for node in self._nodes:
-            if (node.data_dir / "nodes.conf").exists():
-                raise RuntimeError(f"{node.data_dir} already holds a cluster node (nodes.conf)")
-        try:
-            for node in self._nodes:
-                node.start(timeout_s=max(deadline - time.monotonic(), 0.1))
-            self._create(deadline)
-            self._await_ok(deadline)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Stop every node; idempotent."""
-        for node in self._nodes:
-            node.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _create(self, deadline: float) -> None:
-        command = [
-            find_redis_cli(),
-            "--cluster",
-            "create",
-            *(f"127.0.0.1:{node.port}" for node in self._nodes),
-            "--cluster-replicas",
-            "0",
-            "--cluster-yes",
-        ]
-        try:
-            result = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=max(deadline - time.monotonic(), 0.1),
-                check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise RuntimeError(f"redis-cli --cluster create timed out: {command}") from error
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"redis-cli --cluster create failed with code {result.returncode}:\n"
-                f"{result.stdout}{result.stderr}"
-            )
-
-    def _await_ok(self, deadline: float) -> None:
-        interval = _POLL_INTERVAL_MIN_SECONDS
-        pending = list(self._nodes)
-        last_info: dict[str, Any] = {}
-        while pending:
-            node = pending[0]
-            with _probe_client(node.port) as client:
-                last_info = _as_dict(client.cluster("INFO"))
-            if (
-                last_info.get("cluster_state") == "ok"
-                and int(last_info.get("cluster_slots_assigned", 0)) == CLUSTER_SLOTS
-                and int(last_info.get("cluster_known_nodes", 0)) == len(self._nodes)
-            ):
-                pending.pop(0)
-                continue
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"{node.name} did not reach cluster_state:ok: {last_info}")
-            time.sleep(interval)
-            interval = min(interval * 2, _POLL_INTERVAL_MAX_SECONDS)

@@ -154,7 +154,9 @@ def query_int(query: Mapping[str, str], name: str, default: int, lo: int, hi: in
     if name not in query:
         return default
     text = query[name]
-    if not text.isascii() or not text.isdigit() or not lo <= int(text) <= hi:
+    # The length first: int() refuses more than 4,300 digits with a ValueError (a 500).
+    if (len(text) > len(str(hi)) or not text.isascii() or not text.isdigit()
+            or not lo <= int(text) <= hi):
         raise ValidationError.one(name, f"must be an integer between {lo} and {hi}")
     return int(text)
 

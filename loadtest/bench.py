@@ -12,6 +12,11 @@ One run, same generator (wrk + loadtest/authorize.lua), same settings, same mach
    b. at a fixed rate of 50 % of (a), in turns as well (--repeat): gateway, then hello
       world at the same rate (the generator's latency floor); the run of median p99 of
       each is reported.
+   c. scrapers (--scrapers, default 64; 0 skips): at the same fixed rate as (b), in turns
+      (--repeat): the gateway alone, then with that many concurrent /metrics scrapers
+      (a second wrk, one connection each, scraping back to back; on CPU 1): authorize
+      latency beside the same run without them, the scrapes/s served, and the Redis
+      sampling rounds they caused (ZCARD calls / partitions, from INFO commandstats).
 2. unpinned: 2 gateway workers, 2 hello workers, wrk with 2 threads, nothing pinned.
 
 Server CPU per request counts the HTTP worker processes only; the persist child's CPU per
@@ -23,6 +28,7 @@ authorizations of real users (many tenants, large pools) with unique call ids, s
 request is one FCALL that reserves minutes; the allow fraction is read from /metrics.
 
     python -m loadtest.bench [--duration 10] [--connections 64] [--tenants 50 --users 40]
+                             [--scrapers 64]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -321,6 +328,60 @@ def median_run(runs: list[dict[str, Any]], key: str = "rps") -> dict[str, Any]:
     return {**ordered[(len(ordered) - 1) // 2], f"{key}_of_each_run": [r[key] for r in runs]}
 
 
+class Scrapers:
+    """``n`` concurrent /metrics scrapers, back to back, for ``seconds`` (a second wrk, one
+    connection each, no script): bounded by its duration."""
+
+    def __init__(self, wrk_path: str, base: str, n: int, seconds: int,
+                 cpus: str | None) -> None:
+        self.cmd = pinned([wrk_path, "-t", "1", "-c", str(n), "-d", f"{seconds}s",
+                           "--timeout", "5s", f"{base}/metrics"], cpus)
+        self.seconds = seconds
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def result(self) -> dict[str, Any]:
+        out, _ = self.proc.communicate(timeout=self.seconds + 60)
+        done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                           r"timeout (\d+)", out)
+        r: dict[str, Any] = {"command": " ".join(self.cmd)}
+        if done:
+            secs = float(done.group(2)) / (1000 if done.group(3) == "ms" else 1)
+            r["scrapes"] = int(done.group(1))
+            r["scrapes_per_s"] = int(done.group(1)) / secs
+        r["errors"] = (int(bad.group(1)) if bad else 0) + (
+            sum(int(g) for g in errors.groups()) if errors else 0)
+        return r
+
+
+def zcard_calls(redis_pid: int) -> int:
+    """ZCARD commands Redis has run: one per partition per /metrics sampling round (and
+    nothing else runs ZCARD during the bench)."""
+    stats = cast(dict[str, Any], redis_client(redis_pid).info("commandstats"))
+    return int(stats.get("cmdstat_zcard", {}).get("calls", 0))
+
+
+def measure_scraped(wrk: Wrk, gw: Server, wrk_path: str, seconds: int, *, scrapers: int,
+                    partitions: int, redis_pid: int, persist_pid: int | None,
+                    rate_per_thread: float, backlog: Backlog | None) -> dict[str, Any]:
+    """A fixed-rate gateway run (as the half-load one) with ``scrapers`` concurrent
+    /metrics scrapers (0: none) running from just before to just after it."""
+    z0 = zcard_calls(redis_pid)
+    scraping = Scrapers(wrk_path, gw.base, scrapers, seconds + 2, "1") if scrapers else None
+    r = measure_gateway(wrk, gw, seconds, 0, threads=1, cpus="1", redis_pid=redis_pid,
+                        persist_pid=persist_pid, rate_per_thread=rate_per_thread,
+                        connections=32, backlog=None)
+    if scraping is not None:
+        r["scrapers"] = {"n": scrapers, **scraping.result()}
+    # Rounds over the run and the bench's own /metrics reads (3 before, 3 after).
+    r["redis_sampling_rounds"] = (zcard_calls(redis_pid) - z0) / partitions
+    if backlog is not None:
+        r["persister_backlog_events"], r["persister_drain_s"] = backlog.drain()
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
@@ -335,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave Redis's automatic AOF rewrite on during the runs (see README)")
     p.add_argument("--redis-cpus", default="1",
                    help="CPUs for redis-server in the pinned runs (default: the generator's)")
+    p.add_argument("--scrapers", type=int, default=64,
+                   help="concurrent /metrics scrapers of the scraper phase (0: skip it)")
     args = p.parse_args(argv)
 
     wrk_path = ensure_tool("wrk", "wrk", "make bench")
@@ -420,6 +483,18 @@ def main(argv: list[str] | None = None) -> int:
             gw_half = median_run(gw_halves, "p99_us")
             gw_half["target_rps"] = half
             hello_max["at_fixed_rate"] = median_run(hello_halves, "p99_us")
+            # Scrapers: the same fixed rate, alone then with --scrapers /metrics scrapers,
+            # in turns; the run of median p50 of each is reported.
+            quiet: list[dict[str, Any]] = []
+            scraped: list[dict[str, Any]] = []
+            for i in range(args.repeat if args.scrapers else 0):
+                print(f"scrapers {i + 1}/{args.repeat}: fixed {half:.0f} req/s without, then "
+                      f"with {args.scrapers} /metrics scrapers ...", flush=True)
+                for runs, n in ((quiet, 0), (scraped, args.scrapers)):
+                    runs.append(measure_scraped(
+                        wrk, gw, wrk_path, args.duration, scrapers=n, partitions=partitions,
+                        redis_pid=redis_pid, persist_pid=persist_pid, rate_per_thread=half,
+                        backlog=backlog))
         result["pinned"] = {
             "gateway": gw_max, "hello": hello_max, "gateway_half_load": gw_half,
             "ratio": statistics.median(g["rps"] / h["rps"]
@@ -428,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_ratio": hello_max["server_cpu_us_per_request"]
             / gw_max["server_cpu_us_per_request"],
         }
+        if scraped:
+            result["pinned"]["scrapers"] = {
+                "n": args.scrapers, "target_rps": half,
+                "without": median_run(quiet, "p50_us"), "with": median_run(scraped, "p50_us")}
 
         # -- 2. unpinned, two workers ------------------------------------------------------
         if not args.skip_unpinned:
@@ -544,6 +623,14 @@ def markdown(res: dict[str, Any]) -> str:
             _row("gateway authorize, 2 workers unpinned", un["gateway"], f"{un['ratio']:.2f}"),
             _row("hello world, 2 workers unpinned", un["hello"], "1.00"),
         ]
+    if "scrapers" in pin:
+        sc = pin["scrapers"]
+        w = sc["with"]
+        lines += [
+            _row(f"gateway at fixed {sc['target_rps']:,.0f} req/s, no scrapers", sc["without"]),
+            _row(f"same, with {sc['n']} concurrent /metrics scrapers "
+                 f"({w['scrapers'].get('scrapes_per_s', 0):,.0f} scrapes/s served)", w),
+        ]
     drains = [_drain_line("pinned, closed loop", pin["gateway"]),
               _drain_line("pinned, 50 % load", pin["gateway_half_load"])]
     if "unpinned_2_workers" in res:
@@ -566,6 +653,17 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{', '.join(f'{p / 1000:.2f}' for p in gw_p99s)}; hello world "
                   f"{', '.join(f'{p / 1000:.2f}' for p in hello_p99s)}; the table shows the "
                   "run of median p99 of each."]
+    if "scrapers" in pin:
+        sc = pin["scrapers"]
+        p50s = ", ".join(f"{r / 1000:.2f}" for r in sc["without"].get("p50_us_of_each_run", []))
+        p50w = ", ".join(f"{r / 1000:.2f}" for r in sc["with"].get("p50_us_of_each_run", []))
+        lines += ["", f"Scraper runs in turns (authorize p50 ms): without {p50s}; with "
+                  f"{sc['n']} scrapers {p50w}; the table shows the run of median p50 of "
+                  f"each. Redis sampling rounds during the run with scrapers: "
+                  f"{sc['with']['redis_sampling_rounds']:.0f} (without: "
+                  f"{sc['without']['redis_sampling_rounds']:.0f}; the bench itself reads "
+                  f"/metrics 6 times per run); scrape errors: "
+                  f"{sc['with']['scrapers'].get('errors')}."]
     lines += ["", f"CPU-time ratio (hello CPU per request / gateway HTTP worker CPU per "
               f"request, independent of other load on the machine): {pin['cpu_ratio']:.2f}",
               f"Decisions in the closed-loop run: {pin['gateway']['decisions']}",

@@ -10,9 +10,15 @@ the function, the Lua calls inside it, the AOF feed, reading the command and wri
 reply. ``--lua DIR`` loads another copy of the library (e.g. a variant under study) after
 the gateway's, to compare the two with the same requests.
 
-    python -m loadtest.fcall_cost [--calls 2000] [--lua DIR]
+    python -m loadtest.fcall_cost [--calls 2000] [--lua DIR] [--write-baseline]
 
 Needs valgrind (Debian package valgrind; installed with apt when missing). About a minute.
+
+The gate: ``make test`` (tests/test_fcall_cost.py) measures the library with the baseline's
+number of calls and fails when a function costs more than BASELINE_TOLERANCE above the
+committed baseline (loadtest/fcall_cost_baseline.json). A change that moves the cost on
+purpose updates the baseline in the same commit: ``python -m loadtest.fcall_cost
+--write-baseline``.
 """
 
 from __future__ import annotations
@@ -32,12 +38,17 @@ import redis
 
 from gateway.admin import DIAL_OUT, AdminService, UserSpec
 from gateway.calls import AuthorizeRequest, CallService
-from gateway.clock import SystemClock
+from gateway.clock import ManualClock
 from gateway.config import load_settings
 from gateway.redisclient import backend_from_url
 from gateway.redisproc import find_redis_server
 from gateway.store import Store, TenantSettings, library_source
 from loadtest.common import RESULTS, ensure_tool, scratch_dir
+
+BASELINE = Path(__file__).resolve().parent / "fcall_cost_baseline.json"
+BASELINE_CALLS = 1000
+BASELINE_TOLERANCE = 0.03
+FUNCTIONS = ("authorize", "extend", "end")
 
 TENANTS = 50
 USERS_PER_TENANT = 10
@@ -57,7 +68,10 @@ class CallgrindRedis:
                f"--callgrind-out-file={self.dumps}", find_redis_server(),
                "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
                "--dir", str(work), "--appendonly", "yes", "--appendfsync", "everysec",
-               "--auto-aof-rewrite-percentage", "0", "--save", "", "--daemonize", "no"]
+               "--auto-aof-rewrite-percentage", "0", "--save", "", "--daemonize", "no",
+               # Background tasks once a second, not ten times: what they do in a phase
+               # depends on how long it lasts, not on the calls.
+               "--hz", "1", "--dynamic-hz", "no"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = redis.Redis(unix_socket_path=str(self.sock))
         deadline = time.monotonic() + 120
@@ -106,7 +120,9 @@ async def measure(args: argparse.Namespace, server: CallgrindRedis) -> dict[str,
     await store.load_functions()
     if args.lua:
         server.client.function_load(library_source(Path(args.lua)), replace=True)
-    clock = SystemClock()
+    # A clock that stands still: the work per call must not depend on how fast the run
+    # goes (the per-second rate keys of authorize are created once per tenant this way).
+    clock = ManualClock(int(time.time()))
     admin = AdminService(settings, store, clock)
     calls = CallService(settings, store, clock)
     ts = TenantSettings("cost", settings.default_currency, settings.default_timezone, False,
@@ -142,20 +158,41 @@ async def measure(args: argparse.Namespace, server: CallgrindRedis) -> dict[str,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--calls", type=int, default=2000, help="calls measured per phase")
-    p.add_argument("--lua", help="a directory of lua/*.lua to load instead of the gateway's")
-    args = p.parse_args(argv)
+def run(calls: int, lua: str | None = None) -> dict[str, Any]:
+    """Instructions per FCALL of each function, measured over ``calls`` calls."""
     ensure_tool("valgrind", "valgrind", "loadtest.fcall_cost")
     work = scratch_dir("fcall-cost")
     server = CallgrindRedis(work)
     try:
-        out = asyncio.run(measure(args, server))
+        out = asyncio.run(measure(argparse.Namespace(calls=calls, lua=lua), server))
     finally:
         server.close()
     shutil.rmtree(work, ignore_errors=True)
-    out["library"] = args.lua or "lua/"
+    out["library"] = lua or "lua/"
+    return out
+
+
+def over_baseline(measured: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """The functions costing more than the tolerance above the baseline, said in words."""
+    return [f"{f}: {measured[f]:,.0f} instructions per FCALL, baseline {baseline[f]:,.0f} "
+            f"(+{measured[f] / baseline[f] - 1:.1%} > +{BASELINE_TOLERANCE:.0%})"
+            for f in FUNCTIONS if measured[f] > baseline[f] * (1 + BASELINE_TOLERANCE)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--calls", type=int, default=2000, help="calls measured per phase")
+    p.add_argument("--lua", help="a directory of lua/*.lua to load instead of the gateway's")
+    p.add_argument("--write-baseline", action="store_true",
+                   help=f"measure {BASELINE_CALLS} calls and write {BASELINE.name}")
+    args = p.parse_args(argv)
+    if args.write_baseline:
+        out = run(BASELINE_CALLS)
+        BASELINE.write_text(json.dumps(
+            {"calls": BASELINE_CALLS, **{f: round(out[f]) for f in FUNCTIONS}}, indent=2) + "\n")
+        print(f"wrote {BASELINE.name}: " + ", ".join(f"{f} {out[f]:,.0f}" for f in FUNCTIONS))
+        return 0
+    out = run(args.calls, args.lua)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fcall_cost.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"instructions per FCALL inside redis-server ({out['library']}, {args.calls} calls "

@@ -26,8 +26,9 @@ from gateway.app import create_app
 from gateway.clock import ManualClock
 from gateway.config import Settings, load_settings
 from gateway.fastpath import CallgateRunner
-from gateway.redisproc import RedisCluster, RedisServer
+from gateway.redisproc import RedisServer
 from tests.gwclient import Gateway
+from tests.support.cluster import RedisCluster
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +46,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """A three-primary Redis Cluster, started on first use (it takes about 2 s)."""
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    """A Redis Cluster of three primaries with a replica each (cluster-node-timeout 3 s),
+    started on first use (it takes about 7 s)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), replicas=1)
     cluster.start()
     yield cluster
     cluster.stop()

@@ -23,6 +23,7 @@ from gateway.api import ROUTES, Handler
 from gateway.api_alerts import ALERT_ROUTES
 from gateway.api_audit import AUDIT_ROUTES
 from gateway.api_decks import DECK_ROUTES
+from gateway.api_tokens import TOKEN_ROUTES
 from gateway.app import create_app
 from gateway.auth import Authenticator, token_sha256
 from gateway.config import TokenEntry
@@ -31,7 +32,7 @@ from tests.conftest import make_settings, start_gateway
 from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
 ALL_ROUTES: list[tuple[str, str, Handler, Sequence[str]]] = [
-    *ROUTES, *DECK_ROUTES, *AUDIT_ROUTES, *ALERT_ROUTES,
+    *ROUTES, *DECK_ROUTES, *AUDIT_ROUTES, *TOKEN_ROUTES, *ALERT_ROUTES,
 ]
 
 SWITCH_TOKEN = "cg_switch_" + secrets.token_urlsafe(16)
@@ -108,6 +109,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/tenants/{tenant_id}/users/{user_id}"): {"country": "US", "plan": "domestic"},
     ("POST", "/v1/tenants/{tenant_id}/credits/topups"): {"amount": "1.00",
                                                          "idempotency_key": "k1"},
+    ("POST", "/v1/tokens"): {"role": "switch", "tenants": ["matrix"]},
+    ("POST", "/v1/tenants/{tenant_id}/tokens"): {"description": "matrix"},
     ("PUT", "/v1/tenants/{tenant_id}/alerts"): {"low_balance": "1.00"},
     # A public address literal: valid without DNS (nothing is sent at registration).
     ("PUT", "/v1/tenants/{tenant_id}/webhooks/{webhook_id}"): {
@@ -120,7 +123,8 @@ DECK_CSV = (b"prefix,description,kind,rate_per_minute,connection_fee,initial_inc
 def fill(path: str, tenant: str) -> str:
     return (path.replace("{tenant_id}", tenant).replace("{call_id}", "c1")
             .replace("{user_id}", "alice").replace("{e164}", "+18005550199")
-            .replace("{currency}", "XTA").replace("{webhook_id}", "w1"))
+            .replace("{currency}", "XTA").replace("{token_id}", "tok_0000000000000000")
+            .replace("{webhook_id}", "w1"))
 
 
 async def send(gw: Gateway, method: str, route: str, tenant: str,

@@ -3,6 +3,7 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import os
@@ -11,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -87,6 +89,33 @@ async def test_cdrs_newest_first_paginated_and_filtered(cgw: Gateway, tenant_id:
     await cgw.req("GET", f"/v1/tenants/{t}/cdrs?from=yesterday", status=400)
     await cgw.req("GET", f"/v1/tenants/{t}/cdrs?limit=0", status=400)
     await cgw.req("GET", f"/v1/tenants/{t}/cdrs", headers={}, status=401)
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+# Cursors that decode but that no page ever returned. The first is the report's: its
+# integer raised OverflowError inside SQLite (a 500); NUL is text PostgreSQL refuses.
+BAD_CURSORS = [b64(b"99999999999999999999999/x"), b64(b"9223372036854775808/x"),
+               b64(b"-1/x"), b64(b"12/x\x00y"), b64(b"12/"), b64(b"12/a b"),
+               b64("12/\u00e9".encode()), b64(b"\xff\xfe/x"), b64(b"1e3/x"),
+               b64(b"\xd9\xa3/x"), "%", "a" * 5000, ""]
+
+
+async def test_bad_cdr_cursors_answer_400_naming_cursor(cgw: Gateway, tenant_id: str) -> None:
+    t = tenant_id
+    await make_calls(cgw, t)
+    await persist_all(cgw)
+    for cursor in BAD_CURSORS:
+        doc = await cgw.req("GET", f"/v1/tenants/{t}/cdrs?cursor={quote(cursor)}", status=400)
+        assert [e["field"] for e in doc["errors"]] == ["cursor"], (cursor, doc)
+    # Past Python's 4,300-digit cap int() raised a ValueError: a 500 too.
+    doc = await cgw.req("GET", f"/v1/tenants/{t}/cdrs?limit={'9' * 4400}", status=400)
+    assert [e["field"] for e in doc["errors"]] == ["limit"]
+    # The largest ended_at a cursor may carry still reaches the database and pages.
+    page = await cgw.req("GET", f"/v1/tenants/{t}/cdrs?cursor={b64(b'1000000000000/zz')}")
+    assert len(page["cdrs"]) == CALLS
 
 
 async def test_export_cdrs_csv(cgw: Gateway, tenant_id: str, tmp_path: Path) -> None:

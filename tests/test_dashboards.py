@@ -97,7 +97,8 @@ def test_alert_rules_structure() -> None:
     assert len(set(names)) == len(names)
     exprs = " ".join(r["expr"] for r in rules)
     for metric in ("callgate_persister_lag_seconds", "callgate_redis_errors_total",
-                   "callgate_reaper_overdue_seconds",
+                   "callgate_reaper_overdue_seconds", "callgate_redis_memory_used_bytes",
+                   "callgate_redis_memory_max_bytes", "callgate_redis_oom_errors_total",
                    "callgate_decisions_total", "callgate_request_duration_seconds_bucket"):
         assert metric in exprs, f"no alert on {metric}"
     for r in rules:
@@ -191,6 +192,24 @@ ALERT_SCENARIOS = [
         ALLOWED: "0+100x1600",
         DENIED: "0+50x1600"},
         [("1530m", "CallgateDenyRateSpike", None)]),
+    # Redis at 95 % of its maxmemory fires after 2 minutes; 80 %, or no limit, never.
+    _scenario({'callgate_redis_memory_used_bytes{instance="a"}': "950x20",
+               'callgate_redis_memory_max_bytes{instance="a"}': "1000x20",
+               'callgate_redis_memory_used_bytes{instance="b"}': "100x20",
+               'callgate_redis_memory_max_bytes{instance="b"}': "1000x20"},
+              [("1m", "CallgateRedisMemoryHigh", None),
+               ("3m", "CallgateRedisMemoryHigh", "critical")]),
+    _scenario({'callgate_redis_memory_used_bytes{instance="a"}': "800x20",
+               'callgate_redis_memory_max_bytes{instance="a"}': "1000x20",
+               'callgate_redis_memory_used_bytes{instance="b"}': "5000x20",
+               'callgate_redis_memory_max_bytes{instance="b"}': "0x20"},
+              [("15m", "CallgateRedisMemoryHigh", None)]),
+    # OOM error replies start at minute 5: firing a minute later; none, no alert.
+    _scenario({"callgate_redis_oom_errors_total": "0x5 30+30x15"},
+              [("5m", "CallgateRedisOutOfMemory", None),
+               ("7m", "CallgateRedisOutOfMemory", "critical")]),
+    _scenario({"callgate_redis_oom_errors_total": "7x20"},
+              [("15m", "CallgateRedisOutOfMemory", None)]),
     # Two failed webhook attempts a minute and nothing delivered; the same with deliveries.
     _scenario({'callgate_webhook_deliveries_total{result="retry"}': "0+2x60"},
               [("5m", "CallgateWebhookDeliveriesFailing", None),

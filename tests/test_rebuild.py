@@ -10,16 +10,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.ledger import Ledger, open_ledger
+from gateway.keys import AUDIT_MAX_ENTRIES, tenant_keys
+from gateway.ledger import Entry, Ledger, open_ledger
 from gateway.ledger_audit import audit
 from gateway.persist import Persister
 from gateway.rebuild import rebuild
 from gateway.redisproc import RedisServer
 from gateway.store import Store
-from tests.conftest import start_gateway
+from tests.conftest import T0, start_gateway
 from tests.gwclient import Gateway
 from tests.persist_helpers import drain
 
@@ -77,6 +79,7 @@ async def views(gw: Gateway, t: str) -> dict[str, Any]:
                   ("us0", "us1", "payg")],
         "open": [await gw.req("GET", f"/v1/tenants/{t}/calls/{c}") for c in
                  ("open-pool", "open-paid")],
+        "audit": await gw.req("GET", f"/v1/tenants/{t}/audit?limit=200"),
     }
 
 
@@ -90,6 +93,8 @@ async def test_flush_rebuild_audit_is_clean(
     skew = rgw.settings.clock_skew_seconds
     assert await audit(store, ledger, now, skew) == []
     before = await views(rgw, t)
+    # The tenant, 4 users created and 1 deleted, 2 top-ups, 1 toll-free number.
+    assert len(before["audit"]["entries"]) == 9
 
     await store.backend.execute("x", "FLUSHALL")
     await rebuild(store, ledger, int(rgw.clock.now()), skew, show_progress=False)
@@ -160,3 +165,128 @@ async def test_rebuild_restores_the_uploaded_rate_decks(
     assert restored >= 1
     deck = await store.backend.execute("{decks}:deck:USD", "GET", "{decks}:deck:USD")
     assert deck == csv
+
+
+async def test_audit_reports_a_missing_or_altered_audit_list_and_rate_deck(
+    rgw: Gateway, parts: tuple[Store, Ledger, Persister], tenant_id: str
+) -> None:
+    store, ledger, persister = parts
+    t, skew = tenant_id, rgw.settings.clock_skew_seconds
+    await traffic(rgw, t)
+    csv = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
+           "subsequent_increment\n1,North America,outbound,0.0042,0,60,60\n")
+    auth = {"Authorization": "Bearer test-operator-token", "Content-Type": "text/csv"}
+    await rgw.req("PUT", "/v1/rate-decks/USD", raw=csv.encode(), headers=auth, status=None)
+    await drain(persister)
+    now = int(rgw.clock.now())
+    assert await audit(store, ledger, now, skew) == []
+    k = store.keys(t)
+
+    newest = await store.raw(k.audit, "LPOP", k.audit)  # one entry lost
+    next_id = orjson.loads((await store.raw(k.audit, "LRANGE", k.audit, 0, 0))[0])["id"]
+    assert await audit(store, ledger, now, skew) == [
+        f"{k.audit}: redis has 8 entries, ledger 9; first difference at #0: "
+        f"redis={next_id!r} ledger={orjson.loads(newest)['id']!r}"]
+    await store.raw(k.audit, "LPUSH", k.audit, newest)
+    assert await audit(store, ledger, now, skew) == []
+
+    await store.raw(k.audit, "DEL", k.audit)  # the whole list lost
+    proc = run_cli(rgw, "audit")
+    assert proc.returncode == 1, proc.stdout
+    assert f"{k.audit}: redis has 0 entries, ledger 9; first difference at #0" in proc.stdout
+    assert "1 discrepancy" in proc.stdout
+
+    await store.raw("{decks}:deck:USD", "DEL", "{decks}:deck:USD")
+    problems = await audit(store, ledger, now, skew)
+    assert "{decks}:deck:USD: missing in redis" in " ".join(problems), problems
+
+    await store.backend.execute("x", "FLUSHALL")
+    await rebuild(store, ledger, now, skew, show_progress=False)
+    assert await audit(store, ledger, now, skew) == []
+    # Run twice (as --force does): nothing is appended again.
+    await rebuild(store, ledger, now, skew, show_progress=False)
+    assert await audit(store, ledger, now, skew) == []
+    page = await rgw.req("GET", f"/v1/tenants/{t}/audit?limit=1")
+    assert page["entries"][0]["id"] == orjson.loads(newest)["id"]
+
+
+async def test_rebuilt_audit_list_keeps_the_newest_entries_in_stream_order(
+    ledger_url: str, own_redis: RedisServer
+) -> None:
+    """More admin changes than the list holds: the newest AUDIT_MAX_ENTRIES, newest first,
+    ordered as stream ids (numbers: 7-10 is newer than 7-9), each entry the event's data
+    with its id."""
+    t, partitions = "audit-cap", PARTITIONS
+    k = tenant_keys(t, partitions)
+    stream = k.partition.events
+    entries = [Entry("1-0", "tenant.created", t, orjson.dumps({
+        "type": "tenant.created", "tenant": t, "ts": 1, "actor": "bootstrap", "name": t,
+        "currency": "USD", "timezone": "UTC", "max_concurrent_calls": "unlimited"}).decode())]
+    n = AUDIT_MAX_ENTRIES + 5
+    entries += [Entry(f"7-{i}", "tollfree.added", t, orjson.dumps({
+        "type": "tollfree.added", "tenant": t, "ts": 7, "actor": "a",
+        "number": f"+1800555{i:04d}"}).decode()) for i in range(n)]
+    ledger = await open_ledger(ledger_url)
+    store = Store.from_url(own_redis.url, partitions)
+    try:
+        await ledger.apply(stream, entries)
+        await rebuild(store, ledger, T0, 0, show_progress=False)
+        got = [orjson.loads(x) for x in await store.raw(k.audit, "LRANGE", k.audit, 0, -1)]
+        assert len(got) == AUDIT_MAX_ENTRIES
+        assert [g["id"] for g in got] == [f"7-{i}" for i in range(n - 1, 4, -1)]
+        assert got[0] == {"id": f"7-{n - 1}", "type": "tollfree.added", "tenant": t,
+                          "ts": 7, "actor": "a", "number": f"+1800555{n - 1:04d}"}
+        assert await audit(store, ledger, T0, 0) == []
+    finally:
+        await store.close()
+        await ledger.close()
+
+
+def test_audit_and_rebuild_name_an_unreachable_store_in_one_line(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    from gateway.redisproc import free_port
+
+    closed = free_port()  # nothing listens there
+    cases = [
+        ({"CALLGATE_REDIS_URL": own_redis.url,
+          "CALLGATE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/x"},
+         "callgate: the ledger is unavailable (ConnectionRefusedError"),
+        ({"CALLGATE_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+          "CALLGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"},
+         "callgate: audit stopped: RedisUnavailable"),
+    ]
+    for env, first in cases:
+        proc = subprocess.run([sys.executable, "-m", "gateway", "audit"], cwd=REPO,
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.startswith(first), proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+async def test_run_time_tokens_reach_the_ledger_and_come_back_with_rebuild(
+        rgw: Gateway, parts: tuple[Store, Ledger, Persister], clock: ManualClock) -> None:
+    """A token created at run time survives the loss of Redis, a revoked one stays revoked;
+    audit names a token missing from Redis by its id, never with its hash."""
+    from gateway.keys import TOKENS
+    from gateway.tokens import TokenRecord
+
+    store, ledger, persister = parts
+    await rgw.tenant("tk")
+    kept = await rgw.req("POST", "/v1/tokens", {"role": "switch", "tenants": ["tk"]},
+                         status=201)
+    gone = await rgw.req("POST", "/v1/tokens", {"role": "switch", "tenants": ["tk"]},
+                         status=201)
+    await rgw.req("DELETE", f"/v1/tokens/{gone['id']}", status=204)
+    await drain(persister)
+    before = await store.raw(TOKENS, "HGET", TOKENS, kept["id"])
+    await store.raw(TOKENS, "FLUSHALL")
+    await rebuild(store, ledger, int(clock.now()), 300, show_progress=False)
+    assert await store.raw(TOKENS, "HGET", TOKENS, kept["id"]) == before
+    assert await store.raw(TOKENS, "HEXISTS", TOKENS, gone["id"]) == 0
+    assert TokenRecord.from_json(kept["id"], before).role == "switch"
+    assert await audit(store, ledger, int(clock.now()), 300) == []
+    await store.raw(TOKENS, "HDEL", TOKENS, kept["id"])
+    problems = await audit(store, ledger, int(clock.now()), 300)
+    assert problems == [f"{TOKENS} {kept['id']}: missing in redis"]

@@ -14,12 +14,11 @@ import redis
 import redis.cluster
 
 from gateway.redisproc import (
-    CLUSTER_SLOTS,
-    RedisCluster,
     RedisServer,
     RedisStartError,
     free_port,
 )
+from tests.support.cluster import CLUSTER_SLOTS, RedisCluster
 
 
 def _accepts_connections(port: int) -> bool:
@@ -181,15 +180,21 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
 @pytest.mark.cluster
 def test_cluster_covers_all_slots(redis_cluster: RedisCluster) -> None:
     nodes = redis_cluster.nodes
-    assert len(nodes) == 3
+    assert len(nodes) == 6
     addresses = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
     assert redis_cluster.url == f"redis+cluster://{addresses}"
+    roles = []
     for node in nodes:
         with redis.Redis.from_url(node.url) as client:
             info = client.cluster("INFO")
             assert info["cluster_state"] == "ok"
             assert int(info["cluster_slots_assigned"]) == CLUSTER_SLOTS
-            assert int(info["cluster_known_nodes"]) == 3
+            assert int(info["cluster_known_nodes"]) == 6
+            replication = client.info("replication")
+            roles.append(replication["role"])
+            if replication["role"] == "master":
+                assert int(replication["connected_slaves"]) == 1
+    assert sorted(roles) == ["master"] * 3 + ["slave"] * 3
 
     first = nodes[0]
     client = redis.cluster.RedisCluster(host="127.0.0.1", port=first.port)
@@ -199,6 +204,7 @@ def test_cluster_covers_all_slots(redis_cluster: RedisCluster) -> None:
             client.set(key, key)
         assert [client.get(key) for key in keys] == [key.encode() for key in keys]
         owners = {client.get_node_from_key(key).port for key in keys}
-        assert owners == {node.port for node in nodes}
+        assert owners == {redis_cluster.primary_for(key).port for key in keys}
+        assert len(owners) == 3
     finally:
         client.close()

@@ -44,7 +44,10 @@ class PostgresLedger(Ledger):
 
     @classmethod
     async def open(cls, url: str) -> PostgresLedger:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE_MAX,
+        # min_size 0: a pool with a floor reconnects on its own in the background while the
+        # server is down, logging a traceback per try; the persister's back-off is the one
+        # retry loop (gateway.ledger.backoff). The migration run at open still connects.
+        pool = await asyncpg.create_pool(url, min_size=0, max_size=POOL_SIZE_MAX,
                                          command_timeout=COMMAND_TIMEOUT_SECONDS)
         return cls(pool)
 

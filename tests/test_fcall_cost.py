@@ -1,0 +1,24 @@
+"""The gate on Redis's work per call: instructions per FCALL (deterministic, not a timing)
+against the committed baseline (loadtest/fcall_cost_baseline.json). A change that moves
+them on purpose updates the baseline in the same commit (python -m loadtest.fcall_cost
+--write-baseline)."""
+
+from __future__ import annotations
+
+import json
+
+from loadtest import fcall_cost
+
+
+def test_redis_instructions_per_fcall_stay_within_the_baseline() -> None:
+    baseline = json.loads(fcall_cost.BASELINE.read_text())
+    measured = fcall_cost.run(int(baseline["calls"]))
+    print({f: round(measured[f]) for f in fcall_cost.FUNCTIONS})
+    assert fcall_cost.over_baseline(measured, baseline) == []
+
+
+def test_the_gate_names_a_function_over_its_baseline() -> None:
+    baseline = {"authorize": 100_000, "extend": 100_000, "end": 100_000}
+    measured = {"authorize": 103_000, "extend": 103_001, "end": 90_000}
+    problems = fcall_cost.over_baseline(measured, baseline)
+    assert len(problems) == 1 and problems[0].startswith("extend: 103,001")
