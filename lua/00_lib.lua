@@ -180,13 +180,11 @@ end
 
 -- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user. kind
 -- (domestic | international) is the pool name's last part, as every call records it.
--- Second result: the tenant's pool alert thresholds (field 'apct', "80,100"; false: the
--- default), read with the same HMGET for the crossing check (lua/25_alerts.lua).
 local function pool_capacity(pools_key, pool, kind)
   local cc_plan = string.sub(pool, 1, #pool - #kind - 1)
   local per_field = (kind == 'domestic') and 'dmin:' or 'imin:'
-  local vals = redis.call('HMGET', pools_key, 'lic:' .. cc_plan, per_field .. cc_plan, 'apct')
-  return num(vals[1]) * num(vals[2]), vals[3]
+  local vals = redis.call('HMGET', pools_key, 'lic:' .. cc_plan, per_field .. cc_plan)
+  return num(vals[1]) * num(vals[2])
 end
 
 -- Adds delta to an integer hash field. A zero delta is skipped: Lua formats -0 as "-0",

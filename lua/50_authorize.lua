@@ -62,9 +62,9 @@ end
 -- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
 -- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
 -- reserved minutes, or nil when the pool does not exist (no licence assigned). Announces
--- the alert thresholds the grant crosses (c: the call context).
-local function pool_grant(c, k_pools, k_month, pool, kind, pool_s, pool_r, cap)
-  local capacity, apct = pool_capacity(k_pools, pool, kind)
+-- the alert thresholds the grant crosses.
+local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
+  local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
   local used, reserved, r_field, first = pool_usage(k_month, pool)
   local remaining = capacity - used - reserved
@@ -73,8 +73,14 @@ local function pool_grant(c, k_pools, k_month, pool, kind, pool_s, pool_r, cap)
   if g <= 0 then return 0, pool_r end
   local new_r = ceil_div(pool_s + g, 60)
   hincr(k_month, r_field, new_r - pool_r)
-  pool_crossings(c, k_month, pool, kind, used, used + reserved,
-    used + reserved + new_r - pool_r, capacity, apct)
+  -- Alert thresholds are whole percents: only a grant that takes the pool past one may
+  -- cross a threshold (most do not: 5 minutes of 30,000 are 0.017 %). Checked here, with
+  -- no call and no read; lua/25_alerts.lua reads the thresholds when it may.
+  local before, after = (used + reserved) * 100, (used + reserved + new_r - pool_r) * 100
+  if after - after % capacity > before - before % capacity then
+    pool_crossings(k_pools, k_month, pool, kind, used, used + reserved,
+      used + reserved + new_r - pool_r, capacity)
+  end
   -- The pool's first minutes of the month set the hash's time to live; later grants need
   -- not renew it (an EXPIRE was 4 % of authorize). A hash left without fields is deleted
   -- and starts again here.
@@ -87,7 +93,7 @@ end
 -- 'money' | 'limit' when the wallet or the user's monthly spend limit cannot pay (D19, D22).
 local function credit_grant(c, cred_s, cred_r, cap)
   local r = rate_of(c)
-  local t = redis.call('HMGET', c.k_tenant, 'bal', 'res', 'alb', 'alf', 'arb', 'arr')
+  local t = redis.call('HMGET', c.k_tenant, 'bal', 'res', 'alb', 'arb')
   local avail = num(t[1]) - num(t[2])
   local len = cred_s + cap
   local sfield, srfield = 's:' .. c.uid, 'sr:' .. c.uid
@@ -106,7 +112,7 @@ local function credit_grant(c, cred_s, cred_r, cap)
   if len - cred_s <= 0 then return 0, 'money' end
   local new_r = credit_cost(len, r.rate, r.fee, r.a, r.b)
   hincr(c.k_tenant, 'res', new_r - cred_r)
-  if t[3] or t[5] then credit_crossings(c, t, avail - new_r + cred_r) end
+  if t[3] or t[4] then credit_crossings(c.k_tenant, t[3], t[4], avail - new_r + cred_r) end
   if c.uid ~= '' then
     hincr_or_del(c.k_month, srfield, new_r - cred_r)
     redis.call('EXPIRE', c.k_month, MONTH_TTL_SECONDS)
@@ -120,7 +126,7 @@ end
 local function pay(c, st, cap)
   local pool_existed = false
   if st.pool ~= '' and st.cred_s == 0 and not c.credits_only then
-    local g, new_r = pool_grant(c, c.k_pools, c.k_month, st.pool, st.kind, st.pool_s, st.pool_r,
+    local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.kind, st.pool_s, st.pool_r,
       cap)
     if g ~= nil then
       pool_existed = true
@@ -274,10 +280,10 @@ local function authorize(KEYS, ARGV)
     k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8], maxc = t[3], act = t[4],
     uid = ARGV[8], credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
     rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
-    tid = tid, now = now, mon = month, k_events = k_events, k_notify = KEYS[12],  -- alerts
   }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
+  alert_context(tid, now, month, k_events, KEYS[12])  -- lua/25_alerts.lua
   local o
   if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
 

@@ -77,14 +77,12 @@ local function month_key(KEYS, ARGV, mon)
   return nil
 end
 
-local function ctx_of(KEYS, ARGV, call, k_month)
+local function ctx_of(KEYS, call, k_month)
   return {
     k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
     uid = call.uid, credits_only = call.co == '1', credits_allowed = call.ca == '1',
     limit = tonumber(call.sl),
     rp = call.rp, rr = call.rr, rf = call.rf, ra = call.ra, rb = call.rb,  -- rate_of
-    tid = ARGV[1], now = tonumber(ARGV[3]), mon = call.mon, k_events = KEYS[8],  -- alerts
-    k_notify = KEYS[10],
   }
 end
 
@@ -146,7 +144,8 @@ local function extend(KEYS, ARGV)
       -- The call started before the previous month: no further time (its month is closed).
       g, reason = 0, 'service_unavailable'
     else
-      local c = ctx_of(KEYS, ARGV, call, k_month)
+      local c = ctx_of(KEYS, call, k_month)
+      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/25_alerts.lua
       local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
                     cred_r = st.cred_r}
       truncate(c, st, u)
