@@ -2,6 +2,11 @@
 # callgate: the gateway plus an embedded redis-server (AOF) and SQLite ledger under /data.
 # For production, point CALLGATE_REDIS_URL / CALLGATE_DATABASE_URL at managed services;
 # the embedded Redis is then never started.
+# Private by default, as outside a container: it runs as the unprivileged user callgate;
+# /data is 0700 and everything serve writes there 0600 (callgate sets umask 077); the embedded
+# Redis listens on a unix socket in /data/redis only, with a password generated on the first
+# start and kept in /data/redis/requirepass. CALLGATE_OPERATOR_TOKEN, if given, must carry
+# 128 bits (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -35,7 +40,8 @@ COPY . .
 RUN pip install --no-deps . \
  && rm -rf build *.egg-info \
  && mkdir -p /data \
- && chown callgate:callgate /data
+ && chown callgate:callgate /data \
+ && chmod 0700 /data
 
 USER callgate
 

@@ -30,7 +30,16 @@ from gateway.errors import FieldError, TenantNotFound, ValidationError
 from gateway.money import parse_money
 from gateway.observe import OBSERVER, Observer
 from gateway.store import Store, TenantSettings
-from gateway.validate import CALL_ID_RE, ID_RE, IDEMPOTENCY_KEY_RE, Fields, json_object, path_id
+from gateway.validate import (
+    CALL_ID_HINT,
+    CALL_ID_RE,
+    ID_HINT,
+    ID_RE,
+    IDEMPOTENCY_KEY_RE,
+    Fields,
+    json_object,
+    path_id,
+)
 from gateway.validate import query_month as _query_month
 
 log = logging.getLogger(__name__)
@@ -227,10 +236,10 @@ def parse_authorize(body: dict[str, Any], now: int, skew: int | None) -> Authori
         return usual
     f = Fields(body, AUTHORIZE_FIELDS)
     call_id = f.string("call_id", required=True, max_len=128, pattern=CALL_ID_RE,
-                       hint="must be 1-128 characters of [A-Za-z0-9._:@-]")
+                       hint=CALL_ID_HINT)
     direction = f.choice("direction", ("outbound", "inbound"), default="outbound")
     user_id = f.string("user_id", max_len=64, pattern=ID_RE,
-                       hint="must be 1-64 characters of [A-Za-z0-9._-]")
+                       hint=ID_HINT)
     to = f.string("to", required=True, max_len=64)
     from_ = f.string("from", max_len=64)
     started_raw = f.string("started_at", max_len=64)
@@ -251,6 +260,7 @@ def parse_authorize(body: dict[str, Any], now: int, skew: int | None) -> Authori
 
 
 async def authorize_call(app: web.Application, ctx: Ctx, call_id: str, raw: bytes) -> Answer:
+    app[CALLS].new_request()
     body = json_object(raw)
     now, skew = int(app[CLOCK].now()), app[SETTINGS].clock_skew_seconds
     try:
@@ -297,7 +307,11 @@ def on_request(op: CallControl) -> Handler:
 
     async def handler(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         call_id = request.match_info.get("call_id", "")
-        return to_response(await op(request.app, ctx, call_id, await request.read()))
+        answer = await op(request.app, ctx, call_id, await request.read())
+        transport = request.transport
+        if op is authorize_call and (transport is None or transport.is_closing()):
+            request.app[CALLS].answer_lost()  # an allow nobody hears is undone
+        return to_response(answer)
 
     return handler
 

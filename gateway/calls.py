@@ -9,6 +9,7 @@ before Redis, so they are allowed even when Redis is down (D11).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import os
@@ -22,7 +23,7 @@ from gateway import metrics
 from gateway.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.config import Settings
 from gateway.decks import Decks
-from gateway.errors import TenantNotFound
+from gateway.errors import TenantNotFound, ValidationError
 from gateway.money import format_money
 from gateway.numbers import Destination, classify
 from gateway.rating import Rate, RateDeck
@@ -50,6 +51,13 @@ SIP_CODES: dict[str, int] = {
 # Failures of the one round trip that turn into deny / service_unavailable (or, for an
 # emergency call, into an allow): never a hang, never a 500.
 UNAVAILABLE = (TimeoutError, RedisUnavailable, ReplyError, OSError)
+
+
+# The fresh allow the current request's authorize made (tenant, call id, attempt), until
+# its answer is written: a request task that finds its client gone calls
+# CallService.answer_lost, which voids it. Per task: a context variable.
+_FRESH_ALLOW: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
+    "callgate_fresh_allow", default=None)
 
 
 class CallNotFound(Exception):
@@ -238,7 +246,23 @@ class CallService:
         if len(self._tenant_cache) > 100_000:
             self._tenant_cache.clear()
         self._tenant_cache[tenant_id] = (currency, tz)
+        if decision.decision == "allow" and not decision.replayed and not emergency:
+            _FRESH_ALLOW.set((tenant_id, req.call_id, attempt))
         return decision
+
+    @staticmethod
+    def new_request() -> None:
+        """A new authorize request begins: nothing of an earlier one is this one's."""
+        _FRESH_ALLOW.set(None)
+
+    def answer_lost(self) -> None:
+        """The answer of this request's authorize could not be written (the client is
+        gone): a fresh allow it made is voided, as for a reply that came too late. A
+        replayed allow is left alone: an earlier attempt may have delivered it."""
+        fresh = _FRESH_ALLOW.get()
+        if fresh is not None:
+            _FRESH_ALLOW.set(None)
+            self.voider.add(*fresh)
 
     def _without_redis(self, dest: Destination, emergency: bool, now: int) -> Decision:
         """The answer when Redis could not decide: emergency calls go through (D11)."""
@@ -372,12 +396,16 @@ def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> N
     more = int(_log_state["suppressed"])
     _log_state["at"], _log_state["suppressed"] = t, 0
     also = f" (and {more} more failures since the last line)" if more else ""
+    # `extra`: the request's fields, for structured logs (CALLGATE_LOG_FORMAT=json).
+    fields = {"operation": op, "tenant_id": tenant_id, "call_id": call_id}
     # Any other error reply is a fault of ours (a bug in a function): loud.
     if isinstance(exc, ReplyError) and not str(exc).startswith((*TRANSIENT_REPLIES,
                                                                  OOM_REPLY)):
-        log.error("%s %s/%s: Redis error reply: %s%s", op, tenant_id, call_id, exc, also)
+        log.error("%s %s/%s: Redis error reply: %s%s", op, tenant_id, call_id, exc, also,
+                  extra=fields)
     else:
-        log.warning("%s %s/%s without Redis: %r%s", op, tenant_id, call_id, exc, also)
+        log.warning("%s %s/%s without Redis: %r%s", op, tenant_id, call_id, exc, also,
+                    extra=fields)
 
 
 def _lifecycle_error(exc: StoreError) -> Exception:
@@ -387,6 +415,10 @@ def _lifecycle_error(exc: StoreError) -> Exception:
         return TenantNotFound()
     if exc.status is Status.CALL_ENDED:
         return CallEnded()
+    if exc.status is Status.USED_BACKWARDS:  # extend only: nothing was changed
+        return ValidationError.one(
+            "used_seconds", f"must not be lower than the {int(exc.detail[0])} s already "
+                            "reported: time only moves forward")
     return exc
 
 

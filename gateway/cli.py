@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,6 +34,12 @@ T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 GC_GEN0_THRESHOLD = 20_000  # allocations between young collections (CPython default: 700)
+# Private by default: everything callgate and its children create (data directory, ledger
+# and its -wal/-shm, metrics files, the embedded Redis's files, token files) is the owner's
+# only. Set by main() for every command (`persist` alone writes the ledger too).
+PRIVATE_UMASK = 0o077
+DATA_DIR_MODE = 0o700
+REDIS_PROBE_TIMEOUT_SECONDS = 2.0
 
 
 def _install_uvloop() -> None:
@@ -98,20 +104,30 @@ def _worker(settings: Settings, reuse_port: bool) -> None:
 
 
 class _RedisSupervisor:
-    """Runs the embedded redis-server (AOF on) and restarts it if it dies."""
+    """Runs the embedded redis-server (AOF on) and restarts it if it dies.
+
+    Private: it listens on its unix socket only (no TCP port; the socket and its directory
+    are 0700) and requires a password, generated on the first start and kept in
+    ``redis/requirepass`` (0600) of the data directory. The URL returned by start() carries
+    it to the workers and the persist child (through their environment, never a command
+    line); it is never logged."""
 
     def __init__(self, data_dir: Path) -> None:
-        from gateway.redisproc import RedisServer
+        from gateway.redisproc import RedisServer, private_secret
 
-        self.server = RedisServer(data_dir / "redis", appendonly=True, appendfsync="everysec",
-                                  name="callgate-redis")
+        redis_dir = data_dir / "redis"
+        try:
+            self.server = RedisServer(redis_dir, appendonly=True, appendfsync="everysec",
+                                      name="callgate-redis", unix_only=True,
+                                      password=private_secret(redis_dir / "requirepass"))
+        except ValueError as exc:  # the socket's path would be too long
+            raise ConfigError("CALLGATE_DATA_DIR", str(exc)) from None
         self._stop = threading.Event()
 
     def start(self) -> str:
         self.server.start()
-        sock = self.server.unixsocket
         threading.Thread(target=self._watch, name="redis-supervisor", daemon=True).start()
-        return f"unix://{sock}" if sock else self.server.url
+        return self.server.url
 
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
@@ -147,19 +163,78 @@ def _metrics_dir(settings: Settings) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
 
 
+def _private_data_dir(path: Path) -> None:
+    """Create the data directory 0700; one made before with looser permissions (0755 by
+    earlier versions) is tightened: nothing inside is any other user's business."""
+    path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            os.chmod(path, DATA_DIR_MODE)
+        except OSError as exc:
+            log.warning("data directory %s is mode %o and cannot be made 0700: %s", path,
+                        mode, exc.strerror)
+        else:
+            log.warning("data directory %s was mode %o: made 0700", path, mode)
+
+
+def redis_accepts_anonymous(url: str, timeout_s: float = REDIS_PROBE_TIMEOUT_SECONDS
+                            ) -> bool | None:
+    """Whether the Redis of ``url`` answers a PING on a fresh connection that sent no AUTH
+    (no password, no ACL user required); None when it cannot be reached now. For a
+    cluster, its first seed node answers for all."""
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from gateway.redisclient import parse_url
+
+    _, addresses = parse_url(url)
+    address = addresses[0]
+    client = redis_py.Redis(host=address.host, port=address.port,
+                            unix_socket_path=address.unix_path,
+                            socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                            retry=Retry(NoBackoff(), 0))  # one try: start-up must not wait
+    try:
+        return bool(client.ping())
+    except redis_py.AuthenticationError:
+        return False
+    except redis_py.ResponseError as exc:  # NOAUTH / NOPERM: credentials required
+        return False if str(exc).startswith(("NOAUTH", "NOPERM")) else None
+    except (redis_py.ConnectionError, redis_py.TimeoutError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def _warn_if_open_redis(url: str) -> None:
+    """One warning line when the Redis given to serve takes clients without credentials:
+    anyone who reaches it can then change any balance. Names the server, never the URL
+    (it may carry a password)."""
+    from gateway.redisclient import parse_url
+
+    if redis_accepts_anonymous(url):
+        log.warning("Redis at %s accepts connections without a password or ACL user: set "
+                    "one (requirepass, or an ACL user) and give it in CALLGATE_REDIS_URL",
+                    parse_url(url)[1][0])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = load_settings()
+    settings = load_settings()  # main() has set PRIVATE_UMASK: workers and children inherit it
     if args.workers is not None:
         settings = replace(settings, workers=args.workers)
     if args.port is not None:
         settings = replace(settings, http_port=args.port)
+    _private_data_dir(settings.data_dir)
     _metrics_dir(settings)
     supervisor: _RedisSupervisor | None = None
-    if not settings.redis_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.redis_url:
+        _warn_if_open_redis(settings.redis_url)
+    else:
         supervisor = _RedisSupervisor(settings.data_dir)
         settings = replace(settings, redis_url=supervisor.start())
-        log.info("embedded redis-server running (AOF on) in %s", settings.data_dir / "redis")
+        log.info("embedded redis-server running (AOF on, unix socket only, password "
+                 "required) in %s", settings.data_dir / "redis")
     try:
         if args.demo:
             _install_uvloop()
@@ -188,6 +263,9 @@ def _run_workers(settings: Settings) -> int:
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # child: one event loop on the shared port (SO_REUSEPORT)
+            # Stopped while still starting (its loop not yet handling signals): it has
+            # served nothing, so it just exits, and with 0: serve was asked to stop.
+            signal.signal(signal.SIGTERM, _exit_while_starting)
             if on_parent_death is not None:
                 on_parent_death()
             code = 0
@@ -200,6 +278,10 @@ def _run_workers(settings: Settings) -> int:
         children.append(pid)
     print(banner, flush=True)
     return _wait_children(children, persister)
+
+
+def _exit_while_starting(_signum: int, _frame: object) -> None:
+    os._exit(0)
 
 
 def _wait_children(children: list[int],
@@ -248,11 +330,11 @@ def token_entry_toml(token_id: str, role: str, tenants: Sequence[str], digest: s
 
 
 def _token_args_error(args: argparse.Namespace) -> str | None:
-    from gateway.validate import ID_RE
+    from gateway.validate import ID_HINT, ID_RE
 
     for name in [args.id or "", *args.tenant]:
         if name and ID_RE.fullmatch(name) is None:
-            return f"{name!r}: ids are 1-64 characters of [A-Za-z0-9._-]"
+            return f"{name!r}: an id {ID_HINT}"
     if args.role == "operator" and args.tenant:
         return "an operator token acts for every tenant: give no --tenant"
     if args.role != "operator" and not args.tenant:
@@ -449,15 +531,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def setup_logging(env: Mapping[str, str] = os.environ) -> None:
+    """Logs go to stderr as text, or with CALLGATE_LOG_FORMAT=json as one JSON object a
+    line (gateway.logjson). Set up before serve forks: workers inherit it, and the persist
+    child reads the same variables."""
+    from gateway.logjson import LOG_FORMATS, handler_for
+
+    log_format = env.get("CALLGATE_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("CALLGATE_LOG_FORMAT", f"must be one of {', '.join(LOG_FORMATS)}")
+    logging.basicConfig(level=env.get("CALLGATE_LOG_LEVEL", "INFO"),
+                        handlers=[handler_for(log_format)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("CALLGATE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        setup_logging()
+    except ConfigError as exc:
+        print(f"callgate: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    umask = os.umask(PRIVATE_UMASK)
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"callgate: {exc}", file=sys.stderr)
         return 2
+    finally:
+        os.umask(umask)  # for a caller in the same process (tests)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import phonenumbers
 from gateway.errors import ConfigError, ValidationError
 from gateway.money import parse_money
 from gateway.rating import DeckError, RateDeck
+from gateway.validate import ID_HINT, ID_RE
 
 CONFIG_FILE_NAME = "callgate.toml"
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -36,7 +37,6 @@ DEFAULT_ZONES: tuple[frozenset[str], ...] = (frozenset({"US", "PR", "CA"}),)  # 
 MAX_MINUTES_PER_USER = 10_000_000  # far above any real plan: catches unit mix-ups
 
 _PLAN_ID_RE = re.compile(r"[a-z0-9_]+", re.ASCII)
-_IDENTIFIER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)  # api.md path identifiers
 _COUNTRY_RE = re.compile(r"[A-Z]{2}", re.ASCII)
 _CURRENCY_RE = re.compile(r"[A-Z]{3}", re.ASCII)
 _SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -278,7 +278,7 @@ def _build(root: _Table, env: Mapping[str, str], config_dir: Path) -> Settings:
             root, env, "database_url", "CALLGATE_DATABASE_URL", _database_url
         ),
         data_dir=Path(_text_setting(root, env, "data_dir", "CALLGATE_DATA_DIR")),
-        operator_token=_optional_env(env, "CALLGATE_OPERATOR_TOKEN"),
+        operator_token=_operator_token(env, "CALLGATE_OPERATOR_TOKEN"),
         grant_seconds=_int_setting(
             root, env, "grant_seconds", "CALLGATE_GRANT_SECONDS", (1, 86_400)
         ),
@@ -365,6 +365,37 @@ def _env_or_file(root: _Table, env: Mapping[str, str], name: str, var: str) -> t
 
 def _optional_env(env: Mapping[str, str], var: str) -> str | None:
     return env.get(var) or None  # an empty variable means unset, never an empty token
+
+
+# The bootstrap operator token acts for every tenant: it must carry at least 128 bits.
+# Counted from its length and alphabet, simply: 4 bits a character for a token made only of
+# hex digits, 6 bits a character otherwise (the base64url alphabet; other visible ASCII
+# characters are credited no more). So at least 32 hex digits, or at least 22 characters of
+# anything else: `secrets.token_urlsafe(16)` or `secrets.token_hex(16)` pass, a word does not.
+OPERATOR_TOKEN_BITS_MIN = 128
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+", re.ASCII)
+_VISIBLE_ASCII_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
+
+
+def token_bits(token: str) -> int:
+    """The bits a token is credited with (see OPERATOR_TOKEN_BITS_MIN)."""
+    return len(token) * (4 if _HEX_RE.fullmatch(token) else 6)
+
+
+def _operator_token(env: Mapping[str, str], var: str) -> str | None:
+    token = _optional_env(env, var)
+    if token is None:
+        return None
+    # Messages describe the token, never echo it.
+    if _VISIBLE_ASCII_RE.fullmatch(token) is None:
+        raise ConfigError(var, "must be visible ASCII characters only (no spaces or control "
+                               "characters)")
+    if token_bits(token) < OPERATOR_TOKEN_BITS_MIN:
+        raise ConfigError(
+            var, f"must carry at least {OPERATOR_TOKEN_BITS_MIN} bits: at least 32 hex digits "
+                 f"or 22 base64url characters (this one is {len(token)} characters); generate "
+                 "one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token
 
 
 def _env_int(raw: str, var: str) -> int:
@@ -622,8 +653,8 @@ def _one_of(value: object, key: str, choices: tuple[str, ...]) -> str:
 
 def _identifier(value: object, key: str) -> str:
     text = _str(value, key)
-    if _IDENTIFIER_RE.fullmatch(text) is None:
-        raise ConfigError(key, "must be 1-64 characters of [A-Za-z0-9._-]")
+    if ID_RE.fullmatch(text) is None:  # api.md path identifiers
+        raise ConfigError(key, ID_HINT)
     return text
 
 

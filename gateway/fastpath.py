@@ -67,6 +67,7 @@ from aiohttp.web_server import Server
 from gateway import metrics
 from gateway.api import (
     BODY_LIMIT_BYTES,
+    CALLS,
     SETTINGS,
     Answer,
     CallControl,
@@ -375,6 +376,8 @@ class FastProtocol(asyncio.Protocol):
 
     async def _serve(self, req: _Request) -> None:
         server = self._server
+        if req.op is authorize_call:
+            server.app[CALLS].new_request()  # this task's context came from the last one's
         try:
             answer = await call_control(server.app, req.op, req.authorization, req.path,
                                         req.body)
@@ -386,6 +389,8 @@ class FastProtocol(asyncio.Protocol):
             transport.write(encode_response(answer, close))
             if close:
                 transport.close()
+        elif req.op is authorize_call:
+            server.app[CALLS].answer_lost()  # an allow nobody hears is undone
         self._busy = False
         self.served += 1
         self.idle_since = server.loop.time()

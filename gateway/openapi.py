@@ -24,8 +24,9 @@ from gateway.rating import HEADER, KINDS
 PROBLEM = "application/problem+json"
 JSON = "application/json"
 
-ID = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
-CALL_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"}
+# Not only dots ("." and ".." are URL dot segments): refused with a 400 naming the id.
+ID = {"type": "string", "pattern": "^(?!\\.+$)[A-Za-z0-9._-]{1,64}$"}
+CALL_ID = {"type": "string", "pattern": "^(?!\\.+$)[A-Za-z0-9._:@-]{1,128}$"}
 MONEY = {"type": "string", "pattern": r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,4})?$",
          "description": "decimal string, at most 4 decimals, e.g. \"25.00\"; never a number"}
 MONEY_OUT = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{4}$", "examples": ["12.5000"]}
@@ -319,8 +320,14 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
                           **_problems(*with_body)}},
         ("POST", f"{T}/calls/{{call_id}}/extend"): {
             "summary": "Next grant of a live call (switch)", "requestBody": _body("ExtendRequest"),
+            "description": "Time only moves forward: a used_seconds lower than one already "
+                           "reported for the call (as taken: at most the call's granted time "
+                           "then) is a 400 whose error names used_seconds; nothing changes.",
             "responses": {"200": _json(_ref("Decision"), "the decision on the next grant"),
-                          **_problems(*with_body, 409)}},
+                          **_problems(*with_body, 409),
+                          "400": {"description": _PROBLEM_TEXT[400] + "; also a used_seconds "
+                                  "lower than one already reported (field used_seconds)",
+                                  "content": {PROBLEM: {"schema": _ref("Problem")}}}}},
         ("POST", f"{T}/calls/{{call_id}}/end"): {
             "summary": "End a call and bill it (switch); idempotent",
             "requestBody": _body("EndRequest"),

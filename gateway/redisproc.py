@@ -9,7 +9,11 @@ Invariants:
 
 * Every server binds 127.0.0.1 only, on a port chosen here (never a standard port), and
   keeps everything it writes — config, AOF, log, unix socket, ``nodes.conf`` — in its
-  own data directory.
+  own data directory (0700), its files 0600 (the child runs with umask 077).
+* A private server (``unix_only=True``, ``callgate serve``'s embedded one) listens on its
+  unix socket alone (``port 0``: no TCP port at all), and with a ``password`` it refuses
+  every client that has not sent AUTH. The password sits in ``redis.conf`` (0600), never
+  on a command line, and only :attr:`RedisServer.url` carries it: never log that URL.
 * A server is "ready" only when it answers PING *and* reports our child's pid: a port
   taken by someone else between :func:`free_port` and the bind can never be mistaken
   for ours.
@@ -31,6 +35,7 @@ import functools
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -41,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -53,6 +59,7 @@ __all__ = [
     "find_redis_cli",
     "find_redis_server",
     "free_port",
+    "private_secret",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,10 @@ _APPENDFSYNC_VALUES = ("always", "everysec", "no")
 _AOF_MANIFEST = Path("appendonlydir") / "appendonly.aof.manifest"
 # What Redis logs when, with `aof-load-truncated no`, its AOF ends short.
 _AOF_SHORT_MARK = "Unexpected end of file reading the append only file"
+# Redis children create their files (AOF, log, socket) readable by their owner only.
+_CHILD_UMASK = 0o077
+_PRIVATE_FILE_MODE = 0o600
+_PRIVATE_DIR_MODE = 0o700
 
 
 def _find_executable(name: str) -> str | None:
@@ -175,6 +186,44 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+def private_secret(path: Path, nbytes: int = 32) -> str:
+    """The secret kept in ``path``: read if the file holds one, else ``nbytes`` random bytes
+    as hex, written once (mode 0600, atomically: a crash leaves no half-written secret).
+
+    Used for the embedded Redis's ``requirepass``: generated on the first start, the same
+    on every restart, so that AOF, clients and restarted children agree on it.
+    """
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        if path.stat().st_mode & 0o077:  # loosened by hand: tighten again
+            os.chmod(path, _PRIVATE_FILE_MODE)
+        return text
+    path.parent.mkdir(mode=_PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    secret = secrets.token_hex(nbytes)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(secret + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return secret
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by the owner only (also a file that was not)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        os.fchmod(file.fileno(), _PRIVATE_FILE_MODE)
+        file.write(text)
+
+
 def _conf_quote(value: str | Path) -> str:
     """Quote a value for redis.conf (a double-quoted string with C-like escapes)."""
     escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
@@ -205,12 +254,23 @@ def _as_dict(reply: Any) -> dict[str, Any]:
     return reply
 
 
-def _probe_client(port: int) -> redis.Redis:
+def _probe_client(port: int, unix_socket: Path | None = None,
+                  password: str | None = None) -> redis.Redis:
     """A client that fails fast: the caller polls, so redis-py must not retry or back off
-    (its default retries connection errors with a backoff of seconds)."""
+    (its default retries connection errors with a backoff of seconds). Over the unix
+    socket when one is given (a server with no TCP port)."""
+    if unix_socket is not None:
+        return redis.Redis(
+            unix_socket_path=str(unix_socket),
+            password=password,
+            socket_connect_timeout=_PROBE_TIMEOUT_SECONDS,
+            socket_timeout=_PROBE_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+        )
     return redis.Redis(
         host="127.0.0.1",
         port=port,
+        password=password,
         socket_connect_timeout=_PROBE_TIMEOUT_SECONDS,
         socket_timeout=_PROBE_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), 0),
@@ -247,6 +307,10 @@ class RedisServer:
     With ``cluster=True`` the node is cluster-enabled with its own ``nodes.conf`` and an
     explicit cluster bus port (``cluster-port``): the default bus port, port + 10000,
     would overflow 65535 for ports from the kernel's ephemeral range.
+
+    ``unix_only=True``: no TCP port (``port 0``), the unix socket only (ValueError when the
+    data directory's path is too long for one). ``password``: the ``requirepass`` every
+    client must AUTH with; :attr:`url` carries it.
     """
 
     def __init__(
@@ -261,6 +325,8 @@ class RedisServer:
         name: str = "redis",
         cluster_port: int | None = None,
         die_with_parent: bool = True,
+        unix_only: bool = False,
+        password: str | None = None,
     ) -> None:
         if appendfsync not in _APPENDFSYNC_VALUES:
             raise ValueError(f"appendfsync must be one of {_APPENDFSYNC_VALUES}: {appendfsync!r}")
@@ -273,10 +339,18 @@ class RedisServer:
         self.extra_args = tuple(extra_args)
         self.cluster = cluster
         self.die_with_parent = die_with_parent
+        self.unix_only = unix_only
+        self._password = password
+        if unix_only and (cluster or port):
+            raise ValueError("a unix-only server has no TCP port and cannot be a cluster node")
+        if unix_only and self.unixsocket is None:
+            raise ValueError(f"{self.data_dir}: path too long for a unix socket "
+                             f"({_UNIX_SOCKET_PATH_MAX_BYTES} bytes); use a shorter data "
+                             "directory (CALLGATE_DATA_DIR)")
         # A port we picked may be swapped for another if it is lost before the bind; a
         # port given by the caller, or one a server already listened on, never is.
-        self._port_pinned = port is not None
-        self._port = port if port is not None else free_port()
+        self._port_pinned = port is not None or unix_only
+        self._port = 0 if unix_only else port if port is not None else free_port()
         self._cluster_port_pinned = cluster_port is not None
         self._cluster_port: int | None = None
         if cluster:
@@ -286,9 +360,10 @@ class RedisServer:
         self._log_offset = 0
         self._stdio_offset = 0
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the password
         state = f"pid={self._process.pid}" if self.is_running() and self._process else "stopped"
-        return f"<RedisServer {self.name} 127.0.0.1:{self._port} {state} dir={self.data_dir}>"
+        where = f"unix:{self.unixsocket}" if self.unix_only else f"127.0.0.1:{self._port}"
+        return f"<RedisServer {self.name} {where} {state} dir={self.data_dir}>"
 
     @property
     def port(self) -> int:
@@ -301,7 +376,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self._port}/0"
+        """The URL clients connect with; it carries the password, if any: never log it."""
+        auth = f":{quote(self._password, safe='')}@" if self._password else ""
+        if self.unix_only:
+            return f"unix://{auth}{self.unixsocket}"
+        return f"redis://{auth}127.0.0.1:{self._port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -440,6 +519,12 @@ class RedisServer:
     # -- internals -------------------------------------------------------------------
 
     def _config_lines(self) -> list[str]:
+        lines = self._base_config_lines()
+        if self._password is not None:
+            lines.append(f"requirepass {_conf_quote(self._password)}")
+        return lines
+
+    def _base_config_lines(self) -> list[str]:
         lines = [
             f"# Written by gateway.redisproc for {self.name}; rewritten at every start.",
             "bind 127.0.0.1",
@@ -472,12 +557,17 @@ class RedisServer:
         if self.is_running():
             raise RuntimeError(f"{self!r} is already running")
         executable = find_redis_server()
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.conf_path.write_text("\n".join(self._config_lines()) + "\n", encoding="utf-8")
+        self.data_dir.mkdir(mode=_PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        if self.data_dir.stat().st_mode & 0o077:  # made before, with looser permissions
+            os.chmod(self.data_dir, _PRIVATE_DIR_MODE)
+        # 0600: it may hold the requirepass.
+        _write_private(self.conf_path, "\n".join(self._config_lines()) + "\n")
         self._log_offset = _file_size(self.log_path)
         self._stdio_offset = _file_size(self._stdio_path)
         preexec_fn = die_with_parent_hook() if self.die_with_parent else None
-        with self._stdio_path.open("ab") as stdio:
+        stdio_fd = os.open(self._stdio_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                           _PRIVATE_FILE_MODE)
+        with os.fdopen(stdio_fd, "ab") as stdio:
             self._process = subprocess.Popen(
                 [executable, str(self.conf_path), *self.extra_args],
                 cwd=self.data_dir,
@@ -487,6 +577,7 @@ class RedisServer:
                 close_fds=True,
                 process_group=0,
                 preexec_fn=preexec_fn,
+                umask=_CHILD_UMASK,
             )
         _live_servers.add(self)
 
@@ -504,7 +595,8 @@ class RedisServer:
     def _await_ready(self, deadline: float) -> None:
         process = self._process
         assert process is not None, "_await_ready before _spawn"
-        client = _probe_client(self._port)
+        client = _probe_client(self._port, self.unixsocket if self.unix_only else None,
+                               self._password)
         interval = _POLL_INTERVAL_MIN_SECONDS
         try:
             while True:
@@ -514,7 +606,8 @@ class RedisServer:
                 if self._probe(client, process.pid):
                     return
                 if time.monotonic() >= deadline:
-                    raise self._fail(f"not ready on 127.0.0.1:{self._port} before the deadline")
+                    where = self.unixsocket if self.unix_only else f"127.0.0.1:{self._port}"
+                    raise self._fail(f"not ready on {where} before the deadline")
                 time.sleep(interval)
                 interval = min(interval * 2, _POLL_INTERVAL_MAX_SECONDS)
         finally:

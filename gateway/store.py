@@ -43,6 +43,7 @@ class Status(enum.IntEnum):
     BALANCE_LIMIT = -9
     MONTH_NEEDED = -10
     LATE = -11
+    USED_BACKWARDS = -12  # extend: used_seconds below those already reported; detail: them
 
 
 class StoreError(Exception):

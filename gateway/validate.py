@@ -15,8 +15,12 @@ import orjson
 
 from gateway.errors import FieldError, ValidationError
 
-ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
-CALL_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}", re.ASCII)
+# Ids go into URL paths: one made only of dots ("." or "..") is a path segment that clients,
+# proxies and URL libraries rewrite (RFC 3986 dot segments), so it could never be addressed.
+ID_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,64}", re.ASCII)
+CALL_ID_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9._:@-]{1,128}", re.ASCII)
+ID_HINT = "must be 1-64 characters of [A-Za-z0-9._-], not only dots"
+CALL_ID_HINT = "must be 1-128 characters of [A-Za-z0-9._:@-], not only dots"
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,128}", re.ASCII)
 MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])", re.ASCII)
 
@@ -26,9 +30,9 @@ INT_MAX = 10**12
 
 
 def path_id(value: str, name: str, pattern: re.Pattern[str] = ID_RE) -> str:
+    """A path id (tenant, user, call, ...): the one check every route's ids go through."""
     if pattern.fullmatch(value) is None:
-        chars = "[A-Za-z0-9._:@-], 1-128" if pattern is CALL_ID_RE else "[A-Za-z0-9._-], 1-64"
-        raise ValidationError.one(name, f"must be {chars} characters")
+        raise ValidationError.one(name, CALL_ID_HINT if pattern is CALL_ID_RE else ID_HINT)
     return value
 
 

@@ -18,7 +18,8 @@ Conventions of every function:
        0 OK, -1 TENANT_NOT_FOUND, -2 TENANT_SETTINGS_CHANGED, -3 CALL_NOT_FOUND,
       -4 CALL_ENDED, -5 NUMBER_CONFLICT, -6 IDEMPOTENCY_CONFLICT, -7 CURRENCY_LOCKED,
       -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT, -10 MONTH_NEEDED,
-      -11 LATE (the caller had given up on the request: nothing done)
+      -11 LATE (the caller had given up on the request: nothing done),
+      -12 USED_BACKWARDS (extend: used seconds below those already reported)
   * every change of state XADDs one event to the partition stream in the same atomic step.
 
 Lua numbers are IEEE doubles: integers are exact below 2^53 (9e15 micro-units = 9e9 units
@@ -45,6 +46,7 @@ local function past_deadline(deadline_ms)
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline_ms)
 end
+local USED_BACKWARDS = -12
 
 -- Minutes are 60 s; pools are charged in whole minutes per call (D8).
 local function ceil_div(a, b)

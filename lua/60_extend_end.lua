@@ -16,8 +16,11 @@ ARGV[8] largest grant (s)
 ARGV[9] deadline in milliseconds since the epoch ("0": none), as authorize's ARGV[25]
 The new grant counts from now: the horizon becomes used + granted. A retried extend with the
 same used seconds reserves nothing more (it releases and re-reserves the same time).
+Time only moves forward: used seconds below those an earlier extend of the call reported (as
+taken: at most the horizon then) change nothing and answer {USED_BACKWARDS, those seconds}.
 Returns {OK, decision, reason, source, granted_seconds, grant_expires_at, class, country,
          number type} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND} | {CALL_ENDED} | {LATE}
+         | {USED_BACKWARDS, seconds already reported}
 An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so that a missing
 tenant looks the same on every route (and the same as another tenant's, api.md).
 
@@ -132,6 +135,19 @@ local function extend(KEYS, ARGV)
   local call, flat = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
+  -- Time only moves forward: fewer seconds used than already reported would release
+  -- reservations for time the call has had. Those seconds, as taken (at most the horizon
+  -- then): an allowed extend's are its grant's "used_seconds", which grant_json writes last,
+  -- so that the grants text ends with '"used_seconds":N}]' (authorize's grant has none: 0);
+  -- a denied extend's are kept in field 'ru'; the larger counts. A plain find in the last 30
+  -- bytes of the text (the field, at most 8 digits and '}]'; a negative start counts from
+  -- the end, and below the start of the text, from its start) costs less than a field
+  -- written at every extend.
+  local grants = call.grants
+  local at = string.find(grants, '"used_seconds":', #grants - 30, true)
+  local reported = at and tonumber(string.sub(grants, at + 15, -3)) or 0
+  if call.ru then reported = math.max(reported, tonumber(call.ru)) end
+  if used < reported then return {USED_BACKWARDS, reported} end
 
   local h = num(call.h)
   local u = math.max(0, math.min(used, h))
@@ -164,6 +180,7 @@ local function extend(KEYS, ARGV)
   local expires, record
   if g == 0 then
     expires = num(call.gexp)  -- denied: the current grant stands
+    if u > reported then redis.call('HSET', k_call, 'ru', istr(u)) end
   else
     expires = now + g
     local expires_text = istr(expires)

@@ -20,7 +20,8 @@ from gateway.redisproc import RedisServer
 from tests.test_decks import make_deck_csv
 
 PORTS = (18461, 18462)
-HEADERS = {"Authorization": "Bearer measure-token"}
+TOKEN = "measure-token-Kd83nQ0vLx5e"  # 25 characters: >= 128 bits
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _wait_up(port: int) -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     server = RedisServer(Path(tempfile.mkdtemp()), name="deck-pickup-redis")
     server.start()
     env = {**os.environ, "CALLGATE_REDIS_URL": server.url,
-           "CALLGATE_OPERATOR_TOKEN": "measure-token", "CALLGATE_WORKERS": "1",
+           "CALLGATE_OPERATOR_TOKEN": TOKEN, "CALLGATE_WORKERS": "1",
            "CALLGATE_LOG_LEVEL": "WARNING"}
     callgate = str(Path(sys.executable).parent / "callgate")
     procs = [subprocess.Popen([callgate, "serve", "--port", str(p)], env=env) for p in PORTS]

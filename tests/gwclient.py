@@ -8,7 +8,7 @@ from typing import Any
 from gateway.clock import ManualClock
 from gateway.config import Settings
 
-OPERATOR_TOKEN = "test-operator-token"
+OPERATOR_TOKEN = "test-operator-token-7Hq2xW9mR4vK8pZ3"  # 36 characters: >= 128 bits
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 

@@ -133,6 +133,7 @@ class Call:
     cred_s: int = 0
     pool_r: int = 0
     cred_r: int = 0
+    reported: int = 0  # used seconds the last extend reported: time only moves forward
     bill: dict[str, Any] | None = None
 
 
@@ -408,7 +409,10 @@ class Model:
             return 404, None
         if call.state != "active":
             return 409, None
+        if used < call.reported:
+            return 400, None
         u = min(used, call.horizon)
+        call.reported = u  # as taken: time past the horizon was never granted
         if call.free:
             call.horizon, call.expires = u + self.grant_max, now + self.grant_max
             return 200, self._answer("allow", call.answer["reason"], "free", self.grant_max,

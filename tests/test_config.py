@@ -189,7 +189,7 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
         "CALLGATE_REDIS_URL": "redis+cluster://10.0.0.1:7000,10.0.0.2:7000",
         "CALLGATE_DATABASE_URL": "postgresql://callgate:secret@db/callgate",
         "CALLGATE_DATA_DIR": "/srv/callgate",
-        "CALLGATE_OPERATOR_TOKEN": "bootstrap-token",
+        "CALLGATE_OPERATOR_TOKEN": "bootstrap-token-Zx81qWe7RtY5",
         "CALLGATE_GRANT_SECONDS": "120",
         "CALLGATE_CLOCK_SKEW_SECONDS": "30",
         "CALLGATE_WORKERS": "3",
@@ -203,12 +203,55 @@ def test_environment_wins_over_the_file(tmp_path: Path) -> None:
     assert settings.redis_url == env["CALLGATE_REDIS_URL"]
     assert settings.database_url_effective == env["CALLGATE_DATABASE_URL"]
     assert settings.data_dir == Path("/srv/callgate")
-    assert settings.operator_token == "bootstrap-token"
+    assert settings.operator_token == "bootstrap-token-Zx81qWe7RtY5"
     assert (settings.grant_seconds, settings.clock_skew_seconds, settings.workers) == (120, 30, 3)
     assert (settings.partitions, settings.redis_timeout_ms) == (128, 50)
     assert settings.reaper_grace_seconds == 10
     # Secrets stay out of repr(), hence out of logs.
     assert "secret" not in repr(settings) and "bootstrap-token" not in repr(settings)
+
+
+@pytest.mark.parametrize(("token", "bits"), [
+    ("0123456789abcdef" * 2, 128),  # 32 hex digits: 4 bits each
+    ("0123456789ABCDEF" * 2, 128),
+    ("Z" * 22, 132),  # 22 characters of anything else: 6 bits each
+    ("cg_" + "x" * 19, 132),
+    ("!#$%&'()*+,-./:;<=>?@[]", 138),
+])
+def test_operator_token_of_128_bits_is_accepted(tmp_path: Path, token: str, bits: int) -> None:
+    from gateway.config import token_bits
+
+    assert token_bits(token) == bits
+    assert load(tmp_path, MINIMAL, {"CALLGATE_OPERATOR_TOKEN": token}).operator_token == token
+
+
+def test_generated_operator_tokens_pass() -> None:
+    """What the error message and the docs tell the operator to run always passes."""
+    import secrets
+
+    from gateway.config import OPERATOR_TOKEN_BITS_MIN, token_bits
+
+    for _ in range(200):
+        for token in (secrets.token_urlsafe(16), secrets.token_urlsafe(32),
+                      secrets.token_hex(16)):
+            assert token_bits(token) >= OPERATOR_TOKEN_BITS_MIN, token
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    ("0123456789abcdef0123456789abcde", r"at least 128 bits.*31 characters"),  # 124 bits
+    ("bootstrap-token", r"at least 128 bits"),
+    ("Z" * 21, r"at least 128 bits"),  # 126 bits
+    ("correct horse battery staple", r"visible ASCII"),
+    ("x" * 30 + "\n", r"visible ASCII"),
+    ("x" * 30 + "\x00", r"visible ASCII"),
+    ("caf\u00e9" * 10, r"visible ASCII"),
+])
+def test_weak_operator_token_refuses_to_start(tmp_path: Path, token: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load(tmp_path, MINIMAL, {"CALLGATE_OPERATOR_TOKEN": token})
+    assert info.value.key == "CALLGATE_OPERATOR_TOKEN"
+    assert "CALLGATE_OPERATOR_TOKEN" in str(info.value)
+    assert token.strip() not in str(info.value)  # the message never echoes the token
 
 
 def test_file_values_apply_without_environment(tmp_path: Path) -> None:

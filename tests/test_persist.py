@@ -21,7 +21,7 @@ from gateway.reaper import Reaper
 from gateway.redisproc import RedisServer
 from gateway.store import Store
 from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from tests.gwclient import AUTH, Gateway
 from tests.persist_helpers import drain, entries_added, scalar
 
 LONDON = "+442071838750"
@@ -253,8 +253,7 @@ async def test_rate_deck_uploads_reach_the_ledger(
     csv = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
            "subsequent_increment\n1,North America,outbound,0.0100,0,60,60\n")
     await pgw.req("PUT", "/v1/rate-decks/USD", raw=csv.encode(),
-                  headers={"Authorization": "Bearer test-operator-token",
-                           "Content-Type": "text/csv"}, status=None)
+                  headers={**AUTH, "Content-Type": "text/csv"}, status=None)
     persister = Persister(store, ledger, consumer="a")
     await drain(persister)
     rows = await ledger.query("SELECT type FROM events WHERE type = 'deck.replaced'")

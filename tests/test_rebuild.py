@@ -22,7 +22,7 @@ from gateway.rebuild import rebuild
 from gateway.redisproc import RedisServer
 from gateway.store import Store
 from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from tests.gwclient import AUTH, Gateway
 from tests.persist_helpers import drain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ async def test_rebuild_restores_the_uploaded_rate_decks(
     store, ledger, persister = parts
     csv = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
            "subsequent_increment\n1,North America,outbound,0.0042,0,60,60\n")
-    auth = {"Authorization": "Bearer test-operator-token", "Content-Type": "text/csv"}
+    auth = {**AUTH, "Content-Type": "text/csv"}
     await rgw.req("PUT", "/v1/rate-decks/USD", raw=csv.encode(), headers=auth, status=None)
     await drain(persister)
     await store.backend.execute("x", "FLUSHALL")

@@ -337,3 +337,45 @@ async def test_a_voided_call_reaches_the_ledger_as_denied(
     finally:
         await ledger.close()
         await store.close()
+
+
+async def test_an_allow_whose_client_is_gone_is_voided(
+        own_redis: RedisServer, aiohttp_client: Any, tenant_id: str) -> None:
+    """No answer at all is not an allow: a client whose connection the worker has seen
+    close before the answer is ready leaves nothing reserved (the allow is voided), while a
+    client that stays gets its call."""
+    gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
+                             redis_timeout_ms=3000)
+    t = tenant_id
+    await setup_tenant(gw, t)
+    calls = calls_of(gw)
+    r = redis.Redis.from_url(own_redis.url)
+    port = gw.client.port
+    body = (b'{"call_id":"gone","direction":"outbound","user_id":"p","to":"'
+            + NEW_YORK.encode() + b'"}')
+    request = (f"POST /v1/tenants/{t}/calls HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Bearer {gw.settings.operator_token}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+               ).encode() + body
+    stop(own_redis)  # the answer cannot come before the client has gone
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        await until(lambda: calls.inflight == 1, "the authorize waits for Redis")
+        fast = gw.client.server.runner.server.fast_connections
+        open_before = len(fast)
+        writer.transport.abort()  # the switch gives up: no answer will reach it
+        # The worker learns it before Redis answers (a close it has not read yet is
+        # indistinguishable from a slow client: the answer would go to the gone socket).
+        await until(lambda: len(fast) == open_before - 1, "the worker saw the close")
+    finally:
+        resume(own_redis)
+    await until(lambda: calls.voider.voided == 1, "the unheard allow was voided")
+    await assert_holds_nothing(gw, t, r)
+    replay = await gw.call(t, "gone", NEW_YORK, user="p")
+    assert (replay["decision"], replay["reason"]) == ("deny", "service_unavailable")
+    # A client that stays is answered allow and keeps its call.
+    assert (await gw.call(t, "stays", NEW_YORK, user="p"))["decision"] == "allow"
+    assert calls.voider.voided == 1
+    r.close()

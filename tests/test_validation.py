@@ -281,10 +281,13 @@ for name, (method, path, ok) in BODY_ENDPOINTS.items():
 BAD_IDS = [
     ("space", "a%20b"), ("65-chars", "x" * 65), ("nul", "%00"), ("non-ascii", "caf%C3%A9"),
     ("star", "a*b"), ("colon", "a:b"), ("at", "a@b"), ("percent", "a%25b"),
+    # Only dots: dot segments that clients and proxies rewrite (%2e is "." escaped).
+    ("dot-escaped", "%2e"), ("dots-escaped", "%2E%2e"), ("three-dots", "..."),
 ]
 BAD_CALL_IDS = [
     ("space", "a%20b"), ("129-chars", "c" * 129), ("nul", "%00"), ("non-ascii", "caf%C3%A9"),
     ("star", "a*b"), ("percent", "a%25b"),
+    ("dot-escaped", "%2e"), ("dots-escaped", "%2e%2E"), ("three-dots", "..."),
 ]
 ROUTE_BODIES: dict[tuple[str, str], Any] = {
     ("POST", P_AUTHORIZE): AUTHORIZE_OK, ("POST", P_EXTEND): EXTEND_OK,
