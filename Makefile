@@ -20,6 +20,7 @@ INSTALL_STAMP := $(VENV)/.installed
 VAR := var
 OPERATOR_TOKEN_FILE := $(VAR)/operator-token
 PYTEST_ARGS ?=
+SIPBENCH_ARGS ?=
 
 # Shell snippets: `$(APT_UPDATE)` refreshes the package lists, `$(APT_INSTALL) pkg...`
 # installs Debian packages; as root directly or through sudo.
@@ -115,13 +116,16 @@ $(PROMTOOL): | $(BIN)/python
 	  echo "warning: could not fetch promtool; the alert-rule tests will be skipped" >&2; \
 	fi
 
-# Kamailio with its http_client and json modules, and sipp, for tests/test_kamailio.py
+# Kamailio with its http_client and json modules (async, permissions, db_text and kamcmd
+# come with the kamailio package), and sipp, for tests/test_kamailio*.py
 # (integrations/kamailio). On a machine with systemd the package also starts a Kamailio on
 # 5060: harmless, the tests start their own on free ports.
 KAMAILIO_MODULES := /usr/lib/*/kamailio/modules
 sip:
 	@if ! command -v kamailio >/dev/null 2>&1 || ! command -v sipp >/dev/null 2>&1 \
-	    || ! ls $(KAMAILIO_MODULES)/http_client.so $(KAMAILIO_MODULES)/json.so >/dev/null 2>&1; then \
+	    || ! command -v kamcmd >/dev/null 2>&1 \
+	    || ! ls $(KAMAILIO_MODULES)/http_client.so $(KAMAILIO_MODULES)/json.so \
+	        $(KAMAILIO_MODULES)/async.so >/dev/null 2>&1; then \
 	  echo "kamailio/sipp not found: installing them with apt" >&2; \
 	  $(APT_INSTALL) kamailio kamailio-utils-modules kamailio-json-modules sip-tester; \
 	fi
@@ -150,9 +154,9 @@ loadtest: venv redis
 	$(BIN)/python -m loadtest.run_locust
 
 # sipbench: call setup (INVITE to 200) through Kamailio and the gateway, sipp at 50, 200
-# and 500 calls/s.
+# and 500 calls/s, with the gateway as it is and slowed by 50 ms (SIPBENCH_ARGS to change).
 sipbench: venv redis sip
-	$(BIN)/python -m loadtest.sip_bench
+	$(BIN)/python -m loadtest.sip_bench $(SIPBENCH_ARGS)
 
 chaos: venv redis postgres
 	CALLGATE_CHAOS_KILLS=$${CALLGATE_CHAOS_KILLS:-100} CALLGATE_CHAOS_REDIS_KILLS=$${CALLGATE_CHAOS_REDIS_KILLS:-20} \

@@ -130,6 +130,9 @@ def error_answer(exc: BaseException, method: str, path: str) -> Answer | None:
         return problem_answer(409, "Conflict", "the call has already ended", slug="call-ended")
     if isinstance(exc, admin_mod.Conflict):
         return problem_answer(409, "Conflict", str(exc), slug="conflict")
+    if isinstance(exc, api_cdrs.LedgerUnavailable):
+        return problem_answer(503, "Service unavailable", "the ledger is unavailable; retry",
+                              slug="service-unavailable")
     if isinstance(exc, calls_mod.ServiceUnavailable):
         return problem_answer(503, "Service unavailable", "Redis is unavailable; retry",
                               slug="service-unavailable")
@@ -327,9 +330,16 @@ async def call_control(app: web.Application, op: CallControl, authorization: str
 
 
 async def get_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    return json_response(
-        await request.app[CALLS].get(ctx.tenant_id, request.match_info["call_id"])
-    )
+    """From Redis while it holds the call (live, or within its replay window), else from the
+    ledger, which holds every call's history."""
+    call_id = request.match_info["call_id"]
+    try:
+        return json_response(await request.app[CALLS].get(ctx.tenant_id, call_id))
+    except calls_mod.CallNotFound:
+        rec = await api_cdrs.call_from_ledger(request.app, ctx.tenant_id, call_id)
+        if rec is None:
+            raise
+        return json_response(calls_mod.call_body(call_id, rec))
 
 
 # -- tenants -----------------------------------------------------------------------------

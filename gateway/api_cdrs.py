@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.cdrs import cdr_view, decode_cursor, encode_cursor
+from gateway.cdrs import CALL_SQL, call_record, cdr_view, decode_cursor, encode_cursor
 from gateway.clock import parse_rfc3339
 from gateway.errors import ValidationError
 from gateway.ledger import Ledger, open_ledger
@@ -59,6 +59,25 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LEDGER] = holder
     yield
     await holder.close()
+
+
+class LedgerUnavailable(Exception):
+    """The ledger database is down or refusing (a 503, like Redis unavailable)."""
+
+
+async def call_from_ledger(app: web.Application, tenant_id: str,
+                           call_id: str) -> dict[str, str] | None:
+    """A call Redis no longer holds (its replay window is over), as its record's fields,
+    from the ledger; None if the ledger has none."""
+    try:
+        ledger = await app[LEDGER].get()
+        rows = await ledger.query(CALL_SQL, tenant_id, call_id)
+    except Exception as exc:
+        if not expected_error(exc):
+            raise
+        log.warning("GET call: ledger unavailable (%s)", describe(exc))
+        raise LedgerUnavailable() from exc
+    return call_record(rows[0]) if rows else None
 
 
 def _time(query: dict[str, str], name: str) -> int | None:

@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.clock import Clock, SystemClock
-from gateway.config import TokenEntry
+from gateway.config import TOKEN_ROLES, TokenEntry
 
-ROLES = ("switch", "admin", "operator")
+ROLES = TOKEN_ROLES  # one vocabulary: the configuration file's roles are the roles
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,10 @@ import base64
 import re
 from typing import Any
 
+import orjson
+
 from gateway.clock import rfc3339
+from gateway.keys import call_fields
 from gateway.money import format_money
 from gateway.validate import CALL_ID_RE, INT_MAX
 
@@ -41,6 +44,39 @@ def cdr_view(row: dict[str, Any]) -> dict[str, Any]:
         "reason": row["reason"],
         "state": row["state"],
     }
+
+
+CALL_SQL = (
+    "SELECT c.state, c.direction, c.user_id, c.from_number, c.to_number, c.dest_country, "
+    "c.dest_class, c.month, c.pool, c.rate_prefix, c.reason, c.started_at, c.authorized_at, "
+    "c.record, d.duration_seconds, d.domestic_pool_minutes, d.international_pool_minutes, "
+    "d.credits_micro, d.overrun_seconds, d.ended_at "
+    "FROM calls c LEFT JOIN cdrs d ON d.tenant = c.tenant AND d.call_id = c.call_id "
+    "WHERE c.tenant = ? AND c.call_id = ?")
+
+
+def call_record(row: Any) -> dict[str, str]:
+    """A ledger row of CALL_SQL as the fields of a call's Redis record (keys.call_fields'
+    names), for the view of a call Redis no longer holds: what the record carried (an
+    allowed call's), the call's columns, and its bill."""
+    (state, direction, user_id, from_number, to_number, country, klass, month, pool,
+     rate_prefix, reason, started_at, authorized_at, record, duration, dom, intl, credits,
+     overrun, ended_at) = row
+    rec: dict[str, str] = call_fields(orjson.loads(record or "{}"))
+    allowed = bool(rec.get("d") == "allow") and state != "denied"
+    rec.update({
+        "st": str(state), "dir": str(direction), "uid": str(user_id or ""),
+        "from": str(from_number or ""), "to": str(to_number), "dc": str(country or ""),
+        "cls": str(klass or ""), "mon": str(month or ""), "pool": str(pool or ""),
+        "rp": str(rate_prefix or ""), "rsn": str(reason or ""), "sa": str(started_at or ""),
+        "t0": str(authorized_at or ""), "d": "allow" if allowed else "deny",
+    })
+    if not allowed:
+        rec.update({"src": "", "grants": "[]", "h": "0"})
+    if ended_at is not None:
+        rec.update({"dur": str(duration), "bdp": str(dom), "bip": str(intl),
+                    "bc": str(credits), "over": str(overrun), "ended": str(ended_at)})
+    return rec
 
 
 def csv_row(row: dict[str, Any]) -> list[str]:

@@ -150,7 +150,9 @@ class Settings:
     # twice as many; 0: no limit). Generous: a limit on abuse, not on business.
     tenant_authorizations_per_second: int = 1000
     reaper_grace_seconds: int = 60
-    call_retention_seconds: int = 604_800  # an ended call stays for retries and GET
+    # The replay window: a closed call stays in Redis this long for idempotent retries
+    # (D31, D32) and GET; later, GET reads it from the ledger.
+    call_retention_seconds: int = 86_400
     default_currency: str = "USD"
     default_timezone: str = "UTC"
     plans: dict[str, Plan] = field(default_factory=dict)

@@ -76,8 +76,6 @@ from dataclasses import dataclass
 
 import orjson
 
-PARTITIONS_DEFAULT = 64
-
 
 def partition_of(tenant_id: str, partitions: int) -> int:
     """The partition of a tenant: stable across processes and restarts (crc32, not hash())."""

@@ -7,7 +7,7 @@ numbers, toll-free numbers, top-up idempotency records, open calls (record, acti
 per-user active counts) and the pool / credit usage of the months a live call may still
 touch (clock.candidate_months), each tenant's audit list (its newest AUDIT_MAX_ENTRIES
 admin-change events, as lua/00_lib.lua `audit` wrote them) and the last rate deck of each
-currency. Not restored: records of closed calls (kept 7 days in Redis only for GET and
+currency. Not restored: records of closed calls (kept 24 h in Redis only for retries and
 repeated ends; their CDRs are in the ledger).
 """
 

@@ -1,5 +1,5 @@
 """Kamailio (integrations/kamailio/kamailio.cfg) and a sipp trunk behind it, as processes:
-for tests/test_kamailio.py and ``make sipbench``."""
+for tests/test_kamailio*.py and ``make sipbench``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.common import free_port
@@ -26,24 +27,76 @@ def udp_listening(port: int) -> bool:
 
 
 def tools_missing() -> list[str]:
-    return [tool for tool in ("kamailio", "sipp") if shutil.which(tool) is None]
+    return [tool for tool in ("kamailio", "kamcmd", "sipp") if shutil.which(tool) is None]
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """Where the proxy finds the tenant of a call and its switch token (kamailio.cfg).
+
+    ``trunks``: source address -> tenant (group 1 of the address file); ``trusted``:
+    addresses whose X-Callgate-Tenant header is believed (group 2); ``default_tenant``: the
+    tenant of any other call ("" refuses it); ``tokens``: tenant -> its own switch token;
+    ``token``: the token of every other tenant ("" for none)."""
+
+    default_tenant: str = ""
+    token: str = ""
+    trunks: Mapping[str, str] = field(default_factory=dict)
+    trusted: tuple[str, ...] = ()
+    tokens: Mapping[str, str] = field(default_factory=dict)
+
+
+def write_sources(path: Path, trunks: Mapping[str, str], trusted: Iterable[str]) -> None:
+    """The address file (permissions module format) of ``trunks`` and ``trusted``."""
+    lines = ["# group address netmask port tag"]
+    lines += [f"1 {addr} 32 0 {tenant}" for addr, tenant in trunks.items()]
+    lines += [f"2 {addr} 32 0" for addr in trusted]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_tokens(directory: Path, tokens: Mapping[str, str]) -> None:
+    """The db_text table ``tokens`` (htable columns) of per-tenant switch tokens."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = ["key_name(str) key_type(int) value_type(int) key_value(str) expires(int)"]
+    rows += [f"{tenant}:0:0:{token}:0" for tenant, token in tokens.items()]
+    target = directory / "tokens"
+    target.touch(mode=0o600)
+    target.write_text("\n".join(rows) + "\n")
+
+
+def kamcmd(work: Path, *args: str) -> str:
+    """An RPC command to the proxy started by sip_proxy in ``work``: its output, errors
+    included."""
+    out = subprocess.run(["kamcmd", "-s", f"unix:{work / 'kamailio_ctl'}", *args],
+                         capture_output=True, text=True, timeout=10, check=False)
+    return out.stdout + out.stderr
 
 
 @contextlib.contextmanager
-def sip_proxy(gateway_url: str, token: str, tenant: str, work: Path, *,
+def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
               extend_before: int = 3, gateway_timeout_s: int = 5, children: int | None = None,
-              shm_mb: int | None = None, deadline_s: float = 30.0) -> Iterator[int]:
-    """Kamailio for ``tenant`` on ``gateway_url`` and the sipp trunk behind it
+              async_workers: int = 8, shm_mb: int | None = None,
+              deadline_s: float = 30.0) -> Iterator[int]:
+    """Kamailio on ``gateway_url`` for ``tenancy`` and the sipp trunk behind it
     (sipp/uas_answer.xml), both listening; yields the proxy's UDP port. Kamailio's log is
-    ``work/kamailio.log``."""
+    ``work/kamailio.log``, its main process id ``work/kamailio.pid``; its address file
+    ``work/sources.list`` and tokens ``work/tokens-db/tokens`` (rewrite them and reload
+    with kamcmd to change them live)."""
     proxy_port, trunk_port = free_port(), free_port()
+    sources, tokens_db = work / "sources.list", work / "tokens-db"
+    write_sources(sources, tenancy.trunks, tenancy.trusted)
+    write_tokens(tokens_db, tenancy.tokens)
     env = {**os.environ,
-           "CALLGATE_URL": gateway_url, "CALLGATE_TOKEN": token, "CALLGATE_TENANT": tenant,
+           "CALLGATE_URL": gateway_url, "CALLGATE_TOKEN": tenancy.token,
+           "CALLGATE_DEFAULT_TENANT": tenancy.default_tenant,
+           "CALLGATE_SOURCES": str(sources), "CALLGATE_TOKENS_DB": f"text://{tokens_db}",
            "CARRIER": f"127.0.0.1:{trunk_port}", "SIP_LISTEN": f"127.0.0.1:{proxy_port}",
-           "EXTEND_BEFORE": str(extend_before), "CALLGATE_TIMEOUT": str(gateway_timeout_s)}
+           "EXTEND_BEFORE": str(extend_before), "CALLGATE_TIMEOUT": str(gateway_timeout_s),
+           "ASYNC_WORKERS": str(async_workers)}
     log_path = work / "kamailio.log"
     cmd = ["kamailio", "-f", str(KAMAILIO_DIR / "kamailio.cfg"), "-DD", "-E",
-           "-Y", str(work), "-P", str(work / "kamailio.pid")]
+           "-Y", str(work),
+           "-A", f'CTL_SOCKET="unix:{work / "kamailio_ctl"}"']
     if children:
         cmd += ["-n", str(children)]
     if shm_mb:
@@ -51,6 +104,7 @@ def sip_proxy(gateway_url: str, token: str, tenant: str, work: Path, *,
     with log_path.open("wb") as log, open(os.devnull, "wb") as devnull:
         kamailio = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT)
+        (work / "kamailio.pid").write_text(f"{kamailio.pid}\n")  # -DD writes none
         trunk = subprocess.Popen(
             ["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1",
              "-p", str(trunk_port), "-nostdin"],

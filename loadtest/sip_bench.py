@@ -1,37 +1,162 @@
 """``make sipbench``: call setup through Kamailio and the gateway, measured by sipp.
 
 Starts Redis, ``callgate serve`` (one worker), Kamailio with integrations/kamailio/
-kamailio.cfg and a sipp trunk that answers at once; then, for each rate, a sipp caller
-places calls (INVITE, 200, ACK, hold, BYE) through the proxy and records, per call, the
-time from its INVITE to the 200 OK: the post-dial delay the proxy and the gateway add
-(Kamailio authorizes before it relays). Prints p50 / p90 / p99 / max per rate with the
-gateway's own authorize latency, and writes loadtest/results/sip_bench.{json,md}.
+kamailio.cfg (the caller's trunk, 127.0.0.2, mapped to the bench tenant) and a sipp trunk
+that answers at once; then, for each gateway delay and each rate, a sipp caller places
+calls (INVITE, 200, ACK, hold, BYE) through the proxy and records, per call, the time from
+its INVITE to the 200 OK: the post-dial delay the proxy and the gateway add (Kamailio
+authorizes before it relays). Prints p50 / p90 / p99 / max per run with the gateway's own
+authorize latency and the machine's load, and writes loadtest/results/sip_bench.{json,md}.
 
-    python -m loadtest.sip_bench [--rates 50,200,500] [--seconds 10] [--hold-ms 2000]
+A gateway delay above 0 puts a slow link between Kamailio and the gateway: a TCP relay in
+this process that holds every request for that long before passing it on (answers come
+back at once). It is the gateway slowed by that much, seen from Kamailio; it exists only
+here, nothing in the gateway can be slowed.
+
+    python -m loadtest.sip_bench [--rates 50,200,500] [--delays-ms 0,50] [--seconds 10]
+                                 [--hold-ms 2000] [--async-workers 128]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import csv
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import uvloop
 
 from gateway.redisproc import RedisServer
-from loadtest.bench import SERVER_SIDE, histogram, machine, quantiles
-from loadtest.common import RESULTS, create_tenants, free_port, gateway, new_token, scratch_dir
-from loadtest.sip import SCENARIOS, sip_proxy, tools_missing
+from loadtest.bench import SERVER_SIDE, cpu_seconds, histogram, machine, quantiles
+from loadtest.common import (
+    RESULTS,
+    create_tenants,
+    free_port,
+    gateway,
+    new_token,
+    scratch_dir,
+    tree_pids,
+)
+from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
 
 TENANT = "sip"
 USERS = 100
 DESTINATION = "+12125550123"
+TRUNK = "127.0.0.2"  # the caller's address: the trunk the proxy maps to TENANT
+
+
+class _Relay(asyncio.Protocol):
+    """One connection of the slow link: requests (client to gateway) leave ``delay`` seconds
+    after they arrived, in order; answers go back at once."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target, self.delay = target, delay
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_connection(lambda: _Back(self), *self.target)
+        except OSError:
+            if self.client is not None:
+                self.client.close()
+            return
+        if self.client is None or self.client.is_closing():
+            transport.close()  # the client left while this connected
+            return
+        self.upstream = transport
+        self._drain()
+
+    def data_received(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.queue.append((loop.time() + self.delay, data))
+        if self.timer is None:
+            self.timer = loop.call_at(self.queue[0][0], self._drain)
+
+    def _drain(self) -> None:
+        self.timer = None
+        if self.upstream is None:
+            return  # _connect drains once connected
+        if self.upstream.is_closing():
+            self.queue.clear()  # the gateway hung up: nothing more to pass on
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.queue and self.queue[0][0] <= now:
+            self.upstream.write(self.queue.popleft()[1])
+        if self.queue:
+            self.timer = loop.call_at(self.queue[0][0], self._drain)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+class _Back(asyncio.Protocol):
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        client = self.relay.client
+        if client is not None and not client.is_closing():
+            client.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay.client is not None:
+            self.relay.client.close()
+
+
+@contextlib.contextmanager
+def slow_link(base: str, delay_ms: int) -> Iterator[str]:
+    """A base URL that reaches ``base`` (http://127.0.0.1:port) ``delay_ms`` later per
+    request, served by a thread of this process until the block ends."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    loop = uvloop.new_event_loop()
+    listen = free_port()
+    ready = threading.Event()
+
+    servers: list[asyncio.AbstractServer] = []
+
+    def run() -> None:  # the relay's loop lives in its thread only
+        asyncio.set_event_loop(loop)
+        servers.append(loop.run_until_complete(loop.create_server(
+            lambda: _Relay((host, int(port)), delay_ms / 1000), "127.0.0.1", listen,
+            backlog=1024)))
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the slow link did not start")
+    try:
+        yield f"http://127.0.0.1:{listen}"
+    finally:
+        loop.call_soon_threadsafe(servers[0].close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,13 +165,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
-             base: str) -> dict[str, Any]:
-    """sipp at ``rate`` calls/s for ``seconds``; INVITE-to-200 times from its rtt trace."""
+             base: str, delay_ms: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+    """sipp at ``rate`` calls/s for ``seconds``; INVITE-to-200 times from its rtt trace, and
+    the CPU time each of ``pids`` (name: processes) used meanwhile."""
     calls = rate * seconds
-    run_dir = work / f"rate-{rate}"
+    run_dir = work / f"delay-{delay_ms}-rate-{rate}"
     run_dir.mkdir()
     before = {k: histogram(base, name, label) for k, name, label in SERVER_SIDE}
-    cmd = ["sipp", "-sf", str(SCENARIOS / "uac_talk.xml"), "-i", "127.0.0.1",
+    load_before = os.getloadavg()[0]
+    cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
+    cmd = ["sipp", "-sf", str(SCENARIOS / "uac_talk.xml"), "-i", TRUNK,
            "-p", str(free_port()), "-s", DESTINATION, "-key", "caller", "u0",
            "-d", str(hold_ms), "-r", str(rate), "-m", str(calls), "-nostdin",
            "-timeout", f"{seconds + hold_ms // 1000 + 60}s", "-timeout_error",
@@ -54,6 +182,7 @@ def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
            f"127.0.0.1:{proxy_port}"]
     proc = subprocess.run(cmd, cwd=run_dir, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    cpu = {name: cpu_seconds(p) - cpu_before[name] for name, p in pids.items()}
     rtts: list[float] = []
     for path in run_dir.glob("*_rtt.csv"):
         with path.open() as f:
@@ -69,6 +198,9 @@ def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
             stats = {"successful": int(last.get("SuccessfulCall(C)", 0)),
                      "failed": int(last.get("FailedCall(C)", 0))}
     result: dict[str, Any] = {
+        "gateway_delay_ms": delay_ms, "loadavg_1m_before": load_before,
+        "loadavg_1m_after": os.getloadavg()[0],
+        "cpu_ms_per_call": {name: round(v * 1000 / calls, 3) for name, v in cpu.items()},
         "rate_cps": rate, "calls": calls, "hold_ms": hold_ms, "sipp_exit": proc.returncode,
         **stats, "setup_samples": len(rtts),
         "gateway": {k: quantiles(histogram(base, name, label), before[k])
@@ -97,25 +229,32 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}, "
         f"Redis {m['redis']}, Kamailio {res['kamailio']}; {res['when']}. sipp caller and "
-        "trunk, Kamailio (4 children), callgate serve (1 worker), Redis on one machine.",
+        f"trunk, Kamailio (4 SIP workers, {res['async_workers']} async workers), callgate "
+        "serve (1 worker), Redis on one machine.",
         "",
-        "| calls/s | calls | ok | failed | INVITE→200 p50 ms | p90 ms | p99 ms | max ms "
-        "| gateway authorize p99 (bucket) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gateway delay ms | calls/s | calls | ok | failed | INVITE→200 p50 ms | p90 ms "
+        "| p99 ms | max ms | gateway authorize p99 (bucket) | CPU ms/call Kamailio / gateway "
+        "| load 1m before/after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["runs"]:
         s = r.get("setup_ms", {})
         lines.append(
-            f"| {r['rate_cps']} | {r['calls']} | {r.get('successful', '?')} "
+            f"| {r['gateway_delay_ms']} | {r['rate_cps']} | {r['calls']} "
+            f"| {r.get('successful', '?')} "
             f"| {r.get('failed', '?')} | {s.get('p50', 0):.1f} | {s.get('p90', 0):.1f} "
             f"| {s.get('p99', 0):.1f} | {s.get('max', 0):.1f} "
-            f"| ≤ {r['gateway']['request']['p99_ms_at_most']:g} ms |")
+            f"| ≤ {r['gateway']['request']['p99_ms_at_most']:g} ms "
+            f"| {r['cpu_ms_per_call']['kamailio']:.2f} / {r['cpu_ms_per_call']['gateway']:.2f} "
+            f"| {r['loadavg_1m_before']:.1f} / {r['loadavg_1m_after']:.1f} |")
     steps = res.get("setup_ms_step")
     if steps:
         lines += ["", f"sipp's timestamps move in steps of {steps:g} ms here (every sample is a "
                   f"multiple): a reading of N ms means between N - {steps:g} and N + {steps:g} "
                   "ms. The gateway's column is its own histogram (parse to answer, bucket "
-                  "bound)."]
+                  "bound); the gateway delay is added in front of it by a slow link. CPU time "
+                  "per call (user + system, all processes: SIP and async workers, timers; "
+                  "the gateway's workers) does not depend on what else the machine runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="50,200,500", help="calls per second, comma-separated")
     p.add_argument("--seconds", type=int, default=10, help="seconds of calls per rate")
     p.add_argument("--hold-ms", type=int, default=2000, help="answered time of each call")
+    p.add_argument("--delays-ms", default="0,50",
+                   help="gateway delays (a slow link in front of it), comma-separated")
+    p.add_argument("--async-workers", type=int, default=128,
+                   help="Kamailio's async workers (ASYNC_WORKERS)")
     p.add_argument("--shm-mb", type=int, default=256, help="Kamailio's shared memory (-m)")
     args = p.parse_args(argv)
     missing = tools_missing()
@@ -135,18 +278,28 @@ def main(argv: list[str] | None = None) -> int:
     version = subprocess.run(["kamailio", "-v"], capture_output=True, text=True,
                              check=False).stdout.split("\n", 1)[0].replace("version: ", "")
     res: dict[str, Any] = {"machine": machine(), "kamailio": version.strip(), "runs": [],
+                           "async_workers": args.async_workers,
                            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with RedisServer(work / "redis", appendonly=True, appendfsync="everysec",
                      name="sipbench-redis") as redis, \
             gateway(work / "gw", redis.url, token, workers=1) as gw:
         asyncio.run(create_tenants(gw.base, token, [TENANT], USERS))
-        with sip_proxy(gw.base, token, TENANT, work, extend_before=30,
-                       shm_mb=args.shm_mb) as port:
-            for rate in (int(r) for r in args.rates.split(",")):
-                print(f"{rate} calls/s for {args.seconds} s, {args.hold_ms} ms each ...",
-                      flush=True)
-                res["runs"].append(run_rate(port, work, rate, args.seconds, args.hold_ms,
-                                            gw.base))
+        tenancy = Tenancy(token=token, trunks={TRUNK: TENANT})
+        for delay in (int(d) for d in args.delays_ms.split(",")):
+            proxy_work = work / f"proxy-{delay}"
+            proxy_work.mkdir()
+            with contextlib.ExitStack() as stack:
+                url = gw.base if delay == 0 else stack.enter_context(slow_link(gw.base, delay))
+                port = stack.enter_context(sip_proxy(
+                    url, tenancy, proxy_work, extend_before=30,
+                    async_workers=args.async_workers, shm_mb=args.shm_mb))
+                kamailio = int((proxy_work / "kamailio.pid").read_text())
+                pids = {"kamailio": tree_pids(kamailio), "gateway": tree_pids(gw.pid)}
+                for rate in (int(r) for r in args.rates.split(",")):
+                    print(f"gateway +{delay} ms: {rate} calls/s for {args.seconds} s, "
+                          f"{args.hold_ms} ms each ...", flush=True)
+                    res["runs"].append(run_rate(port, work, rate, args.seconds, args.hold_ms,
+                                                gw.base, delay, pids))
     res["setup_ms_step"] = max((r.get("setup_ms_step", 0) for r in res["runs"]), default=0)
     (RESULTS / "sip_bench.json").write_text(json.dumps(res, indent=2) + "\n")
     table = markdown(res)
@@ -155,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     failed = [r for r in res["runs"] if r["sipp_exit"] != 0]
     for r in failed:
-        print(f"sipp at {r['rate_cps']} calls/s exited {r['sipp_exit']}: "
+        print(f"sipp at {r['rate_cps']} calls/s (gateway +{r['gateway_delay_ms']} ms) exited "
+              f"{r['sipp_exit']}: "
               f"{r.get('sipp_errors', '')}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -156,7 +156,7 @@ def test_defaults_without_environment() -> None:
     assert (settings.grant_seconds, settings.clock_skew_seconds) == (300, 300)
     assert settings.workers >= 1
     assert (settings.partitions, settings.redis_timeout_ms) == (64, 100)
-    assert (settings.reaper_grace_seconds, settings.call_retention_seconds) == (60, 604_800)
+    assert (settings.reaper_grace_seconds, settings.call_retention_seconds) == (60, 86_400)
 
 
 def test_config_path_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from gateway.config import load_settings
 from gateway.fastpath import CallgateRunner, FastServer
 from gateway.redisproc import RedisServer
 from tests.conftest import T0, make_settings
+from tests.gwclient import OPERATOR_TOKEN
 
 DEADLINE_SECONDS = 15.0
 TRICKLE_SECONDS = 0.25  # a byte this often: four per head timeout
@@ -220,7 +221,7 @@ async def test_the_connection_cap(redis_server: RedisServer,
 
 
 def test_the_settings_and_their_bounds() -> None:
-    env = {"CALLGATE_OPERATOR_TOKEN": "x"}
+    env = {"CALLGATE_OPERATOR_TOKEN": OPERATOR_TOKEN}
     defaults = load_settings(env=env)
     assert defaults.http_head_timeout_seconds == 10
     assert defaults.http_max_connections == 10_000

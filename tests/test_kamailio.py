@@ -3,7 +3,9 @@
 A real Kamailio (Debian's 5.6, `make test` installs it) runs integrations/kamailio/kamailio.cfg
 on a free UDP port, pointed at a gateway served by the test; sipp plays the caller (the
 scenarios in integrations/kamailio/sipp) and the trunk (sipp/uas_answer.xml).
-Grants are 10 s here, so a 15 s call lives only if Kamailio extends it in time.
+Grants are 10 s here, so a 15 s call lives only if Kamailio extends it in time. Every call
+here is of the proxy's default tenant (no trunk listed); tests/test_kamailio_tenants.py has
+many tenants behind one proxy.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.redisproc import RedisServer, free_port
-from loadtest.sip import SCENARIOS, sip_proxy, tools_missing
+from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
 from tests.conftest import T0, start_gateway
 from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
@@ -35,11 +37,13 @@ TALK_MS = 15000
 DEADLINE_SECONDS = 30  # for Kamailio to listen, and for each sipp run to finish
 
 
-async def run_sipp(work: Path, *args: str, name: str) -> tuple[int, str]:
-    """Run sipp to completion (it exits on its own: -m, -timeout); rc and its errors."""
+async def run_sipp(work: Path, *args: str, name: str, source: str = "127.0.0.1"
+                   ) -> tuple[int, str]:
+    """Run sipp from ``source`` (a loopback address: the caller's trunk) to completion (it
+    exits on its own: -m, -timeout); rc and its errors."""
     errors = work / f"{name}.errors.log"
     proc = await asyncio.create_subprocess_exec(
-        "sipp", *args, "-i", "127.0.0.1", "-m", "1",
+        "sipp", *args, "-i", source, "-m", "1",
         "-timeout", f"{DEADLINE_SECONDS}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(errors),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -53,13 +57,14 @@ async def run_sipp(work: Path, *args: str, name: str) -> tuple[int, str]:
 
 
 async def dial(proxy_port: int, work: Path, scenario: str, caller: str, call_id: str,
-               *extra: str, to: str = DESTINATION) -> tuple[int, str]:
-    """One call from ``caller`` to ``to`` through the proxy, as sipp/``scenario`` plays it;
-    the SIP Call-ID is ``call_id``."""
+               *extra: str, to: str = DESTINATION, source: str = "127.0.0.1"
+               ) -> tuple[int, str]:
+    """One call from ``caller`` to ``to`` through the proxy, as sipp/``scenario`` plays it
+    from ``source``; the SIP Call-ID is ``call_id``."""
     return await run_sipp(
         work, "-sf", str(SCENARIOS / scenario), "-p", str(free_port()), "-s", to,
         "-key", "caller", caller, "-cid_str", call_id, *extra,
-        f"127.0.0.1:{proxy_port}", name=call_id)
+        f"127.0.0.1:{proxy_port}", name=call_id, source=source)
 
 
 @dataclass
@@ -74,13 +79,15 @@ class Sip:
                           to=to)
 
 
-def proxy(gateway_url: str, work: Path) -> contextlib.AbstractContextManager[int]:
-    """Kamailio for ``gateway_url`` and the sipp trunk behind it; gives the proxy's port."""
+def proxy(gateway_url: str, work: Path, tenancy: Tenancy | None = None
+          ) -> contextlib.AbstractContextManager[int]:
+    """Kamailio for ``gateway_url`` and the sipp trunk behind it; gives the proxy's port.
+    By default every call is of TENANT (the default tenant: no trunk is listed)."""
     missing = tools_missing()
     if missing:
         pytest.fail(f"{' and '.join(missing)} needed: `make test` installs them")
-    return sip_proxy(gateway_url, OPERATOR_TOKEN, TENANT, work, extend_before=5,
-                     deadline_s=DEADLINE_SECONDS)
+    tenancy = tenancy or Tenancy(default_tenant=TENANT, token=OPERATOR_TOKEN)
+    return sip_proxy(gateway_url, tenancy, work, extend_before=5, deadline_s=DEADLINE_SECONDS)
 
 
 @pytest.fixture
@@ -171,11 +178,11 @@ async def per_second_deck(gw: Gateway) -> None:
                  headers={**AUTH, "Content-Type": "text/csv"})
 
 
-async def ended_call(gw: Gateway, call_id: str) -> Any:
+async def ended_call(gw: Gateway, call_id: str, tenant: str = TENANT) -> Any:
     """The call once Kamailio's end (sent as the dialog ends) has reached the gateway."""
     deadline = time.monotonic() + DEADLINE_SECONDS
     while True:
-        call = await gw.req("GET", f"/v1/tenants/{TENANT}/calls/{call_id}")
+        call = await gw.req("GET", f"/v1/tenants/{tenant}/calls/{call_id}")
         if call["state"] == "ended":
             return call
         assert time.monotonic() < deadline, call

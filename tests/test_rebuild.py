@@ -175,7 +175,7 @@ async def test_audit_reports_a_missing_or_altered_audit_list_and_rate_deck(
     await traffic(rgw, t)
     csv = ("prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
            "subsequent_increment\n1,North America,outbound,0.0042,0,60,60\n")
-    auth = {"Authorization": "Bearer test-operator-token", "Content-Type": "text/csv"}
+    auth = {**AUTH, "Content-Type": "text/csv"}
     await rgw.req("PUT", "/v1/rate-decks/USD", raw=csv.encode(), headers=auth, status=None)
     await drain(persister)
     now = int(rgw.clock.now())
@@ -290,3 +290,25 @@ async def test_run_time_tokens_reach_the_ledger_and_come_back_with_rebuild(
     await store.raw(TOKENS, "HDEL", TOKENS, kept["id"])
     problems = await audit(store, ledger, int(clock.now()), 300)
     assert problems == [f"{TOKENS} {kept['id']}: missing in redis"]
+
+
+async def test_a_call_redis_no_longer_holds_is_read_from_the_ledger(
+        rgw: Gateway, parts: tuple[Store, Ledger, Persister], tenant_id: str) -> None:
+    """Past the replay window Redis forgets a closed call; GET answers it from the ledger,
+    as it answered from Redis (a denied one too); a call neither holds is a 404."""
+    store, _, persister = parts
+    t = tenant_id
+    await traffic(rgw, t)
+    await rgw.call(t, "kept", NEW_YORK, user="us0")
+    await rgw.end(t, "kept", 125)
+    assert (await rgw.call(t, "refused", "+99912345", user="us0"))["decision"] == "deny"
+    await drain(persister)
+    answers = {cid: await rgw.req("GET", f"/v1/tenants/{t}/calls/{cid}")
+               for cid in ("kept", "refused")}
+    k = store.keys(t)
+    for cid in answers:
+        await store.raw(k.call(cid), "DEL", k.call(cid))  # the replay window is over
+    for cid, before in answers.items():
+        after = await rgw.req("GET", f"/v1/tenants/{t}/calls/{cid}")
+        assert after == before, cid
+    await rgw.req("GET", f"/v1/tenants/{t}/calls/never", status=404)

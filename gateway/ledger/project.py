@@ -69,6 +69,13 @@ _FIELDS_IN_RECORD = {
 }
 
 
+def _denied_record(d: dict[str, Any]) -> str:
+    """A denied call's record: the fields of its answer no column holds (GET of a call
+    Redis no longer has, gateway.cdrs.call_record)."""
+    return orjson.dumps({"d": "deny", "dt": _s(d.get("number_type"))},
+                        option=orjson.OPT_SORT_KEYS).decode()
+
+
 def _with_record_fields(d: dict[str, Any]) -> dict[str, Any]:
     if "direction" in d:
         return d
@@ -171,7 +178,9 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
             _s(d.get("country")), _s(d.get("class")), _s(d.get("month")), _s(d.get("pool")),
             _s(d.get("rate_prefix")), _s(d.get("reason")), _i(d.get("started_at")),
             _i(d.get("ts")), _i(d.get("pool_reserved_minutes")),
-            _i(d.get("credits_reserved_micro")), _record(d), 1 if d.get("counted") else 0))]
+            _i(d.get("credits_reserved_micro")),
+            _record(d) if etype == "call.allowed" else _denied_record(d),
+            1 if d.get("counted") else 0))]
     if etype in ("call.extended", "call.extension_denied"):
         pr, cr, cid = _i(d.get("pool_reserved_minutes")), _i(d.get("credits_reserved_micro")), \
             _s(d.get("call_id"))

@@ -16,7 +16,7 @@ from typing import Self
 
 from gateway.redisproc import free_port
 
-TOKEN = "chaos-operator-token"
+TOKEN = "chaos-operator-token-" + "k3Xq9vTn2pLw"  # >= 128 bits (22+ characters)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PARTITIONS = 64
 READY_TIMEOUT_SECONDS = 30.0
