@@ -248,6 +248,7 @@ def pool_rows(pools: dict[str, str], usage: dict[str, str]) -> list[dict[str, An
             "minutes_per_user": per_user, "capacity_minutes": capacity,
             "used_minutes": used, "reserved_minutes": reserved,
             "remaining_minutes": max(0, capacity - used - reserved),
+            "percent_used": round((used + reserved) * 100 / capacity, 1) if capacity else None,
         })
     return rows
 

@@ -23,6 +23,7 @@ from gateway.api import (
     observer_ctx,
     problems_middleware,
 )
+from gateway.api_alerts import add_alert_routes
 from gateway.api_audit import add_audit_routes
 from gateway.api_cdrs import ledger_ctx
 from gateway.api_decks import add_deck_routes
@@ -102,5 +103,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     add_deck_routes(app)
     add_audit_routes(app)
     add_token_routes(app)  # also its poller (cleanup_ctx), after redis_ctx: it needs STORE
+    add_alert_routes(app)
     add_openapi_route(app)  # last: it describes the routes above
     return app

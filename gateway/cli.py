@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from gateway.cli_notify import notify_supervisor
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
-from gateway.persist_child import PersistSupervisor, persist_enabled, persist_env
+from gateway.persist_child import PersistSupervisor, Supervisors, persist_enabled, persist_env
 from gateway.redisproc import die_with_parent_hook
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _install_uvloop() -> None:
 
 
 async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None = None,
-                       persister: PersistSupervisor | None = None) -> None:
+                       persister: PersistSupervisor | Supervisors | None = None) -> None:
     """One HTTP worker: call control only. With ``persister`` (one worker: this is the
     main process) the persist child is started once signals are handled here, and stopped
     after the in-flight requests are done."""
@@ -248,7 +249,9 @@ def _run_workers(settings: Settings) -> int:
     workers = max(1, settings.workers)
     banner = f"callgate listening on http://{settings.http_host}:{settings.http_port} " \
              f"({workers} worker{'s' if workers > 1 else ''})"
-    persister = PersistSupervisor(persist_env(settings)) if persist_enabled() else None
+    persister: PersistSupervisor | Supervisors | None = Supervisors(
+        PersistSupervisor(persist_env(settings)) if persist_enabled() else None,
+        notify_supervisor(settings))
     if workers == 1:
         _install_uvloop()
         asyncio.run(_serve_async(settings, reuse_port=False, ready=banner, persister=persister))
@@ -281,7 +284,8 @@ def _exit_while_starting(_signum: int, _frame: object) -> None:
     os._exit(0)
 
 
-def _wait_children(children: list[int], persister: PersistSupervisor | None) -> int:
+def _wait_children(children: list[int],
+                   persister: PersistSupervisor | Supervisors | None) -> int:
     """Wait for the HTTP workers (SIGTERM/SIGINT forwarded to them), then stop the persist
     child: it keeps persisting while the workers finish their in-flight requests."""
     def forward(signum: int, _frame: object) -> None:
@@ -520,9 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = tsub.add_parser("revoke", help="revoke a token in Redis (401 everywhere within 1 s)")
     tr.add_argument("token_id", help="its id, tok_…")
     tr.set_defaults(func=cmd_token_revoke)
-    from gateway import cli_persist
+    from gateway import cli_notify, cli_persist
 
     cli_persist.register(sub)
+    cli_notify.register(sub)
     return p
 
 

@@ -166,6 +166,8 @@ class Settings:
     # first request, whole) must arrive within this; open connections per worker.
     http_head_timeout_seconds: int = 10
     http_max_connections: int = 10_000
+    # Webhooks may target loopback and private addresses (tests, private deployments).
+    webhook_allow_private: bool = False
 
     @property
     def database_url_effective(self) -> str:
@@ -319,6 +321,8 @@ def _build(root: _Table, env: Mapping[str, str], config_dir: Path) -> Settings:
         http_max_connections=_int_setting(
             root, env, "http_max_connections", "CALLGATE_HTTP_MAX_CONNECTIONS", (1, 1_000_000)
         ),
+        webhook_allow_private=bool(_int_setting(
+            root, env, "webhook_allow_private", "CALLGATE_WEBHOOK_ALLOW_PRIVATE", (0, 1))),
     )
 
 

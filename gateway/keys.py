@@ -29,6 +29,22 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
     {pNNN}:t:T:rl:S          string new calls the tenant asked to authorize in second S (its
                                     rate limit's bucket); expires 2 s after its first
 
+Alerts and webhooks (lua/25_alerts.lua, gateway/notify.py); the alert settings are fields
+of the hashes above (tenant: alb alf arb ara arr arn; pools: apct; month: aNN:POOL, sla:U):
+
+    {pNNN}:notify            stream alert crossings (the same events as on {pNNN}:events),
+                                    read by the notifier's consumer group only
+    {pNNN}:t:T:webhooks      hash   W -> JSON webhook (url, secret, events, enabled)
+    {pNNN}:wh:due            zset   delivery id -> next attempt (ms since the epoch): the
+                                    deliveries pending, durable across a notifier crash
+    {pNNN}:wh:pending        zset   delivery id -> when it was created (ms): pending count and
+                                    the oldest pending delivery's age, for metrics
+    {pNNN}:wh:d:T/W/E        hash   one delivery of event E to webhook W: state, attempts,
+                                    last_status, next_attempt_at, body; expires
+                                    DELIVERY_RETENTION_SECONDS after it is settled
+    {pNNN}:t:T:wh:W:log      list   delivery ids of webhook W, newest first, capped at
+                                    DELIVERY_LOG_MAX
+
 Global keys (not per tenant) carry their own hash tag ``{decks}``, so the deck keys and their
 stream share one cluster slot and one function call can replace a deck atomically:
 
@@ -84,6 +100,21 @@ class PartitionKeys:
     def events(self) -> str:
         return f"{self.tag}:events"
 
+    @property
+    def notify(self) -> str:
+        return f"{self.tag}:notify"
+
+    @property
+    def deliveries_due(self) -> str:
+        return f"{self.tag}:wh:due"
+
+    @property
+    def deliveries_pending(self) -> str:
+        return f"{self.tag}:wh:pending"
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.tag}:wh:d:{delivery_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class TenantKeys:
@@ -128,6 +159,13 @@ class TenantKeys:
     def audit(self) -> str:
         return f"{self.tenant}:audit"
 
+    @property
+    def webhooks(self) -> str:
+        return f"{self.tenant}:webhooks"
+
+    def delivery_log(self, webhook_id: str) -> str:
+        return f"{self.tenant}:wh:{webhook_id}:log"
+
     def month(self, yyyymm: str) -> str:
         return f"{self.tenant}:m:{yyyymm}"
 
@@ -159,6 +197,10 @@ def call_fields(record: dict[str, str]) -> dict[str, str]:
 
 # Audit entries kept per tenant in Redis; older ones live only in the ledger.
 AUDIT_MAX_ENTRIES = 1000
+
+# Deliveries listed per webhook, and how long a settled delivery's record is kept.
+DELIVERY_LOG_MAX = 100
+DELIVERY_RETENTION_SECONDS = 7 * 86400
 
 DECKS_TAG = "{decks}"
 DECKS_VERSION = f"{DECKS_TAG}:version"

@@ -142,6 +142,23 @@ VOIDS_PENDING = Gauge(
     "Voids waiting to reach Redis (retried until they land)",
     multiprocess_mode="livesum",
 )
+WEBHOOK_DELIVERIES = Counter(
+    "callgate_webhook_deliveries_total",
+    "Webhook delivery attempts by result: delivered (2xx), retry (scheduled again after an "
+    "error, a timeout or a refused destination), failed (given up after 24 h, or its "
+    "webhook removed or disabled)",
+    ("result",),
+)
+WEBHOOK_PENDING = Gauge(
+    "callgate_webhook_deliveries_pending",
+    "Webhook deliveries not yet delivered nor failed (sampled by the notifier)",
+    multiprocess_mode="livemostrecent",
+)
+WEBHOOK_OLDEST_PENDING = Gauge(
+    "callgate_webhook_oldest_pending_seconds",
+    "Age of the oldest pending webhook delivery (0: none; sampled by the notifier)",
+    multiprocess_mode="livemostrecent",
+)
 
 #: Every metric family name defined here (the dashboard and alert tests check against it).
 METRIC_NAMES: Final = frozenset({
@@ -167,6 +184,9 @@ METRIC_NAMES: Final = frozenset({
     "callgate_http_connections_rejected_total",
     "callgate_http_head_timeouts_total",
     "callgate_http_bad_requests_total",
+    "callgate_webhook_deliveries_total",
+    "callgate_webhook_deliveries_pending",
+    "callgate_webhook_oldest_pending_seconds",
 })
 
 # -- cheap hot-path accessors ------------------------------------------------------------
@@ -372,3 +392,13 @@ def set_http_state(connections: int, rejected: int = 0, head_timeouts: int = 0,
         HTTP_HEAD_TIMEOUTS.inc(head_timeouts)
     if bad_requests:
         HTTP_BAD_REQUESTS.inc(bad_requests)
+# -- for the notifier ----------------------------------------------------------------------
+
+
+def count_webhook_delivery(result: str) -> None:
+    WEBHOOK_DELIVERIES.labels(result).inc()
+
+
+def set_webhook_pending(count: int, oldest_age_seconds: float) -> None:
+    WEBHOOK_PENDING.set(count)
+    WEBHOOK_OLDEST_PENDING.set(oldest_age_seconds)

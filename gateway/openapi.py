@@ -169,7 +169,10 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "licenses", "minutes_per_user", "capacity_minutes", "used_minutes",
                     "reserved_minutes", "remaining_minutes")
             } | {"country": {"type": "string"}, "plan": {"type": "string"},
-                 "kind": {"type": "string", "enum": ["domestic", "international"]}},
+                 "kind": {"type": "string", "enum": ["domestic", "international"]},
+                 "percent_used": {"type": ["number", "null"], "description":
+                                  "(used + reserved) / capacity x 100, one decimal; null "
+                                  "without capacity"}},
                 ["country", "plan", "kind", "capacity_minutes", "used_minutes",
                  "reserved_minutes", "remaining_minutes"])},
         }, ["month", "pools"]),
@@ -222,7 +225,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                                    "description": "with an operator token only: Redis "
                                    "nodes, the last error, the persister's backlog"}},
                       ["status", "checks"]),
-    }
+    } | _notify_schemas()
 
 
 def _token_schemas() -> dict[str, Any]:
@@ -280,7 +283,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _path_param(name: str) -> dict[str, Any]:
     schemas: dict[str, dict[str, Any]] = {
-        "tenant_id": ID, "user_id": ID, "call_id": CALL_ID,
+        "tenant_id": ID, "user_id": ID, "call_id": CALL_ID, "webhook_id": ID,
         "currency": {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["USD"]},
         "token_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$",
                      "examples": ["tok_3f1c0a9b8e7d6c5b"]},
@@ -434,6 +437,7 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "summary": "This document", "security": [],
             "responses": {"200": _json({"type": "object"}, "the OpenAPI 3.1 document")}},
     }
+    ops.update(_notify_operations(guarded, with_body))
     for (_method, path), op in ops.items():
         names = [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
         if names:
@@ -524,3 +528,79 @@ def add_openapi_route(app: web.Application) -> None:
         return web.Response(body=cache[0], content_type=JSON)
 
     app.router.add_get("/openapi.json", openapi_json)
+
+
+# -- alerts and webhooks (api.md, Notifications) ------------------------------------------
+
+EVENT_TYPE = {"type": "string", "enum": ["pool.threshold_crossed", "credits.low_balance",
+                                         "credits.recharge_requested", "spend_limit.reached"]}
+
+
+def _notify_schemas() -> dict[str, Any]:
+    recharge_in = {"oneOf": [{"type": "null"}, _obj({"below": MONEY, "amount": MONEY},
+                                                   ["below", "amount"], closed=True)]}
+    recharge_out = {"oneOf": [{"type": "null"}, _obj({"below": MONEY_OUT, "amount": MONEY_OUT},
+                                                    ["below", "amount"])]}
+    thresholds = {"type": "array", "maxItems": 10,
+                  "items": {"type": "integer", "minimum": 1, "maximum": 100}}
+    webhook = {"url": {"type": "string", "maxLength": 2048,
+                       "description": "http(s); loopback and private networks refused "
+                                      "unless CALLGATE_WEBHOOK_ALLOW_PRIVATE=1"},
+               "events": {"type": "array", "minItems": 1, "items": EVENT_TYPE},
+               "enabled": {"type": "boolean"}}
+    return {
+        "AlertsRequest": _obj({"pool_thresholds_percent": thresholds,
+                               "low_balance": {"oneOf": [{"type": "null"}, MONEY]},
+                               "auto_recharge": recharge_in}, closed=True),
+        "Alerts": _obj({"pool_thresholds_percent": thresholds,
+                        "low_balance": {"oneOf": [{"type": "null"}, MONEY_OUT]},
+                        "auto_recharge": recharge_out},
+                       ["pool_thresholds_percent", "low_balance", "auto_recharge"]),
+        "WebhookRequest": _obj(webhook | {"secret": {
+            "type": "string", "minLength": 32, "maxLength": 256,
+            "description": "required when creating; never shown again"}}, ["url"],
+            closed=True),
+        "Webhook": _obj({"webhook_id": ID, **webhook, "created_at": TIME, "updated_at": TIME},
+                        ["webhook_id", "url", "events", "enabled", "created_at",
+                         "updated_at"]),
+        "Deliveries": _obj({"deliveries": {"type": "array", "items": _obj({
+            "event_id": {"type": "string"}, "type": EVENT_TYPE,
+            "attempts": {"type": "integer"},
+            "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "last_status": {"type": ["integer", "null"]}, "next_attempt_at": NULLABLE_TIME,
+        }, ["event_id", "type", "attempts", "state", "last_status", "next_attempt_at"])}},
+            ["deliveries"]),
+    }
+
+
+def _notify_operations(guarded: tuple[int, ...],
+                       with_body: tuple[int, ...]) -> dict[tuple[str, str], dict[str, Any]]:
+    w = f"{T}/webhooks/{{webhook_id}}"
+    return {
+        ("PUT", f"{T}/alerts"): {
+            "summary": "Alert settings: pool thresholds, low balance, auto-recharge (admin)",
+            "requestBody": _body("AlertsRequest"),
+            "responses": {"200": _json(_ref("Alerts"), "the settings"),
+                          **_problems(*with_body)}},
+        ("GET", f"{T}/alerts"): {
+            "summary": "Alert settings (admin)",
+            "responses": {"200": _json(_ref("Alerts"), "the settings"), **_problems(*guarded)}},
+        ("PUT", w): {
+            "summary": "Create or update a webhook (admin); its secret is never shown again",
+            "requestBody": _body("WebhookRequest"),
+            "responses": {"200": _json(_ref("Webhook"), "updated"),
+                          "201": _json(_ref("Webhook"), "created"),
+                          **_problems(*with_body)}},
+        ("GET", w): {"summary": "A webhook, without its secret (admin)",
+                     "responses": {"200": _json(_ref("Webhook"), "the webhook"),
+                                   **_problems(*guarded)}},
+        ("DELETE", w): {"summary": "Remove a webhook (admin)",
+                        "responses": {"204": {"description": "removed"},
+                                      **_problems(*guarded)}},
+        ("GET", f"{w}/deliveries"): {
+            "summary": "A webhook's deliveries, newest first (admin)",
+            "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 100},
+                                  description="deliveries listed, default 20")],
+            "responses": {"200": _json(_ref("Deliveries"), "the deliveries"),
+                          **_problems(*guarded)}},
+    }

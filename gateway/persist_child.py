@@ -66,9 +66,11 @@ def persist_env(settings: Settings, base: Mapping[str, str] = os.environ) -> dic
 class PersistSupervisor:
     """Runs ``callgate persist --reap`` and restarts it whenever it exits unasked."""
 
-    def __init__(self, env: Mapping[str, str], command: list[str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], command: list[str] | None = None,
+                 name: str = "persister") -> None:
         self.env = dict(env)
         self.command = command or persist_command()
+        self.name = name  # in log lines: the same supervision runs the notifier too
         self._stop = threading.Event()  # set by stop(): also ends a back-off at once
         # Set by no_restart(), from a signal handler: a plain flag, since an Event takes a
         # lock that the interrupted main thread may hold.
@@ -91,7 +93,7 @@ class PersistSupervisor:
             # SIGTERM when serve dies, even by SIGKILL: no orphan persister left behind.
             self._proc = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL,
                                           preexec_fn=die_with_parent_hook())
-        log.info("persister running as process %d", self._proc.pid)
+        log.info("%s running as process %d", self.name, self._proc.pid)
         return True
 
     def _watch(self) -> None:
@@ -106,8 +108,8 @@ class PersistSupervisor:
                 return
             if time.monotonic() - started >= STABLE_RUN_SECONDS:
                 backoff = RESTART_BACKOFF_SECONDS
-            log.error("persister (process %d) exited with status %d; restarting it in %.0f s",
-                      proc.pid, code, backoff)
+            log.error("%s (process %d) exited with status %d; restarting it in %.0f s",
+                      self.name, proc.pid, code, backoff)
             while True:
                 if self._stop.wait(backoff):  # serve is stopping: no restart
                     return
@@ -117,7 +119,8 @@ class PersistSupervisor:
                         return
                     break
                 except OSError:
-                    log.exception("starting the persister failed; next try in %.0f s", backoff)
+                    log.exception("starting the %s failed; next try in %.0f s", self.name,
+                                  backoff)
 
     def _stopping(self) -> bool:
         return self._no_restart or self._stop.is_set()
@@ -139,14 +142,14 @@ class PersistSupervisor:
         try:
             code = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            log.error("persister did not stop within %.0f s; killing it", timeout_s)
+            log.error("%s did not stop within %.0f s; killing it", self.name, timeout_s)
             proc.kill()
             code = proc.wait()
         if self._thread is not None:
             self._thread.join(timeout_s)
         # -SIGTERM: it had not yet installed its handler, so it had not read anything.
         if code not in (0, -signal.SIGTERM):
-            log.warning("persister (process %d) stopped with status %d", proc.pid, code)
+            log.warning("%s (process %d) stopped with status %d", self.name, proc.pid, code)
         return code
 
 
@@ -158,3 +161,23 @@ def _mark_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class Supervisors:
+    """Several supervised children (persister, notifier) behind one supervisor's interface:
+    started, told not to restart and stopped together."""
+
+    def __init__(self, *children: PersistSupervisor | None) -> None:
+        self.children = [c for c in children if c is not None]
+
+    def start(self) -> None:
+        for c in self.children:
+            c.start()
+
+    def no_restart(self) -> None:
+        for c in self.children:
+            c.no_restart()
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_SECONDS) -> int | None:
+        codes = [c.stop(timeout_s) for c in self.children]
+        return codes[0] if codes else None

@@ -78,6 +78,7 @@ class _HotKeys(NamedTuple):
     month_prefix: str  # + YYYYMM
     call_prefix: str  # + call id
     rate_prefix: str  # + second
+    notify: str  # of the tenant's partition: alert crossings for the notifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +201,8 @@ class Store:
             k = self.keys(tenant_id)
             p = k.partition
             hk = _HotKeys(k.tenant, k.users, k.pools, k.numbers, k.tollfree, k.user_active,
-                          p.active, p.events, k.month(""), k.call(""), k.rate(0)[:-1])
+                          p.active, p.events, k.month(""), k.call(""), k.rate(0)[:-1],
+                          p.notify)
             if len(self._hot_keys) >= HOT_KEYS_MAX_TENANTS:
                 self._hot_keys.clear()
             self._hot_keys[tenant_id] = hk
@@ -400,7 +402,7 @@ class Store:
             "authorize",
             [k.tenant, k.users, k.call_prefix + a.call_id, k.pools, k.month_prefix + a.month,
              k.numbers, k.tollfree, k.user_active, k.active, k.events,
-             k.rate_prefix + str(a.now)],
+             k.rate_prefix + str(a.now), k.notify],
             # The fields are in ARGV order: the tuple is the argument list, but for the flag.
             (*a[:15], int(a.credits_only), *a[16:]),
             deadline,
@@ -427,7 +429,7 @@ class Store:
         clock): Redis changes nothing if it starts the function later (Status.LATE)."""
         reply = await self._call(
             "extend",
-            self._lifecycle_keys(tenant_id, call_id, months),
+            [*self._lifecycle_keys(tenant_id, call_id, months), self.hot_keys(tenant_id).notify],
             [tenant_id, call_id, now, used_seconds, *months, grant_max_seconds, deadline_ms],
             deadline,
         )

@@ -29,8 +29,10 @@ local function topup(KEYS, ARGV)
   if num(redis.call('HGET', k_tenant, 'bal')) + amount >= 1e14 then return {BALANCE_LIMIT} end
   local balance = redis.call('HINCRBY', k_tenant, 'bal', amount)
   redis.call('HSET', k_topups, key, amount .. '|' .. balance)
+  local settled = alerts_rearm(k_tenant, key, balance)  -- lua/25_alerts.lua
   audit(k_audit, k_events, 'credits.topped_up', tid, now,
-    {idempotency_key = key, amount_micro = amount, balance_micro = balance, actor = ARGV[5]})
+    {idempotency_key = key, amount_micro = amount, balance_micro = balance, actor = ARGV[5],
+     recharge_settled = settled or nil})
   return {OK, string.format('%d', balance), 0}
 end
 

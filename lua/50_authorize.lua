@@ -12,6 +12,7 @@ KEYS[8]  user-active hash   {p}:t:T:uact
 KEYS[9]  active zset        {p}:active
 KEYS[10] events stream      {p}:events
 KEYS[11] rate bucket        {p}:t:T:rl:S       (S: now, the second of ARGV[3])
+KEYS[12] notify stream      {p}:notify         (alert crossings, lua/25_alerts.lua)
 ARGV[1]  tenant id              ARGV[2]  call id
 ARGV[3]  now (s)                ARGV[4]  month YYYYMM of KEYS[5]
 ARGV[5]  currency and ARGV[6] time zone the caller computed rate and month under; checked
@@ -60,7 +61,8 @@ end
 
 -- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
 -- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
--- reserved minutes, or nil when the pool does not exist (no licence assigned).
+-- reserved minutes, or nil when the pool does not exist (no licence assigned). Announces
+-- the alert thresholds the grant crosses.
 local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
   local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
@@ -71,6 +73,14 @@ local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
   if g <= 0 then return 0, pool_r end
   local new_r = ceil_div(pool_s + g, 60)
   hincr(k_month, r_field, new_r - pool_r)
+  -- Alert thresholds are whole percents: only a grant that takes the pool past one may
+  -- cross a threshold (most do not: 5 minutes of 30,000 are 0.017 %). Checked here, with
+  -- no call and no read; lua/25_alerts.lua reads the thresholds when it may.
+  local before, after = (used + reserved) * 100, (used + reserved + new_r - pool_r) * 100
+  if after - after % capacity > before - before % capacity then
+    pool_crossings(k_pools, k_month, pool, kind, used, used + reserved,
+      used + reserved + new_r - pool_r, capacity)
+  end
   -- The pool's first minutes of the month set the hash's time to live; later grants need
   -- not renew it (an EXPIRE was 4 % of authorize). A hash left without fields is deleted
   -- and starts again here.
@@ -83,7 +93,7 @@ end
 -- 'money' | 'limit' when the wallet or the user's monthly spend limit cannot pay (D19, D22).
 local function credit_grant(c, cred_s, cred_r, cap)
   local r = rate_of(c)
-  local t = redis.call('HMGET', c.k_tenant, 'bal', 'res')
+  local t = redis.call('HMGET', c.k_tenant, 'bal', 'res', 'alb', 'arb')
   local avail = num(t[1]) - num(t[2])
   local len = cred_s + cap
   local sfield, srfield = 's:' .. c.uid, 'sr:' .. c.uid
@@ -93,12 +103,16 @@ local function credit_grant(c, cred_s, cred_r, cap)
     local s = redis.call('HMGET', c.k_month, sfield, srfield)
     local room = c.limit - num(s[1]) - num(s[2]) + cred_r
     len = max_affordable(room, r.rate, r.fee, r.a, r.b, len)
-    if len - cred_s <= 0 then return 0, 'limit' end
+    if len - cred_s <= 0 then
+      spend_limit_reached(c)
+      return 0, 'limit'
+    end
   end
   len = max_affordable(avail + cred_r, r.rate, r.fee, r.a, r.b, len)
   if len - cred_s <= 0 then return 0, 'money' end
   local new_r = credit_cost(len, r.rate, r.fee, r.a, r.b)
   hincr(c.k_tenant, 'res', new_r - cred_r)
+  if t[3] or t[4] then credit_crossings(c.k_tenant, t[3], t[4], avail - new_r + cred_r) end
   if c.uid ~= '' then
     hincr_or_del(c.k_month, srfield, new_r - cred_r)
     redis.call('EXPIRE', c.k_month, MONTH_TTL_SECONDS)
@@ -269,6 +283,7 @@ local function authorize(KEYS, ARGV)
   }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
+  alert_context(tid, now, month, k_events, KEYS[12])  -- lua/25_alerts.lua
   local o
   if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
 

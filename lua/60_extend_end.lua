@@ -10,6 +10,7 @@ KEYS[1] tenant hash {p}:t:T      KEYS[2] call hash {p}:t:T:c:C     KEYS[3] pools
 KEYS[4..6] month hashes of the three months the call may have started in (caller's
            candidates; see gateway/store.py), ARGV[5..7] their YYYYMM in the same order
 KEYS[7] active zset {p}:active   KEYS[8] events stream {p}:events
+KEYS[9] user-active hash (end_call's; unused here)   KEYS[10] notify stream {p}:notify
 ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] used seconds so far
 ARGV[8] largest grant (s)
 ARGV[9] deadline in milliseconds since the epoch ("0": none), as authorize's ARGV[25]
@@ -160,6 +161,7 @@ local function extend(KEYS, ARGV)
       g, reason = 0, 'service_unavailable'
     else
       local c = ctx_of(KEYS, call, k_month)
+      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/25_alerts.lua
       local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
                     cred_r = st.cred_r}
       truncate(c, st, u)

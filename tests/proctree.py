@@ -30,3 +30,21 @@ def wait_persist_child(serve_pid: int, deadline_s: float = 30.0, other_than: int
 
 def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
+
+
+def notify_children(serve_pid: int) -> list[int]:
+    """serve's notifier child processes (``callgate notify``)."""
+    return [p for p, argv in child_processes(serve_pid).items() if argv[-1:] == ["notify"]]
+
+
+def wait_notify_child(serve_pid: int, deadline_s: float = 30.0, other_than: int = 0) -> int:
+    """The pid of serve's notifier child (a new one when ``other_than`` is given)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        found = [p for p in notify_children(serve_pid) if p != other_than]
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        assert time.monotonic() < end, f"no notify child of {serve_pid}: " \
+                                       f"{child_processes(serve_pid)}"
+        time.sleep(0.05)

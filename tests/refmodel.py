@@ -192,7 +192,7 @@ class Model:
         country, plan, kind = pool
         return self.licences(country, plan) * self.minutes_per_user(country, plan, kind)
 
-    def pool_rows(self, month: str) -> dict[tuple[str, str, str], dict[str, int]]:
+    def pool_rows(self, month: str) -> dict[tuple[str, str, str], dict[str, float | None]]:
         """GET /pools of a month, without the rows that are all zero."""
         ids = {(u.country, u.plan, k) for u in self.users.values() for k in POOL_KINDS
                if self.minutes_per_user(u.country, u.plan, k) > 0}
@@ -210,6 +210,7 @@ class Model:
                 "licenses": lic, "minutes_per_user": self.minutes_per_user(*pool),
                 "capacity_minutes": cap, "used_minutes": used, "reserved_minutes": res,
                 "remaining_minutes": max(0, cap - used - res),
+                "percent_used": round((used + res) * 100 / cap, 1) if cap else None,
             }
         return rows
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from gateway.api import ROUTES, Handler
+from gateway.api_alerts import ALERT_ROUTES
 from gateway.api_audit import AUDIT_ROUTES
 from gateway.api_decks import DECK_ROUTES
 from gateway.api_tokens import TOKEN_ROUTES
@@ -31,7 +32,7 @@ from tests.conftest import make_settings, start_gateway
 from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
 ALL_ROUTES: list[tuple[str, str, Handler, Sequence[str]]] = [
-    *ROUTES, *DECK_ROUTES, *AUDIT_ROUTES, *TOKEN_ROUTES,
+    *ROUTES, *DECK_ROUTES, *AUDIT_ROUTES, *TOKEN_ROUTES, *ALERT_ROUTES,
 ]
 
 SWITCH_TOKEN = "cg_switch_" + secrets.token_urlsafe(16)
@@ -110,6 +111,10 @@ BODIES: dict[tuple[str, str], Any] = {
                                                          "idempotency_key": "k1"},
     ("POST", "/v1/tokens"): {"role": "switch", "tenants": ["matrix"]},
     ("POST", "/v1/tenants/{tenant_id}/tokens"): {"description": "matrix"},
+    ("PUT", "/v1/tenants/{tenant_id}/alerts"): {"low_balance": "1.00"},
+    # A public address literal: valid without DNS (nothing is sent at registration).
+    ("PUT", "/v1/tenants/{tenant_id}/webhooks/{webhook_id}"): {
+        "url": "https://93.184.216.34/hook", "secret": "x" * 32},
 }
 DECK_CSV = (b"prefix,description,kind,rate_per_minute,connection_fee,initial_increment,"
             b"subsequent_increment\n1,North America,outbound,0.01,,60,60\n")
@@ -118,7 +123,8 @@ DECK_CSV = (b"prefix,description,kind,rate_per_minute,connection_fee,initial_inc
 def fill(path: str, tenant: str) -> str:
     return (path.replace("{tenant_id}", tenant).replace("{call_id}", "c1")
             .replace("{user_id}", "alice").replace("{e164}", "+18005550199")
-            .replace("{currency}", "XTA").replace("{token_id}", "tok_0000000000000000"))
+            .replace("{currency}", "XTA").replace("{token_id}", "tok_0000000000000000")
+            .replace("{webhook_id}", "w1"))
 
 
 async def send(gw: Gateway, method: str, route: str, tenant: str,

@@ -210,6 +210,13 @@ ALERT_SCENARIOS = [
                ("7m", "CallgateRedisOutOfMemory", "critical")]),
     _scenario({"callgate_redis_oom_errors_total": "7x20"},
               [("15m", "CallgateRedisOutOfMemory", None)]),
+    # Two failed webhook attempts a minute and nothing delivered; the same with deliveries.
+    _scenario({'callgate_webhook_deliveries_total{result="retry"}': "0+2x60"},
+              [("5m", "CallgateWebhookDeliveriesFailing", None),
+               ("50m", "CallgateWebhookDeliveriesFailing", "warning")]),
+    _scenario({'callgate_webhook_deliveries_total{result="retry"}': "0+2x60",
+               'callgate_webhook_deliveries_total{result="delivered"}': "0+10x60"},
+              [("50m", "CallgateWebhookDeliveriesFailing", None)]),
 ]
 
 

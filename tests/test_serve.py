@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.proctree import wait_persist_child
+from tests.proctree import wait_notify_child, wait_persist_child
 
 TOKEN = "serve-test-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -87,6 +87,7 @@ def test_two_workers_share_port_and_metrics(tmp_path: Path) -> None:
         files = os.listdir(tmp_path / "var" / "metrics")
         pids = {int(f.rsplit("_", 1)[1].split(".")[0]) for f in files}
         pids.discard(wait_persist_child(proc.pid))  # it writes its own metrics there too
+        pids.discard(wait_notify_child(proc.pid))  # and so does the notifier
         assert len(pids) == 2, files  # both workers served requests
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -26,7 +26,7 @@ from gateway.store import Store
 from loadtest.common import child_processes
 from tests.gwclient import AUTH, OPERATOR_TOKEN
 from tests.persist_helpers import drain
-from tests.proctree import alive, wait_persist_child
+from tests.proctree import alive, wait_notify_child, wait_persist_child
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 30.0
@@ -295,8 +295,10 @@ async def test_serve_killed_takes_its_workers_and_persister_along(
     next serve's workers or consuming the streams."""
     served = await start_serve(tmp_path, own_redis.url, workers)
     persist = wait_persist_child(served.proc.pid)
+    notifier = wait_notify_child(served.proc.pid)
     kids = sorted(child_processes(served.proc.pid))
-    assert persist in kids and len(kids) == (workers + 1 if workers > 1 else 1), kids
+    assert {persist, notifier} <= set(kids), kids
+    assert len(kids) == (workers + 2 if workers > 1 else 2), kids
     served.proc.kill()
     served.proc.wait(DEADLINE_SECONDS)
     deadline = time.monotonic() + DEADLINE_SECONDS
