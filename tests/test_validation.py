@@ -117,9 +117,11 @@ def snapshot(r: Any, tenant: str, partitions: int) -> dict[str, Any]:
     """Every key of one tenant (type, content, expiry) and its partition's shared keys."""
     tag = partition_tag(partition_of(tenant, partitions))
     prefix = f"{tag}:t:{tenant}".encode()
+    # Not the per-second rate buckets (:rl:S): they expire on their own two seconds after
+    # a call, which is time passing, not a change made by the request.
     keys = sorted(
         k for k in r.scan_iter(match=f"{_glob_escape(prefix.decode())}*", count=1000)
-        if k == prefix or k.startswith(prefix + b":")
+        if (k == prefix or k.startswith(prefix + b":")) and not k.startswith(prefix + b":rl:")
     )
     state: dict[str, Any] = {k.decode(errors="replace"): _dump_key(r, k) for k in keys}
     events, active = f"{tag}:events", f"{tag}:active"
