@@ -458,10 +458,9 @@ def _run_closing(store: Store, coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _token_settings() -> Settings:
-    settings = load_settings()
-    if not settings.redis_url:
-        raise SystemExit("callgate: CALLGATE_REDIS_URL is required for this command")
-    return settings
+    from gateway.cli_persist import _settings_with_redis
+
+    return _settings_with_redis()
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:

@@ -16,9 +16,19 @@ from gateway.config import Settings, load_settings
 
 
 def _settings_with_redis() -> Settings:
+    """The settings, with the Redis of CALLGATE_REDIS_URL, or else the one `callgate
+    serve` embeds in the data directory."""
+    from dataclasses import replace
+
+    from gateway.redisproc import embedded_url
+
     settings = load_settings()
     if not settings.redis_url:
-        raise SystemExit("callgate: CALLGATE_REDIS_URL is required for this command")
+        url = embedded_url(settings.data_dir)
+        if url is None:
+            raise SystemExit("callgate: CALLGATE_REDIS_URL is required for this command "
+                             f"(no embedded Redis in {settings.data_dir})")
+        settings = replace(settings, redis_url=url)
     return settings
 
 

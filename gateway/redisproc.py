@@ -186,6 +186,21 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+def embedded_url(data_dir: Path) -> str | None:
+    """The URL of the Redis ``callgate serve`` embeds in ``data_dir`` (its unix socket and
+    the password it keeps there), for the command-line tools run beside it; None when that
+    data directory has none. It carries the password: never log it."""
+    redis_dir = data_dir / "redis"
+    sock, secret = redis_dir / "redis.sock", redis_dir / "requirepass"
+    try:
+        password = secret.read_text(encoding="ascii").strip()
+    except OSError:  # none, or not ours to read
+        return None
+    if not password or not sock.exists():
+        return None
+    return f"unix://:{quote(password, safe='')}@{sock}"
+
+
 def private_secret(path: Path, nbytes: int = 32) -> str:
     """The secret kept in ``path``: read if the file holds one, else ``nbytes`` random bytes
     as hex, written once (mode 0600, atomically: a crash leaves no half-written secret).
