@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.keys import DECKS_EVENTS, DECKS_VERSION, DECKS_VERSIONS, deck_key, deck_rows_key
+from gateway.polling import poll_quietly
 from gateway.rating import KINDS, DeckError, Rate, RateDeck
 from gateway.store import Status, Store, StoreError
 
@@ -109,22 +110,13 @@ def deck_from_rows(rows_json: str, currency: str) -> RateDeck:
 
 async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_SECONDS) -> None:
     """Refresh `decks` forever; Redis being away only delays a new deck, never a call."""
-    failing = False
-    while True:
-        try:
-            if await decks.refresh(store):
-                metrics.count_deck_reload(True)
-            if failing:
-                log.info("rate-deck poll works again")
-            failing = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # keep polling whatever happened; the next tick retries
-            if not failing:  # once per outage, not five times a second
-                metrics.count_deck_reload(False)
-                log.warning("rate-deck poll failed (retrying quietly): %r", exc)
-            failing = True
-        await asyncio.sleep(interval_s)
+
+    async def step() -> None:
+        if await decks.refresh(store):
+            metrics.count_deck_reload(True)
+
+    await poll_quietly("rate-deck", step, interval_s,
+                       on_failure=lambda: metrics.count_deck_reload(False))
 
 
 async def store_deck(store: Store, deck: RateDeck, csv_text: str, now: int,

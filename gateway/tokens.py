@@ -33,6 +33,7 @@ import orjson
 from gateway.auth import ROLES, Authenticator, Principal, token_sha256
 from gateway.clock import Clock, parse_rfc3339, rfc3339
 from gateway.keys import TOKENS, TOKENS_EVENTS, TOKENS_USED, TOKENS_VERSION
+from gateway.polling import poll_quietly
 from gateway.store import Status, Store, StoreError
 from gateway.validate import ID_RE, Fields
 
@@ -313,20 +314,12 @@ async def poll_tokens(store: Store, table: TokenTable, clock: Clock,
     table as it was (a revocation needs Redis to be made at all)."""
     loop = asyncio.get_running_loop()
     next_flush = loop.time() + flush_every_s
-    failing = False
-    while True:
-        try:
-            await table.refresh(store)
-            if loop.time() >= next_flush:
-                next_flush = loop.time() + flush_every_s
-                await table.flush_seen(store, clock)
-            if failing:
-                log.info("token poll works again")
-            failing = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # keep polling whatever happened; the next tick retries
-            if not failing:  # once per outage, not five times a second
-                log.warning("token poll failed (retrying quietly): %r", exc)
-            failing = True
-        await asyncio.sleep(interval_s)
+
+    async def step() -> None:
+        nonlocal next_flush
+        await table.refresh(store)
+        if loop.time() >= next_flush:
+            next_flush = loop.time() + flush_every_s
+            await table.flush_seen(store, clock)
+
+    await poll_quietly("token", step, interval_s)

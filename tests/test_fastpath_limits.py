@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import orjson
 import pytest
 
 from gateway.redisproc import RedisServer, free_port
+from loadtest.common import stop
 
 TOKEN = "limits-test-operator-token"
 DEADLINE_SECONDS = 60.0
@@ -93,13 +93,7 @@ def serve(tmp_path: Path, redis_url: str, **env: str) -> Iterator[Worker]:
             time.sleep(0.1)
         yield worker
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(DEADLINE_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, DEADLINE_SECONDS)  # SIGTERM, then SIGKILL past the bound
 
 
 @pytest.fixture

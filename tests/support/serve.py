@@ -5,7 +5,6 @@ stop, kill or fail it over), without the persist child (the scenarios read Redis
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from types import TracebackType
 from typing import Self
 
 from gateway.redisproc import free_port
+from loadtest.common import stop
 
 TOKEN = "chaos-operator-token-" + "k3Xq9vTn2pLw"  # >= 128 bits (22+ characters)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -83,15 +83,8 @@ class ServeProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if self.proc is not None:
+            stop(self.proc, STOP_TIMEOUT_SECONDS)  # SIGTERM, then SIGKILL past the bound
 
     def __enter__(self) -> Self:
         self.start()
