@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from gateway.errors import ConfigError, ValidationError
-from gateway.money import parse_money
-from gateway.rating import DeckError, RateDeck
+from gateway.rules.money import parse_money
+from gateway.rules.rating import DeckError, RateDeck
 from gateway.validate import ID_HINT, ID_RE
 
 CONFIG_FILE_NAME = "callgate.toml"

@@ -274,7 +274,7 @@ async def flusher_ctx(app: object) -> AsyncIterator[None]:
 
 def count_redis_failure(exc: BaseException) -> None:
     """One failed call-control round trip (see calls.UNAVAILABLE)."""
-    from gateway.redisclient import ReplyError
+    from gateway.redis.client import ReplyError
 
     if isinstance(exc, TimeoutError):
         REDIS_TIMEOUTS.inc()
@@ -290,7 +290,7 @@ def count_redis_failure(exc: BaseException) -> None:
 def count_redis_oom(exc: BaseException) -> None:
     """Count ``exc`` in callgate_redis_oom_errors_total when it is Redis's OOM error reply
     (any path may call this with any Redis failure)."""
-    from gateway.redisclient import ReplyError
+    from gateway.redis.client import ReplyError
 
     if isinstance(exc, ReplyError) and str(exc).lstrip().startswith("OOM"):
         REDIS_OOM_ERRORS.inc()
@@ -342,7 +342,7 @@ def render() -> tuple[bytes, str]:
 
 def generate() -> bytes:
     """The text exposition of what is flushed so far, without flushing: safe to call from
-    a thread other than the event loop's (flush() is not; gateway.observe calls it on the
+    a thread other than the event loop's (flush() is not; gateway.http.observe calls it on the
     loop, then this in a worker thread)."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
@@ -357,7 +357,7 @@ def worker_exited(pid: int) -> None:
         _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-# -- HTTP connections (gateway.fastpath; docs/http-limits.md) ------------------------------
+# -- HTTP connections (gateway.http.fastpath; docs/http-limits.md) ------------------------------
 #
 # Counted by the server in plain integers and moved here by its once-a-second sweep, like
 # the hot-path counts above: no prometheus call per connection or per request.

@@ -53,11 +53,11 @@ from typing import Any, cast
 
 import redis as redis_py
 
+from gateway.cli.supervisor import persist_enabled
 from gateway.config import load_settings
-from gateway.persist import persister_status
-from gateway.persist_child import persist_enabled
-from gateway.redisproc import RedisServer
-from gateway.store import Store
+from gateway.ledger.persister import persister_status
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
 from loadtest.common import (
     BIN,
     RESULTS,

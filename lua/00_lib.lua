@@ -14,7 +14,7 @@ Conventions of every function:
     a multiple of 100 micro-units (0.0001), so balances stay exact to four decimals;
   * pools count whole minutes;
   * the first element of every reply is a status code, shared with Python through
-    gateway/store.py (Status):
+    gateway/redis/store.py (Status):
        0 OK, -1 TENANT_NOT_FOUND, -2 TENANT_SETTINGS_CHANGED, -3 CALL_NOT_FOUND,
       -4 CALL_ENDED, -5 NUMBER_CONFLICT, -6 IDEMPOTENCY_CONFLICT, -7 CURRENCY_LOCKED,
       -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT, -10 MONTH_NEEDED,
@@ -86,7 +86,7 @@ local function credit_cost(d, rate, fee, a, b)
 end
 
 -- Largest L in [0, cap] with credit_cost(L) <= budget (closed form; mirrors
--- gateway.rating.max_affordable_seconds, which is its tested reference).
+-- gateway.rules.rating.max_affordable_seconds, which is its tested reference).
 -- Budgets above 1e14 micro-units are capped: 60 x budget must stay below 2^53, and no
 -- grant (cap <= 1 day) at any sane rate needs more.
 local BUDGET_CAP = 1e14
@@ -161,7 +161,7 @@ end
 -- An admin change: its event on the partition stream and, in the same atomic step, the same
 -- record (plus the stream entry id) on the tenant's capped audit list, newest first.
 -- data.actor is the id of the token that made the change, never the token.
--- AUDIT_MAX_ENTRIES mirrors gateway/keys.py.
+-- AUDIT_MAX_ENTRIES mirrors gateway/redis/keys.py.
 local AUDIT_MAX_ENTRIES = 1000
 
 local function audit(k_audit, stream, etype, tenant_id, now, data)
@@ -206,7 +206,7 @@ end
 
 -- The fields of a call that authorize sets and nothing changes after, in the order they are
 -- packed, as one JSON array of strings, into the call hash's field 'i' (mirrors
--- gateway/keys.py CALL_PACKED_FIELDS). One field instead of 27 makes the authorize HSET,
+-- gateway/redis/keys.py CALL_PACKED_FIELDS). One field instead of 27 makes the authorize HSET,
 -- its AOF entry and the call's memory a fraction of what they were. The fields that change
 -- (st, h, ps, cs, pr, cr, gexp, ext, grants; at the end dur, bdp, bip, bc, over, ended)
 -- stay fields of their own. A hash with every field its own (written before, or restored

@@ -20,7 +20,7 @@ ARGV[5]  currency and ARGV[6] time zone the caller computed rate and month under
 ARGV[7]  direction outbound|inbound
 ARGV[8]  user id ("" inbound)   ARGV[9] to (+E164 or short code)   ARGV[10] from ("" if none)
 ARGV[11] destination country ("" unknown)
-ARGV[12] destination number type (gateway.numbers; "emergency", "invalid")
+ARGV[12] destination number type (gateway.rules.numbers; "emergency", "invalid")
 ARGV[13] countries of the destination's domestic zone, ",US,PR,CA," ("" none)
 ARGV[14] regions where ARGV[9] is an emergency short code, ",US,CA," ("" none)
 ARGV[15] deny reason decided before Redis ("" | invalid_destination | destination_blocked)

@@ -8,7 +8,7 @@ there (D18). Reservations: pr = ceil(ps / 60) pool minutes, cr = cost(cs) micro-
 extend
 KEYS[1] tenant hash {p}:t:T      KEYS[2] call hash {p}:t:T:c:C     KEYS[3] pools hash
 KEYS[4..6] month hashes of the three months the call may have started in (caller's
-           candidates; see gateway/store.py), ARGV[5..7] their YYYYMM in the same order
+           candidates; see gateway/redis/store.py), ARGV[5..7] their YYYYMM in the same order
 KEYS[7] active zset {p}:active   KEYS[8] events stream {p}:events
 KEYS[9] user-active hash (end_call's; unused here)   KEYS[10] notify stream {p}:notify
 ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] used seconds so far

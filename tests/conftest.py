@@ -22,11 +22,11 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 from aiohttp.web_runner import BaseRunner
 
-from gateway.app import create_app
-from gateway.clock import ManualClock
 from gateway.config import Settings, load_settings
-from gateway.fastpath import CallgateRunner
-from gateway.redisproc import RedisServer
+from gateway.http.app import create_app
+from gateway.http.fastpath import CallgateRunner
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
 from tests.gwclient import Gateway
 from tests.support.cluster import RedisCluster
 
@@ -119,7 +119,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 class CallgateTestServer(TestServer):
     """The application served as `callgate serve` serves it: call control on the fast
-    path (gateway.fastpath), everything else by aiohttp."""
+    path (gateway.http.fastpath), everything else by aiohttp."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return CallgateRunner(self.app, **kwargs)

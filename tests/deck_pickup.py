@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
 from tests.test_decks import make_deck_csv
 
 PORTS = (18461, 18462)

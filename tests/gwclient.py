@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.clock import ManualClock
 from gateway.config import Settings
+from gateway.rules.clock import ManualClock
 
 OPERATOR_TOKEN = "test-operator-token-7Hq2xW9mR4vK8pZ3"  # 36 characters: >= 128 bits
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}

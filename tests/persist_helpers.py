@@ -7,10 +7,10 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.keys import all_partitions
 from gateway.ledger import Ledger
-from gateway.persist import Persister, persister_status
-from gateway.store import Store
+from gateway.ledger.persister import Persister, persister_status
+from gateway.redis.keys import all_partitions
+from gateway.redis.store import Store
 
 DRAIN_DEADLINE_SECONDS = 30.0
 

@@ -6,7 +6,7 @@ this model with the same operations and compares every answer and every balance.
 
 What the model takes from the project, because it is configuration or a tested pure
 function, not a rule: plans, zones, country rules, the operator block list and rate decks
-(``gateway.config.Settings``), and the D20 money formulas (``gateway.rating``). What the model
+(``gateway.config.Settings``), and the D20 money formulas (``gateway.rules.rating``). What the model
 knows about the numbers it is asked to dial is the hand-written table ``NUMBERS`` (from the
 national numbering plans), plus emergency short codes from phonenumbers' short-number data
 (D11 names it as the authority).
@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 from phonenumbers import shortnumberinfo
 
 from gateway.config import Settings
-from gateway.rating import Rate, credit_cost_micro, max_affordable_seconds
+from gateway.rules.rating import Rate, credit_cost_micro, max_affordable_seconds
 
 POOL_KINDS = ("domestic", "international")
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis
 
-from gateway.keys import tenant_keys
+from gateway.redis.keys import tenant_keys
 from tests.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
@@ -221,7 +221,7 @@ def _text(v: Any) -> str:
 async def test_crossings_on_a_cluster_too(gw: Gateway, tenant_id: str, store_url: str) -> None:
     """Every key an announcing function touches shares the tenant's slot (the suite's
     cluster run: a key of another slot would fail with CROSSSLOT)."""
-    from gateway.store import Store
+    from gateway.redis.store import Store
 
     t = tenant_id
     await gw.tenant(t)

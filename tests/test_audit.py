@@ -13,11 +13,11 @@ from typing import Any, cast
 import pytest
 import redis
 
-from gateway.auth import token_sha256
-from gateway.clock import rfc3339
 from gateway.config import TokenEntry
-from gateway.keys import AUDIT_MAX_ENTRIES, tenant_keys
-from gateway.redisproc import RedisServer
+from gateway.http.auth import token_sha256
+from gateway.redis.keys import AUDIT_MAX_ENTRIES, tenant_keys
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import rfc3339
 from tests.conftest import T0, start_gateway
 from tests.gwclient import OPERATOR_TOKEN, Gateway
 

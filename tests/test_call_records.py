@@ -10,11 +10,11 @@ from typing import Any, cast
 import orjson
 import redis
 
-from gateway.api import CALLS
-from gateway.calls import AuthorizeRequest
-from gateway.clock import rfc3339
-from gateway.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
+from gateway.http.web import CALLS
 from gateway.ledger.project import CALL_INSERT, _record, statements
+from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
+from gateway.rules.calls import AuthorizeRequest
+from gateway.rules.clock import rfc3339
 from tests.gwclient import Gateway
 
 LONDON = "+442071838750"
@@ -151,7 +151,7 @@ async def test_the_fields_that_never_change_are_one_packed_field(
     k = tenant_keys(t, gw.settings.partitions)
     body = await gw.call(t, "pool", NEW_YORK, user="us0")
     stored = call_hash(redis_sync, k.call("pool"))
-    # n: the attempt that created the call (gateway.voids), its own field: a replay may
+    # n: the attempt that created the call (gateway.rules.voids), its own field: a replay may
     # write cn beside it.
     assert set(stored) == {"st", "i", "h", "ps", "cs", "pr", "cr", "gexp", "ext", "grants",
                            "n"}

@@ -16,11 +16,11 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.clock import ManualClock, rfc3339
 from gateway.ledger import open_ledger
-from gateway.persist import Persister
-from gateway.redisproc import RedisServer
-from gateway.store import Store
+from gateway.ledger.persister import Persister
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock, rfc3339
 from tests.conftest import T0, start_gateway
 from tests.gwclient import Gateway
 from tests.persist_helpers import drain

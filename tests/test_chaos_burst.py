@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
 from tests.hangguard import hang_guard
 from tests.support.scenario import (
     Caller,

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import tenant_keys
-from gateway.redisproc import RedisServer, _probe_client
-from gateway.store import LIBRARY_NAME
+from gateway.redis.keys import tenant_keys
+from gateway.redis.server import RedisServer, _probe_client
+from gateway.redis.store import LIBRARY_NAME
 from tests.hangguard import hang_guard
 from tests.support.cluster import RedisCluster
 from tests.support.scenario import (

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
 from tests.conftest import start_gateway
 from tests.gwclient import Gateway
 from tests.support.serve import PARTITIONS

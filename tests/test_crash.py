@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.keys import active_member, all_partitions
 from gateway.ledger import Ledger, open_ledger
-from gateway.persist import Persister
-from gateway.redisproc import RedisServer
-from gateway.store import Store
+from gateway.ledger.persister import Persister
+from gateway.redis.keys import active_member, all_partitions
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
 from tests.conftest import start_gateway
 from tests.gwclient import Gateway
 from tests.hangguard import hang_guard

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.redisproc import RedisServer, free_port
+from gateway.redis.server import RedisServer, free_port
+from gateway.rules.clock import ManualClock
 from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
 from tests.conftest import T0, start_gateway
 from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
 from gateway.config import TokenEntry
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
 from loadtest.sip import Tenancy, kamcmd, write_sources, write_tokens
 from loadtest.sip_bench import slow_link
 from tests.conftest import T0, start_gateway

@@ -43,14 +43,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from gateway.app import create_app
-from gateway.clock import ManualClock
 from gateway.config import Plan, load_settings
-from gateway.money import parse_money
-from gateway.reaper import Reaper
-from gateway.redisclient import backend_from_url
-from gateway.redisproc import RedisServer
-from gateway.store import Store
+from gateway.http.app import create_app
+from gateway.ledger.reaper import Reaper
+from gateway.redis.client import backend_from_url
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from gateway.rules.money import parse_money
 from tests.gwclient import AUTH, OPERATOR_TOKEN
 from tests.refmodel import NUMBERS, Model, User
 

@@ -9,7 +9,7 @@ from typing import cast
 
 import redis
 
-from gateway.keys import tenant_keys
+from gateway.redis.keys import tenant_keys
 from tests.gwclient import Gateway
 
 NEW_YORK = "+12125550123"

@@ -9,10 +9,10 @@ from typing import Any
 
 import redis
 
-from gateway.clock import ManualClock
-from gateway.observe import OBSERVER
-from gateway.redisproc import RedisServer
-from gateway.store import LIBRARY_NAME
+from gateway.http.observe import OBSERVER
+from gateway.redis.server import RedisServer
+from gateway.redis.store import LIBRARY_NAME
+from gateway.rules.clock import ManualClock
 from tests.conftest import start_gateway
 from tests.gwclient import AUTH, Gateway
 

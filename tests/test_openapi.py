@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.openapi import described, routed
+from gateway.http.openapi import described, routed
 from tests.gwclient import Gateway
 
 METHODS = {"get", "put", "post", "delete", "patch"}

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.app import create_app
-from gateway.clock import ManualClock
-from gateway.redisproc import RedisServer
+from gateway.http.app import create_app
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
 from tests.conftest import T0, make_settings
 from tests.gwclient import Gateway
 

@@ -7,12 +7,12 @@ import time
 import pytest
 import redis
 
-from gateway.clock import rfc3339
-from gateway.keys import tenant_keys
-from gateway.money import parse_money
-from gateway.rating import credit_cost_micro
-from gateway.reaper import Reaper
-from gateway.store import Store
+from gateway.ledger.reaper import Reaper
+from gateway.redis.keys import tenant_keys
+from gateway.redis.store import Store
+from gateway.rules.clock import rfc3339
+from gateway.rules.money import parse_money
+from gateway.rules.rating import credit_cost_micro
 from tests.gwclient import Gateway
 
 NEW_YORK = "+12125550123"

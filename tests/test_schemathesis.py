@@ -29,9 +29,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.app import create_app
-from gateway.openapi import build_document, routed
-from gateway.redisproc import RedisServer
+from gateway.http.app import create_app
+from gateway.http.openapi import build_document, routed
+from gateway.redis.server import RedisServer
 from tests.conftest import make_settings
 from tests.gwclient import AUTH
 

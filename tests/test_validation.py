@@ -25,8 +25,8 @@ import yarl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.api import ROUTES
-from gateway.keys import partition_of, partition_tag
+from gateway.http.api import ROUTES
+from gateway.redis.keys import partition_of, partition_tag
 from tests.gwclient import AUTH, Gateway
 
 LIMIT = 64 * 1024
@@ -655,7 +655,7 @@ async def test_bad_input_is_a_problem_document_and_changes_nothing(
 
 
 def test_every_route_has_a_bad_path_case() -> None:
-    """The cases cover every route of gateway/api.py (15 of them)."""
+    """The cases cover every route of gateway/http/api.py (15 of them)."""
     covered = {(p.values[0].method, p.values[0].path) for p in CASES
                if p.values[0].bad_tenant is not None}
     assert covered == set(ALL_ROUTES)

@@ -8,9 +8,9 @@ from typing import Any, cast
 import pytest
 import redis
 
-from gateway.keys import tenant_keys
-from gateway.redisproc import RedisServer
-from gateway.webhooks import address_refusal, signature, verify
+from gateway.notify.webhooks import address_refusal, signature, verify
+from gateway.redis.keys import tenant_keys
+from gateway.redis.server import RedisServer
 from tests.conftest import start_gateway
 from tests.gwclient import Gateway
 

@@ -10,7 +10,7 @@ import calendar
 
 import pytest
 
-from gateway.rating import credit_cost_micro
+from gateway.rules.rating import credit_cost_micro
 from tests.gwclient import Gateway
 
 pytestmark = pytest.mark.cluster

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gateway.redisclient import RedisUnavailable, ReplyError
+from gateway.redis.client import RedisUnavailable, ReplyError
 
 if TYPE_CHECKING:
     from gateway.ledger.base import Ledger

@@ -12,14 +12,12 @@ end.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from gateway.keys import call_fields
-
-if TYPE_CHECKING:
-    from gateway.ledger.base import Tx
+from gateway.ledger.tx import Tx
+from gateway.redis.keys import call_fields
 
 Stmt = tuple[str, tuple[Any, ...]]
 
@@ -71,7 +69,7 @@ _FIELDS_IN_RECORD = {
 
 def _denied_record(d: dict[str, Any]) -> str:
     """A denied call's record: the fields of its answer no column holds (GET of a call
-    Redis no longer has, gateway.cdrs.call_record)."""
+    Redis no longer has, gateway.ledger.cdrs.call_record)."""
     return orjson.dumps({"d": "deny", "dt": _s(d.get("number_type"))},
                         option=orjson.OPT_SORT_KEYS).decode()
 
@@ -193,7 +191,7 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
             balance[t] = balance.get(t, 0) - credits
         return _closed(entry_id, t, d, etype.split(".", 1)[1])
     if etype == "call.voided":
-        # An allow that never reached the switch, undone (gateway.voids): a denied call.
+        # An allow that never reached the switch, undone (gateway.rules.voids): a denied call.
         return [(CALL_VOID, (_s(d.get("reason")), t, _s(d.get("call_id"))))]
     return []  # unknown types: kept in events only
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.ledger.base import Ledger, Row, Tx
+from gateway.ledger.base import Ledger
+from gateway.ledger.tx import Row, Tx
 
 # Another process (a second persister, `callgate audit`) may hold the write lock briefly.
 BUSY_TIMEOUT_MS = 10_000

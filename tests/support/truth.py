@@ -29,8 +29,8 @@ from typing import Any
 import redis
 import redis.cluster
 
-from gateway.keys import active_member, call_fields, tenant_keys
-from gateway.money import parse_money
+from gateway.redis.keys import active_member, call_fields, tenant_keys
+from gateway.rules.money import parse_money
 
 ALLOW = "allow"
 UNAVAILABLE = "deny:service_unavailable"

@@ -1,0 +1,272 @@
+"""Tenant administration: tenants, users and licences, credits, toll-free numbers, pools.
+
+The HTTP handlers and the CLI (demo tenant, bulk loading) both go through this module, so
+there is one code path for every change; each change is one atomic Redis function that
+also appends its event to the partition stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.config import Settings
+from gateway.errors import TenantNotFound, ValidationError
+from gateway.redis.store import Status, Store, StoreError, TenantSettings
+from gateway.rules.clock import Clock, month_of
+from gateway.rules.money import format_money
+from gateway.rules.numbers import classify
+
+DIAL_OUT = ("international_and_domestic", "domestic_only", "none")
+# Lua formats numbers with 14 significant digits (tostring, "..", cjson in events): from
+# 10^14 micro-units on, a balance would reach clients as "1.0000000000001e+14" and events
+# would lose digits (a 500 on top-up, found by schemathesis). Every wallet stays below.
+BALANCE_MAX_MICRO = 10**14 - 100
+
+
+class NotFound(Exception):
+    pass
+
+
+class Conflict(Exception):
+    """409: the request contradicts the current state; the message says how."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserSpec:
+    country: str
+    plan: str
+    dial_out: str
+    credits_allowed: bool
+    monthly_spend_limit_micro: int | None
+    max_concurrent_calls: int | None
+    numbers: tuple[str, ...]
+
+
+def _raise_store(exc: StoreError) -> Exception:
+    if exc.status is Status.TENANT_NOT_FOUND:
+        return TenantNotFound()
+    if exc.status is Status.NOT_FOUND:
+        return NotFound()
+    if exc.status is Status.NUMBER_CONFLICT:
+        return Conflict(f"number {exc.detail[0]} already belongs to another user or is a "
+                        "toll-free number of the tenant")
+    if exc.status is Status.IDEMPOTENCY_CONFLICT:
+        return Conflict("idempotency_key was already used with a different amount")
+    if exc.status is Status.BALANCE_LIMIT:
+        return ValidationError.one(
+            "amount", f"the balance may not exceed {format_money(BALANCE_MAX_MICRO)}")
+    if exc.status is Status.CURRENCY_LOCKED:
+        return Conflict("currency cannot change while the wallet holds or reserves credits")
+    return exc
+
+
+def e164_number(raw: str, field: str, *, toll_free: bool = False) -> str:
+    dest = classify(raw)
+    if dest.e164 is None:
+        raise ValidationError.one(field, dest.error or "not a valid E.164 number")
+    if toll_free and dest.number_type != "toll_free":
+        raise ValidationError.one(
+            field, f"{dest.e164} is a {dest.number_type} number of {dest.country}, not toll-free"
+        )
+    return dest.e164
+
+
+class AdminService:
+    def __init__(self, settings: Settings, store: Store, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+
+    def _now(self) -> int:
+        return int(self.clock.now())
+
+    # -- tenants --------------------------------------------------------------------------
+
+    async def put_tenant(
+        self, tenant_id: str, s: TenantSettings, actor: str
+    ) -> tuple[dict[str, Any], bool]:
+        try:
+            created = await self.store.tenant_put(tenant_id, self._now(), s, actor)
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+        return await self.get_tenant(tenant_id), created
+
+    async def get_tenant(self, tenant_id: str) -> dict[str, Any]:
+        t = await self.store.tenant_get(tenant_id)
+        if t is None:
+            raise TenantNotFound()
+        return {
+            "tenant_id": tenant_id,
+            "name": t.get("name"),
+            "currency": t.get("cur"),
+            "timezone": t.get("tz"),
+            "charge_inbound_calls": t.get("chg_in") == "1",
+            "max_concurrent_calls": int(t["maxc"]) if t.get("maxc") else None,
+            "authorizations_per_second": int(t["rl"]) if t.get("rl") else None,
+            "active_calls": int(t.get("act") or 0),
+        }
+
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        return await self.store.tenant_get(tenant_id) is not None
+
+    # -- users ----------------------------------------------------------------------------
+
+    def _record(self, spec: UserSpec) -> dict[str, Any]:
+        plan = self.settings.plans[spec.plan]
+        record: dict[str, Any] = {
+            "country": spec.country,
+            "plan": spec.plan,
+            "pstn": plan.outbound != "none",
+            "dial_out": spec.dial_out,
+            "credits_allowed": spec.credits_allowed,
+            "numbers": list(spec.numbers),
+            "dmin": plan.domestic_minutes_for(spec.country),
+            "imin": plan.international_minutes_for(spec.country),
+        }
+        # Absent rather than null: Lua's cjson turns null into a sentinel, absent into nil.
+        if spec.monthly_spend_limit_micro is not None:
+            record["monthly_spend_limit_micro"] = spec.monthly_spend_limit_micro
+        if spec.max_concurrent_calls is not None:
+            record["max_concurrent_calls"] = spec.max_concurrent_calls
+        return record
+
+    async def put_user(
+        self, tenant_id: str, user_id: str, spec: UserSpec, actor: str
+    ) -> tuple[dict[str, Any], bool]:
+        record = self._record(spec)
+        try:
+            created = await self.store.user_put(
+                tenant_id, user_id, self._now(), orjson.dumps(record).decode(), actor
+            )
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+        return user_body(user_id, record), created
+
+    async def get_user(self, tenant_id: str, user_id: str) -> dict[str, Any]:
+        raw = await self.store.user_get(tenant_id, user_id)
+        if raw is None:
+            if not await self.tenant_exists(tenant_id):
+                raise TenantNotFound()
+            raise NotFound()
+        return user_body(user_id, orjson.loads(raw))
+
+    async def delete_user(self, tenant_id: str, user_id: str, actor: str) -> None:
+        try:
+            await self.store.user_delete(tenant_id, user_id, self._now(), actor)
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+
+    # -- credits --------------------------------------------------------------------------
+
+    async def topup(
+        self, tenant_id: str, key: str, amount_micro: int, actor: str
+    ) -> dict[str, Any]:
+        currency, _balance, _ = await self.credits_raw(tenant_id)
+        # The balance cap is checked in Lua, after the idempotency check: a retried top-up
+        # near the cap answers as the first did instead of 400.
+        try:
+            balance, _ = await self.store.topup(
+                tenant_id, key, amount_micro, self._now(), actor
+            )
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+        return {"balance": format_money(balance), "currency": currency}
+
+    async def credits_raw(self, tenant_id: str) -> tuple[str, int, int]:
+        try:
+            return await self.store.credits_get(tenant_id)
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+
+    async def credits(self, tenant_id: str) -> dict[str, Any]:
+        currency, balance, reserved = await self.credits_raw(tenant_id)
+        return {
+            "balance": format_money(balance),
+            "currency": currency,
+            "reserved": format_money(reserved),
+            "available": format_money(balance - reserved),
+        }
+
+    # -- toll-free numbers ----------------------------------------------------------------
+
+    async def put_tollfree(
+        self, tenant_id: str, number: str, actor: str
+    ) -> tuple[dict[str, Any], bool]:
+        try:
+            created = await self.store.tollfree_put(tenant_id, number, self._now(), actor)
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+        return {"number": number}, created
+
+    async def delete_tollfree(self, tenant_id: str, number: str, actor: str) -> None:
+        try:
+            await self.store.tollfree_delete(tenant_id, number, self._now(), actor)
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+
+    # -- pools ----------------------------------------------------------------------------
+
+    async def pools(self, tenant_id: str, month: str | None) -> dict[str, Any]:
+        if month is None:
+            t = await self.store.tenant_get(tenant_id)
+            if t is None:
+                raise TenantNotFound()
+            month = month_of(self._now(), t.get("tz") or "UTC")
+        try:
+            pools, usage = await self.store.pools_get(tenant_id, month)
+        except StoreError as exc:
+            raise _raise_store(exc) from exc
+        return {"month": f"{month[:4]}-{month[4:]}", "pools": pool_rows(pools, usage)}
+
+
+def pool_rows(pools: dict[str, str], usage: dict[str, str]) -> list[dict[str, Any]]:
+    """API rows from the pools hash (licences, minutes per user) and a month hash (usage)."""
+    ids: set[tuple[str, str, str]] = set()
+    for field, value in pools.items():
+        kind_prefix, _, pool = field.partition(":")
+        if kind_prefix == "dmin" and int(value) > 0:
+            ids.add((*_split2(pool), "domestic"))
+        elif kind_prefix == "imin" and int(value) > 0:
+            ids.add((*_split2(pool), "international"))
+    for field in usage:
+        prefix, _, pool = field.partition(":")
+        if prefix in ("u", "r"):
+            country, plan, kind = pool.split(":")
+            ids.add((country, plan, kind))
+    rows = []
+    for country, plan, kind in sorted(ids):
+        licenses = int(pools.get(f"lic:{country}:{plan}", 0))
+        per_user = int(pools.get(f"{'dmin' if kind == 'domestic' else 'imin'}:{country}:{plan}", 0))
+        used = int(usage.get(f"u:{country}:{plan}:{kind}", 0))
+        reserved = int(usage.get(f"r:{country}:{plan}:{kind}", 0))
+        capacity = licenses * per_user
+        rows.append({
+            "country": country, "plan": plan, "kind": kind, "licenses": licenses,
+            "minutes_per_user": per_user, "capacity_minutes": capacity,
+            "used_minutes": used, "reserved_minutes": reserved,
+            "remaining_minutes": max(0, capacity - used - reserved),
+            "percent_used": round((used + reserved) * 100 / capacity, 1) if capacity else None,
+        })
+    return rows
+
+
+def _split2(pool: str) -> tuple[str, str]:
+    country, plan = pool.split(":")
+    return country, plan
+
+
+def user_body(user_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    limit = record.get("monthly_spend_limit_micro")
+    return {
+        "user_id": user_id,
+        "country": record["country"],
+        "plan": record["plan"],
+        "dial_out": record["dial_out"],
+        "credits_allowed": record["credits_allowed"],
+        "monthly_spend_limit": None if limit is None else format_money(int(limit)),
+        "max_concurrent_calls": record.get("max_concurrent_calls"),
+        "numbers": list(record.get("numbers") or []),
+    }
