@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from gateway.redis.keys import tenant_keys
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 

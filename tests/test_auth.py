@@ -23,8 +23,8 @@ from gateway.config import TokenEntry
 from gateway.http.app import ROUTES, create_app
 from gateway.http.auth import Authenticator, token_sha256
 from gateway.redis.server import RedisServer
-from tests.conftest import make_settings, start_gateway
-from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
+from tests.support.gateway import make_settings, start_gateway
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
 ALL_ROUTES = ROUTES
 

@@ -15,7 +15,7 @@ from gateway.ledger.project import CALL_INSERT, _record, statements
 from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
 from gateway.rules.calls import AuthorizeRequest
 from gateway.rules.clock import rfc3339
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 
 LONDON = "+442071838750"
 NEW_YORK = "+12125550123"

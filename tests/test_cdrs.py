@@ -21,9 +21,9 @@ from gateway.ledger.persister import Persister
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock, rfc3339
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
-from tests.persist_helpers import drain
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
+from tests.support.persist_helpers import drain
 
 LONDON = "+442071838750"
 PARTITIONS = 2

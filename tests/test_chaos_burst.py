@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.redis.server import RedisServer
-from tests.hangguard import hang_guard
+from tests.support.hangguard import hang_guard
 from tests.support.scenario import (
     Caller,
     burst,

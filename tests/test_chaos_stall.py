@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gateway.redis.server import RedisServer
-from tests.hangguard import hang_guard
+from tests.support.hangguard import hang_guard
 from tests.support.scenario import (
     Caller,
     chaos_seed,

@@ -11,8 +11,8 @@ import pytest
 
 from gateway.redis.server import RedisServer
 from gateway.rules.clock import ManualClock
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 from tests.support.serve import PARTITIONS
 from tests.support.truth import Answers, Report, check, redis_client, snapshot
 

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.cli.common import settings_with_redis
 from gateway.redis.server import embedded_url
-from tests.gwclient import OPERATOR_TOKEN
+from tests.support.gwclient import OPERATOR_TOKEN
 
 
 def test_the_embedded_redis_url_comes_from_the_data_directory(tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ from gateway.http.app import create_app
 from gateway.redis.keys import DECKS_EVENTS, deck_key
 from gateway.redis.server import RedisServer
 from gateway.rules.rating import HEADER
-from tests.conftest import make_settings
-from tests.gwclient import AUTH, Gateway
+from tests.support.gateway import make_settings
+from tests.support.gwclient import AUTH, Gateway
 
 CSV_HEADERS = {**AUTH, "Content-Type": "text/csv"}
 HEAD = ",".join(HEADER)

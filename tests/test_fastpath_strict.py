@@ -39,8 +39,8 @@ from gateway.http.app import create_app
 from gateway.http.fastpath import AiohttpHandler, CallgateRunner, FastServer
 from gateway.redis.server import RedisServer
 from gateway.rules.clock import ManualClock
-from tests.conftest import T0, make_settings
-from tests.gwclient import OPERATOR_TOKEN
+from tests.support.gateway import T0, make_settings
+from tests.support.gwclient import OPERATOR_TOKEN
 
 TENANT = "t-strict"
 MAX_LENGTH = 1000  # the largest Content-Length a case may announce

@@ -26,8 +26,8 @@ from gateway.http.app import create_app
 from gateway.http.fastpath import CallgateRunner, FastServer
 from gateway.redis.server import RedisServer
 from gateway.rules.clock import ManualClock
-from tests.conftest import T0, make_settings
-from tests.gwclient import OPERATOR_TOKEN
+from tests.support.gateway import T0, make_settings
+from tests.support.gwclient import OPERATOR_TOKEN
 
 DEADLINE_SECONDS = 15.0
 TRICKLE_SECONDS = 0.25  # a byte this often: four per head timeout

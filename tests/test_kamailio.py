@@ -25,8 +25,8 @@ import pytest
 from gateway.redis.server import RedisServer, free_port
 from gateway.rules.clock import ManualClock
 from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
-from tests.conftest import T0, start_gateway
-from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
 TENANT = "kam"
 DESTINATION = "+12125550123"

@@ -26,8 +26,8 @@ from gateway.redis.server import RedisServer
 from gateway.rules.clock import ManualClock
 from loadtest.sip import Tenancy, kamcmd, write_sources, write_tokens
 from loadtest.sip_bench import slow_link
-from tests.conftest import T0, start_gateway
-from tests.gwclient import OPERATOR_TOKEN, Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import OPERATOR_TOKEN, Gateway
 from tests.test_kamailio import DEADLINE_SECONDS, GRANT_SECONDS, TALK_MS, dial, ended_call, proxy
 
 ACME_TRUNK, GLOBEX_TRUNK, UPSTREAM, STRANGER = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"

@@ -29,10 +29,10 @@ from gateway.ledger.reaper import Reaper
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
-from tests.conftest import make_settings, start_gateway
-from tests.gwclient import AUTH, Gateway
-from tests.ledger_fixtures import _as_pg_user, _free_port, _pg_bin
-from tests.persist_helpers import entries_added, scalar, wait_drained
+from tests.support.gateway import make_settings, start_gateway
+from tests.support.gwclient import AUTH, Gateway
+from tests.support.ledger_fixtures import _as_pg_user, _free_port, _pg_bin
+from tests.support.persist_helpers import entries_added, scalar, wait_drained
 
 PARTITIONS = 4
 DEADLINE_SECONDS = 30.0

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from gateway.redis.server import RedisServer
 from gateway.rules.clock import ManualClock
-from tests.conftest import start_gateway
-from tests.gwclient import AUTH, Gateway
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import AUTH, Gateway
 from tests.test_cdrs import make_calls, persist_all
 
 PROBLEM = "application/problem+json"

@@ -13,8 +13,8 @@ from gateway.ledger.reaper import Reaper
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock, parse_rfc3339
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 

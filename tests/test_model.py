@@ -1,4 +1,4 @@
-"""Stateful property test: the gateway, through its HTTP API, against tests/refmodel.py.
+"""Stateful property test: the gateway, through its HTTP API, against tests/support/refmodel.py.
 
 A hypothesis RuleBasedStateMachine plays one tenant's life: users and licences come and go,
 the wallet is topped up (idempotency keys reused), calls are authorized, extended, ended and
@@ -51,8 +51,8 @@ from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
 from gateway.rules.money import parse_money
-from tests.gwclient import AUTH, OPERATOR_TOKEN
-from tests.refmodel import NUMBERS, Model, User
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN
+from tests.support.refmodel import NUMBERS, Model, User
 
 T0 = 1_795_773_600  # 2026-11-27T10:00:00Z, a few days before a month boundary
 USER_IDS = ("u0", "u1", "u2")

@@ -10,7 +10,7 @@ from typing import cast
 import redis
 
 from gateway.redis.keys import tenant_keys
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 TTL_SECONDS = 400 * 86400  # lua/00_lib.lua MONTH_TTL_SECONDS

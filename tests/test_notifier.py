@@ -25,8 +25,8 @@ from gateway.redis.keys import tenant_keys
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 
 SECRET = "whsec_" + "k" * 40
 NEW_YORK = "+12125550123"
@@ -305,7 +305,7 @@ async def test_alert_events_reach_the_ledger(gw: Gateway, store: Store, receiver
                                              tenant_id: str, tmp_path: Path) -> None:
     from gateway.ledger import open_ledger
     from gateway.ledger.persister import Persister
-    from tests.persist_helpers import drain
+    from tests.support.persist_helpers import drain
 
     t = tenant_id
     await low_balance_crossed(gw, t, receiver.url)

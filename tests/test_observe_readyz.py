@@ -13,8 +13,8 @@ from gateway.http.observe import OBSERVER
 from gateway.redis.server import RedisServer
 from gateway.redis.store import LIBRARY_NAME
 from gateway.rules.clock import ManualClock
-from tests.conftest import start_gateway
-from tests.gwclient import AUTH, Gateway
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import AUTH, Gateway
 
 ALL_OK = {"redis": "ok", "functions": "ok", "persister": "ok"}
 VOCABULARY = {"ok", "failing", "missing", "stalled", "unknown"}

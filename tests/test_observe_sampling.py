@@ -23,8 +23,8 @@ from gateway.redis.client import ReplyError
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
-from tests.conftest import make_settings, start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import make_settings, start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 SCRAPERS = 64

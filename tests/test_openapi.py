@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.http.openapi import described, routed
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 
 METHODS = {"get", "put", "post", "delete", "patch"}
 

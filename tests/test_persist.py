@@ -20,9 +20,9 @@ from gateway.ledger.reaper import Reaper
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
-from tests.conftest import start_gateway
-from tests.gwclient import AUTH, Gateway
-from tests.persist_helpers import drain, entries_added, scalar
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import AUTH, Gateway
+from tests.support.persist_helpers import drain, entries_added, scalar
 
 LONDON = "+442071838750"
 NEW_YORK = "+12125550123"

@@ -18,8 +18,8 @@ from gateway.ledger.persister import Persister
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
-from tests.conftest import T0, start_gateway
-from tests.persist_helpers import entries_added, scalar
+from tests.support.gateway import T0, start_gateway
+from tests.support.persist_helpers import entries_added, scalar
 
 NEW_YORK = "+12125550123"
 

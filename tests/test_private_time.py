@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from gateway.redis.store import Status
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 from tests.test_validation import snapshot
 
 NEW_YORK = "+12125550123"  # USD deck: fee 0.0100 + 0.0120 a minute, 60 s increments

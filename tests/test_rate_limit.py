@@ -11,8 +11,8 @@ import redis
 
 from gateway.redis.keys import tenant_keys
 from gateway.rules.clock import ManualClock
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
 
 pytestmark = pytest.mark.cluster
 

@@ -20,10 +20,8 @@ from gateway.rules.rating import (
     DeckError,
     Rate,
     RateDeck,
-    billable_seconds,
-    credit_cost_micro,
-    max_affordable_seconds,
 )
+from tests.support.refcost import billable_seconds, credit_cost_micro, max_affordable_seconds
 
 RATES_DIR = Path(__file__).resolve().parent.parent / "config" / "rates"
 HEADER_LINE = ",".join(HEADER)

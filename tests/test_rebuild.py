@@ -21,9 +21,9 @@ from gateway.redis.keys import AUDIT_MAX_ENTRIES, tenant_keys
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
-from tests.conftest import T0, start_gateway
-from tests.gwclient import AUTH, Gateway
-from tests.persist_helpers import drain
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import AUTH, Gateway
+from tests.support.persist_helpers import drain
 
 REPO = Path(__file__).resolve().parent.parent
 LONDON = "+442071838750"

@@ -17,8 +17,8 @@ from gateway.redis.keys import PartitionKeys, partition_of, partition_tag
 from gateway.redis.server import RedisServer
 from gateway.rules import calls
 from gateway.rules.clock import ManualClock
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 

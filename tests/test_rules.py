@@ -12,8 +12,8 @@ from gateway.redis.keys import tenant_keys
 from gateway.redis.store import Store
 from gateway.rules.clock import rfc3339
 from gateway.rules.money import parse_money
-from gateway.rules.rating import credit_cost_micro
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
+from tests.support.refcost import credit_cost_micro
 
 NEW_YORK = "+12125550123"
 LONDON = "+442071838750"

@@ -32,8 +32,8 @@ from schemathesis.specs.openapi.checks import (
 from gateway.http.app import create_app
 from gateway.http.openapi import build_document, routed
 from gateway.redis.server import RedisServer
-from tests.conftest import make_settings
-from tests.gwclient import AUTH
+from tests.support.gateway import make_settings
+from tests.support.gwclient import AUTH
 
 TENANT = "acme"
 USER = "alice"

@@ -28,8 +28,8 @@ from gateway.http.web import STORE
 from gateway.redis.keys import TOKENS, TOKENS_USED
 from gateway.redis.server import RedisServer
 from gateway.rules.clock import ManualClock, rfc3339
-from tests.conftest import T0, start_gateway
-from tests.gwclient import AUTH, Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import AUTH, Gateway
 
 ADMIN_TOKEN = "cg_admin_" + secrets.token_urlsafe(32)
 TWO_ADMIN_TOKEN = "cg_admin2_" + secrets.token_urlsafe(32)

@@ -24,8 +24,8 @@ from gateway.redis.server import RedisServer
 from gateway.redis.store import Status, Store, StoreError
 from gateway.rules.calls import CallService
 from gateway.rules.clock import ManualClock, candidate_months
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 LONDON = "+442079460000"
@@ -317,7 +317,7 @@ async def test_a_voided_call_reaches_the_ledger_as_denied(
     nothing reserved, and no CDR bills it."""
     from gateway.ledger import open_ledger
     from gateway.ledger.persister import Persister
-    from tests.persist_helpers import drain
+    from tests.support.persist_helpers import drain
 
     gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url, partitions=4)
     t = tenant_id

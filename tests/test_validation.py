@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from gateway.http.api import ROUTES
 from gateway.redis.keys import partition_of, partition_tag
-from tests.gwclient import AUTH, Gateway
+from tests.support.gwclient import AUTH, Gateway
 
 LIMIT = 64 * 1024
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}

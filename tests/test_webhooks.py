@@ -11,8 +11,8 @@ import redis
 from gateway.notify.webhooks import address_refusal, signature, verify
 from gateway.redis.keys import tenant_keys
 from gateway.redis.server import RedisServer
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 
 SECRET = "s3cr3t-" + "x" * 30
 

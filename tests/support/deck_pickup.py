@@ -1,6 +1,6 @@
 """Measures how soon a second `callgate serve` process rates with an uploaded deck.
 
-Run: ``.venv/bin/python -m tests.deck_pickup`` (the README figures). Two gateways on one
+Run: ``.venv/bin/python -m tests.support.deck_pickup`` (the README figures). Two gateways on one
 redis-server of their own; a 50-row and a 100,000-row deck are PUT to the first, and the
 second is polled until its lookup answers 200.
 """

