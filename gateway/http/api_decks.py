@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import FieldError, ValidationError
-from gateway.http.web import CLOCK, STORE, Ctx, Route, json_response, problem
+from gateway.errors import DeckNotFound, FieldError, RateNotFound, ValidationError
+from gateway.http.web import CLOCK, STORE, Ctx, Route, json_response
 from gateway.rules.decks import DECK_LIMIT_BYTES, DECKS, deck_rows_json, store_deck
 from gateway.rules.money import format_rate
 from gateway.rules.rating import KINDS, DeckError, Rate, RateDeck
@@ -116,11 +116,10 @@ async def lookup(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     assert match is not None
     deck = request.app[DECKS].current.get(currency)
     if deck is None:
-        return problem(404, "Not found", f"no rate deck for {currency}", slug="deck-not-found")
+        raise DeckNotFound(f"no rate deck for {currency}")
     rate = deck.lookup(match.group(1), kind)
     if rate is None:
-        return problem(404, "Not found", f"no {kind} row of the {currency} deck rates "
-                       f"+{match.group(1)}", slug="rate-not-found")
+        raise RateNotFound(f"no {kind} row of the {currency} deck rates +{match.group(1)}")
     return json_response(rate_body(currency, rate))
 
 

@@ -20,9 +20,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.errors import TenantNotFound
+from gateway.errors import TenantNotFound, TokenNotFound
 from gateway.http.tokens import (
-    RoleNotAllowed,
     TokenTable,
     create_token,
     list_tokens,
@@ -36,7 +35,6 @@ from gateway.http.web import (
     Ctx,
     Route,
     json_response,
-    problem,
 )
 from gateway.validate import json_object, path_id
 
@@ -59,17 +57,10 @@ async def _tenant_exists(request: web.Request, tenant_id: str) -> None:
         raise TenantNotFound(tenant_id)
 
 
-def _token_not_found() -> web.Response:
-    return problem(404, "Not found", "no such token", slug="token-not-found")
-
-
 async def _create(request: web.Request, ctx: Ctx, tenant_id: str | None) -> web.StreamResponse:
     body = json_object(await request.read())
     now = int(request.app[CLOCK].now())
-    try:
-        spec = parse_token_spec(body, now, tenant_id)
-    except RoleNotAllowed as exc:
-        return problem(403, "Forbidden", f"this route makes switch tokens only, not {exc}")
+    spec = parse_token_spec(body, now, tenant_id)  # RoleNotAllowed: 403
     record, secret = await create_token(request.app[STORE], spec, now, ctx.actor)
     await _reload_here(request.app)
     return json_response(record.created(secret), 201)
@@ -79,7 +70,7 @@ async def _revoke(request: web.Request, ctx: Ctx, tenant_id: str | None) -> web.
     token_id = path_id(request.match_info["token_id"], "token_id")
     if not await revoke_token(request.app[STORE], token_id, tenant_id, ctx.actor,
                               int(request.app[CLOCK].now())):
-        return _token_not_found()
+        raise TokenNotFound(token_id)
     await _reload_here(request.app)
     return web.Response(status=204)
 

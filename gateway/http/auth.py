@@ -22,10 +22,8 @@ import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.config import TOKEN_ROLES, TokenEntry
+from gateway.config import TokenEntry
 from gateway.rules.clock import Clock, SystemClock
-
-ROLES = TOKEN_ROLES  # one vocabulary: the configuration file's roles are the roles
 
 
 @dataclass(frozen=True, slots=True)

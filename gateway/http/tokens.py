@@ -30,14 +30,18 @@ from typing import Any
 
 import orjson
 
-from gateway.http.auth import ROLES, Authenticator, Principal, token_sha256
+from gateway.errors import RoleNotAllowed
+from gateway.http.auth import Authenticator, Principal, token_sha256
 from gateway.polling import poll_quietly
 from gateway.redis.keys import TOKENS, TOKENS_EVENTS, TOKENS_USED, TOKENS_VERSION
 from gateway.redis.store import Status, Store, StoreError
 from gateway.rules.clock import Clock, parse_rfc3339, rfc3339
 from gateway.validate import ID_RE, Fields
+from gateway.vocab import Role
 
 log = logging.getLogger(__name__)
+
+ROLES = tuple(r.value for r in Role)
 
 # How often a worker asks Redis whether a token changed: several polls fit in the 1 s
 # within which a revoked token must answer 401 everywhere. One GET of a small key each.
@@ -63,10 +67,6 @@ def new_secret() -> str:
 
 def new_token_id() -> str:
     return ID_PREFIX + secrets.token_hex(8)
-
-
-class RoleNotAllowed(Exception):
-    """A tenant admin asked for a token of another role than ``switch``: 403."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +200,8 @@ async def create_token(store: Store, spec: TokenSpec, now: int,
         secret = new_secret()
         record = TokenRecord(new_token_id(), token_sha256(secret), spec.role, spec.tenants,
                              spec.description, now, spec.expires_at, actor)
-        async with asyncio.timeout(store.admin_timeout_s):
-            reply = await store.fcall("token_create", [TOKENS, TOKENS_VERSION, TOKENS_EVENTS],
-                                      [record.id, record.to_json(), now])
+        reply = await store.fcall("token_create", [TOKENS, TOKENS_VERSION, TOKENS_EVENTS],
+                                  [record.id, record.to_json(), now], bounded=True)
         status = Status(int(reply[0]))
         if status is Status.OK:
             log.info("token %s created by %s: role %s, tenants %s, expires %s", record.id,
@@ -243,10 +242,10 @@ async def revoke_token(store: Store, token_id: str, tenant_id: str | None = None
                        actor: str = "", now: int | None = None) -> bool:
     """Delete a token; False if there is none (or, with ``tenant_id``, none that this
     tenant's admin manages)."""
-    async with asyncio.timeout(store.admin_timeout_s):
-        reply = await store.fcall(
-            "token_revoke", [TOKENS, TOKENS_VERSION, TOKENS_USED, TOKENS_EVENTS],
-            [token_id, tenant_id or "", int(time.time()) if now is None else now, actor])
+    reply = await store.fcall(
+        "token_revoke", [TOKENS, TOKENS_VERSION, TOKENS_USED, TOKENS_EVENTS],
+        [token_id, tenant_id or "", int(time.time()) if now is None else now, actor],
+        bounded=True)
     status = Status(int(reply[0]))
     if status is Status.NOT_FOUND:
         return False
@@ -259,8 +258,8 @@ async def revoke_token(store: Store, token_id: str, tenant_id: str | None = None
 async def record_seen(store: Store, token_ids: Sequence[str], now: int) -> None:
     """last_used_at = now for these ids, where that is newer (one FCALL)."""
     if token_ids:
-        async with asyncio.timeout(store.admin_timeout_s):
-            await store.fcall("tokens_seen", [TOKENS, TOKENS_USED], [now, *sorted(token_ids)])
+        await store.fcall("tokens_seen", [TOKENS, TOKENS_USED], [now, *sorted(token_ids)],
+                          bounded=True)
 
 
 # -- each worker's cache ---------------------------------------------------------------------
