@@ -530,9 +530,9 @@ def _token(table: _Table) -> TokenEntry:
         for j, t in enumerate(_list(table.take("tenants", []), tenants_key))
     )
     table.done()
-    if role == "operator" and tenants:
+    if role == Role.OPERATOR and tenants:
         raise ConfigError(tenants_key, "operator tokens act for every tenant; list none")
-    if role != "operator" and not tenants:
+    if role != Role.OPERATOR and not tenants:
         raise ConfigError(tenants_key, f"a {role} token must list the tenants it acts for")
     return TokenEntry(token_id, digest, role, tenants)
 

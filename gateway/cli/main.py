@@ -329,9 +329,9 @@ def _token_args_error(args: argparse.Namespace) -> str | None:
     for name in [args.id or "", *args.tenant]:
         if name and ID_RE.fullmatch(name) is None:
             return f"{name!r}: an id {ID_HINT}"
-    if args.role == "operator" and args.tenant:
+    if args.role == Role.OPERATOR and args.tenant:
         return "an operator token acts for every tenant: give no --tenant"
-    if args.role != "operator" and not args.tenant:
+    if args.role != Role.OPERATOR and not args.tenant:
         return f"a {args.role} token needs at least one --tenant it may act for"
     return None
 

@@ -52,7 +52,7 @@ from gateway.validate import (
     json_object,
 )
 from gateway.validate import query_month as _query_month
-from gateway.vocab import DialOut
+from gateway.vocab import DialOut, Role
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ async def end_call(app: web.Application, ctx: Ctx, call_id: str, raw: bytes) -> 
 
 
 CallControl = Callable[[web.Application, Ctx, str, bytes], Awaitable[Answer]]
-SWITCH = ("switch",)
+SWITCH = (Role.SWITCH.value,)  # plain strings: checked on every call-control request
 
 
 def on_request(op: CallControl) -> Handler:
@@ -370,15 +370,15 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-ADMIN_ROLE = ("admin",)
-OPERATOR = ("operator",)
+ADMIN_ROLE = (Role.ADMIN,)
+OPERATOR = (Role.OPERATOR,)
 T = "/v1/tenants/{tenant_id}"
 
 ROUTES: list[Route] = [
     Route("POST", f"{T}/calls", on_request(authorize_call), SWITCH),
     Route("POST", f"{T}/calls/{{call_id}}/extend", on_request(extend_call), SWITCH),
     Route("POST", f"{T}/calls/{{call_id}}/end", on_request(end_call), SWITCH),
-    Route("GET", f"{T}/calls/{{call_id}}", get_call, ("switch", "admin")),
+    Route("GET", f"{T}/calls/{{call_id}}", get_call, (Role.SWITCH, Role.ADMIN)),
     Route("PUT", T, put_tenant, OPERATOR),
     Route("GET", T, get_tenant, ADMIN_ROLE),
     Route("PUT", f"{T}/users/{{user_id}}", put_user, ADMIN_ROLE),

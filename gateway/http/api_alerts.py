@@ -21,6 +21,7 @@ from gateway.http.web import (
 from gateway.notify import alerts
 from gateway.redis.keys import DELIVERY_LOG_MAX
 from gateway.validate import json_object, path_id, query_int
+from gateway.vocab import Role
 
 
 async def put_alerts(request: web.Request, ctx: Ctx) -> web.StreamResponse:
@@ -67,7 +68,7 @@ async def get_deliveries(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 T = "/v1/tenants/{tenant_id}"
 W = f"{T}/webhooks/{{webhook_id}}"
-ADMIN = ("admin",)
+ADMIN = (Role.ADMIN,)
 
 ROUTES: list[Route] = [
     Route("PUT", f"{T}/alerts", put_alerts, ADMIN),

@@ -24,6 +24,7 @@ from gateway.http.web import CLOCK, STORE, Ctx, Route, json_response
 from gateway.rules.decks import DECK_LIMIT_BYTES, DECKS, deck_rows_json, store_deck
 from gateway.rules.money import format_rate
 from gateway.rules.rating import KINDS, DeckError, Rate, RateDeck
+from gateway.vocab import Role
 
 CURRENCY_RE = re.compile(r"[A-Z]{3}", re.ASCII)
 _NUMBER_RE = re.compile(r"\+?([0-9]{1,15})", re.ASCII)
@@ -126,6 +127,6 @@ async def lookup(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 D = "/v1/rate-decks/{currency}"
 
 ROUTES: list[Route] = [
-    Route("PUT", D, put_deck, ("operator",)),
-    Route("GET", f"{D}/lookup", lookup, ("admin",)),
+    Route("PUT", D, put_deck, (Role.OPERATOR,)),
+    Route("GET", f"{D}/lookup", lookup, (Role.ADMIN,)),
 ]

@@ -37,6 +37,7 @@ from gateway.http.web import (
     json_response,
 )
 from gateway.validate import json_object, path_id
+from gateway.vocab import Role
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,10 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
 TT = "/v1/tenants/{tenant_id}/tokens"
 
 ROUTES: list[Route] = [
-    Route("POST", "/v1/tokens", post_tokens, ("operator",)),
-    Route("GET", "/v1/tokens", get_tokens, ("operator",)),
-    Route("DELETE", "/v1/tokens/{token_id}", delete_token, ("operator",)),
-    Route("POST", TT, post_tenant_tokens, ("admin",)),
-    Route("GET", TT, get_tenant_tokens, ("admin",)),
-    Route("DELETE", f"{TT}/{{token_id}}", delete_tenant_token, ("admin",)),
+    Route("POST", "/v1/tokens", post_tokens, (Role.OPERATOR,)),
+    Route("GET", "/v1/tokens", get_tokens, (Role.OPERATOR,)),
+    Route("DELETE", "/v1/tokens/{token_id}", delete_token, (Role.OPERATOR,)),
+    Route("POST", TT, post_tenant_tokens, (Role.ADMIN,)),
+    Route("GET", TT, get_tenant_tokens, (Role.ADMIN,)),
+    Route("DELETE", f"{TT}/{{token_id}}", delete_tenant_token, (Role.ADMIN,)),
 ]

@@ -114,7 +114,7 @@ class TokenRecord:
 
     def principal(self) -> Principal:
         return Principal(self.id, self.role,
-                         None if self.role == "operator" else frozenset(self.tenants))
+                         None if self.role == Role.OPERATOR else frozenset(self.tenants))
 
     def public(self, last_used_at: int | None = None) -> dict[str, Any]:
         """The token as the API shows it: everything but its secret and its hash."""
@@ -133,7 +133,7 @@ class TokenRecord:
 
     def of_tenant(self, tenant_id: str) -> bool:
         """A token a tenant's admin manages: a switch token of that one tenant only."""
-        return self.role == "switch" and self.tenants == (tenant_id,)
+        return self.role == Role.SWITCH and self.tenants == (tenant_id,)
 
 
 def parse_token_spec(body: dict[str, Any], now: int,
@@ -143,7 +143,7 @@ def parse_token_spec(body: dict[str, Any], now: int,
     that tenant (the default; another list is a 400 naming ``tenants``)."""
     f = Fields(body, TOKEN_FIELDS)
     role = f.choice("role", ROLES, required=tenant_id is None,
-                    default="switch" if tenant_id is not None else None)
+                    default=Role.SWITCH.value if tenant_id is not None else None)
     tenants: list[str] = []
     if f.has("tenants"):
         for i, name in enumerate(f.string_list("tenants", max_items=TENANTS_MAX)):
@@ -158,9 +158,9 @@ def parse_token_spec(body: dict[str, Any], now: int,
             f.fail("tenants", f"on this route a token acts for {tenant_id} only: give "
                               f"[\"{tenant_id}\"] or leave it out")
         tenants = [tenant_id]
-    elif role == "operator" and tenants:
+    elif role == Role.OPERATOR and tenants:
         f.fail("tenants", "an operator token acts for every tenant: list none")
-    elif role in ("switch", "admin") and not tenants and not any(
+    elif role in (Role.SWITCH, Role.ADMIN) and not tenants and not any(
             e.field.startswith("tenants") for e in f.errors):
         f.fail("tenants", f"a {role} token needs the list of tenants it acts for")
     description = f.string("description", max_len=DESCRIPTION_MAX)
@@ -185,7 +185,7 @@ def parse_token_spec(body: dict[str, Any], now: int,
                 expires_at = None
     f.done()
     assert role is not None
-    if tenant_id is not None and role != "switch":
+    if tenant_id is not None and role != Role.SWITCH:
         raise RoleNotAllowed(role)
     return TokenSpec(role, tuple(tenants), description, expires_at)
 
