@@ -254,7 +254,7 @@ def test_audit_and_rebuild_name_an_unreachable_store_in_one_line(
          "callgate: the ledger is unavailable (ConnectionRefusedError"),
         ({"CALLGATE_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
           "CALLGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"},
-         "callgate: audit stopped: StoreDisconnected"),
+         "callgate: audit stopped: RedisUnavailable"),
     ]
     for env, first in cases:
         proc = subprocess.run([sys.executable, "-m", "gateway", "audit"], cwd=REPO,
