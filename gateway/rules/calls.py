@@ -64,6 +64,9 @@ _NO_RATE = Rate("", "", "outbound", 0, 0, 60, 60)
 _ALLOW = Verdict.ALLOW.value
 _INVALID_DESTINATION = DenyReason.INVALID_DESTINATION.value
 _DESTINATION_BLOCKED = DenyReason.DESTINATION_BLOCKED.value
+# An extension Redis could not decide (immutable: one for all).
+_EXTEND_UNAVAILABLE = Decision(Verdict.DENY.value, DenyReason.SERVICE_UNAVAILABLE.value, "", 0,
+                               0, "", "", "")
 
 
 class CallService:
@@ -263,7 +266,7 @@ class CallService:
         t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
-        unavailable = Decision(Verdict.DENY, DenyReason.SERVICE_UNAVAILABLE, "", 0, 0, "", "", "")
+        unavailable = _EXTEND_UNAVAILABLE
         if self.inflight >= self.max_inflight:
             metrics.count_shed("extend")
             decision = unavailable
