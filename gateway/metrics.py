@@ -36,6 +36,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
+from gateway.errors import StoreErrorReply, StoreUnavailable
+
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: The exposition's Content-Type (text format 0.0.4).
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -273,16 +275,19 @@ async def flusher_ctx(app: object) -> AsyncIterator[None]:
 
 
 def count_redis_failure(exc: BaseException) -> None:
-    """One failed call-control round trip (see calls.UNAVAILABLE)."""
+    """One failed call-control round trip (a StoreUnavailable, whose kind is the label)."""
     from gateway.redis.client import ReplyError
 
-    if isinstance(exc, TimeoutError):
-        REDIS_TIMEOUTS.inc()
+    if isinstance(exc, StoreUnavailable):
+        kind = exc.kind
+    elif isinstance(exc, TimeoutError):
         kind = "timeout"
     elif isinstance(exc, ReplyError):
         kind = "error_reply"
     else:
         kind = "unavailable"
+    if kind == "timeout":
+        REDIS_TIMEOUTS.inc()
     REDIS_ERRORS.labels(kind).inc()
     count_redis_oom(exc)
 
@@ -292,7 +297,7 @@ def count_redis_oom(exc: BaseException) -> None:
     (any path may call this with any Redis failure)."""
     from gateway.redis.client import ReplyError
 
-    if isinstance(exc, ReplyError) and str(exc).lstrip().startswith("OOM"):
+    if isinstance(exc, ReplyError | StoreErrorReply) and str(exc).lstrip().startswith("OOM"):
         REDIS_OOM_ERRORS.inc()
 
 

@@ -29,14 +29,15 @@ from gateway.redis.client import backend_from_url
 from gateway.redis.keys import all_partitions
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store, TenantSettings
-from gateway.rules.admin import DIAL_OUT, AdminService, UserSpec
+from gateway.rules.admin import AdminService, UserSpec
 from gateway.rules.calls import AuthorizeRequest, CallService
 from gateway.rules.clock import SystemClock
+from gateway.vocab import DialOut
 from loadtest.common import RESULTS, scratch_dir
 
 USERS_PER_TENANT = 10
 CONCURRENCY = 500
-SPEC = UserSpec("US", "domestic", DIAL_OUT[0], True, None, None, ())
+SPEC = UserSpec("US", "domestic", DialOut.INTERNATIONAL_AND_DOMESTIC, True, None, None, ())
 
 
 async def _bounded(coros: Any, limit: int = CONCURRENCY) -> None:

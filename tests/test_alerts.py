@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from gateway.redis.keys import tenant_keys
+from gateway.vocab import ALERT_EVENTS
 from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
@@ -245,9 +246,8 @@ async def test_crossings_on_a_cluster_too(gw: Gateway, tenant_id: str, store_url
             entries = await store.raw(stream, "XRANGE", stream, "-", "+")
             fields = [{_text(f[i]): _text(f[i + 1]) for i in range(0, len(f), 2)}
                       for _id, f in entries]
-            seen.append(sorted(f["type"] for f in fields if f["tenant"] == t and f["type"] in (
-                "pool.threshold_crossed", "credits.low_balance", "credits.recharge_requested",
-                "spend_limit.reached")))
+            seen.append(sorted(f["type"] for f in fields
+                               if f["tenant"] == t and f["type"] in ALERT_EVENTS))
     finally:
         await store.close()
     want = ["credits.low_balance", "credits.recharge_requested", "pool.threshold_crossed",

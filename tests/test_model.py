@@ -51,6 +51,7 @@ from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
 from gateway.rules.clock import ManualClock
 from gateway.rules.money import parse_money
+from gateway.vocab import DialOut
 from tests.support.gwclient import AUTH, OPERATOR_TOKEN
 from tests.support.refmodel import NUMBERS, Model, User
 
@@ -71,8 +72,8 @@ USER_SPECS = st.fixed_dictionaries({
     "country": st.sampled_from(COUNTRIES),
     "plan": st.sampled_from(("none", "domestic", "domestic_120", "international",
                              "pay_as_you_go", "tiny", "tiny", "tiny")),
-    "dial_out": st.sampled_from(("international_and_domestic", "international_and_domestic",
-                                 "international_and_domestic", "domestic_only", "none")),
+    "dial_out": st.sampled_from((*[DialOut.INTERNATIONAL_AND_DOMESTIC.value] * 3,
+                                 DialOut.DOMESTIC_ONLY.value, DialOut.NONE.value)),
     "credits_allowed": st.sampled_from((True, True, False)),
     "monthly_spend_limit": st.sampled_from(SPEND_LIMITS),
     "max_concurrent_calls": st.sampled_from((None, None, 1, 2)),

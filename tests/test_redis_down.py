@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.redis.client import ReplyError
+from gateway.errors import StoreErrorReply
 from gateway.redis.keys import PartitionKeys, partition_of, partition_tag
 from gateway.redis.server import RedisServer
 from gateway.rules import calls
@@ -149,7 +149,7 @@ def test_transient_error_replies_are_warnings(caplog: pytest.LogCaptureFixture,
     of ours: the error log is kept for replies that mean one (a 503 either way)."""
     monkeypatch.setitem(calls._log_state, "at", 0.0)  # not within a second of another line
     with caplog.at_level("WARNING", logger="gateway.rules.calls"):
-        calls._log_failure("authorize", "t1", "c1", ReplyError(reply))
+        calls._log_failure("authorize", "t1", "c1", StoreErrorReply(reply))
     assert [r.levelname for r in caplog.records] == [level]
 
 

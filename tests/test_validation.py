@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from gateway.http.api import ROUTES
 from gateway.redis.keys import partition_of, partition_tag
+from gateway.vocab import DialOut
 from tests.support.gwclient import AUTH, Gateway
 
 LIMIT = 64 * 1024
@@ -781,7 +782,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "started_at": st.sampled_from([NOW, "2026-11-27T10:04:00Z", "2026-11-27T09:00:00Z"]),
     "country": st.sampled_from(["US", "CA", "GB", "FR", "ZZ"]),
     "plan": st.sampled_from(["domestic", "international", "none", "pay_as_you_go", "gold"]),
-    "dial_out": st.sampled_from(["international_and_domestic", "domestic_only", "none"]),
+    "dial_out": st.sampled_from([d.value for d in DialOut]),
     "credits_allowed": st.booleans(),
     "monthly_spend_limit": st.sampled_from([None, "0", "5.00", "1.2345"]),
     "max_concurrent_calls": st.sampled_from([None, 1, 5]),

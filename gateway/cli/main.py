@@ -26,6 +26,7 @@ from gateway.cli.supervisor import PersistSupervisor, Supervisors, persist_enabl
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.redis.server import die_with_parent_hook
+from gateway.vocab import Role
 
 if TYPE_CHECKING:
     from gateway.redis.store import Store
@@ -328,9 +329,9 @@ def _token_args_error(args: argparse.Namespace) -> str | None:
     for name in [args.id or "", *args.tenant]:
         if name and ID_RE.fullmatch(name) is None:
             return f"{name!r}: an id {ID_HINT}"
-    if args.role == "operator" and args.tenant:
+    if args.role == Role.OPERATOR and args.tenant:
         return "an operator token acts for every tenant: give no --tenant"
-    if args.role != "operator" and not args.tenant:
+    if args.role != Role.OPERATOR and not args.tenant:
         return f"a {args.role} token needs at least one --tenant it may act for"
     return None
 
@@ -496,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="token_command", required=True)
     tc = tsub.add_parser("create", help="mint a token, stored in Redis (or, with --write or "
                                         "--config-entry, a configuration file entry)")
-    tc.add_argument("--role", choices=("switch", "admin", "operator"), required=True)
+    tc.add_argument("--role", choices=[r.value for r in Role], required=True)
     tc.add_argument("--tenant", action="append", default=[], help="tenant it acts for")
     tc.add_argument("--description", help="what the token is for (Redis tokens)")
     tc.add_argument("--expires-at", metavar="RFC3339",

@@ -16,13 +16,12 @@ import phonenumbers
 from aiohttp import web
 
 from gateway import metrics as metrics_mod
-from gateway.config import Settings
-from gateway.errors import FieldError, TenantNotFound, ValidationError
+from gateway.config import DIAL_OUT_POLICIES, Settings
+from gateway.errors import CallNotFound, ValidationError
 from gateway.http import api_cdrs
 from gateway.http.observe import OBSERVER, Observer
 from gateway.http.web import (
     ADMIN,
-    BODY_LIMIT_BYTES,
     CALLS,
     CLOCK,
     SETTINGS,
@@ -35,13 +34,11 @@ from gateway.http.web import (
     answer_json,
     check_access,
     json_response,
-    problem_answer,
     to_response,
 )
 from gateway.redis.store import TenantSettings
-from gateway.rules import admin as admin_mod
 from gateway.rules import calls as calls_mod
-from gateway.rules.admin import DIAL_OUT, UserSpec, e164_number
+from gateway.rules.admin import UserSpec, e164_number
 from gateway.rules.calls import AuthorizeRequest
 from gateway.rules.clock import parse_rfc3339
 from gateway.rules.money import parse_money
@@ -55,63 +52,11 @@ from gateway.validate import (
     json_object,
 )
 from gateway.validate import query_month as _query_month
+from gateway.vocab import DialOut, Role
 
 log = logging.getLogger(__name__)
 
 _TIMEZONES = frozenset(available_timezones())
-
-
-
-def error_answer(exc: BaseException, method: str, path: str) -> Answer | None:
-    """The problem document for an exception a handler may raise; None: not ours (a bug)."""
-    if isinstance(exc, ValidationError):
-        title = "Request too large" if exc.status == 413 else "Invalid request"
-        return problem_answer(exc.status, title, str(exc), exc.errors, slug="validation")
-    if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return problem_answer(413, "Request too large",
-                              f"the body exceeds {BODY_LIMIT_BYTES} bytes",
-                              [FieldError("body", f"must be at most {BODY_LIMIT_BYTES} bytes")],
-                              slug="validation")
-    if isinstance(exc, TenantNotFound):
-        return problem_answer(404, "Not found", "no such tenant", slug="tenant-not-found")
-    if isinstance(exc, calls_mod.CallNotFound):
-        return problem_answer(404, "Not found", "no such call", slug="call-not-found")
-    if isinstance(exc, admin_mod.NotFound):
-        return problem_answer(404, "Not found", "no such resource", slug="not-found")
-    if isinstance(exc, calls_mod.CallEnded):
-        return problem_answer(409, "Conflict", "the call has already ended", slug="call-ended")
-    if isinstance(exc, admin_mod.Conflict):
-        return problem_answer(409, "Conflict", str(exc), slug="conflict")
-    if isinstance(exc, api_cdrs.LedgerUnavailable):
-        return problem_answer(503, "Service unavailable", "the ledger is unavailable; retry",
-                              slug="service-unavailable")
-    if isinstance(exc, calls_mod.ServiceUnavailable):
-        return problem_answer(503, "Service unavailable", "Redis is unavailable; retry",
-                              slug="service-unavailable")
-    if isinstance(exc, web.HTTPException):
-        if exc.status >= 400:
-            return problem_answer(exc.status, exc.reason, exc.text or exc.reason,
-                                  slug=str(exc.status))
-        return None
-    if isinstance(exc, calls_mod.UNAVAILABLE):
-        log.warning("%s %s: Redis unavailable: %r", method, path, exc)
-        return problem_answer(503, "Service unavailable", "Redis is unavailable; retry",
-                              slug="service-unavailable")
-    return None
-
-
-@web.middleware
-async def problems_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every failure leaves as an RFC 9457 problem document; bad input is never a 500."""
-    try:
-        return await handler(request)
-    except Exception as exc:
-        answer = error_answer(exc, request.method, request.path)
-        if answer is None:
-            raise
-        return to_response(answer)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -217,7 +162,7 @@ async def end_call(app: web.Application, ctx: Ctx, call_id: str, raw: bytes) -> 
 
 
 CallControl = Callable[[web.Application, Ctx, str, bytes], Awaitable[Answer]]
-SWITCH = ("switch",)
+SWITCH = (Role.SWITCH.value,)  # plain strings: checked on every call-control request
 
 
 def on_request(op: CallControl) -> Handler:
@@ -250,7 +195,7 @@ async def get_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     call_id = request.match_info["call_id"]
     try:
         return json_response(await request.app[CALLS].get(ctx.tenant_id, call_id))
-    except calls_mod.CallNotFound:
+    except CallNotFound:
         rec = await api_cdrs.call_from_ledger(request.app, ctx.tenant_id, call_id)
         if rec is None:
             raise
@@ -304,7 +249,8 @@ def parse_user(body: dict[str, Any], settings: Settings) -> UserSpec:
     if country is not None and country not in phonenumbers.SUPPORTED_REGIONS:
         f.fail("country", "must be an ISO 3166 alpha-2 country code such as US, CA or GB")
     plan = f.choice("plan", tuple(settings.plans), required=True)
-    dial_out = f.choice("dial_out", DIAL_OUT, default=DIAL_OUT[0])
+    dial_out = f.choice("dial_out", DIAL_OUT_POLICIES,
+                        default=DialOut.INTERNATIONAL_AND_DOMESTIC.value)
     credits_allowed = f.boolean("credits_allowed", default=True)
     limit: int | None = None
     if f.has("monthly_spend_limit"):
@@ -424,15 +370,15 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-ADMIN_ROLE = ("admin",)
-OPERATOR = ("operator",)
+ADMIN_ROLE = (Role.ADMIN,)
+OPERATOR = (Role.OPERATOR,)
 T = "/v1/tenants/{tenant_id}"
 
 ROUTES: list[Route] = [
     Route("POST", f"{T}/calls", on_request(authorize_call), SWITCH),
     Route("POST", f"{T}/calls/{{call_id}}/extend", on_request(extend_call), SWITCH),
     Route("POST", f"{T}/calls/{{call_id}}/end", on_request(end_call), SWITCH),
-    Route("GET", f"{T}/calls/{{call_id}}", get_call, ("switch", "admin")),
+    Route("GET", f"{T}/calls/{{call_id}}", get_call, (Role.SWITCH, Role.ADMIN)),
     Route("PUT", T, put_tenant, OPERATOR),
     Route("GET", T, get_tenant, ADMIN_ROLE),
     Route("PUT", f"{T}/users/{{user_id}}", put_user, ADMIN_ROLE),

@@ -17,11 +17,11 @@ from gateway.http.web import (
     Ctx,
     Route,
     json_response,
-    problem,
 )
 from gateway.notify import alerts
 from gateway.redis.keys import DELIVERY_LOG_MAX
 from gateway.validate import json_object, path_id, query_int
+from gateway.vocab import Role
 
 
 async def put_alerts(request: web.Request, ctx: Ctx) -> web.StreamResponse:
@@ -39,10 +39,6 @@ def _webhook_id(request: web.Request) -> str:
     return path_id(request.match_info["webhook_id"], "webhook_id")
 
 
-def _not_found() -> web.StreamResponse:
-    return problem(404, "Not found", "no such webhook", slug="webhook-not-found")
-
-
 async def put_webhook(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     webhook_id = _webhook_id(request)
     spec = await alerts.parse_webhook(json_object(await request.read()),
@@ -53,35 +49,26 @@ async def put_webhook(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 
 async def get_webhook(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    try:
-        return json_response(await alerts.get_webhook(request.app[STORE], ctx.tenant_id,
-                                                      _webhook_id(request)))
-    except alerts.WebhookNotFound:
-        return _not_found()
+    return json_response(await alerts.get_webhook(request.app[STORE], ctx.tenant_id,
+                                                  _webhook_id(request)))
 
 
 async def delete_webhook(request: web.Request, ctx: Ctx) -> web.StreamResponse:
-    try:
-        await alerts.delete_webhook(request.app[STORE], ctx.tenant_id, _webhook_id(request),
-                                    int(request.app[CLOCK].now()), ctx.actor)
-    except alerts.WebhookNotFound:
-        return _not_found()
+    await alerts.delete_webhook(request.app[STORE], ctx.tenant_id, _webhook_id(request),
+                                int(request.app[CLOCK].now()), ctx.actor)
     return web.Response(status=204)
 
 
 async def get_deliveries(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     webhook_id = _webhook_id(request)
     limit = query_int(request.query, "limit", 20, 1, DELIVERY_LOG_MAX)
-    try:
-        rows = await alerts.deliveries(request.app[STORE], ctx.tenant_id, webhook_id, limit)
-    except alerts.WebhookNotFound:
-        return _not_found()
+    rows = await alerts.deliveries(request.app[STORE], ctx.tenant_id, webhook_id, limit)
     return json_response({"deliveries": rows})
 
 
 T = "/v1/tenants/{tenant_id}"
 W = f"{T}/webhooks/{{webhook_id}}"
-ADMIN = ("admin",)
+ADMIN = (Role.ADMIN,)
 
 ROUTES: list[Route] = [
     Route("PUT", f"{T}/alerts", put_alerts, ADMIN),

@@ -25,6 +25,7 @@ from gateway.http.web import STORE, Ctx, Route, json_response
 from gateway.redis.keys import AUDIT_MAX_ENTRIES
 from gateway.rules.clock import rfc3339
 from gateway.validate import query_int
+from gateway.vocab import Role
 
 # A Redis stream entry id: milliseconds-sequence.
 _STREAM_ID_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
@@ -78,5 +79,5 @@ async def get_audit(request: web.Request, ctx: Ctx) -> web.StreamResponse:
 
 
 ROUTES: list[Route] = [
-    Route("GET", "/v1/tenants/{tenant_id}/audit", get_audit, ("admin",)),
+    Route("GET", "/v1/tenants/{tenant_id}/audit", get_audit, (Role.ADMIN,)),
 ]

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.errors import TenantNotFound, ValidationError
-from gateway.http.web import SETTINGS, STORE, Ctx, json_response, problem
+from gateway.errors import LedgerUnavailable, TenantNotFound, ValidationError
+from gateway.http.web import SETTINGS, STORE, Ctx, json_response
 from gateway.ledger import Ledger, open_ledger
 from gateway.ledger.backoff import describe, expected_error
 from gateway.ledger.cdrs import CALL_SQL, call_record, cdr_view, decode_cursor, encode_cursor
@@ -54,10 +54,6 @@ async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LEDGER] = holder
     yield
     await holder.close()
-
-
-class LedgerUnavailable(Exception):
-    """The ledger database is down or refusing (a 503, like Redis unavailable)."""
 
 
 async def call_from_ledger(app: web.Application, tenant_id: str,
@@ -104,8 +100,7 @@ async def list_cdrs(request: web.Request, ctx: Ctx) -> web.StreamResponse:
             raise
         # The database is down or refusing: retry later, as for Redis (no address shown).
         log.warning("GET cdrs: ledger unavailable (%s)", describe(exc))
-        return problem(503, "Service unavailable", "the ledger is unavailable; retry",
-                       slug="service-unavailable")
+        raise LedgerUnavailable() from exc
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:

@@ -19,11 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import FieldError, ValidationError
-from gateway.http.web import CLOCK, STORE, Ctx, Route, json_response, problem
+from gateway.errors import DeckNotFound, FieldError, RateNotFound, ValidationError
+from gateway.http.web import CLOCK, STORE, Ctx, Route, json_response
 from gateway.rules.decks import DECK_LIMIT_BYTES, DECKS, deck_rows_json, store_deck
 from gateway.rules.money import format_rate
 from gateway.rules.rating import KINDS, DeckError, Rate, RateDeck
+from gateway.vocab import Role
 
 CURRENCY_RE = re.compile(r"[A-Z]{3}", re.ASCII)
 _NUMBER_RE = re.compile(r"\+?([0-9]{1,15})", re.ASCII)
@@ -116,17 +117,16 @@ async def lookup(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     assert match is not None
     deck = request.app[DECKS].current.get(currency)
     if deck is None:
-        return problem(404, "Not found", f"no rate deck for {currency}", slug="deck-not-found")
+        raise DeckNotFound(f"no rate deck for {currency}")
     rate = deck.lookup(match.group(1), kind)
     if rate is None:
-        return problem(404, "Not found", f"no {kind} row of the {currency} deck rates "
-                       f"+{match.group(1)}", slug="rate-not-found")
+        raise RateNotFound(f"no {kind} row of the {currency} deck rates +{match.group(1)}")
     return json_response(rate_body(currency, rate))
 
 
 D = "/v1/rate-decks/{currency}"
 
 ROUTES: list[Route] = [
-    Route("PUT", D, put_deck, ("operator",)),
-    Route("GET", f"{D}/lookup", lookup, ("admin",)),
+    Route("PUT", D, put_deck, (Role.OPERATOR,)),
+    Route("GET", f"{D}/lookup", lookup, (Role.ADMIN,)),
 ]

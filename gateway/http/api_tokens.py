@@ -20,9 +20,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.errors import TenantNotFound
+from gateway.errors import TenantNotFound, TokenNotFound
 from gateway.http.tokens import (
-    RoleNotAllowed,
     TokenTable,
     create_token,
     list_tokens,
@@ -36,9 +35,9 @@ from gateway.http.web import (
     Ctx,
     Route,
     json_response,
-    problem,
 )
 from gateway.validate import json_object, path_id
+from gateway.vocab import Role
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +58,10 @@ async def _tenant_exists(request: web.Request, tenant_id: str) -> None:
         raise TenantNotFound(tenant_id)
 
 
-def _token_not_found() -> web.Response:
-    return problem(404, "Not found", "no such token", slug="token-not-found")
-
-
 async def _create(request: web.Request, ctx: Ctx, tenant_id: str | None) -> web.StreamResponse:
     body = json_object(await request.read())
     now = int(request.app[CLOCK].now())
-    try:
-        spec = parse_token_spec(body, now, tenant_id)
-    except RoleNotAllowed as exc:
-        return problem(403, "Forbidden", f"this route makes switch tokens only, not {exc}")
+    spec = parse_token_spec(body, now, tenant_id)  # RoleNotAllowed: 403
     record, secret = await create_token(request.app[STORE], spec, now, ctx.actor)
     await _reload_here(request.app)
     return json_response(record.created(secret), 201)
@@ -79,7 +71,7 @@ async def _revoke(request: web.Request, ctx: Ctx, tenant_id: str | None) -> web.
     token_id = path_id(request.match_info["token_id"], "token_id")
     if not await revoke_token(request.app[STORE], token_id, tenant_id, ctx.actor,
                               int(request.app[CLOCK].now())):
-        return _token_not_found()
+        raise TokenNotFound(token_id)
     await _reload_here(request.app)
     return web.Response(status=204)
 
@@ -134,10 +126,10 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
 TT = "/v1/tenants/{tenant_id}/tokens"
 
 ROUTES: list[Route] = [
-    Route("POST", "/v1/tokens", post_tokens, ("operator",)),
-    Route("GET", "/v1/tokens", get_tokens, ("operator",)),
-    Route("DELETE", "/v1/tokens/{token_id}", delete_token, ("operator",)),
-    Route("POST", TT, post_tenant_tokens, ("admin",)),
-    Route("GET", TT, get_tenant_tokens, ("admin",)),
-    Route("DELETE", f"{TT}/{{token_id}}", delete_tenant_token, ("admin",)),
+    Route("POST", "/v1/tokens", post_tokens, (Role.OPERATOR,)),
+    Route("GET", "/v1/tokens", get_tokens, (Role.OPERATOR,)),
+    Route("DELETE", "/v1/tokens/{token_id}", delete_token, (Role.OPERATOR,)),
+    Route("POST", TT, post_tenant_tokens, (Role.ADMIN,)),
+    Route("GET", TT, get_tenant_tokens, (Role.ADMIN,)),
+    Route("DELETE", f"{TT}/{{token_id}}", delete_tenant_token, (Role.ADMIN,)),
 ]

@@ -11,11 +11,13 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import Settings
+from gateway.errors import StoreUnavailable
 from gateway.http import api, api_alerts, api_audit, api_decks, api_tokens, openapi
-from gateway.http.api import observer_ctx, problems_middleware
+from gateway.http.api import observer_ctx
 from gateway.http.api_cdrs import ledger_ctx
 from gateway.http.api_tokens import TOKENS_TABLE, tokens_ctx
 from gateway.http.auth import Authenticator
+from gateway.http.problems import problems_middleware
 from gateway.http.tokens import TokenTable
 from gateway.http.web import (
     ADMIN,
@@ -30,7 +32,7 @@ from gateway.http.web import (
 )
 from gateway.redis.store import Store
 from gateway.rules.admin import AdminService
-from gateway.rules.calls import UNAVAILABLE, CallService
+from gateway.rules.calls import CallService
 from gateway.rules.clock import Clock, SystemClock
 from gateway.rules.decks import DECKS, Decks, poll_decks
 
@@ -64,7 +66,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             s = store
         try:
             await s.load_functions()
-        except UNAVAILABLE as exc:
+        except StoreUnavailable as exc:
             # Not fatal: calls are denied (emergency allowed) until Redis answers, and the
             # library is loaded on the first call that finds it missing.
             log.error("Redis unavailable at start-up: %r", exc)
@@ -72,7 +74,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             try:
                 for warning in await s.persistence_warnings():
                     log.warning("%s", warning)
-            except UNAVAILABLE as exc:
+            except StoreUnavailable as exc:
                 log.warning("Redis's persistence settings not read: %r", exc)
         app[STORE] = s
         app[CALLS] = CallService(settings, s, app[CLOCK], app[DECKS])

@@ -22,10 +22,11 @@ import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.config import TOKEN_ROLES, TokenEntry
+from gateway.config import TokenEntry
 from gateway.rules.clock import Clock, SystemClock
+from gateway.vocab import Role
 
-ROLES = TOKEN_ROLES  # one vocabulary: the configuration file's roles are the roles
+_OPERATOR = Role.OPERATOR.value  # a plain string: checked on every request
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class Principal:
         return self.tenants is None or tenant_id in self.tenants
 
     def has_role(self, allowed: Sequence[str]) -> bool:
-        return self.role == "operator" or self.role in allowed
+        return self.role == _OPERATOR or self.role in allowed
 
 
 def token_sha256(token: str) -> str:
@@ -55,12 +56,12 @@ class Authenticator:
         self._clock: Clock = clock or SystemClock()
         static: dict[str, _Entry] = {}
         for t in tokens:
-            tenants = None if t.role == "operator" else frozenset(t.tenants)
+            tenants = None if t.role == Role.OPERATOR else frozenset(t.tenants)
             digest = t.sha256.lower()
             static[digest] = (digest, Principal(t.id, t.role, tenants), None, False)
         if operator_token:
             digest = token_sha256(operator_token)
-            static[digest] = (digest, Principal("bootstrap", "operator", None), None, False)
+            static[digest] = (digest, Principal("bootstrap", _OPERATOR, None), None, False)
         self._static = static  # the bootstrap: configuration file and environment
         self._by_hash: dict[str, _Entry] = dict(static)
         self.seen: set[str] = set()  # ids of run-time tokens used since the last drain

@@ -70,9 +70,9 @@ from gateway.http.api import (
     authorize_call,
     call_control,
     end_call,
-    error_answer,
     extend_call,
 )
+from gateway.http.problems import error_answer
 from gateway.http.web import BODY_LIMIT_BYTES, CALLS, SETTINGS, Answer, problem_answer
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import vocab
 from gateway.config import Settings
 from gateway.http.api_cdrs import CDR_PAGE_DEFAULT, CDR_PAGE_MAX
 from gateway.http.web import SETTINGS, PublicRoute
 from gateway.redis.keys import AUDIT_MAX_ENTRIES
-from gateway.rules.admin import DIAL_OUT
 from gateway.rules.rating import HEADER, KINDS
 
 PROBLEM = "application/problem+json"
@@ -38,11 +38,8 @@ NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 NULLABLE_STR = {"type": ["string", "null"]}
 SECONDS = {"type": "integer", "minimum": 0, "maximum": 31 * 86400}
 
-REASONS = ["domestic_pool", "international_pool", "credits", "emergency", "toll_free",
-           "inbound_free", "no_calling_plan", "dial_out_policy", "destination_blocked",
-           "invalid_destination", "pool_exhausted_no_credits", "insufficient_credits",
-           "credits_not_allowed", "spend_limit_reached", "concurrency_limit", "unknown_user",
-           "service_unavailable", "rate_limited"]
+REASONS = [str(r) for r in vocab.REASONS]
+ROLES = [r.value for r in vocab.Role]
 
 
 def _obj(props: dict[str, Any], required: Iterable[str] = (), closed: bool = False,
@@ -89,13 +86,12 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         "EndRequest": _obj({"duration_seconds": SECONDS}, ["duration_seconds"], closed=True),
         "Decision": _obj({
             "call_id": {"type": "string"},
-            "decision": {"type": "string", "enum": ["allow", "deny"]},
+            "decision": {"type": "string", "enum": [v.value for v in vocab.Verdict]},
             "reason": {"type": "string", "enum": REASONS},
             "granted_seconds": {"type": "integer", "minimum": 0},
             "grant_expires_at": NULLABLE_TIME,
             "source": {"type": ["string", "null"],
-                       "enum": ["domestic_pool", "international_pool", "credits", "free",
-                                None]},
+                       "enum": [*(s.value for s in vocab.Source), None]},
             "sip_code": {"type": ["integer", "null"]},
             "destination": destination,
         }, ["call_id", "decision", "reason", "granted_seconds", "grant_expires_at", "source",
@@ -139,7 +135,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         "UserRequest": _obj({
             "country": {"type": "string", "pattern": "^[A-Z]{2}$", "examples": ["US"]},
             "plan": {"type": "string", "enum": sorted(settings.plans)},
-            "dial_out": {"type": "string", "enum": list(DIAL_OUT)},
+            "dial_out": {"type": "string", "enum": [d.value for d in vocab.DialOut]},
             "credits_allowed": {"type": "boolean"},
             "monthly_spend_limit": {"anyOf": [MONEY, {"type": "null"}]},
             "max_concurrent_calls": {"type": ["integer", "null"], "minimum": 1,
@@ -234,14 +230,14 @@ def _token_schemas() -> dict[str, Any]:
     tenants = {"type": "array", "maxItems": 100, "uniqueItems": True, "items": ID}
     token = {
         "id": {"type": "string", "pattern": "^tok_[0-9a-f]{16}$"},
-        "role": {"type": "string", "enum": ["switch", "admin", "operator"]},
+        "role": {"type": "string", "enum": ROLES},
         "tenants": {"type": "array", "items": {"type": "string"}},
         "description": NULLABLE_STR, "created_at": TIME, "expires_at": NULLABLE_TIME,
     }
     shown = ["id", "role", "tenants", "description", "created_at", "expires_at"]
     return {
         "TokenRequest": _obj({
-            "role": {"type": "string", "enum": ["switch", "admin", "operator"],
+            "role": {"type": "string", "enum": ROLES,
                      "description": "required on /v1/tokens; on a tenant's route only "
                                     "switch (the default) is allowed, another role is 403"},
             "tenants": {"anyOf": [tenants, {"type": "null"}],
@@ -535,8 +531,7 @@ PUBLIC_ROUTES: list[PublicRoute] = [PublicRoute("GET", "/openapi.json", openapi_
 
 # -- alerts and webhooks (api.md, Notifications) ------------------------------------------
 
-EVENT_TYPE = {"type": "string", "enum": ["pool.threshold_crossed", "credits.low_balance",
-                                         "credits.recharge_requested", "spend_limit.reached"]}
+EVENT_TYPE = {"type": "string", "enum": [e.value for e in vocab.ALERT_EVENTS]}
 
 
 def _notify_schemas() -> dict[str, Any]:

@@ -30,14 +30,18 @@ from typing import Any
 
 import orjson
 
-from gateway.http.auth import ROLES, Authenticator, Principal, token_sha256
+from gateway.errors import RoleNotAllowed
+from gateway.http.auth import Authenticator, Principal, token_sha256
 from gateway.polling import poll_quietly
 from gateway.redis.keys import TOKENS, TOKENS_EVENTS, TOKENS_USED, TOKENS_VERSION
 from gateway.redis.store import Status, Store, StoreError
 from gateway.rules.clock import Clock, parse_rfc3339, rfc3339
 from gateway.validate import ID_RE, Fields
+from gateway.vocab import Role
 
 log = logging.getLogger(__name__)
+
+ROLES = tuple(r.value for r in Role)
 
 # How often a worker asks Redis whether a token changed: several polls fit in the 1 s
 # within which a revoked token must answer 401 everywhere. One GET of a small key each.
@@ -63,10 +67,6 @@ def new_secret() -> str:
 
 def new_token_id() -> str:
     return ID_PREFIX + secrets.token_hex(8)
-
-
-class RoleNotAllowed(Exception):
-    """A tenant admin asked for a token of another role than ``switch``: 403."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ class TokenRecord:
 
     def principal(self) -> Principal:
         return Principal(self.id, self.role,
-                         None if self.role == "operator" else frozenset(self.tenants))
+                         None if self.role == Role.OPERATOR else frozenset(self.tenants))
 
     def public(self, last_used_at: int | None = None) -> dict[str, Any]:
         """The token as the API shows it: everything but its secret and its hash."""
@@ -133,7 +133,7 @@ class TokenRecord:
 
     def of_tenant(self, tenant_id: str) -> bool:
         """A token a tenant's admin manages: a switch token of that one tenant only."""
-        return self.role == "switch" and self.tenants == (tenant_id,)
+        return self.role == Role.SWITCH and self.tenants == (tenant_id,)
 
 
 def parse_token_spec(body: dict[str, Any], now: int,
@@ -143,7 +143,7 @@ def parse_token_spec(body: dict[str, Any], now: int,
     that tenant (the default; another list is a 400 naming ``tenants``)."""
     f = Fields(body, TOKEN_FIELDS)
     role = f.choice("role", ROLES, required=tenant_id is None,
-                    default="switch" if tenant_id is not None else None)
+                    default=Role.SWITCH.value if tenant_id is not None else None)
     tenants: list[str] = []
     if f.has("tenants"):
         for i, name in enumerate(f.string_list("tenants", max_items=TENANTS_MAX)):
@@ -158,9 +158,9 @@ def parse_token_spec(body: dict[str, Any], now: int,
             f.fail("tenants", f"on this route a token acts for {tenant_id} only: give "
                               f"[\"{tenant_id}\"] or leave it out")
         tenants = [tenant_id]
-    elif role == "operator" and tenants:
+    elif role == Role.OPERATOR and tenants:
         f.fail("tenants", "an operator token acts for every tenant: list none")
-    elif role in ("switch", "admin") and not tenants and not any(
+    elif role in (Role.SWITCH, Role.ADMIN) and not tenants and not any(
             e.field.startswith("tenants") for e in f.errors):
         f.fail("tenants", f"a {role} token needs the list of tenants it acts for")
     description = f.string("description", max_len=DESCRIPTION_MAX)
@@ -185,7 +185,7 @@ def parse_token_spec(body: dict[str, Any], now: int,
                 expires_at = None
     f.done()
     assert role is not None
-    if tenant_id is not None and role != "switch":
+    if tenant_id is not None and role != Role.SWITCH:
         raise RoleNotAllowed(role)
     return TokenSpec(role, tuple(tenants), description, expires_at)
 
@@ -200,9 +200,8 @@ async def create_token(store: Store, spec: TokenSpec, now: int,
         secret = new_secret()
         record = TokenRecord(new_token_id(), token_sha256(secret), spec.role, spec.tenants,
                              spec.description, now, spec.expires_at, actor)
-        async with asyncio.timeout(store.admin_timeout_s):
-            reply = await store.fcall("token_create", [TOKENS, TOKENS_VERSION, TOKENS_EVENTS],
-                                      [record.id, record.to_json(), now])
+        reply = await store.fcall("token_create", [TOKENS, TOKENS_VERSION, TOKENS_EVENTS],
+                                  [record.id, record.to_json(), now], bounded=True)
         status = Status(int(reply[0]))
         if status is Status.OK:
             log.info("token %s created by %s: role %s, tenants %s, expires %s", record.id,
@@ -243,10 +242,10 @@ async def revoke_token(store: Store, token_id: str, tenant_id: str | None = None
                        actor: str = "", now: int | None = None) -> bool:
     """Delete a token; False if there is none (or, with ``tenant_id``, none that this
     tenant's admin manages)."""
-    async with asyncio.timeout(store.admin_timeout_s):
-        reply = await store.fcall(
-            "token_revoke", [TOKENS, TOKENS_VERSION, TOKENS_USED, TOKENS_EVENTS],
-            [token_id, tenant_id or "", int(time.time()) if now is None else now, actor])
+    reply = await store.fcall(
+        "token_revoke", [TOKENS, TOKENS_VERSION, TOKENS_USED, TOKENS_EVENTS],
+        [token_id, tenant_id or "", int(time.time()) if now is None else now, actor],
+        bounded=True)
     status = Status(int(reply[0]))
     if status is Status.NOT_FOUND:
         return False
@@ -259,8 +258,8 @@ async def revoke_token(store: Store, token_id: str, tenant_id: str | None = None
 async def record_seen(store: Store, token_ids: Sequence[str], now: int) -> None:
     """last_used_at = now for these ids, where that is newer (one FCALL)."""
     if token_ids:
-        async with asyncio.timeout(store.admin_timeout_s):
-            await store.fcall("tokens_seen", [TOKENS, TOKENS_USED], [now, *sorted(token_ids)])
+        await store.fcall("tokens_seen", [TOKENS, TOKENS_USED], [now, *sorted(token_ids)],
+                          bounded=True)
 
 
 # -- each worker's cache ---------------------------------------------------------------------

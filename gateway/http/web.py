@@ -112,11 +112,6 @@ def problem_answer(status: int, title: str, detail: str, errors: Sequence[FieldE
     return Answer(status, orjson.dumps(doc), PROBLEM)
 
 
-def problem(status: int, title: str, detail: str, errors: Sequence[FieldError] = (),
-            slug: str | None = None) -> web.Response:
-    return to_response(problem_answer(status, title, detail, errors, slug))
-
-
 def check_access(app: web.Application, authorization: str | None,
                  path: Mapping[str, str], roles: Sequence[str],
                  tenant_scoped: bool = True) -> Ctx | Answer:

@@ -23,15 +23,16 @@ from gateway.ledger.progress import Progress
 from gateway.redis.keys import AUDIT_MAX_ENTRIES, active_member, tenant_keys
 from gateway.redis.store import Store
 from gateway.rules.clock import candidate_months
+from gateway.vocab import EventType as E
 
 MONTH_TTL_SECONDS = 400 * 86400  # as lua/00_lib.lua
 # Fields of the tenant hash that the ledger determines (created/updated/ver are bookkeeping).
 TENANT_FIELDS = ("name", "cur", "tz", "chg_in", "maxc", "rl", "bal", "res", "act")
 CALL_FIELDS = ("st", "gexp", "pr", "cr", "uid", "pool", "mon")
 # The events that lua/00_lib.lua `audit` also pushes on the tenant's audit list.
-AUDIT_EVENT_TYPES = ("tenant.created", "tenant.updated", "user.created", "user.updated",
-                     "user.deleted", "credits.topped_up", "tollfree.added",
-                     "tollfree.removed")
+AUDIT_EVENT_TYPES = tuple(e.value for e in (
+    E.TENANT_CREATED, E.TENANT_UPDATED, E.USER_CREATED, E.USER_UPDATED, E.USER_DELETED,
+    E.CREDITS_TOPPED_UP, E.TOLLFREE_ADDED, E.TOLLFREE_REMOVED))
 # Rows pushed per RPUSH when restoring an audit list.
 LIST_PUSH_CHUNK = 200
 
@@ -183,7 +184,7 @@ async def latest_tokens(ledger: Ledger) -> dict[str, str]:
     for _, etype, text in sorted((_entry_order(str(r[0])), str(r[1]), str(r[2]))
                                  for r in rows):
         data = orjson.loads(text)
-        if etype == "token.created":
+        if etype == E.TOKEN_CREATED:
             tokens[str(data["token_id"])] = str(data["record"])
         else:
             tokens.pop(str(data["token_id"]), None)

@@ -15,18 +15,18 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import FieldError, TenantNotFound, ValidationError
+from gateway.errors import FieldError, TenantNotFound, ValidationError, WebhookNotFound
 from gateway.notify.webhooks import SECRET_MIN_CHARS, DestinationRefused, check_destination, redact
 from gateway.redis.keys import DELIVERY_LOG_MAX
 from gateway.redis.store import Status, Store, StoreError
 from gateway.rules.clock import rfc3339
 from gateway.rules.money import format_money, parse_money
 from gateway.validate import Fields
+from gateway.vocab import ALERT_EVENTS
 
 POOL_THRESHOLDS_DEFAULT = (80, 100)
 THRESHOLDS_MAX = 10
-EVENT_TYPES = ("pool.threshold_crossed", "credits.low_balance", "credits.recharge_requested",
-               "spend_limit.reached")
+EVENT_TYPES = tuple(e.value for e in ALERT_EVENTS)
 WEBHOOKS_MAX = 20
 SECRET_MAX_CHARS = 256
 _SECRET_RE = re.compile(r"[\x21-\x7e]+", re.ASCII)
@@ -193,10 +193,6 @@ async def webhook_record(store: Store, tenant_id: str, webhook_id: str) -> dict[
     k = store.keys(tenant_id)
     raw = await store.raw(k.webhooks, "HGET", k.webhooks, webhook_id)
     return None if raw is None else dict(orjson.loads(raw))
-
-
-class WebhookNotFound(Exception):
-    pass
 
 
 async def put_webhook(store: Store, tenant_id: str, webhook_id: str, spec: WebhookSpec,

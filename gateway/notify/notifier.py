@@ -32,6 +32,7 @@ import aiohttp
 import orjson
 
 from gateway import metrics
+from gateway.errors import StoreErrorReply
 from gateway.notify.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -39,7 +40,6 @@ from gateway.notify.webhooks import (
     literal_refusal,
     signature,
 )
-from gateway.redis.client import ReplyError
 from gateway.redis.keys import (
     DELIVERY_LOG_MAX,
     DELIVERY_RETENTION_SECONDS,
@@ -136,8 +136,8 @@ class Notifier:
             return
         try:
             await self.store.raw(stream, "XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
-        except ReplyError as exc:
-            if "BUSYGROUP" not in str(exc):
+        except StoreErrorReply as exc:
+            if "BUSYGROUP" not in exc.reply:
                 raise
         self._groups_ready.add(stream)
 

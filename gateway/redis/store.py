@@ -19,7 +19,15 @@ from typing import Any, NamedTuple, cast
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.redis.client import Arg, Backend, ReplyError, backend_from_url, pack_command
+from gateway.errors import StoreDisconnected, StoreErrorReply, StoreTimeout, StoreUnavailable
+from gateway.redis.client import (
+    Arg,
+    Backend,
+    RedisUnavailable,
+    ReplyError,
+    backend_from_url,
+    pack_command,
+)
 from gateway.redis.keys import TenantKeys, call_fields, tenant_keys
 
 # lua/ at the top of the repository; gateway/lua links to it so that it also ships inside the
@@ -53,6 +61,26 @@ class StoreError(Exception):
         self.status = status
         self.detail = list(detail)
         super().__init__(f"{status.name} {self.detail}")
+
+
+# What the transport raises when Redis does not answer; every Store method turns it into
+# StoreUnavailable (gateway.errors), so nothing above this module sees the client's own.
+_TRANSPORT_ERRORS = (TimeoutError, RedisUnavailable, ReplyError, OSError)
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The StoreUnavailable for a failure of the transport, keeping what matters of it:
+    whether the command may have run (a timeout with it written, a connection broken with
+    it in flight) and the text of an error reply."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return StoreTimeout(str(exc) or "no reply within the deadline")
+    if isinstance(exc, ReplyError):
+        return StoreErrorReply(str(exc))
+    if isinstance(exc, RedisUnavailable):
+        return StoreDisconnected(str(exc), exc.sent)
+    return StoreDisconnected(f"{type(exc).__name__}: {exc}")
 
 
 def library_source(lua_dir: Path = LUA_DIR) -> str:
@@ -209,8 +237,11 @@ class Store:
         return hk
 
     async def load_functions(self) -> None:
-        async with asyncio.timeout(self.admin_timeout_s):
-            await self.backend.on_all_primaries("FUNCTION", "LOAD", "REPLACE", self._source)
+        try:
+            async with asyncio.timeout(self.admin_timeout_s):
+                await self.backend.on_all_primaries("FUNCTION", "LOAD", "REPLACE", self._source)
+        except _TRANSPORT_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     async def persistence_warnings(self) -> list[str]:
         """What in the Redis servers' persistence settings can lose or corrupt acknowledged
@@ -222,6 +253,8 @@ class Store:
                     "CONFIG", "GET", "appendonly", "aof-load-truncated")
         except ReplyError:
             return []
+        except _TRANSPORT_ERRORS as exc:
+            raise unavailable(exc) from exc
         warnings = []
         for reply in replies:
             conf = dict(zip(reply[::2], reply[1::2], strict=True))
@@ -239,19 +272,38 @@ class Store:
         await self.backend.close()
 
     async def ping(self) -> bool:
-        async with asyncio.timeout(self.admin_timeout_s):
-            replies = await self.backend.on_all_primaries("PING")
+        try:
+            async with asyncio.timeout(self.admin_timeout_s):
+                replies = await self.backend.on_all_primaries("PING")
+        except _TRANSPORT_ERRORS as exc:
+            raise unavailable(exc) from exc
         return all(r == "PONG" for r in replies)
 
     async def functions_loaded(self) -> bool:
-        async with asyncio.timeout(self.admin_timeout_s):
-            replies = await self.backend.on_all_primaries(
-                "FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME
-            )
+        try:
+            async with asyncio.timeout(self.admin_timeout_s):
+                replies = await self.backend.on_all_primaries(
+                    "FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME
+                )
+        except _TRANSPORT_ERRORS as exc:
+            raise unavailable(exc) from exc
         return all(bool(r) for r in replies)
 
-    async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
-        """One FCALL, routed by its first key; reloads the library once if a node lacks it."""
+    async def fcall(self, name: str, keys: Sequence[str], args: Sequence[Arg], *,
+                    bounded: bool = False) -> list[Any]:
+        """One FCALL, routed by its first key; reloads the library once if a node lacks it.
+        ``bounded``: under the admin timeout. Redis not answering raises StoreUnavailable."""
+        try:
+            if bounded:
+                async with asyncio.timeout(self.admin_timeout_s):
+                    return await self._fcall(name, keys, args)
+            return await self._fcall(name, keys, args)
+        except StoreUnavailable:
+            raise
+        except _TRANSPORT_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    async def _fcall(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> list[Any]:
         cmd = ("FCALL", name, len(keys), *keys, *args)
         t0 = time.perf_counter()
         try:
@@ -267,17 +319,22 @@ class Store:
 
     async def _hot(self, name: str, keys: Sequence[str], args: Sequence[Arg],
                    deadline: float) -> list[Any]:
-        """The call path's FCALL: as _checked, failing with TimeoutError at ``deadline``
+        """The call path's FCALL: as _checked, failing with StoreTimeout at ``deadline``
         (loop time), with no coroutine or timer of its own between caller and reply."""
         packed = pack_command(("FCALL", name, len(keys), *keys, *args))
         t0 = time.perf_counter()
         try:
-            reply = await self.backend.submit(keys[0], packed, deadline)
-        except ReplyError as exc:
-            if "Function not found" not in str(exc):
-                raise
-            await self.load_functions()
-            reply = await self.backend.submit(keys[0], packed, deadline)
+            try:
+                reply = await self.backend.submit(keys[0], packed, deadline)
+            except ReplyError as exc:
+                if "Function not found" not in str(exc):
+                    raise
+                await self.load_functions()
+                reply = await self.backend.submit(keys[0], packed, deadline)
+        except StoreUnavailable:
+            raise
+        except _TRANSPORT_ERRORS as exc:  # free when nothing is raised (Python 3.11)
+            raise unavailable(exc) from exc
         metrics.observe_redis(name, time.perf_counter() - t0)
         if reply[0] != 0:
             raise StoreError(Status(int(reply[0])), reply[1:])
@@ -293,11 +350,7 @@ class Store:
                        bounded: bool = True) -> list[Any]:
         """One FCALL whose non-OK status raises StoreError. ``bounded``: under the admin
         timeout; call control passes False and bounds the call itself."""
-        if bounded:
-            async with asyncio.timeout(self.admin_timeout_s):
-                reply = await self.fcall(name, keys, args)
-        else:
-            reply = await self.fcall(name, keys, args)
+        reply = await self.fcall(name, keys, args, bounded=bounded)
         status = Status(int(reply[0]))
         if status is not Status.OK:
             raise StoreError(status, reply[1:])
@@ -305,8 +358,11 @@ class Store:
 
     async def raw(self, routing_key: str, *args: Arg) -> Any:
         """A plain command routed by key (reads of the admin API), under the admin timeout."""
-        async with asyncio.timeout(self.admin_timeout_s):
-            return await self.backend.execute(routing_key, *args)
+        try:
+            async with asyncio.timeout(self.admin_timeout_s):
+                return await self.backend.execute(routing_key, *args)
+        except _TRANSPORT_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     # -- tenants, users, numbers, credits -------------------------------------------------
 
@@ -508,12 +564,15 @@ class Store:
         from gateway.redis.keys import all_partitions
 
         parts = all_partitions(self.partitions)
-        async with asyncio.timeout(self.admin_timeout_s):
-            replies = await asyncio.gather(*(
-                self.backend.execute(p.active, cmd, p.active, *args)
-                for p in parts
-                for cmd, args in (("ZCARD", ()), ("ZRANGE", (0, 0, "WITHSCORES")))
-            ))
+        try:
+            async with asyncio.timeout(self.admin_timeout_s):
+                replies = await asyncio.gather(*(
+                    self.backend.execute(p.active, cmd, p.active, *args)
+                    for p in parts
+                    for cmd, args in (("ZCARD", ()), ("ZRANGE", (0, 0, "WITHSCORES")))
+                ))
+        except _TRANSPORT_ERRORS as exc:
+            raise unavailable(exc) from exc
         count = sum(int(c) for c in replies[0::2])
         firsts = [int(float(r[1])) for r in replies[1::2] if r]
         return count, min(firsts, default=None)

@@ -3,8 +3,9 @@
 ``calls`` (call control: classify, rate, one FCALL, the answer), ``admin`` (tenants, users,
 credits, toll-free numbers, pools), ``voids`` (undoing an allow nobody heard), ``numbers``
 (destination classification), ``rating`` and ``decks`` (rate decks), ``money`` (integers
-inside, decimal strings outside), ``clock`` (time, injectable). The rules that must be atomic
-live in lua/, called through gateway.redis.store.
+inside, decimal strings outside), ``clock`` (time, injectable), ``refusals`` (a function's
+refusal as a domain error). The rules that must be atomic live in lua/, called through
+gateway.redis.store.
 
 Depends on gateway.redis and the root modules only.
 """

@@ -13,25 +13,12 @@ from typing import Any
 import orjson
 
 from gateway.config import Settings
-from gateway.errors import TenantNotFound, ValidationError
-from gateway.redis.store import Status, Store, StoreError, TenantSettings
+from gateway.errors import NotFound, TenantNotFound, ValidationError
+from gateway.redis.store import Store, StoreError, TenantSettings
 from gateway.rules.clock import Clock, month_of
 from gateway.rules.money import format_money
 from gateway.rules.numbers import classify
-
-DIAL_OUT = ("international_and_domestic", "domestic_only", "none")
-# Lua formats numbers with 14 significant digits (tostring, "..", cjson in events): from
-# 10^14 micro-units on, a balance would reach clients as "1.0000000000001e+14" and events
-# would lose digits (a 500 on top-up, found by schemathesis). Every wallet stays below.
-BALANCE_MAX_MICRO = 10**14 - 100
-
-
-class NotFound(Exception):
-    pass
-
-
-class Conflict(Exception):
-    """409: the request contradicts the current state; the message says how."""
+from gateway.rules.refusals import domain_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,24 +30,6 @@ class UserSpec:
     monthly_spend_limit_micro: int | None
     max_concurrent_calls: int | None
     numbers: tuple[str, ...]
-
-
-def _raise_store(exc: StoreError) -> Exception:
-    if exc.status is Status.TENANT_NOT_FOUND:
-        return TenantNotFound()
-    if exc.status is Status.NOT_FOUND:
-        return NotFound()
-    if exc.status is Status.NUMBER_CONFLICT:
-        return Conflict(f"number {exc.detail[0]} already belongs to another user or is a "
-                        "toll-free number of the tenant")
-    if exc.status is Status.IDEMPOTENCY_CONFLICT:
-        return Conflict("idempotency_key was already used with a different amount")
-    if exc.status is Status.BALANCE_LIMIT:
-        return ValidationError.one(
-            "amount", f"the balance may not exceed {format_money(BALANCE_MAX_MICRO)}")
-    if exc.status is Status.CURRENCY_LOCKED:
-        return Conflict("currency cannot change while the wallet holds or reserves credits")
-    return exc
 
 
 def e164_number(raw: str, field: str, *, toll_free: bool = False) -> str:
@@ -91,7 +60,7 @@ class AdminService:
         try:
             created = await self.store.tenant_put(tenant_id, self._now(), s, actor)
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
         return await self.get_tenant(tenant_id), created
 
     async def get_tenant(self, tenant_id: str) -> dict[str, Any]:
@@ -142,7 +111,7 @@ class AdminService:
                 tenant_id, user_id, self._now(), orjson.dumps(record).decode(), actor
             )
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
         return user_body(user_id, record), created
 
     async def get_user(self, tenant_id: str, user_id: str) -> dict[str, Any]:
@@ -157,7 +126,7 @@ class AdminService:
         try:
             await self.store.user_delete(tenant_id, user_id, self._now(), actor)
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
 
     # -- credits --------------------------------------------------------------------------
 
@@ -172,14 +141,14 @@ class AdminService:
                 tenant_id, key, amount_micro, self._now(), actor
             )
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
         return {"balance": format_money(balance), "currency": currency}
 
     async def credits_raw(self, tenant_id: str) -> tuple[str, int, int]:
         try:
             return await self.store.credits_get(tenant_id)
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
 
     async def credits(self, tenant_id: str) -> dict[str, Any]:
         currency, balance, reserved = await self.credits_raw(tenant_id)
@@ -198,14 +167,14 @@ class AdminService:
         try:
             created = await self.store.tollfree_put(tenant_id, number, self._now(), actor)
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
         return {"number": number}, created
 
     async def delete_tollfree(self, tenant_id: str, number: str, actor: str) -> None:
         try:
             await self.store.tollfree_delete(tenant_id, number, self._now(), actor)
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
 
     # -- pools ----------------------------------------------------------------------------
 
@@ -218,7 +187,7 @@ class AdminService:
         try:
             pools, usage = await self.store.pools_get(tenant_id, month)
         except StoreError as exc:
-            raise _raise_store(exc) from exc
+            raise domain_error(exc) from exc
         return {"month": f"{month[:4]}-{month[4:]}", "pools": pool_rows(pools, usage)}
 
 

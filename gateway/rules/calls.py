@@ -19,57 +19,35 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from gateway import metrics
+from gateway import metrics, vocab
 from gateway.config import Settings
-from gateway.errors import TenantNotFound, ValidationError
-from gateway.redis.client import RedisUnavailable, ReplyError
+from gateway.errors import (
+    CallNotFound,
+    ServiceUnavailable,
+    StoreErrorReply,
+    StoreUnavailable,
+    TenantNotFound,
+)
 from gateway.redis.store import AuthorizeArgs, Bill, Decision, Status, Store, StoreError
 from gateway.rules.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.rules.decks import Decks
 from gateway.rules.money import format_money
 from gateway.rules.numbers import Destination, classify
 from gateway.rules.rating import Rate, RateDeck
+from gateway.rules.refusals import domain_error
 from gateway.rules.voids import Voider
+from gateway.vocab import AllowReason, DenyReason, Source, Verdict
 
 log = logging.getLogger(__name__)
 
-SIP_CODES: dict[str, int] = {
-    "pool_exhausted_no_credits": 402,
-    "insufficient_credits": 402,
-    "spend_limit_reached": 402,
-    "no_calling_plan": 403,
-    "dial_out_policy": 403,
-    "destination_blocked": 403,
-    "credits_not_allowed": 403,
-    "unknown_user": 404,
-    "invalid_destination": 484,
-    "concurrency_limit": 486,
-    "service_unavailable": 503,
-    "rate_limited": 503,
-}
-
-# Failures of the one round trip that turn into deny / service_unavailable (or, for an
-# emergency call, into an allow): never a hang, never a 500.
-UNAVAILABLE = (TimeoutError, RedisUnavailable, ReplyError, OSError)
-
+# gateway.vocab.SIP_CODES keyed by plain strings: looked up with the reason Redis answered.
+SIP_CODES: dict[str, int] = {reason.value: code for reason, code in vocab.SIP_CODES.items()}
 
 # The fresh allow the current request's authorize made (tenant, call id, attempt), until
 # its answer is written: a request task that finds its client gone calls
 # CallService.answer_lost, which voids it. Per task: a context variable.
 _FRESH_ALLOW: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
     "callgate_fresh_allow", default=None)
-
-
-class CallNotFound(Exception):
-    pass
-
-
-class CallEnded(Exception):
-    pass
-
-
-class ServiceUnavailable(Exception):
-    pass
 
 
 class AuthorizeRequest(NamedTuple):
@@ -82,6 +60,13 @@ class AuthorizeRequest(NamedTuple):
 
 
 _NO_RATE = Rate("", "", "outbound", 0, 0, 60, 60)
+# Words of gateway.vocab as plain strings, for the call path's comparisons and arguments.
+_ALLOW = Verdict.ALLOW.value
+_INVALID_DESTINATION = DenyReason.INVALID_DESTINATION.value
+_DESTINATION_BLOCKED = DenyReason.DESTINATION_BLOCKED.value
+# An extension Redis could not decide (immutable: one for all).
+_EXTEND_UNAVAILABLE = Decision(Verdict.DENY.value, DenyReason.SERVICE_UNAVAILABLE.value, "", 0,
+                               0, "", "", "")
 
 
 class CallService:
@@ -123,15 +108,15 @@ class CallService:
     def _predeny(self, dest: Destination) -> tuple[str, bool]:
         """(deny reason decided without the user, credits-only) for an outbound destination."""
         if dest.e164 is None:
-            return "invalid_destination", False
+            return _INVALID_DESTINATION, False
         digits = dest.e164[1:]
         if digits.startswith(self.settings.blocked_prefixes):  # a tuple: one C call
-            return "destination_blocked", False
+            return _DESTINATION_BLOCKED, False
         if dest.number_type in ("premium_rate", "shared_cost"):
             rules = self.settings.countries.get(dest.country or "")
             if rules is not None and rules.allows(dest.number_type, digits):
                 return "", True
-            return "destination_blocked", False
+            return _DESTINATION_BLOCKED, False
         return "", False
 
     def _rate(self, currency: str, number: str | None, kind: str) -> Rate:
@@ -236,17 +221,19 @@ class CallService:
             # settings changed again between our two attempts: no answer.
             _log_failure("authorize", tenant_id, req.call_id, exc)
             return self._without_redis(dest, emergency, now)
-        except UNAVAILABLE as exc:
+        except StoreUnavailable as exc:
+            # The one round trip failed: deny / service_unavailable (or, for an emergency
+            # call, an allow), never a hang, never a 500.
             _log_failure("authorize", tenant_id, req.call_id, exc)
             metrics.count_redis_failure(exc)
-            if not emergency and may_have_run(exc):
+            if not emergency and exc.may_have_run:
                 # Told deny; whatever the function did must be undone (gateway.rules.voids).
                 self.voider.add(tenant_id, req.call_id, attempt)
             return self._without_redis(dest, emergency, now)
         if len(self._tenant_cache) > 100_000:
             self._tenant_cache.clear()
         self._tenant_cache[tenant_id] = (currency, tz)
-        if decision.decision == "allow" and not decision.replayed and not emergency:
+        if decision.decision == _ALLOW and not decision.replayed and not emergency:
             _FRESH_ALLOW.set((tenant_id, req.call_id, attempt))
         return decision
 
@@ -268,10 +255,10 @@ class CallService:
         """The answer when Redis could not decide: emergency calls go through (D11)."""
         if emergency:
             grant = self.settings.grant_seconds
-            return Decision("allow", "emergency", "free", grant, now + grant, "emergency", "",
-                            "emergency")
-        return Decision("deny", "service_unavailable", "", 0, now, "", dest.country or "",
-                        dest.number_type)
+            return Decision(Verdict.ALLOW, AllowReason.EMERGENCY, Source.FREE, grant,
+                            now + grant, "emergency", "", "emergency")
+        return Decision(Verdict.DENY, DenyReason.SERVICE_UNAVAILABLE, "", 0, now, "",
+                        dest.country or "", dest.number_type)
 
     # -- extend, end, get -------------------------------------------------------------------
 
@@ -279,7 +266,7 @@ class CallService:
         t0 = time.perf_counter()
         now = int(self.clock.now())
         months = candidate_months(now, self.settings.clock_skew_seconds)
-        unavailable = Decision("deny", "service_unavailable", "", 0, 0, "", "", "")
+        unavailable = _EXTEND_UNAVAILABLE
         if self.inflight >= self.max_inflight:
             metrics.count_shed("extend")
             decision = unavailable
@@ -293,10 +280,10 @@ class CallService:
                 )
             except StoreError as exc:
                 if exc.status is not Status.LATE:
-                    raise _lifecycle_error(exc) from exc
+                    raise domain_error(exc) from exc
                 _log_failure("extend", tenant_id, call_id, exc)
                 decision = unavailable
-            except UNAVAILABLE as exc:
+            except StoreUnavailable as exc:
                 _log_failure("extend", tenant_id, call_id, exc)
                 metrics.count_redis_failure(exc)
                 decision = unavailable
@@ -321,8 +308,8 @@ class CallService:
                 self.settings.call_retention_seconds, deadline=deadline,
             )
         except StoreError as exc:
-            raise _lifecycle_error(exc) from exc
-        except UNAVAILABLE as exc:
+            raise domain_error(exc) from exc
+        except StoreUnavailable as exc:
             _log_failure("end", tenant_id, call_id, exc)
             metrics.count_redis_failure(exc)
             # Not billed, or billed without our knowing: the switch must retry (end is
@@ -341,7 +328,7 @@ class CallService:
         try:
             async with asyncio.timeout(self._timeout_s * 10):
                 rec = await self.store.call_get(tenant_id, call_id)
-        except UNAVAILABLE as exc:
+        except (StoreUnavailable, TimeoutError) as exc:  # TimeoutError: our own bound
             raise ServiceUnavailable(str(exc)) from exc
         if rec is None:
             return None
@@ -360,21 +347,11 @@ class CallService:
                 if rec is None and not await self.store.tenant_exists(tenant_id):
                     # A missing tenant answers alike on every route (api.md).
                     raise TenantNotFound(tenant_id)
-        except UNAVAILABLE as exc:
+        except (StoreUnavailable, TimeoutError) as exc:  # TimeoutError: our own bound
             raise ServiceUnavailable(str(exc)) from exc
         if rec is None:
             raise CallNotFound(call_id)
         return call_body(call_id, rec)
-
-
-def may_have_run(exc: BaseException) -> bool:
-    """Whether a call-control FCALL that failed with ``exc`` may have run in Redis: its
-    deadline passed with the command written, or the connection broke with it in flight.
-    An error reply means it did not run (Redis refuses a writing function up front when
-    out of memory) or failed in a way a void could not mend."""
-    if isinstance(exc, TimeoutError):
-        return True
-    return isinstance(exc, RedisUnavailable) and exc.sent
 
 
 # Error replies of a Redis that is starting or failing over: it will answer again soon.
@@ -399,8 +376,8 @@ def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> N
     # `extra`: the request's fields, for structured logs (CALLGATE_LOG_FORMAT=json).
     fields = {"operation": op, "tenant_id": tenant_id, "call_id": call_id}
     # Any other error reply is a fault of ours (a bug in a function): loud.
-    if isinstance(exc, ReplyError) and not str(exc).startswith((*TRANSIENT_REPLIES,
-                                                                 OOM_REPLY)):
+    if isinstance(exc, StoreErrorReply) and not exc.reply.startswith((*TRANSIENT_REPLIES,
+                                                                      OOM_REPLY)):
         log.error("%s %s/%s: Redis error reply: %s%s", op, tenant_id, call_id, exc, also,
                   extra=fields)
     else:
@@ -408,24 +385,10 @@ def _log_failure(op: str, tenant_id: str, call_id: str, exc: BaseException) -> N
                     extra=fields)
 
 
-def _lifecycle_error(exc: StoreError) -> Exception:
-    if exc.status is Status.CALL_NOT_FOUND:
-        return CallNotFound()
-    if exc.status is Status.TENANT_NOT_FOUND:
-        return TenantNotFound()
-    if exc.status is Status.CALL_ENDED:
-        return CallEnded()
-    if exc.status is Status.USED_BACKWARDS:  # extend only: nothing was changed
-        return ValidationError.one(
-            "used_seconds", f"must not be lower than the {int(exc.detail[0])} s already "
-                            "reported: time only moves forward")
-    return exc
-
-
 def decision_body(call_id: str, d: Decision, current_grant: bool = False) -> dict[str, Any]:
     """The JSON answer of authorize and extend. An extension denied keeps the current grant:
     its expiry is the moment the switch must cut the call (``current_grant``)."""
-    allowed = d.decision == "allow"
+    allowed = d.decision == _ALLOW
     shown = allowed or (current_grant and d.grant_expires_at > 0)
     return {
         "call_id": call_id,

@@ -125,13 +125,13 @@ async def store_deck(store: Store, deck: RateDeck, csv_text: str, now: int,
     `rows_json`: `deck_rows_json(deck)` if already computed (off the event loop)."""
     if rows_json is None:
         rows_json = deck_rows_json(deck)
-    async with asyncio.timeout(store.admin_timeout_s):
-        reply: list[Any] = await store.fcall(
-            "deck_put",
-            [deck_key(deck.currency), DECKS_VERSION, DECKS_EVENTS, DECKS_VERSIONS,
-             deck_rows_key(deck.currency)],
-            [deck.currency, csv_text, len(deck), now, actor, rows_json],
-        )
+    reply: list[Any] = await store.fcall(
+        "deck_put",
+        [deck_key(deck.currency), DECKS_VERSION, DECKS_EVENTS, DECKS_VERSIONS,
+         deck_rows_key(deck.currency)],
+        [deck.currency, csv_text, len(deck), now, actor, rows_json],
+        bounded=True,
+    )
     status = Status(int(reply[0]))
     if status is not Status.OK:
         raise StoreError(status, reply[1:])

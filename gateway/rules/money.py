@@ -19,6 +19,10 @@ MICRO_PER_MONEY_STEP = 100
 # still fits a signed 64-bit Redis integer (max ~9.22 * 10^18) with room for one addition.
 MAX_UNITS = 10**12
 MAX_MICRO = MAX_UNITS * MICRO_PER_UNIT
+# Lua formats numbers with 14 significant digits (tostring, "..", cjson in events): from
+# 10^14 micro-units on, a balance would reach clients as "1.0000000000001e+14" and events
+# would lose digits (a 500 on top-up, found by schemathesis). Every wallet stays below.
+BALANCE_MAX_MICRO = 10**14 - 100
 
 _DECIMALS_MICRO = 6  # micro-units resolve exactly 6 decimals; more would need rounding
 # JSON-number grammar without sign, exponent or leading zeros. ASCII only: Python's

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.redis.client import RedisUnavailable, ReplyError
+from gateway.errors import StoreUnavailable
 from gateway.redis.store import Store
 from gateway.rules.clock import Clock, candidate_months
 
@@ -146,6 +146,5 @@ class Voider:
         self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisUnavailable, ReplyError,
-                                     TimeoutError):
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, TimeoutError):
                 await self._task

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,19 +39,15 @@ from zoneinfo import ZoneInfo
 
 from phonenumbers import shortnumberinfo
 
+from gateway import vocab
 from gateway.config import Settings
 from gateway.rules.rating import Rate
 from tests.support.refcost import credit_cost_micro, max_affordable_seconds
 
 POOL_KINDS = ("domestic", "international")
 
-# api.md: the SIP answer of each deny reason.
-SIP_CODES = {
-    "pool_exhausted_no_credits": 402, "insufficient_credits": 402, "spend_limit_reached": 402,
-    "no_calling_plan": 403, "dial_out_policy": 403, "destination_blocked": 403,
-    "credits_not_allowed": 403, "unknown_user": 404, "invalid_destination": 484,
-    "concurrency_limit": 486, "service_unavailable": 503,
-}
+# The SIP answer of each deny reason: api.md's, pinned by tests/test_vocab.py.
+SIP_CODES: Mapping[str, int] = {r.value: code for r, code in vocab.SIP_CODES.items()}
 
 
 @dataclass(frozen=True)
