@@ -27,14 +27,4 @@ local function tollfree_put(KEYS, ARGV)
   return {OK, created}
 end
 
-local function tollfree_delete(KEYS, ARGV)
-  local k_tenant, k_tollfree, k_events, k_audit = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
-  local tid, number, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-  if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
-  if redis.call('HDEL', k_tollfree, number) == 0 then return {NOT_FOUND} end
-  audit(k_audit, k_events, 'tollfree.removed', tid, now, {number = number, actor = ARGV[4]})
-  return {OK}
-end
-
 redis.register_function('tollfree_put', tollfree_put)
-redis.register_function('tollfree_delete', tollfree_delete)

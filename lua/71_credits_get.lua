@@ -1,18 +1,10 @@
 --[[
 Read-only views, consistent snapshots in one round trip (flag no-writes: runs on replicas).
 
-pools_get
-KEYS[1] tenant hash {p}:t:T   KEYS[2] pools hash {p}:t:T:pools   KEYS[3] month hash
-Returns {OK, pools hash flat, month hash flat} | {TENANT_NOT_FOUND}
-
 credits_get
 KEYS[1] tenant hash
 Returns {OK, currency, balance micro, reserved micro} | {TENANT_NOT_FOUND}
 --]]
-local function pools_get(KEYS, ARGV)
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {TENANT_NOT_FOUND} end
-  return {OK, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3])}
-end
 
 local function credits_get(KEYS, ARGV)
   local t = redis.call('HMGET', KEYS[1], 'cur', 'bal', 'res')
@@ -20,7 +12,5 @@ local function credits_get(KEYS, ARGV)
   return {OK, t[1], t[2], t[3]}
 end
 
-redis.register_function{function_name = 'pools_get', callback = pools_get,
-  flags = {'no-writes'}}
 redis.register_function{function_name = 'credits_get', callback = credits_get,
   flags = {'no-writes'}}

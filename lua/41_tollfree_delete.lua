@@ -1,0 +1,27 @@
+--[[
+tollfree_put / tollfree_delete: the tenant's toll-free numbers (D28).
+
+KEYS[1] tenant hash     {p}:t:T
+KEYS[2] toll-free hash  {p}:t:T:tollfree
+KEYS[3] numbers hash    {p}:t:T:numbers
+KEYS[4] events stream   {p}:events
+KEYS[5] audit list      {p}:t:T:audit (the event, newest first, capped)
+ARGV[1] tenant id
+ARGV[2] number (+E164)
+ARGV[3] now (seconds)
+ARGV[4] actor: id of the token that made the change (audit trail)
+
+tollfree_put returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {NUMBER_CONFLICT, number}
+tollfree_delete returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
+--]]
+
+local function tollfree_delete(KEYS, ARGV)
+  local k_tenant, k_tollfree, k_events, k_audit = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
+  local tid, number, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+  if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
+  if redis.call('HDEL', k_tollfree, number) == 0 then return {NOT_FOUND} end
+  audit(k_audit, k_events, 'tollfree.removed', tid, now, {number = number, actor = ARGV[4]})
+  return {OK}
+end
+
+redis.register_function('tollfree_delete', tollfree_delete)
