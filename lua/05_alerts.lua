@@ -1,5 +1,9 @@
 --[[
-alerts: the tenant's alert settings, and threshold crossings announced in the same atomic
+Library: alerts. Declares alert_context, pool_crossings, credit_crossings,
+spend_limit_reached and alerts_rearm (and the announcement they share); registers nothing
+(alerts_put, the settings' writer, is lua/25_alerts_put.lua).
+
+The tenant's alert settings, and threshold crossings announced in the same atomic
 step as the change that crosses them (api.md, Notifications), so each is announced once
 however many calls race.
 

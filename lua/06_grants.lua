@@ -1,3 +1,8 @@
+--[[
+Library: the paying step that authorize and extend share (D6, D15-D22). Declares pool_grant,
+credit_grant and pay; registers nothing. Uses lua/00_lib.lua and lua/05_alerts.lua.
+--]]
+
 -- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
 -- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
 -- reserved minutes, or nil when the pool does not exist (no licence assigned). Announces
@@ -14,7 +19,7 @@ local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
   hincr(k_month, r_field, new_r - pool_r)
   -- Alert thresholds are whole percents: only a grant that takes the pool past one may
   -- cross a threshold (most do not: 5 minutes of 30,000 are 0.017 %). Checked here, with
-  -- no call and no read; lua/25_alerts.lua reads the thresholds when it may.
+  -- no call and no read; lua/05_alerts.lua reads the thresholds when it may.
   local before, after = (used + reserved) * 100, (used + reserved + new_r - pool_r) * 100
   if after - after % capacity > before - before % capacity then
     pool_crossings(k_pools, k_month, pool, kind, used, used + reserved,

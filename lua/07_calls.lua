@@ -1,3 +1,8 @@
+--[[
+Library: what extend, end_call and void_call share (their KEYS[4..6] / ARGV[5..7] are the
+call's three candidate months). Declares month_key and missing_call; registers nothing.
+--]]
+
 -- The month hash of the call's month among the caller's candidates, or nil.
 local function month_key(KEYS, ARGV, mon)
   for i = 0, 2 do

@@ -1,27 +1,26 @@
 --[[
-user_put / user_delete: a user's licence, policy, limits and numbers. A licence change
-updates pool capacity in the same atomic step (D4, D6): capacity is derived from the
-licence count, never stored, so it can never drift from the assignments.
+user_put: a user's licence, policy, limits and numbers. A licence change updates pool
+capacity in the same atomic step (D4, D6): capacity is derived from the licence count, never
+stored, so it can never drift from the assignments.
 
-user_put
-KEYS[1] tenant hash     {p}:t:T
-KEYS[2] users hash      {p}:t:T:users
-KEYS[3] pools hash      {p}:t:T:pools
-KEYS[4] numbers hash    {p}:t:T:numbers
-KEYS[5] toll-free hash  {p}:t:T:tollfree
-KEYS[6] events stream   {p}:events
-KEYS[7] audit list      {p}:t:T:audit (the event, newest first, capped)
-ARGV[1] tenant id
-ARGV[2] user id
-ARGV[3] now (seconds)
-ARGV[4] user record, JSON, stored verbatim: {country, plan, pstn (bool: the plan may call
-        the PSTN), dial_out, credits_allowed, numbers ([+E164]), dmin / imin (domestic /
-        international minutes per user of (country, plan) from configuration; 0: no pool),
-        and, when set, monthly_spend_limit_micro, max_concurrent_calls (absent: no limit)}
-ARGV[5] actor: id of the token that made the change (audit trail)
-
-Returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {NUMBER_CONFLICT, number}
-
+KEYS[1] tenant      {p}:t:T           tenant hash
+KEYS[2] users       {p}:t:T:users     hash
+KEYS[3] pools       {p}:t:T:pools     hash
+KEYS[4] numbers     {p}:t:T:numbers   hash
+KEYS[5] tollfree    {p}:t:T:tollfree  hash
+KEYS[6] events      {p}:events        partition stream
+KEYS[7] audit       {p}:t:T:audit     the event, newest first, capped
+ARGV[1] tenant_id
+ARGV[2] user_id
+ARGV[3] now         (s)
+ARGV[4] record      user record, JSON, stored verbatim: {country, plan, pstn (bool: the
+                    plan may call the PSTN), dial_out, credits_allowed, numbers ([+E164]),
+                    dmin / imin (domestic / international minutes per user of (country,
+                    plan) from configuration; 0: no pool), and, when set,
+                    monthly_spend_limit_micro, max_concurrent_calls (absent: no limit)}
+ARGV[5] actor       id of the token that made the change (audit trail)
+REPLY   {OK, created}                   created 1 | 0
+ERRORS  TENANT_NOT_FOUND NUMBER_CONFLICT  {NUMBER_CONFLICT, number}
 --]]
 
 local function user_put(KEYS, ARGV)

@@ -1,8 +1,19 @@
 --[[
+user_delete: remove a user, its licence (pool capacity, D4, D6) and its numbers.
 
-user_delete
-KEYS[1..7] as user_put;  ARGV[1] tenant id, ARGV[2] user id, ARGV[3] now, ARGV[4] actor
-Returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
+KEYS[1] tenant      {p}:t:T           tenant hash
+KEYS[2] users       {p}:t:T:users     hash
+KEYS[3] pools       {p}:t:T:pools     hash
+KEYS[4] numbers     {p}:t:T:numbers   hash
+KEYS[5] tollfree    {p}:t:T:tollfree  hash (unused: the keys of user_put)
+KEYS[6] events      {p}:events        partition stream
+KEYS[7] audit       {p}:t:T:audit     the event, newest first, capped
+ARGV[1] tenant_id
+ARGV[2] user_id
+ARGV[3] now         (s)
+ARGV[4] actor       id of the token that made the change (audit trail)
+REPLY   {OK}
+ERRORS  TENANT_NOT_FOUND NOT_FOUND
 --]]
 
 local function user_delete(KEYS, ARGV)

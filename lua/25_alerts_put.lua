@@ -1,14 +1,21 @@
 --[[
-alerts_put: a tenant's alert settings (PUT /v1/tenants/{t}/alerts).
+alerts_put: a tenant's alert settings (PUT /v1/tenants/{t}/alerts). The low-balance alert
+is re-armed (a new threshold is news); a recharge still awaited stays awaited unless
+auto-recharge is switched off. Where the settings live: lua/05_alerts.lua.
 
-KEYS[1] tenant hash {p}:t:T   KEYS[2] pools hash {p}:t:T:pools
-KEYS[3] events stream         KEYS[4] audit list
-ARGV[1] tenant id  ARGV[2] now (s)  ARGV[3] pool thresholds "80,100" ("" none)
-ARGV[4] low balance (micro, "" none)  ARGV[5] auto-recharge below (micro, "" none)
-ARGV[6] auto-recharge amount (micro, "" with ARGV[5])  ARGV[7] actor
-The low-balance alert is re-armed (a new threshold is news); a recharge still awaited stays
-awaited unless auto-recharge is switched off.
-Returns {OK} | {TENANT_NOT_FOUND}
+KEYS[1] tenant                  {p}:t:T        tenant hash
+KEYS[2] pools                   {p}:t:T:pools  hash
+KEYS[3] events                  {p}:events     partition stream
+KEYS[4] audit                   {p}:t:T:audit  list
+ARGV[1] tenant_id
+ARGV[2] now                     (s)
+ARGV[3] pool_thresholds         percent, "80,100" ("": none)
+ARGV[4] low_balance_micro       ("": none)
+ARGV[5] recharge_below_micro    auto-recharge below ("": none)
+ARGV[6] recharge_amount_micro   auto-recharge amount ("" with ARGV[5])
+ARGV[7] actor
+REPLY   {OK}
+ERRORS  TENANT_NOT_FOUND
 --]]
 local function alerts_put(KEYS, ARGV)
   local k_tenant, k_pools = KEYS[1], KEYS[2]

@@ -1,18 +1,17 @@
 --[[
-tollfree_put / tollfree_delete: the tenant's toll-free numbers (D28).
+tollfree_put: add a toll-free number of the tenant (D28).
 
-KEYS[1] tenant hash     {p}:t:T
-KEYS[2] toll-free hash  {p}:t:T:tollfree
-KEYS[3] numbers hash    {p}:t:T:numbers
-KEYS[4] events stream   {p}:events
-KEYS[5] audit list      {p}:t:T:audit (the event, newest first, capped)
-ARGV[1] tenant id
-ARGV[2] number (+E164)
-ARGV[3] now (seconds)
-ARGV[4] actor: id of the token that made the change (audit trail)
-
-tollfree_put returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {NUMBER_CONFLICT, number}
-tollfree_delete returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
+KEYS[1] tenant      {p}:t:T           tenant hash
+KEYS[2] tollfree    {p}:t:T:tollfree  hash
+KEYS[3] numbers     {p}:t:T:numbers   hash
+KEYS[4] events      {p}:events        partition stream
+KEYS[5] audit       {p}:t:T:audit     the event, newest first, capped
+ARGV[1] tenant_id
+ARGV[2] number      +E164
+ARGV[3] now         (s)
+ARGV[4] actor       id of the token that made the change (audit trail)
+REPLY   {OK, created}     created 1 | 0
+ERRORS  TENANT_NOT_FOUND NUMBER_CONFLICT  {NUMBER_CONFLICT, number}
 --]]
 local function tollfree_put(KEYS, ARGV)
   local k_tenant, k_tollfree, k_numbers, k_events, k_audit = KEYS[1], KEYS[2], KEYS[3],

@@ -1,49 +1,65 @@
 --[[
 authorize: decide a new call and reserve its first grant (D9-D29, D32), atomically.
 
-KEYS[1]  tenant hash        {p}:t:T
-KEYS[2]  users hash         {p}:t:T:users
-KEYS[3]  call hash          {p}:t:T:c:C
-KEYS[4]  pools hash         {p}:t:T:pools
-KEYS[5]  month hash         {p}:t:T:m:YYYYMM   (month of the call's start, tenant zone)
-KEYS[6]  numbers hash       {p}:t:T:numbers
-KEYS[7]  toll-free hash     {p}:t:T:tollfree
-KEYS[8]  user-active hash   {p}:t:T:uact
-KEYS[9]  active zset        {p}:active
-KEYS[10] events stream      {p}:events
-KEYS[11] rate bucket        {p}:t:T:rl:S       (S: now, the second of ARGV[3])
-KEYS[12] notify stream      {p}:notify         (alert crossings, lua/25_alerts.lua)
-ARGV[1]  tenant id              ARGV[2]  call id
-ARGV[3]  now (s)                ARGV[4]  month YYYYMM of KEYS[5]
-ARGV[5]  currency and ARGV[6] time zone the caller computed rate and month under; checked
-         against the tenant (else TENANT_SETTINGS_CHANGED, currency, zone: recompute, retry)
-ARGV[7]  direction outbound|inbound
-ARGV[8]  user id ("" inbound)   ARGV[9] to (+E164 or short code)   ARGV[10] from ("" if none)
-ARGV[11] destination country ("" unknown)
-ARGV[12] destination number type (gateway.rules.numbers; "emergency", "invalid")
-ARGV[13] countries of the destination's domestic zone, ",US,PR,CA," ("" none)
-ARGV[14] regions where ARGV[9] is an emergency short code, ",US,CA," ("" none)
-ARGV[15] deny reason decided before Redis ("" | invalid_destination | destination_blocked)
-ARGV[16] "1": destination payable from credits only (allowed premium / shared cost, D13)
-ARGV[17] rate prefix ("" : no rate, credits cannot pay)
-ARGV[18] rate (micro-units / minute)   ARGV[19] connection fee (micro-units)
-ARGV[20] initial increment A (s)        ARGV[21] subsequent increment B (s)
-ARGV[22] largest grant (s)             ARGV[23] retention of a closed call record (s)
-ARGV[24] started_at (s)
-ARGV[25] deadline: the caller answers without us from this moment on, in milliseconds since
-         the epoch ("0": none); a request Redis starts later changes nothing (LATE)
-ARGV[26] attempt id: names this request. A new call stores it ('n'), a replay that answers
-         an active allow stores it as the call's confirming attempt ('cn'): void_call
-         undoes a call only for the attempt that last answered it allow
-ARGV[27] the deployment's authorizations per second per tenant, for a tenant without its own
-         ('rl'; "0": no limit). A bucket of that many tokens, refilled whole every second
-         (KEYS[11] counts the second's new calls): a new call id over it is denied
-         rate_limited and leaves nothing behind (no record, no event): a retry is a new
-         question. Emergency calls are never limited.
-
-Returns {OK, replayed 0|1, decision, reason, source, granted_seconds, grant_expires_at,
-         class, destination country, destination type}
-      | {TENANT_NOT_FOUND} | {TENANT_SETTINGS_CHANGED, currency, time zone} | {LATE}
+KEYS[1]  tenant          {p}:t:T           tenant hash
+KEYS[2]  users           {p}:t:T:users     hash
+KEYS[3]  call            {p}:t:T:c:C       hash
+KEYS[4]  pools           {p}:t:T:pools     hash
+KEYS[5]  month           {p}:t:T:m:YYYYMM  hash of the call's start month (tenant zone)
+KEYS[6]  numbers         {p}:t:T:numbers   hash
+KEYS[7]  tollfree        {p}:t:T:tollfree  hash
+KEYS[8]  user_active     {p}:t:T:uact      hash
+KEYS[9]  active          {p}:active        zset
+KEYS[10] events          {p}:events        partition stream
+KEYS[11] rate            {p}:t:T:rl:S      rate bucket (S: now, the second of ARGV[3])
+KEYS[12] notify          {p}:notify        alert crossings (lua/05_alerts.lua)
+ARGV[1]  tenant_id
+ARGV[2]  call_id
+ARGV[3]  now                    (s)
+ARGV[4]  month                  YYYYMM of KEYS[5]
+ARGV[5]  currency               and ARGV[6], the time zone the caller computed rate and
+ARGV[6]  timezone               month under; checked against the tenant (else
+                                TENANT_SETTINGS_CHANGED, currency, zone: recompute, retry)
+ARGV[7]  direction              outbound | inbound
+ARGV[8]  user_id                ("" inbound)
+ARGV[9]  to                     +E164 or short code
+ARGV[10] from_                  the caller's number ("" if none)
+ARGV[11] dest_country           destination country ("" unknown)
+ARGV[12] dest_type              destination number type (gateway.rules.numbers;
+                                "emergency", "invalid")
+ARGV[13] dest_zone              countries of the destination's domestic zone, ",US,PR,CA,"
+                                ("" none)
+ARGV[14] emergency_regions      where ARGV[9] is an emergency short code, ",US,CA," ("" none)
+ARGV[15] predeny                deny reason decided before Redis ("" | invalid_destination
+                                | destination_blocked)
+ARGV[16] credits_only           "1": destination payable from credits only (allowed premium
+                                / shared cost, D13)
+ARGV[17] rate_prefix            ("": no rate, credits cannot pay)
+ARGV[18] rate_micro_per_minute
+ARGV[19] connection_fee_micro
+ARGV[20] initial_increment      A (s)
+ARGV[21] subsequent_increment   B (s)
+ARGV[22] grant_max_seconds      largest grant (s)
+ARGV[23] retention_seconds      of a closed call record (s)
+ARGV[24] started_at             (s)
+ARGV[25] deadline_ms            the caller answers without us from this moment on, in ms
+                                since the epoch ("0": none); a request Redis starts later
+                                changes nothing (LATE)
+ARGV[26] attempt                names this request. A new call stores it ('n'), a replay
+                                that answers an active allow stores it as the call's
+                                confirming attempt ('cn'): void_call undoes a call only for
+                                the attempt that last answered it allow
+ARGV[27] default_authorizations_per_second
+                                the deployment's rate per tenant, for a tenant without its
+                                own ('rl'; "0": no limit). A bucket of that many tokens,
+                                refilled whole every second (KEYS[11] counts the second's
+                                new calls): a new call id over it is denied rate_limited and
+                                leaves nothing behind (no record, no event): a retry is a
+                                new question. Emergency calls are never limited.
+REPLY    {OK, replayed, decision, reason, source, granted_seconds, grant_expires_at,
+          destination_class, destination_country, destination_type}    replayed 0 | 1
+ERRORS   TENANT_NOT_FOUND TENANT_SETTINGS_CHANGED LATE
+         ({TENANT_SETTINGS_CHANGED, currency, time zone})
 --]]
 
 -- The first answer again (D32), from the stored call. A live call answered allow again is
@@ -195,7 +211,7 @@ local function authorize(KEYS, ARGV)
   }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
-  alert_context(tid, now, month, k_events, KEYS[12])  -- lua/25_alerts.lua
+  alert_context(tid, now, month, k_events, KEYS[12])  -- lua/05_alerts.lua
   local o
   if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
 

@@ -1,29 +1,40 @@
 --[[
-extend / end_call: the rest of a call's life (D18, D29-D31, D33).
+extend: more time for a call (D18, D29-D30).
 
 A call's time is a horizon h (seconds since answer it may last) made of a pool segment
 [0, ps) followed by a credit segment [ps, ps + cs): once a call moves to credits it stays
 there (D18). Reservations: pr = ceil(ps / 60) pool minutes, cr = cost(cs) micro-units.
 
-extend
-KEYS[1] tenant hash {p}:t:T      KEYS[2] call hash {p}:t:T:c:C     KEYS[3] pools hash
-KEYS[4..6] month hashes of the three months the call may have started in (caller's
-           candidates; see gateway/redis/store.py), ARGV[5..7] their YYYYMM in the same order
-KEYS[7] active zset {p}:active   KEYS[8] events stream {p}:events
-KEYS[9] user-active hash (end_call's; unused here)   KEYS[10] notify stream {p}:notify
-ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] used seconds so far
-ARGV[8] largest grant (s)
-ARGV[9] deadline in milliseconds since the epoch ("0": none), as authorize's ARGV[25]
+KEYS[1]  tenant        {p}:t:T           tenant hash
+KEYS[2]  call          {p}:t:T:c:C       hash
+KEYS[3]  pools         {p}:t:T:pools     hash
+KEYS[4]  month_1       {p}:t:T:m:YYYYMM  month hashes of the three months the call may have
+KEYS[5]  month_2                         started in (the caller's candidates; see
+KEYS[6]  month_3                         gateway/redis/store.py), ARGV[5..7] in that order
+KEYS[7]  active        {p}:active        zset
+KEYS[8]  events        {p}:events        partition stream
+KEYS[9]  user_active   {p}:t:T:uact      (end_call's; unused here)
+KEYS[10] notify        {p}:notify        stream
+ARGV[1]  tenant_id
+ARGV[2]  call_id
+ARGV[3]  now                 (s)
+ARGV[4]  used_seconds        so far
+ARGV[5]  month_1             YYYYMM of KEYS[4]
+ARGV[6]  month_2             YYYYMM of KEYS[5]
+ARGV[7]  month_3             YYYYMM of KEYS[6]
+ARGV[8]  grant_max_seconds   largest grant (s)
+ARGV[9]  deadline_ms         ms since the epoch ("0": none), as authorize's
+REPLY    {OK, decision, reason, source, granted_seconds, grant_expires_at,
+          destination_class, destination_country, destination_type}
+ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED LATE USED_BACKWARDS
+         ({USED_BACKWARDS, seconds already reported})
+
 The new grant counts from now: the horizon becomes used + granted. A retried extend with the
 same used seconds reserves nothing more (it releases and re-reserves the same time).
 Time only moves forward: used seconds below those an earlier extend of the call reported (as
 taken: at most the horizon then) change nothing and answer {USED_BACKWARDS, those seconds}.
-Returns {OK, decision, reason, source, granted_seconds, grant_expires_at, class, country,
-         number type} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND} | {CALL_ENDED} | {LATE}
-         | {USED_BACKWARDS, seconds already reported}
 An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so that a missing
 tenant looks the same on every route (and the same as another tenant's, api.md).
-
 --]]
 
 -- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
@@ -120,7 +131,7 @@ local function extend(KEYS, ARGV)
       g, reason = 0, 'service_unavailable'
     else
       local c = ctx_of(KEYS, call, k_month)
-      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/25_alerts.lua
+      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/05_alerts.lua
       local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
                     cred_r = st.cred_r}
       truncate(c, st, u)

@@ -1,23 +1,37 @@
 --[[
-extend / end_call: the rest of a call's life (D18, D29-D31, D33).
+end_call: the end of a call's life and its bill (D31, D33).
 
 A call's time is a horizon h (seconds since answer it may last) made of a pool segment
-[0, ps) followed by a credit segment [ps, ps + cs): once a call moves to credits it stays
-there (D18). Reservations: pr = ceil(ps / 60) pool minutes, cr = cost(cs) micro-units.
+[0, ps) followed by a credit segment [ps, ps + cs) (lua/60_extend.lua).
 
-end_call
-KEYS as extend, without KEYS[3] semantics (pools hash unused but passed for symmetry);
-KEYS[9] user-active hash {p}:t:T:uact
-ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] answered duration (s)
-ARGV[5..7] months  ARGV[8] retention (s)  ARGV[9] "switch" | "expired"
-ARGV[10] reaper grace (s), only with "expired": the call is closed only if its grant
-         expired at least that long ago, and billed as fully used (D33).
-Returns {OK, state, duration, domestic pool minutes, international pool minutes, credits
-         micro, overrun seconds, replayed 0|1} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND}
-         | {CALL_ENDED} (expired call not yet due)
-         | {MONTH_NEEDED, YYYYMM}: the call holds reservations in its start month, which is
-           not among ARGV[5..7] (it started more than about a month ago: a late end, or
-           the reaper was down); nothing changed, call again with that month's key.
+KEYS[1]  tenant        {p}:t:T           tenant hash
+KEYS[2]  call          {p}:t:T:c:C       hash
+KEYS[3]  pools         {p}:t:T:pools     hash (unused: passed for symmetry with extend)
+KEYS[4]  month_1       {p}:t:T:m:YYYYMM  month hashes of ARGV[5..7], as extend
+KEYS[5]  month_2
+KEYS[6]  month_3
+KEYS[7]  active        {p}:active        zset
+KEYS[8]  events        {p}:events        partition stream
+KEYS[9]  user_active   {p}:t:T:uact      hash
+ARGV[1]  tenant_id
+ARGV[2]  call_id
+ARGV[3]  now                 (s)
+ARGV[4]  duration_seconds    answered duration (s)
+ARGV[5]  month_1             YYYYMM of KEYS[4]
+ARGV[6]  month_2             YYYYMM of KEYS[5]
+ARGV[7]  month_3             YYYYMM of KEYS[6]
+ARGV[8]  retention_seconds   of the closed record (s)
+ARGV[9]  how                 "switch" | "expired"
+ARGV[10] grace_seconds       reaper grace (s), only with "expired": the call is closed only
+                             if its grant expired at least that long ago, and billed as
+                             fully used (D33).
+REPLY    {OK, state, duration_seconds, domestic_pool_minutes, international_pool_minutes,
+          credits_micro, overrun_seconds, replayed}                     replayed 0 | 1
+ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED MONTH_NEEDED
+         CALL_ENDED: an expired call not yet due. {MONTH_NEEDED, YYYYMM}: the call holds
+         reservations in its start month, which is not among ARGV[5..7] (it started more
+         than about a month ago: a late end, or the reaper was down); nothing changed, call
+         again with that month's key.
 --]]
 
 -- What end_call reads of a call (it needs no record), by name. The names of the packed

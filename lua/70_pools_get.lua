@@ -1,13 +1,12 @@
 --[[
-Read-only views, consistent snapshots in one round trip (flag no-writes: runs on replicas).
+pools_get: a read-only view, a consistent snapshot in one round trip (flag no-writes: runs
+on replicas).
 
-pools_get
-KEYS[1] tenant hash {p}:t:T   KEYS[2] pools hash {p}:t:T:pools   KEYS[3] month hash
-Returns {OK, pools hash flat, month hash flat} | {TENANT_NOT_FOUND}
-
-credits_get
-KEYS[1] tenant hash
-Returns {OK, currency, balance micro, reserved micro} | {TENANT_NOT_FOUND}
+KEYS[1] tenant      {p}:t:T          tenant hash
+KEYS[2] pools       {p}:t:T:pools    hash
+KEYS[3] month       {p}:t:T:m:YYYYMM hash
+REPLY   {OK, pools, month}           each hash flat (field, value, ...)
+ERRORS  TENANT_NOT_FOUND
 --]]
 local function pools_get(KEYS, ARGV)
   if redis.call('EXISTS', KEYS[1]) == 0 then return {TENANT_NOT_FOUND} end

@@ -1,9 +1,10 @@
 --[[
-Read-only views, consistent snapshots in one round trip (flag no-writes: runs on replicas).
+credits_get: a read-only view, a consistent snapshot in one round trip (flag no-writes:
+runs on replicas).
 
-credits_get
-KEYS[1] tenant hash
-Returns {OK, currency, balance micro, reserved micro} | {TENANT_NOT_FOUND}
+KEYS[1] tenant      {p}:t:T          tenant hash
+REPLY   {OK, currency, balance_micro, reserved_micro}
+ERRORS  TENANT_NOT_FOUND
 --]]
 
 local function credits_get(KEYS, ARGV)

@@ -1,20 +1,19 @@
 --[[
-API tokens made at run time (api.md, "Tokens"): create, revoke, and the coarse last use.
+token_create: an API token made at run time (api.md, "Tokens").
 
 A token is known here only by the SHA-256 of its secret, inside the JSON record that the
 gateway builds and validates. Every change bumps the version counter in the same atomic
 step, so a worker that sees a new version reloads a table that already holds the change.
 
-token_create
-  KEYS[1] tokens hash     {tokens}:all (tok_… -> JSON record)
-  KEYS[2] version         {tokens}:version
-  KEYS[3] events stream   {tokens}:events (token.created, with the record: its SHA-256,
-                          never the token)
-  ARGV[1] token id (tok_…)
-  ARGV[2] the record, JSON
-  ARGV[3] now (seconds)
-  Returns {OK, version}, or {IDEMPOTENCY_CONFLICT} if the id is taken (the caller draws
-  another).
+KEYS[1] tokens      {tokens}:all      hash tok_… -> JSON record
+KEYS[2] version     {tokens}:version  counter
+KEYS[3] events      {tokens}:events   stream (token.created, with the record: its SHA-256,
+                                      never the token)
+ARGV[1] token_id    tok_…
+ARGV[2] record      JSON
+ARGV[3] now         (s)
+REPLY   {OK, version}
+ERRORS  IDEMPOTENCY_CONFLICT          the id is taken (the caller draws another)
 --]]
 local function token_create(KEYS, ARGV)
   if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then

@@ -1,15 +1,18 @@
 --[[
-token_revoke
-  KEYS[1] tokens hash     {tokens}:all
-  KEYS[2] version         {tokens}:version
-  KEYS[3] last-use hash   {tokens}:used
-  KEYS[4] events stream   {tokens}:events (token.revoked)
-  ARGV[1] token id
-  ARGV[3] now (seconds)   ARGV[4] actor: id of the token that revoked it
-  ARGV[2] tenant id, or '' for any token (operator). With a tenant, only a switch token
-          whose tenants are exactly that one tenant is revoked; any other is NOT_FOUND,
-          as if it did not exist.
-  Returns {OK, version} or {NOT_FOUND}.
+token_revoke: delete a run-time API token.
+
+KEYS[1] tokens      {tokens}:all      hash
+KEYS[2] version     {tokens}:version  counter
+KEYS[3] used        {tokens}:used     last-use hash
+KEYS[4] events      {tokens}:events   stream (token.revoked)
+ARGV[1] token_id
+ARGV[2] tenant_id   or "" for any token (operator). With a tenant, only a switch token whose
+                    tenants are exactly that one tenant is revoked; any other is NOT_FOUND,
+                    as if it did not exist.
+ARGV[3] now         (s)
+ARGV[4] actor       id of the token that revoked it
+REPLY   {OK, version}
+ERRORS  NOT_FOUND
 --]]
 local function token_revoke(KEYS, ARGV)
   local raw = redis.call('HGET', KEYS[1], ARGV[1])

@@ -1,12 +1,13 @@
 --[[
-tokens_seen: a worker's batch of the token ids it authenticated since its last batch.
-  KEYS[1] tokens hash     {tokens}:all
-  KEYS[2] last-use hash   {tokens}:used
-  ARGV[1] now (seconds, the worker's clock)
-  ARGV[2..] token ids
-  Sets last use to now for each id still in the table whose recorded use is older (a worker
-  with a slower clock never moves it back; a revoked token gets no entry back).
-  Returns {OK, ids updated}.
+tokens_seen: a worker's batch of the token ids it authenticated since its last batch. Sets
+last use to now for each id still in the table whose recorded use is older (a worker with a
+slower clock never moves it back; a revoked token gets no entry back).
+
+KEYS[1] tokens      {tokens}:all      hash
+KEYS[2] used        {tokens}:used     last-use hash
+ARGV[1] now         (s, the worker's clock)
+ARGV[2..] token_ids
+REPLY   {OK, updated}                 ids whose last use moved
 --]]
 local function tokens_seen(KEYS, ARGV)
   local now = tonumber(ARGV[1])

@@ -1,13 +1,19 @@
 --[[
-Webhooks (api.md, Notifications): their records, and the notifier's deliveries.
+webhook_put: create or replace a webhook of the tenant (api.md, Notifications).
 
-webhook_put
-KEYS[1] tenant hash  KEYS[2] webhooks hash {p}:t:T:webhooks  KEYS[3] events  KEYS[4] audit
-ARGV[1] tenant id  ARGV[2] now (s)  ARGV[3] webhook id  ARGV[4] record JSON (secret
-included)  ARGV[5] the same without the secret, for the audit trail  ARGV[6] actor
-ARGV[7] most webhooks a tenant may have
-Returns {OK, created 1|0} | {TENANT_NOT_FOUND} | {BALANCE_LIMIT} (too many webhooks)
-
+KEYS[1] tenant            {p}:t:T           tenant hash
+KEYS[2] webhooks          {p}:t:T:webhooks  hash
+KEYS[3] events            {p}:events        partition stream
+KEYS[4] audit             {p}:t:T:audit     list
+ARGV[1] tenant_id
+ARGV[2] now               (s)
+ARGV[3] webhook_id
+ARGV[4] record            JSON, secret included
+ARGV[5] record_redacted   the same without the secret, for the audit trail
+ARGV[6] actor
+ARGV[7] webhooks_max      most webhooks a tenant may have
+REPLY   {OK, created}     created 1 | 0
+ERRORS  TENANT_NOT_FOUND BALANCE_LIMIT  (BALANCE_LIMIT: too many webhooks)
 --]]
 
 local function webhook_put(KEYS, ARGV)

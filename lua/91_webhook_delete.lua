@@ -1,10 +1,17 @@
 --[[
+webhook_delete: remove a webhook of the tenant and its delivery log.
 
-webhook_delete
-KEYS as webhook_put, KEYS[5] delivery log of the webhook
-ARGV[1] tenant id  ARGV[2] now  ARGV[3] webhook id  ARGV[4] actor
-Returns {OK} | {TENANT_NOT_FOUND} | {NOT_FOUND}
-
+KEYS[1] tenant        {p}:t:T             tenant hash
+KEYS[2] webhooks      {p}:t:T:webhooks    hash
+KEYS[3] events        {p}:events          partition stream
+KEYS[4] audit         {p}:t:T:audit       list
+KEYS[5] delivery_log  {p}:t:T:wh:W:log    list
+ARGV[1] tenant_id
+ARGV[2] now           (s)
+ARGV[3] webhook_id
+ARGV[4] actor
+REPLY   {OK}
+ERRORS  TENANT_NOT_FOUND NOT_FOUND
 --]]
 
 local function webhook_delete(KEYS, ARGV)

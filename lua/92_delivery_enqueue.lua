@@ -1,13 +1,22 @@
 --[[
+delivery_enqueue: the deliveries of one notify-stream entry, and its acknowledgement, at
+once (a notifier killed before this call reads the entry again; after it, the deliveries
+exist).
 
-delivery_enqueue: the deliveries of one notify-stream entry, and its acknowledgement, at once
-(a notifier killed before this call reads the entry again; after it, the deliveries exist).
-KEYS[1] notify stream  KEYS[2] due zset {p}:wh:due  KEYS[3] pending zset {p}:wh:pending
-KEYS[4..] per delivery: its hash, its webhook's delivery log
-ARGV[1] group  ARGV[2] entry id  ARGV[3] now (ms)  ARGV[4] event id  ARGV[5] type
-ARGV[6] body  ARGV[7] tenant id  ARGV[8] log cap  ARGV[9..] per delivery: id, webhook id
-Returns {OK, deliveries created}
-
+KEYS[1] notify      {p}:notify        stream
+KEYS[2] due         {p}:wh:due        zset
+KEYS[3] pending     {p}:wh:pending    zset
+KEYS[4..] deliveries                  per delivery: its hash, its webhook's delivery log
+ARGV[1] group       the notifier's consumer group
+ARGV[2] entry_id    of the notify-stream entry
+ARGV[3] now_ms      (ms since the epoch)
+ARGV[4] event_id
+ARGV[5] type        event type
+ARGV[6] body        the webhook body
+ARGV[7] tenant_id
+ARGV[8] log_max     entries kept in a webhook's delivery log
+ARGV[9..] deliveries                  per delivery: its id, its webhook's id
+REPLY   {OK, created}                 deliveries created
 --]]
 
 local function delivery_enqueue(KEYS, ARGV)

@@ -1,11 +1,16 @@
 --[[
+delivery_result: one delivery attempt's outcome.
 
-delivery_result: one attempt's outcome.
-KEYS[1] due zset  KEYS[2] pending zset  KEYS[3] delivery hash
-ARGV[1] delivery id  ARGV[2] state pending|delivered|failed  ARGV[3] attempts
-ARGV[4] last status ("" none)  ARGV[5] next attempt (ms; pending only)
-ARGV[6] seconds a settled delivery's record is kept
-Returns {OK}
+KEYS[1] due                 {p}:wh:due      zset
+KEYS[2] pending             {p}:wh:pending  zset
+KEYS[3] delivery            {p}:wh:d:T/W/E  hash
+ARGV[1] delivery_id
+ARGV[2] state               pending | delivered | failed
+ARGV[3] attempts
+ARGV[4] last_status         HTTP status ("": none)
+ARGV[5] next_ms             next attempt (ms since the epoch; pending only)
+ARGV[6] retention_seconds   how long a settled delivery's record is kept (s)
+REPLY   {OK}
 --]]
 
 local function delivery_result(KEYS, ARGV)
