@@ -67,8 +67,8 @@ local function ceil_div(a, b)
 end
 
 -- An integer as decimal text, for redis.call arguments and stored fields. redis.call would
--- print a Lua number itself with "%.17g" (a float formatting, about twice the time of
--- "%d"), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
+-- print a Lua number itself with "%.17g" (a float formatting, dearer than "%d":
+-- BENCHMARKS.md), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
 -- printed for every integer below 1e17 (all times, seconds and amounts here: balances stay
 -- below 1e14).
 local function istr(n)
@@ -77,7 +77,7 @@ local function istr(n)
 end
 
 -- A number from a field or reply that may be missing. '0', the most common value of the
--- call's counters, skips tonumber (strtod costs about a third of a redis.call).
+-- call's counters, skips tonumber (strtod is dear: BENCHMARKS.md).
 local function num(v)
   if v == '0' or v == false or v == nil or v == '' then return 0 end
   return tonumber(v)

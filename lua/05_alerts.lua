@@ -32,7 +32,7 @@ are YYYY-MM in the events; the notifier formats the money of the webhook's body.
 -- What an announcement needs of the running function: set by authorize and extend before
 -- they reserve anything (alert_context), read only when something is announced. Plain
 -- upvalues rather than fields of the call context: five more fields made every call's
--- context table twice the size (measured: ~3,000 instructions per FCALL). Redis runs one
+-- context table twice the size (figures: BENCHMARKS.md). Redis runs one
 -- function at a time, so they always belong to the running one.
 local A_TID, A_NOW, A_MONTH, A_EVENTS, A_NOTIFY = '', 0, '', '', ''
 

@@ -26,8 +26,8 @@ local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
       used + reserved + new_r - pool_r, capacity)
   end
   -- The pool's first minutes of the month set the hash's time to live; later grants need
-  -- not renew it (an EXPIRE was 4 % of authorize). A hash left without fields is deleted
-  -- and starts again here.
+  -- not renew it (figures: BENCHMARKS.md). A hash left without fields is deleted and
+  -- starts again here.
   if first then redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS) end
   return g, new_r
 end

@@ -85,7 +85,7 @@ local function allow_free(reason, class, cap, counted)
 end
 
 -- Decoded user records by their JSON text, as stored verbatim by user_put: the same text is
--- the same record, so the decoding (13k instructions, as much as four redis.calls) is done
+-- the same record, so the decoding (as dear as several redis.calls: BENCHMARKS.md) is done
 -- once per version of a user. Callers must treat a record as read-only. Emptied when it
 -- reaches USER_CACHE_MAX entries, which bounds its memory (~1 kB an entry).
 local USER_CACHE_MAX = 1000
