@@ -280,3 +280,26 @@ def test_the_fields_of_every_event_lua_writes_are_those_of_the_contract() -> Non
                 problems.append(f"{name} {etype}: lua {sorted(fields)} != contract "
                                 f"{sorted(declared)}")
     assert problems == []
+
+
+def statuses_of(code: str) -> set[str]:
+    """The statuses a piece of Lua returns: ``return {NAME`` (OK excluded)."""
+    return set(re.findall(r"\breturn\s*\{([A-Z_]+)\b", code)) - {"OK"}
+
+
+@pytest.mark.parametrize("path", OPERATIONS, ids=lambda p: p.name)
+def test_each_function_answers_exactly_the_statuses_its_header_and_contract_declare(
+        path: Path) -> None:
+    """Its own returns, and those of the library helpers it calls (missing_call)."""
+    code = code_of(path.read_text())
+    answered = statuses_of(code)
+    for lib in LIBRARY:
+        lib_code = code_of(lib.read_text())
+        for helper in top_level_locals(lib_code):
+            if re.search(rf"\b{helper}\(", code):
+                body = lib_code.split(f"local function {helper}(", 1)
+                if len(body) == 2:
+                    answered |= statuses_of(body[1].split("\nend\n", 1)[0])
+    (name,) = registered(path.read_text())
+    assert answered == set(parse_header(path.read_text()).errors)
+    assert answered == {s.name for s in contract.FUNCTIONS[name].errors}

@@ -11,8 +11,9 @@ constants, and fails on any difference in names, order or count.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
 Arg = str | int | bytes
@@ -145,6 +146,7 @@ EVENT_OPTIONAL_FIELDS: Mapping[str, tuple[str, ...]] = {
 # -- functions -----------------------------------------------------------------------------
 
 R = TypeVar("R", bound=tuple[Any, ...])
+_Getter = Callable[[Mapping[str, Any]], list[Any]]
 
 
 class ContractError(TypeError):
@@ -167,31 +169,61 @@ class Function(Generic[R]):
     keys_rest: str = ""
     argv_rest: str = ""
     flags: tuple[str, ...] = field(default=())  # registered flags, e.g. no-writes
+    _n_reply: int = field(init=False, repr=False, compare=False)
+    _get_keys: _Getter = field(init=False, repr=False, compare=False)
+    _get_argv: _Getter = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Precomputed readers: the call path builds three FCALLs a call with them.
+        object.__setattr__(self, "_n_reply", len(self.reply._fields))  # type: ignore[attr-defined]
+        object.__setattr__(self, "_get_keys", _getter(self.keys))
+        object.__setattr__(self, "_get_argv", _getter(self.argv))
 
     def keys_of(self, rest: Sequence[str] = (), /, **named: str) -> list[str]:
         """KEYS in the function's order, from every key by its contract name."""
-        return self._ordered(self.keys, named, "KEYS", rest, self.keys_rest)
+        if len(named) != len(self.keys) or (rest and not self.keys_rest):
+            raise self._mismatch("KEYS", self.keys, named)
+        try:
+            out = self._get_keys(named)
+        except KeyError:
+            raise self._mismatch("KEYS", self.keys, named) from None
+        if rest:
+            out.extend(rest)
+        return out
 
     def argv_of(self, rest: Sequence[Arg] = (), /, **named: Arg) -> list[Arg]:
         """ARGV in the function's order, from every argument by its contract name."""
-        return self._ordered(self.argv, named, "ARGV", rest, self.argv_rest)
-
-    def _ordered(self, names: tuple[str, ...], named: Mapping[str, Any], what: str,
-                 rest: Sequence[Any], rest_name: str) -> list[Any]:
-        if len(named) != len(names) or (rest and not rest_name):
-            raise ContractError(f"{self.name} {what}: expected {names}, got {tuple(named)}")
+        if len(named) != len(self.argv) or (rest and not self.argv_rest):
+            raise self._mismatch("ARGV", self.argv, named)
         try:
-            out = [named[n] for n in names]
-        except KeyError as exc:
-            raise ContractError(f"{self.name} {what}: no {exc} in {tuple(named)}") from None
-        out.extend(rest)
+            out = self._get_argv(named)
+        except KeyError:
+            raise self._mismatch("ARGV", self.argv, named) from None
+        if rest:
+            out.extend(rest)
         return out
+
+    def _mismatch(self, what: str, names: tuple[str, ...],
+                  named: Mapping[str, Any]) -> ContractError:
+        return ContractError(f"{self.name} {what}: expected {names}, got {tuple(named)}")
 
     def decode(self, reply: Sequence[Any]) -> R:
         """An OK reply as the named tuple; fields Lua left nil at the end are None."""
-        n = len(self.reply._fields)  # type: ignore[attr-defined]
-        values = list(reply[:n]) + [None] * (n - len(reply))
-        return self.reply(*values)
+        n = self._n_reply
+        if len(reply) != n:
+            reply = [*reply[:n], *[None] * (n - len(reply))]
+        return self.reply._make(reply)  # type: ignore[attr-defined, no-any-return]
+
+
+def _getter(names: tuple[str, ...]) -> _Getter:
+    """The values of ``names`` in a mapping, in order, as a new list."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda named: [named[name]]
+    if not names:
+        return lambda named: []
+    get = itemgetter(*names)  # in C: one call for every name
+    return lambda named: [*get(named)]
 
 
 # Reply shapes (an OK reply, status first).
