@@ -59,7 +59,7 @@ ARGV[27] default_authorizations_per_second
 REPLY    {OK, replayed, decision, reason, source, granted_seconds, grant_expires_at,
           destination_class, destination_country, destination_type}    replayed 0 | 1
 ERRORS   TENANT_NOT_FOUND TENANT_SETTINGS_CHANGED LATE
-         ({TENANT_SETTINGS_CHANGED, currency, time zone})
+         {TENANT_SETTINGS_CHANGED, currency, timezone}: the tenant's
 --]]
 
 -- The first answer again (D32), from the stored call. A live call answered allow again is

@@ -27,7 +27,7 @@ ARGV[9]  deadline_ms         ms since the epoch ("0": none), as authorize's
 REPLY    {OK, decision, reason, source, granted_seconds, grant_expires_at,
           destination_class, destination_country, destination_type}
 ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED LATE USED_BACKWARDS
-         ({USED_BACKWARDS, seconds already reported})
+         {USED_BACKWARDS, reported_seconds}: the seconds already reported
 
 The new grant counts from now: the horizon becomes used + granted. A retried extend with the
 same used seconds reserves nothing more (it releases and re-reserves the same time).

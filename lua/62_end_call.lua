@@ -28,7 +28,7 @@ ARGV[10] grace_seconds       reaper grace (s), only with "expired": the call is 
 REPLY    {OK, state, duration_seconds, domestic_pool_minutes, international_pool_minutes,
           credits_micro, overrun_seconds, replayed}                     replayed 0 | 1
 ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED MONTH_NEEDED
-         CALL_ENDED: an expired call not yet due. {MONTH_NEEDED, YYYYMM}: the call holds
+         CALL_ENDED: an expired call not yet due. {MONTH_NEEDED, month}: the call holds
          reservations in its start month, which is not among ARGV[5..7] (it started more
          than about a month ago: a late end, or the reaper was down); nothing changed, call
          again with that month's key.

@@ -30,7 +30,7 @@ ARGV[6] month_2             YYYYMM of KEYS[5]
 ARGV[7] month_3             YYYYMM of KEYS[6]
 ARGV[8] retention_seconds   of the closed record (s)
 REPLY   {OK, voided}        voided 1 | 0 (nothing to undo)
-ERRORS  MONTH_NEEDED        as end_call
+ERRORS  MONTH_NEEDED        {MONTH_NEEDED, month}, as end_call
 --]]
 
 local function void_call(KEYS, ARGV)

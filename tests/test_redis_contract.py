@@ -303,3 +303,24 @@ def test_each_function_answers_exactly_the_statuses_its_header_and_contract_decl
     (name,) = registered(path.read_text())
     assert answered == set(parse_header(path.read_text()).errors)
     assert answered == {s.name for s in contract.FUNCTIONS[name].errors}
+
+
+@pytest.mark.parametrize("path", OPERATIONS, ids=lambda p: p.name)
+def test_each_error_payload_is_named_in_the_header_and_sized_in_the_lua_as_in_the_contract(
+        path: Path) -> None:
+    """``{STATUS, name, ...}`` in the header, and ``return {STATUS, a, b}`` in the code, for
+    every status of the function that carries a payload (contract.ERROR_DETAIL)."""
+    text = path.read_text()
+    (name,) = registered(text)
+    block = text.split("--[[", 1)[1].split("--]]", 1)[0]
+    documented = {s: tuple(re.findall(r"\w+", rest))
+                  for s, rest in re.findall(r"\{([A-Z][A-Z_]+)((?:,\s*\w+)+)\}", block)
+                  if s != "OK"}
+    expected = {s.name: contract.ERROR_DETAIL[s] for s in contract.FUNCTIONS[name].errors
+                if s in contract.ERROR_DETAIL}
+    assert documented == expected
+    for status, payload in re.findall(r"\breturn\s*\{([A-Z][A-Z_]+)((?:,[^,{}]+)*)\}",
+                                      code_of(text)):
+        if status != "OK":
+            assert payload.count(",") == len(contract.ERROR_DETAIL.get(
+                contract.Status[status], ())), (status, payload)

@@ -37,6 +37,14 @@ class Status(enum.IntEnum):
     USED_BACKWARDS = -12  # extend: used_seconds below those already reported; detail: them
 
 
+# The payload that follows the status of an error reply, by name (the others have none).
+ERROR_DETAIL: Mapping[Status, tuple[str, ...]] = {
+    Status.TENANT_SETTINGS_CHANGED: ("currency", "timezone"),  # the tenant's, now
+    Status.NUMBER_CONFLICT: ("number",),
+    Status.MONTH_NEEDED: ("month",),  # YYYYMM to call again with
+    Status.USED_BACKWARDS: ("reported_seconds",),
+}
+
 # -- constants both sides hold -------------------------------------------------------------
 
 # How long a month hash outlives its first write: long after its month ends (the spec's

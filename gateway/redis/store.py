@@ -39,6 +39,11 @@ class StoreError(Exception):
         self.detail = list(detail)
         super().__init__(f"{status.name} {self.detail}")
 
+    @property
+    def named(self) -> dict[str, Any]:
+        """The payload by name (gateway.redis.contract.ERROR_DETAIL)."""
+        return dict(zip(c.ERROR_DETAIL.get(self.status, ()), self.detail, strict=False))
+
 
 def library_source(lua_dir: Path = LUA_DIR) -> str:
     """The library: every lua/*.lua file in name order (00_lib.lua carries the shebang)."""
@@ -488,7 +493,7 @@ class Store:
         except StoreError as exc:
             if exc.status is not Status.MONTH_NEEDED:
                 raise
-            month = str(exc.detail[0])
+            month = str(exc.named["month"])
             reply = await self._end(tenant_id, call_id, now, duration_seconds,
                                     (month, month, month), retention_seconds, expired,
                                     grace_seconds, deadline)
@@ -526,7 +531,7 @@ class Store:
         except StoreError as exc:
             if exc.status is not Status.MONTH_NEEDED:
                 raise
-            month = str(exc.detail[0])
+            month = str(exc.named["month"])
             reply = await self._void(tenant_id, call_id, now, attempt, (month,) * 3,
                                      retention_seconds)
         return bool(c.VOID_CALL.decode(reply).voided)

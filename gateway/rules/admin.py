@@ -52,7 +52,7 @@ def _raise_store(exc: StoreError) -> Exception:
     if exc.status is Status.NOT_FOUND:
         return NotFound()
     if exc.status is Status.NUMBER_CONFLICT:
-        return Conflict(f"number {exc.detail[0]} already belongs to another user or is a "
+        return Conflict(f"number {exc.named['number']} already belongs to another user or is a "
                         "toll-free number of the tenant")
     if exc.status is Status.IDEMPOTENCY_CONFLICT:
         return Conflict("idempotency_key was already used with a different amount")

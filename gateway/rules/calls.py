@@ -223,7 +223,7 @@ class CallService:
             except StoreError as exc:
                 if exc.status is not Status.TENANT_SETTINGS_CHANGED:
                     raise
-                currency, tz = str(exc.detail[0]), str(exc.detail[1])
+                currency, tz = str(exc.named["currency"]), str(exc.named["timezone"])
                 self._tenant_cache[tenant_id] = (currency, tz)
                 decision = await self.store.authorize(
                     self._args(tenant_id, req, dest, now, currency, tz, attempt), deadline
@@ -416,8 +416,9 @@ def _lifecycle_error(exc: StoreError) -> Exception:
     if exc.status is Status.CALL_ENDED:
         return CallEnded()
     if exc.status is Status.USED_BACKWARDS:  # extend only: nothing was changed
+        reported = int(exc.named["reported_seconds"])
         return ValidationError.one(
-            "used_seconds", f"must not be lower than the {int(exc.detail[0])} s already "
+            "used_seconds", f"must not be lower than the {reported} s already "
                             "reported: time only moves forward")
     return exc
 
