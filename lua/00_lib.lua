@@ -2,9 +2,22 @@
 --[[
 callgate Redis function library: shared helpers.
 
-The files of lua/ are concatenated in name order into ONE Redis Functions library (this
-file first: it carries the shebang and the helpers the others use as upvalues). Each
-other file registers one atomic operation with redis.register_function.
+The files of lua/ are concatenated in name order into ONE Redis Functions library, one Lua
+chunk (this file first: it carries the shebang). Two kinds of file:
+  * library files, 00-09: declare the locals that other files use (this file: statuses,
+    numbers, money, events, the call record; 02 users; 05 alerts; 06 grants; 07 the
+    month candidates of a call) and register nothing;
+  * operation files, 10-99: each registers exactly one function and uses only its own
+    locals and those of library files (tests/test_redis_contract.py checks both).
+
+Each operation file opens with its header, whose lines are machine-read and compared with
+gateway/redis/contract.py, the one declaration of the Python side:
+  KEYS[i] name   (then the key's template and role)      one line per key, in order
+  ARGV[i] name   (then unit and meaning)                 one line per argument, in order
+  KEYS[i..] name / ARGV[i..] name                        a repeated tail
+  REPLY   {OK, name, ...}                                the OK reply's fields
+  ERRORS  NAME ...                                       the other statuses it answers
+Other lines, and indented continuations, are prose.
 
 Conventions of every function:
   * keys arrive through KEYS only; no function builds a key name;
@@ -14,7 +27,7 @@ Conventions of every function:
     a multiple of 100 micro-units (0.0001), so balances stay exact to four decimals;
   * pools count whole minutes;
   * the first element of every reply is a status code, shared with Python through
-    gateway/redis/store.py (Status):
+    gateway/redis/contract.py (Status):
        0 OK, -1 TENANT_NOT_FOUND, -2 TENANT_SETTINGS_CHANGED, -3 CALL_NOT_FOUND,
       -4 CALL_ENDED, -5 NUMBER_CONFLICT, -6 IDEMPOTENCY_CONFLICT, -7 CURRENCY_LOCKED,
       -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT, -10 MONTH_NEEDED,
@@ -54,8 +67,8 @@ local function ceil_div(a, b)
 end
 
 -- An integer as decimal text, for redis.call arguments and stored fields. redis.call would
--- print a Lua number itself with "%.17g" (a float formatting, about twice the time of
--- "%d"), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
+-- print a Lua number itself with "%.17g" (a float formatting, dearer than "%d":
+-- BENCHMARKS.md), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
 -- printed for every integer below 1e17 (all times, seconds and amounts here: balances stay
 -- below 1e14).
 local function istr(n)
@@ -64,7 +77,7 @@ local function istr(n)
 end
 
 -- A number from a field or reply that may be missing. '0', the most common value of the
--- call's counters, skips tonumber (strtod costs about a third of a redis.call).
+-- call's counters, skips tonumber (strtod is dear: BENCHMARKS.md).
 local function num(v)
   if v == '0' or v == false or v == nil or v == '' then return 0 end
   return tonumber(v)
@@ -161,7 +174,7 @@ end
 -- An admin change: its event on the partition stream and, in the same atomic step, the same
 -- record (plus the stream entry id) on the tenant's capped audit list, newest first.
 -- data.actor is the id of the token that made the change, never the token.
--- AUDIT_MAX_ENTRIES mirrors gateway/redis/keys.py.
+-- AUDIT_MAX_ENTRIES: gateway/redis/contract.py holds the same value (a test compares them).
 local AUDIT_MAX_ENTRIES = 1000
 
 local function audit(k_audit, stream, etype, tenant_id, now, data)
@@ -262,5 +275,6 @@ end
 
 -- How long a month hash outlives its first write: long after its month ends (the spec's
 -- "expires after the month"), so a write need not renew it. 400 days, as text: an EXPIRE
--- argument (string.format is not reachable at load time).
+-- argument (string.format is not reachable at load time). gateway/redis/contract.py holds
+-- the same value (a test compares them).
 local MONTH_TTL_SECONDS = '34560000'

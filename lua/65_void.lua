@@ -12,14 +12,25 @@ Only the attempt that last answered the call allow may void it: the attempt that
 ('n') unless a replay answered allow since ('cn'); a call the switch has extended or ended
 is the switch's. Voiding twice, or a call that does not exist, changes nothing.
 
-Uses load-time locals of 60_extend_end.lua (month_key) and 00_lib.lua.
-
-KEYS as end_call: KEYS[1] tenant hash, KEYS[2] call hash, KEYS[3] pools hash (unused),
-KEYS[4..6] month hashes of ARGV[5..7], KEYS[7] active zset, KEYS[8] events stream,
-KEYS[9] user-active hash
-ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] attempt id (authorize's ARGV[26])
-ARGV[5..7] months YYYYMM of KEYS[4..6]  ARGV[8] retention of the closed record (s)
-Returns {OK, 1} voided | {OK, 0} nothing to undo | {MONTH_NEEDED, YYYYMM} (as end_call)
+KEYS[1] tenant        {p}:t:T           tenant hash
+KEYS[2] call          {p}:t:T:c:C       hash
+KEYS[3] pools         {p}:t:T:pools     hash (unused: the keys of end_call)
+KEYS[4] month_1       {p}:t:T:m:YYYYMM  month hashes of ARGV[5..7], as end_call
+KEYS[5] month_2
+KEYS[6] month_3
+KEYS[7] active        {p}:active        zset
+KEYS[8] events        {p}:events        partition stream
+KEYS[9] user_active   {p}:t:T:uact      hash
+ARGV[1] tenant_id
+ARGV[2] call_id
+ARGV[3] now                 (s)
+ARGV[4] attempt             authorize's ARGV[26]
+ARGV[5] month_1             YYYYMM of KEYS[4]
+ARGV[6] month_2             YYYYMM of KEYS[5]
+ARGV[7] month_3             YYYYMM of KEYS[6]
+ARGV[8] retention_seconds   of the closed record (s)
+REPLY   {OK, voided}        voided 1 | 0 (nothing to undo)
+ERRORS  MONTH_NEEDED        {MONTH_NEEDED, month}, as end_call
 --]]
 
 local function void_call(KEYS, ARGV)

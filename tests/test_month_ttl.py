@@ -9,11 +9,12 @@ from typing import cast
 
 import redis
 
+from gateway.redis.contract import MONTH_TTL_SECONDS
 from gateway.redis.keys import tenant_keys
 from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
-TTL_SECONDS = 400 * 86400  # lua/00_lib.lua MONTH_TTL_SECONDS
+TTL_SECONDS = MONTH_TTL_SECONDS
 
 
 def ttl(redis_sync: redis.Redis, key: str) -> int:

@@ -302,9 +302,7 @@ async def test_void_call_reports_month_needed_like_end(
     store = store_of(gw)
     later = int(gw.clock.now()) + 70 * 86_400
     with pytest.raises(StoreError) as exc:
-        await store._checked("void_call", store._lifecycle_keys(
-            t, "m", candidate_months(later, 300)),
-            [t, "m", later, "a1", *candidate_months(later, 300), 3600])
+        await store._void(t, "m", later, "a1", candidate_months(later, 300), 3600)
     assert exc.value.status is Status.MONTH_NEEDED
     assert await store.void_call(t, "m", later, "a1", candidate_months(later, 300), 3600)
     pool = await gw.pool(t, "US", "domestic_120", "domestic")

@@ -5,7 +5,7 @@ hex digits. Redis keeps only the token's SHA-256, in a JSON record on the ``{tok
 hash (keys.py); the secret is in the create answer and nowhere else, never logged.
 
 Pickup, as for rate decks (gateway.rules.decks): create and revoke bump ``{tokens}:version`` in
-the same function call (lua/85_tokens.lua). Every worker polls that counter (one GET) every
+the same function call (lua/85_token_create.lua). Every worker polls that counter (one GET) every
 `TOKEN_POLL_SECONDS`; when it moved, it reads the whole table (one HGETALL) and swaps it into
 its Authenticator. So a revoked token answers 401 on every worker within about
 `TOKEN_POLL_SECONDS` plus one reload, well within the 1 s of api.md, and call control
@@ -33,6 +33,7 @@ import orjson
 from gateway.errors import RoleNotAllowed
 from gateway.http.auth import Authenticator, Principal, token_sha256
 from gateway.polling import poll_quietly
+from gateway.redis import contract
 from gateway.redis.keys import TOKENS, TOKENS_EVENTS, TOKENS_USED, TOKENS_VERSION
 from gateway.redis.store import Status, Store, StoreError
 from gateway.rules.clock import Clock, parse_rfc3339, rfc3339
@@ -200,16 +201,19 @@ async def create_token(store: Store, spec: TokenSpec, now: int,
         secret = new_secret()
         record = TokenRecord(new_token_id(), token_sha256(secret), spec.role, spec.tenants,
                              spec.description, now, spec.expires_at, actor)
-        reply = await store.fcall("token_create", [TOKENS, TOKENS_VERSION, TOKENS_EVENTS],
-                                  [record.id, record.to_json(), now], bounded=True)
-        status = Status(int(reply[0]))
-        if status is Status.OK:
+        f = contract.TOKEN_CREATE
+        try:
+            await store.run(f, f.keys_of(tokens=TOKENS, version=TOKENS_VERSION,
+                                         events=TOKENS_EVENTS),
+                            f.argv_of(token_id=record.id, record=record.to_json(), now=now))
+        except StoreError as exc:
+            if exc.status is not Status.IDEMPOTENCY_CONFLICT:
+                raise
+        else:
             log.info("token %s created by %s: role %s, tenants %s, expires %s", record.id,
                      actor, record.role, ",".join(record.tenants) or "*",
                      "never" if record.expires_at is None else rfc3339(record.expires_at))
             return record, secret
-        if status is not Status.IDEMPOTENCY_CONFLICT:
-            raise StoreError(status, reply[1:])
     raise RuntimeError("could not draw a free token id")
 
 
@@ -242,15 +246,17 @@ async def revoke_token(store: Store, token_id: str, tenant_id: str | None = None
                        actor: str = "", now: int | None = None) -> bool:
     """Delete a token; False if there is none (or, with ``tenant_id``, none that this
     tenant's admin manages)."""
-    reply = await store.fcall(
-        "token_revoke", [TOKENS, TOKENS_VERSION, TOKENS_USED, TOKENS_EVENTS],
-        [token_id, tenant_id or "", int(time.time()) if now is None else now, actor],
-        bounded=True)
-    status = Status(int(reply[0]))
-    if status is Status.NOT_FOUND:
-        return False
-    if status is not Status.OK:
-        raise StoreError(status, reply[1:])
+    f = contract.TOKEN_REVOKE
+    try:
+        await store.run(
+            f, f.keys_of(tokens=TOKENS, version=TOKENS_VERSION, used=TOKENS_USED,
+                         events=TOKENS_EVENTS),
+            f.argv_of(token_id=token_id, tenant_id=tenant_id or "",
+                      now=int(time.time()) if now is None else now, actor=actor))
+    except StoreError as exc:
+        if exc.status is Status.NOT_FOUND:
+            return False
+        raise
     log.info("token %s revoked by %s", token_id, actor or "the command line")
     return True
 
@@ -258,8 +264,9 @@ async def revoke_token(store: Store, token_id: str, tenant_id: str | None = None
 async def record_seen(store: Store, token_ids: Sequence[str], now: int) -> None:
     """last_used_at = now for these ids, where that is newer (one FCALL)."""
     if token_ids:
-        await store.fcall("tokens_seen", [TOKENS, TOKENS_USED], [now, *sorted(token_ids)],
-                          bounded=True)
+        f = contract.TOKENS_SEEN
+        await store.run(f, f.keys_of(tokens=TOKENS, used=TOKENS_USED),
+                        f.argv_of(sorted(token_ids), now=now))
 
 
 # -- each worker's cache ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ from gateway.ledger.rebuild import (
     latest_decks,
     latest_tokens,
 )
+from gateway.redis.contract import MONTH_COUNTER_PREFIXES
 from gateway.redis.keys import TOKENS, all_partitions, call_fields, deck_key
 from gateway.redis.store import Store
 
@@ -72,7 +73,7 @@ async def audit(store: Store, ledger: Ledger, now: int, clock_skew_seconds: int)
         elif key in ex.call_keys:
             problems += diff_hash(key, call_fields(want), call_fields(have), CALL_FIELDS)
         elif key in ex.months:
-            have = {k: v for k, v in have.items() if k.startswith(("u:", "r:", "s:", "sr:"))}
+            have = {k: v for k, v in have.items() if k.startswith(MONTH_COUNTER_PREFIXES)}
             problems += diff_hash(key, want, have, None)
         else:
             problems += diff_hash(key, want, have, None)

@@ -20,12 +20,13 @@ import orjson
 
 from gateway.ledger import Ledger
 from gateway.ledger.progress import Progress
-from gateway.redis.keys import AUDIT_MAX_ENTRIES, active_member, tenant_keys
+from gateway.redis import contract as c
+from gateway.redis.contract import AUDIT_MAX_ENTRIES, MONTH_TTL_SECONDS
+from gateway.redis.keys import active_member, tenant_keys
 from gateway.redis.store import Store
 from gateway.rules.clock import candidate_months
 from gateway.vocab import EventType as E
 
-MONTH_TTL_SECONDS = 400 * 86400  # as lua/00_lib.lua
 # Fields of the tenant hash that the ledger determines (created/updated/ver are bookkeeping).
 TENANT_FIELDS = ("name", "cur", "tz", "chg_in", "maxc", "rl", "bal", "res", "act")
 CALL_FIELDS = ("st", "gexp", "pr", "cr", "uid", "pool", "mon")
@@ -81,9 +82,10 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
         u: dict[str, Any] = orjson.loads(record)
         dmin, imin = int(u.get("dmin") or 0), int(u.get("imin") or 0)
         if dmin > 0 or imin > 0:
-            pool = f"{u['country']}:{u['plan']}"
-            ex.add(k.pools, f"lic:{pool}", 1)
-            ex.h(k.pools).update({f"dmin:{pool}": str(dmin), f"imin:{pool}": str(imin)})
+            pool = c.pool_id(u["country"], u["plan"])
+            ex.add(k.pools, c.POOL_LICENCES + pool, 1)
+            ex.h(k.pools).update({c.POOL_DOMESTIC_MINUTES + pool: str(dmin),
+                                  c.POOL_INTERNATIONAL_MINUTES + pool: str(imin)})
         for n in u.get("numbers") or []:
             ex.h(k.numbers)[str(n)] = uid
     for (t, key, amount, after) in await ledger.query(
@@ -108,9 +110,9 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
         ex.add(k.tenant, "res", int(cr))
         if month in months:
             if pool:
-                ex.add(k.month(month), f"r:{pool}", int(pr))
+                ex.add(k.month(month), c.MONTH_POOL_RESERVED + pool, int(pr))
             if uid and cr:
-                ex.add(k.month(month), f"sr:{uid}", int(cr))
+                ex.add(k.month(month), c.MONTH_USER_RESERVED + uid, int(cr))
     for (t, month, pool, uid, minutes, credits) in await ledger.query(
             "SELECT tenant, month, pool, user_id, "
             "SUM(domestic_pool_minutes + international_pool_minutes), SUM(credits_micro) "
@@ -119,13 +121,13 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
             continue
         k = tenant_keys(t, partitions)
         if pool:
-            ex.add(k.month(month), f"u:{pool}", int(minutes))
+            ex.add(k.month(month), c.MONTH_POOL_USED + pool, int(minutes))
         if uid:
-            ex.add(k.month(month), f"s:{uid}", int(credits))
+            ex.add(k.month(month), c.MONTH_USER_SPENT + uid, int(credits))
     for key, h in ex.hashes.items():
         if ":m:" in key:
             ex.months.add(key)
-            _drop_zeros(h, ("u:", "r:", "s:", "sr:"))
+            _drop_zeros(h, c.MONTH_COUNTER_PREFIXES)
     await _audit_lists(ledger, partitions, ex)
     return ex
 

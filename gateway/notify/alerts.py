@@ -1,7 +1,7 @@
 """Alert settings and webhooks of a tenant (api.md, Notifications): validation and storage.
 
 The settings live in fields of the hashes the call-control functions already read (see
-lua/25_alerts.lua): pool thresholds in the pools hash, the credit thresholds in the tenant
+lua/05_alerts.lua): pool thresholds in the pools hash, the credit thresholds in the tenant
 hash. Crossings are detected there, in the step that crosses them; this module only writes
 and reads the settings and the webhook records. Every change is an audited event.
 """
@@ -17,6 +17,7 @@ import orjson
 
 from gateway.errors import FieldError, TenantNotFound, ValidationError, WebhookNotFound
 from gateway.notify.webhooks import SECRET_MIN_CHARS, DestinationRefused, check_destination, redact
+from gateway.redis import contract
 from gateway.redis.keys import DELIVERY_LOG_MAX
 from gateway.redis.store import Status, Store, StoreError
 from gateway.rules.clock import rfc3339
@@ -24,7 +25,7 @@ from gateway.rules.money import format_money, parse_money
 from gateway.validate import Fields
 from gateway.vocab import ALERT_EVENTS
 
-POOL_THRESHOLDS_DEFAULT = (80, 100)
+POOL_THRESHOLDS_DEFAULT = contract.POOL_THRESHOLDS_DEFAULT  # as lua/05_alerts.lua
 THRESHOLDS_MAX = 10
 EVENT_TYPES = tuple(e.value for e in ALERT_EVENTS)
 WEBHOOKS_MAX = 20
@@ -109,11 +110,15 @@ async def put_alerts(store: Store, tenant_id: str, s: AlertSettings, now: int,
                      actor: str) -> None:
     k = store.keys(tenant_id)
     try:
-        await store._checked(
-            "alerts_put", [k.tenant, k.pools, k.partition.events, k.audit],
-            [tenant_id, now, ",".join(str(t) for t in s.pool_thresholds_percent),
-             _opt(s.low_balance_micro), _opt(s.recharge_below_micro),
-             _opt(s.recharge_amount_micro), actor])
+        f = contract.ALERTS_PUT
+        await store.run(
+            f, f.keys_of(tenant=k.tenant, pools=k.pools, events=k.partition.events,
+                         audit=k.audit),
+            f.argv_of(tenant_id=tenant_id, now=now,
+                      pool_thresholds=",".join(str(t) for t in s.pool_thresholds_percent),
+                      low_balance_micro=_opt(s.low_balance_micro),
+                      recharge_below_micro=_opt(s.recharge_below_micro),
+                      recharge_amount_micro=_opt(s.recharge_amount_micro), actor=actor))
     except StoreError as exc:
         if exc.status is Status.TENANT_NOT_FOUND:
             raise TenantNotFound() from exc
@@ -206,10 +211,14 @@ async def put_webhook(store: Store, tenant_id: str, webhook_id: str, spec: Webho
               "enabled": spec.enabled, "created": (old or {}).get("created", now),
               "updated": now}
     try:
-        reply = await store._checked(
-            "webhook_put", [k.tenant, k.webhooks, k.partition.events, k.audit],
-            [tenant_id, now, webhook_id, orjson.dumps(record).decode(),
-             orjson.dumps(redact(record)).decode(), actor, WEBHOOKS_MAX])
+        f = contract.WEBHOOK_PUT
+        reply = await store.run(
+            f, f.keys_of(tenant=k.tenant, webhooks=k.webhooks, events=k.partition.events,
+                         audit=k.audit),
+            f.argv_of(tenant_id=tenant_id, now=now, webhook_id=webhook_id,
+                      record=orjson.dumps(record).decode(),
+                      record_redacted=orjson.dumps(redact(record)).decode(), actor=actor,
+                      webhooks_max=WEBHOOKS_MAX))
     except StoreError as exc:
         if exc.status is Status.TENANT_NOT_FOUND:
             raise TenantNotFound() from exc
@@ -217,7 +226,7 @@ async def put_webhook(store: Store, tenant_id: str, webhook_id: str, spec: Webho
             raise ValidationError.one("webhook_id",
                                       f"a tenant may have at most {WEBHOOKS_MAX} webhooks") from exc
         raise
-    return webhook_body(webhook_id, record), bool(reply[1])
+    return webhook_body(webhook_id, record), bool(reply.created)
 
 
 async def get_webhook(store: Store, tenant_id: str, webhook_id: str) -> dict[str, Any]:
@@ -233,10 +242,11 @@ async def delete_webhook(store: Store, tenant_id: str, webhook_id: str, now: int
                          actor: str) -> None:
     k = store.keys(tenant_id)
     try:
-        await store._checked(
-            "webhook_delete",
-            [k.tenant, k.webhooks, k.partition.events, k.audit, k.delivery_log(webhook_id)],
-            [tenant_id, now, webhook_id, actor])
+        f = contract.WEBHOOK_DELETE
+        await store.run(
+            f, f.keys_of(tenant=k.tenant, webhooks=k.webhooks, events=k.partition.events,
+                         audit=k.audit, delivery_log=k.delivery_log(webhook_id)),
+            f.argv_of(tenant_id=tenant_id, now=now, webhook_id=webhook_id, actor=actor))
     except StoreError as exc:
         if exc.status is Status.TENANT_NOT_FOUND:
             raise TenantNotFound() from exc

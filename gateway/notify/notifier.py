@@ -3,7 +3,7 @@
 ``callgate notify`` (also a supervised child of ``callgate serve``, like the persister).
 
 Intake. The call-control functions put every alert crossing on the partition's notify
-stream (lua/25_alerts.lua). The notifier reads it through its consumer group (``GROUP``) and,
+stream (lua/05_alerts.lua). The notifier reads it through its consumer group (``GROUP``) and,
 per entry, creates one delivery per enabled webhook of the tenant that takes that event type
 and acknowledges the entry, in one function call (``delivery_enqueue``): killed before it,
 the entry is read again (its own pending entries first); after it, the deliveries exist.
@@ -40,6 +40,8 @@ from gateway.notify.webhooks import (
     literal_refusal,
     signature,
 )
+from gateway.redis import contract
+from gateway.redis.client import Arg
 from gateway.redis.keys import (
     DELIVERY_LOG_MAX,
     DELIVERY_RETENTION_SECONDS,
@@ -186,16 +188,21 @@ class Notifier:
         eid = event_id(p, f.get("eid", entry_id))
         body = event_body(eid, etype, tenant, f.get("data", "{}"))
         k = tenant_keys(tenant, self.store.partitions)
-        keys = [p.notify, p.deliveries_due, p.deliveries_pending]
-        args: list[Any] = [GROUP, entry_id, self._now_ms(), eid, etype, body, tenant,
-                           DELIVERY_LOG_MAX]
+        each_keys: list[str] = []  # per delivery: its hash, its webhook's log
+        each_args: list[Arg] = []  # per delivery: its id, its webhook's id
         for wid, hook in sorted((await self._tenant_webhooks(tenant, cache)).items()):
             if hook.get("enabled") and etype in hook.get("events", ()):
                 did = f"{tenant}/{wid}/{eid}"
-                keys += [p.delivery(did), k.delivery_log(wid)]
-                args += [did, wid]
-        reply = await self.store._checked("delivery_enqueue", keys, args)
-        return int(reply[1])
+                each_keys += [p.delivery(did), k.delivery_log(wid)]
+                each_args += [did, wid]
+        fn = contract.DELIVERY_ENQUEUE
+        reply = await self.store.run(
+            fn, fn.keys_of(each_keys, notify=p.notify, due=p.deliveries_due,
+                           pending=p.deliveries_pending),
+            fn.argv_of(each_args, group=GROUP, entry_id=entry_id, now_ms=self._now_ms(),
+                       event_id=eid, type=etype, body=body, tenant_id=tenant,
+                       log_max=DELIVERY_LOG_MAX))
+        return int(reply.created)
 
     # -- delivery ------------------------------------------------------------------------
 
@@ -272,10 +279,13 @@ class Notifier:
 
     async def _result(self, p: PartitionKeys, did: str, state: str, attempts: int,
                       status: int | None, next_ms: int) -> None:
-        await self.store._checked(
-            "delivery_result", [p.deliveries_due, p.deliveries_pending, p.delivery(did)],
-            [did, state, attempts, "" if status is None else status, next_ms,
-             DELIVERY_RETENTION_SECONDS])
+        f = contract.DELIVERY_RESULT
+        await self.store.run(
+            f, f.keys_of(due=p.deliveries_due, pending=p.deliveries_pending,
+                         delivery=p.delivery(did)),
+            f.argv_of(delivery_id=did, state=state, attempts=attempts,
+                      last_status="" if status is None else status, next_ms=next_ms,
+                      retention_seconds=DELIVERY_RETENTION_SECONDS))
 
     # -- state ---------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
     {pNNN}:t:T:rl:S          string new calls the tenant asked to authorize in second S (its
                                     rate limit's bucket); expires 2 s after its first
 
-Alerts and webhooks (lua/25_alerts.lua, gateway/notify/notifier.py); the alert settings are fields
+Alerts and webhooks (lua/05_alerts.lua, gateway/notify/notifier.py); the alert settings are fields
 of the hashes above (tenant: alb alf arb ara arr arn; pools: apct; month: aNN:POOL, sla:U):
 
     {pNNN}:notify            stream alert crossings (the same events as on {pNNN}:events),
@@ -75,6 +75,8 @@ import zlib
 from dataclasses import dataclass
 
 import orjson
+
+from gateway.redis import contract
 
 
 def partition_of(tenant_id: str, partitions: int) -> int:
@@ -195,8 +197,9 @@ def call_fields(record: dict[str, str]) -> dict[str, str]:
     return out
 
 
-# Audit entries kept per tenant in Redis; older ones live only in the ledger.
-AUDIT_MAX_ENTRIES = 1000
+# Audit entries kept per tenant in Redis; older ones live only in the ledger (one value with
+# lua/00_lib.lua: gateway.redis.contract).
+AUDIT_MAX_ENTRIES = contract.AUDIT_MAX_ENTRIES
 
 # Deliveries listed per webhook, and how long a settled delivery's record is kept.
 DELIVERY_LOG_MAX = 100

@@ -10,16 +10,16 @@ newly promoted node without the library): callers never see that error.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from gateway import metrics
 from gateway.config import Settings
 from gateway.errors import StoreDisconnected, StoreErrorReply, StoreTimeout, StoreUnavailable
+from gateway.redis import contract as c
 from gateway.redis.client import (
     Arg,
     Backend,
@@ -28,6 +28,7 @@ from gateway.redis.client import (
     backend_from_url,
     pack_command,
 )
+from gateway.redis.contract import Status as Status  # re-exported: callers catch StoreError.status
 from gateway.redis.keys import TenantKeys, call_fields, tenant_keys
 
 # lua/ at the top of the repository; gateway/lua links to it so that it also ships inside the
@@ -35,23 +36,7 @@ from gateway.redis.keys import TenantKeys, call_fields, tenant_keys
 LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
 LIBRARY_NAME = "callgate"
 
-
-class Status(enum.IntEnum):
-    """First element of every function reply; mirrors the constants of lua/00_lib.lua."""
-
-    OK = 0
-    TENANT_NOT_FOUND = -1
-    TENANT_SETTINGS_CHANGED = -2
-    CALL_NOT_FOUND = -3
-    CALL_ENDED = -4
-    NUMBER_CONFLICT = -5
-    IDEMPOTENCY_CONFLICT = -6
-    CURRENCY_LOCKED = -7
-    NOT_FOUND = -8
-    BALANCE_LIMIT = -9
-    MONTH_NEEDED = -10
-    LATE = -11
-    USED_BACKWARDS = -12  # extend: used_seconds below those already reported; detail: them
+R = TypeVar("R", bound=tuple[Any, ...])
 
 
 class StoreError(Exception):
@@ -61,6 +46,11 @@ class StoreError(Exception):
         self.status = status
         self.detail = list(detail)
         super().__init__(f"{status.name} {self.detail}")
+
+    @property
+    def named(self) -> dict[str, Any]:
+        """The payload by name (gateway.redis.contract.ERROR_DETAIL)."""
+        return dict(zip(c.ERROR_DETAIL.get(self.status, ()), self.detail, strict=False))
 
 
 # What the transport raises when Redis does not answer; every Store method turns it into
@@ -179,6 +169,20 @@ class AuthorizeArgs(NamedTuple):
     attempt: str = ""
     # Authorizations per second of a tenant without a rate of its own (0: no limit).
     default_authorizations_per_second: int = 0
+
+
+# The authorize function's ARGV is AuthorizeArgs, field for field (checked here at import,
+# and against lua/50_authorize.lua by tests/test_redis_contract.py); flags go as 1 / 0.
+assert AuthorizeArgs._fields == c.AUTHORIZE.argv, "AuthorizeArgs must follow the contract"
+_AUTHORIZE_FLAGS = tuple(c.AUTHORIZE.argv.index(n) for n in ("credits_only",))
+
+
+def authorize_argv(a: AuthorizeArgs) -> list[Arg]:
+    """The authorize FCALL's ARGV: the fields of ``a`` in contract order."""
+    argv: list[Any] = list(a)
+    for i in _AUTHORIZE_FLAGS:
+        argv[i] = int(argv[i])
+    return argv
 
 
 def _str(v: Any) -> str:
@@ -356,6 +360,11 @@ class Store:
             raise StoreError(status, reply[1:])
         return reply
 
+    async def run(self, f: c.Function[R], keys: Sequence[str], argv: Sequence[Arg]) -> R:
+        """One FCALL of ``f`` under the admin timeout: its OK reply by name, else StoreError.
+        Build ``keys`` and ``argv`` with ``f.keys_of`` / ``f.argv_of``."""
+        return f.decode(await self._checked(f.name, keys, argv))
+
     async def raw(self, routing_key: str, *args: Arg) -> Any:
         """A plain command routed by key (reads of the admin API), under the admin timeout."""
         try:
@@ -368,30 +377,37 @@ class Store:
 
     async def tenant_put(self, tenant_id: str, now: int, s: TenantSettings, actor: str) -> bool:
         k = self.keys(tenant_id)
+        f = c.TENANT_PUT
         reply = await self._checked(
-            "tenant_put",
-            [k.tenant, k.partition.events, k.audit],
-            [tenant_id, now, s.name, s.currency, s.timezone, int(s.charge_inbound_calls),
-             _str(s.max_concurrent_calls), actor, _str(s.authorizations_per_second)],
+            f.name,
+            f.keys_of(tenant=k.tenant, events=k.partition.events, audit=k.audit),
+            f.argv_of(tenant_id=tenant_id, now=now, name=s.name, currency=s.currency,
+                      timezone=s.timezone, charge_inbound_calls=int(s.charge_inbound_calls),
+                      max_concurrent_calls=_str(s.max_concurrent_calls), actor=actor,
+                      authorizations_per_second=_str(s.authorizations_per_second)),
         )
-        return bool(reply[1])
+        return bool(f.decode(reply).created)
 
     async def tenant_get(self, tenant_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)
         flat = await self.raw(k.tenant, "HGETALL", k.tenant)
         return _flat_to_dict(flat) if flat else None
 
-    def _user_keys(self, tenant_id: str) -> list[str]:
+    def _user_keys(self, f: c.Function[Any], tenant_id: str) -> list[str]:
         k = self.keys(tenant_id)
-        return [k.tenant, k.users, k.pools, k.numbers, k.tollfree, k.partition.events, k.audit]
+        return f.keys_of(tenant=k.tenant, users=k.users, pools=k.pools, numbers=k.numbers,
+                         tollfree=k.tollfree, events=k.partition.events, audit=k.audit)
 
     async def user_put(
         self, tenant_id: str, user_id: str, now: int, record_json: str, actor: str
     ) -> bool:
+        f = c.USER_PUT
         reply = await self._checked(
-            "user_put", self._user_keys(tenant_id), [tenant_id, user_id, now, record_json, actor]
+            f.name, self._user_keys(f, tenant_id),
+            f.argv_of(tenant_id=tenant_id, user_id=user_id, now=now, record=record_json,
+                      actor=actor),
         )
-        return bool(reply[1])
+        return bool(f.decode(reply).created)
 
     async def user_get(self, tenant_id: str, user_id: str) -> str | None:
         k = self.keys(tenant_id)
@@ -399,43 +415,49 @@ class Store:
         return None if value is None else str(value)
 
     async def user_delete(self, tenant_id: str, user_id: str, now: int, actor: str) -> None:
+        f = c.USER_DELETE
         await self._checked(
-            "user_delete", self._user_keys(tenant_id), [tenant_id, user_id, now, actor]
+            f.name, self._user_keys(f, tenant_id),
+            f.argv_of(tenant_id=tenant_id, user_id=user_id, now=now, actor=actor),
         )
 
     async def topup(
         self, tenant_id: str, idempotency_key: str, amount_micro: int, now: int, actor: str
     ) -> tuple[int, bool]:
         k = self.keys(tenant_id)
-        reply = await self._checked(
-            "topup",
-            [k.tenant, k.topups, k.partition.events, k.audit],
-            [tenant_id, idempotency_key, amount_micro, now, actor],
-        )
-        return int(reply[1]), bool(reply[2])
+        f = c.TOPUP
+        reply = f.decode(await self._checked(
+            f.name,
+            f.keys_of(tenant=k.tenant, topups=k.topups, events=k.partition.events,
+                      audit=k.audit),
+            f.argv_of(tenant_id=tenant_id, idempotency_key=idempotency_key,
+                      amount_micro=amount_micro, now=now, actor=actor),
+        ))
+        return int(reply.balance_micro), bool(reply.replayed)
 
     async def credits_get(self, tenant_id: str) -> tuple[str, int, int]:
         """(currency, balance, reserved) in micro-units."""
         k = self.keys(tenant_id)
-        reply = await self._checked("credits_get", [k.tenant], [])
-        return str(reply[1]), int(reply[2] or 0), int(reply[3] or 0)
+        f = c.CREDITS_GET
+        reply = f.decode(await self._checked(f.name, f.keys_of(tenant=k.tenant), f.argv_of()))
+        return str(reply.currency), int(reply.balance_micro or 0), int(reply.reserved_micro or 0)
+
+    def _tollfree_call(self, f: c.Function[Any], tenant_id: str, number: str, now: int,
+                       actor: str) -> tuple[str, list[str], list[Arg]]:
+        k = self.keys(tenant_id)
+        return (f.name,
+                f.keys_of(tenant=k.tenant, tollfree=k.tollfree, numbers=k.numbers,
+                          events=k.partition.events, audit=k.audit),
+                f.argv_of(tenant_id=tenant_id, number=number, now=now, actor=actor))
 
     async def tollfree_put(self, tenant_id: str, number: str, now: int, actor: str) -> bool:
-        k = self.keys(tenant_id)
-        reply = await self._checked(
-            "tollfree_put",
-            [k.tenant, k.tollfree, k.numbers, k.partition.events, k.audit],
-            [tenant_id, number, now, actor],
-        )
-        return bool(reply[1])
+        f = c.TOLLFREE_PUT
+        reply = await self._checked(*self._tollfree_call(f, tenant_id, number, now, actor))
+        return bool(f.decode(reply).created)
 
     async def tollfree_delete(self, tenant_id: str, number: str, now: int, actor: str) -> None:
-        k = self.keys(tenant_id)
-        await self._checked(
-            "tollfree_delete",
-            [k.tenant, k.tollfree, k.numbers, k.partition.events, k.audit],
-            [tenant_id, number, now, actor],
-        )
+        await self._checked(*self._tollfree_call(c.TOLLFREE_DELETE, tenant_id, number, now,
+                                                 actor))
 
     async def tollfree_list(self, tenant_id: str) -> list[str]:
         k = self.keys(tenant_id)
@@ -446,35 +468,45 @@ class Store:
     ) -> tuple[dict[str, str], dict[str, str]]:
         """(pools hash, month hash) of one consistent snapshot."""
         k = self.keys(tenant_id)
-        reply = await self._checked("pools_get", [k.tenant, k.pools, k.month(month)], [])
-        return _flat_to_dict(reply[1]), _flat_to_dict(reply[2])
+        f = c.POOLS_GET
+        reply = f.decode(await self._checked(
+            f.name, f.keys_of(tenant=k.tenant, pools=k.pools, month=k.month(month)),
+            f.argv_of()))
+        return _flat_to_dict(reply.pools), _flat_to_dict(reply.month)
 
     # -- call control: one FCALL each ----------------------------------------------------
 
     async def authorize(self, a: AuthorizeArgs, deadline: float | None = None) -> Decision:
         """``deadline`` (loop time): fail with TimeoutError then; None: unbounded."""
         k = self.hot_keys(a.tenant_id)
-        reply = await self._call(
-            "authorize",
-            [k.tenant, k.users, k.call_prefix + a.call_id, k.pools, k.month_prefix + a.month,
-             k.numbers, k.tollfree, k.user_active, k.active, k.events,
-             k.rate_prefix + str(a.now), k.notify],
-            # The fields are in ARGV order: the tuple is the argument list, but for the flag.
-            (*a[:15], int(a.credits_only), *a[16:]),
+        f = c.AUTHORIZE
+        reply = f.decode(await self._call(
+            f.name,
+            f.keys_of(tenant=k.tenant, users=k.users, call=k.call_prefix + a.call_id,
+                      pools=k.pools, month=k.month_prefix + a.month, numbers=k.numbers,
+                      tollfree=k.tollfree, user_active=k.user_active, active=k.active,
+                      events=k.events, rate=k.rate_prefix + str(a.now), notify=k.notify),
+            authorize_argv(a),
             deadline,
-        )
+        ))
         return Decision(
-            decision=reply[2], reason=reply[3], source=_str(reply[4]),
-            granted_seconds=int(reply[5]), grant_expires_at=int(reply[6]),
-            destination_class=_str(reply[7]), destination_country=_str(reply[8]),
-            destination_type=_str(reply[9]), replayed=bool(reply[1]),
+            decision=reply.decision, reason=reply.reason, source=_str(reply.source),
+            granted_seconds=int(reply.granted_seconds),
+            grant_expires_at=int(reply.grant_expires_at),
+            destination_class=_str(reply.destination_class),
+            destination_country=_str(reply.destination_country),
+            destination_type=_str(reply.destination_type), replayed=bool(reply.replayed),
         )
 
-    def _lifecycle_keys(self, tenant_id: str, call_id: str, months: Sequence[str]) -> list[str]:
-        assert len(months) == 3, months
+    def _lifecycle_keys(self, f: c.Function[Any], tenant_id: str, call_id: str,
+                        months: Sequence[str], **more: str) -> list[str]:
+        month_1, month_2, month_3 = months
         k = self.hot_keys(tenant_id)
-        return [k.tenant, k.call_prefix + call_id, k.pools,
-                *(k.month_prefix + m for m in months), k.active, k.events, k.user_active]
+        p = k.month_prefix
+        return f.keys_of(tenant=k.tenant, call=k.call_prefix + call_id, pools=k.pools,
+                         month_1=p + month_1, month_2=p + month_2, month_3=p + month_3,
+                         active=k.active, events=k.events, user_active=k.user_active,
+                         **more)
 
     async def extend(
         self, tenant_id: str, call_id: str, now: int, used_seconds: int,
@@ -483,17 +515,24 @@ class Store:
     ) -> Decision:
         """``deadline`` (loop time): fail with TimeoutError then; ``deadline_ms`` (wall
         clock): Redis changes nothing if it starts the function later (Status.LATE)."""
-        reply = await self._call(
-            "extend",
-            [*self._lifecycle_keys(tenant_id, call_id, months), self.hot_keys(tenant_id).notify],
-            [tenant_id, call_id, now, used_seconds, *months, grant_max_seconds, deadline_ms],
+        f = c.EXTEND
+        month_1, month_2, month_3 = months
+        reply = f.decode(await self._call(
+            f.name,
+            self._lifecycle_keys(f, tenant_id, call_id, months,
+                                 notify=self.hot_keys(tenant_id).notify),
+            f.argv_of(tenant_id=tenant_id, call_id=call_id, now=now, used_seconds=used_seconds,
+                      month_1=month_1, month_2=month_2, month_3=month_3,
+                      grant_max_seconds=grant_max_seconds, deadline_ms=deadline_ms),
             deadline,
-        )
+        ))
         return Decision(
-            decision=reply[1], reason=reply[2], source=_str(reply[3]),
-            granted_seconds=int(reply[4]), grant_expires_at=int(reply[5]),
-            destination_class=_str(reply[6]), destination_country=_str(reply[7]),
-            destination_type=_str(reply[8]),
+            decision=reply.decision, reason=reply.reason, source=_str(reply.source),
+            granted_seconds=int(reply.granted_seconds),
+            grant_expires_at=int(reply.grant_expires_at),
+            destination_class=_str(reply.destination_class),
+            destination_country=_str(reply.destination_country),
+            destination_type=_str(reply.destination_type),
         )
 
     async def end(
@@ -510,25 +549,31 @@ class Store:
         except StoreError as exc:
             if exc.status is not Status.MONTH_NEEDED:
                 raise
-            month = str(exc.detail[0])
+            month = str(exc.named["month"])
             reply = await self._end(tenant_id, call_id, now, duration_seconds,
                                     (month, month, month), retention_seconds, expired,
                                     grace_seconds, deadline)
+        bill = c.END_CALL.decode(reply)
         return Bill(
-            state=str(reply[1]), duration_seconds=int(reply[2]),
-            domestic_pool_minutes=int(reply[3]), international_pool_minutes=int(reply[4]),
-            credits_micro=int(reply[5]), overrun_seconds=int(reply[6]),
-            replayed=bool(reply[7]),
+            state=str(bill.state), duration_seconds=int(bill.duration_seconds),
+            domestic_pool_minutes=int(bill.domestic_pool_minutes),
+            international_pool_minutes=int(bill.international_pool_minutes),
+            credits_micro=int(bill.credits_micro), overrun_seconds=int(bill.overrun_seconds),
+            replayed=bool(bill.replayed),
         )
 
     async def _end(self, tenant_id: str, call_id: str, now: int, duration_seconds: int,
                    months: Sequence[str], retention_seconds: int, expired: bool,
                    grace_seconds: int, deadline: float | None) -> list[Any]:
+        f = c.END_CALL
+        month_1, month_2, month_3 = months
         return await self._call(
-            "end_call",
-            self._lifecycle_keys(tenant_id, call_id, months),
-            [tenant_id, call_id, now, duration_seconds, *months, retention_seconds,
-             "expired" if expired else "switch", grace_seconds],
+            f.name,
+            self._lifecycle_keys(f, tenant_id, call_id, months),
+            f.argv_of(tenant_id=tenant_id, call_id=call_id, now=now,
+                      duration_seconds=duration_seconds, month_1=month_1, month_2=month_2,
+                      month_3=month_3, retention_seconds=retention_seconds,
+                      how="expired" if expired else "switch", grace_seconds=grace_seconds),
             deadline,
         )
 
@@ -536,19 +581,26 @@ class Store:
                         months: Sequence[str], retention_seconds: int) -> bool:
         """Undo the call if ``attempt`` was the last to answer it allow and the switch has
         not extended or ended it (lua/65_void.lua); True if it was undone. Idempotent."""
-        keys = self._lifecycle_keys(tenant_id, call_id, months)
         try:
-            reply = await self._checked(
-                "void_call", keys, [tenant_id, call_id, now, attempt, *months,
-                                    retention_seconds])
+            reply = await self._void(tenant_id, call_id, now, attempt, months,
+                                     retention_seconds)
         except StoreError as exc:
             if exc.status is not Status.MONTH_NEEDED:
                 raise
-            month = str(exc.detail[0])
-            reply = await self._checked(
-                "void_call", self._lifecycle_keys(tenant_id, call_id, (month,) * 3),
-                [tenant_id, call_id, now, attempt, month, month, month, retention_seconds])
-        return bool(reply[1])
+            month = str(exc.named["month"])
+            reply = await self._void(tenant_id, call_id, now, attempt, (month,) * 3,
+                                     retention_seconds)
+        return bool(c.VOID_CALL.decode(reply).voided)
+
+    async def _void(self, tenant_id: str, call_id: str, now: int, attempt: str,
+                    months: Sequence[str], retention_seconds: int) -> list[Any]:
+        f = c.VOID_CALL
+        month_1, month_2, month_3 = months
+        return await self._checked(
+            f.name, self._lifecycle_keys(f, tenant_id, call_id, months),
+            f.argv_of(tenant_id=tenant_id, call_id=call_id, now=now, attempt=attempt,
+                      month_1=month_1, month_2=month_2, month_3=month_3,
+                      retention_seconds=retention_seconds))
 
     async def tenant_exists(self, tenant_id: str) -> bool:
         k = self.keys(tenant_id)

@@ -14,6 +14,7 @@ import orjson
 
 from gateway.config import Settings
 from gateway.errors import NotFound, TenantNotFound, ValidationError
+from gateway.redis import contract as c
 from gateway.redis.store import Store, StoreError, TenantSettings
 from gateway.rules.clock import Clock, month_of
 from gateway.rules.money import format_money
@@ -194,23 +195,23 @@ class AdminService:
 def pool_rows(pools: dict[str, str], usage: dict[str, str]) -> list[dict[str, Any]]:
     """API rows from the pools hash (licences, minutes per user) and a month hash (usage)."""
     ids: set[tuple[str, str, str]] = set()
+    per_user_prefix = {"domestic": c.POOL_DOMESTIC_MINUTES,
+                       "international": c.POOL_INTERNATIONAL_MINUTES}
     for field, value in pools.items():
-        kind_prefix, _, pool = field.partition(":")
-        if kind_prefix == "dmin" and int(value) > 0:
-            ids.add((*_split2(pool), "domestic"))
-        elif kind_prefix == "imin" and int(value) > 0:
-            ids.add((*_split2(pool), "international"))
+        for kind, prefix in per_user_prefix.items():
+            if field.startswith(prefix) and int(value) > 0:
+                ids.add((*_split2(field.removeprefix(prefix)), kind))
     for field in usage:
-        prefix, _, pool = field.partition(":")
-        if prefix in ("u", "r"):
-            country, plan, kind = pool.split(":")
+        if field.startswith((c.MONTH_POOL_USED, c.MONTH_POOL_RESERVED)):
+            country, plan, kind = field.partition(":")[2].split(":")
             ids.add((country, plan, kind))
     rows = []
     for country, plan, kind in sorted(ids):
-        licenses = int(pools.get(f"lic:{country}:{plan}", 0))
-        per_user = int(pools.get(f"{'dmin' if kind == 'domestic' else 'imin'}:{country}:{plan}", 0))
-        used = int(usage.get(f"u:{country}:{plan}:{kind}", 0))
-        reserved = int(usage.get(f"r:{country}:{plan}:{kind}", 0))
+        cc_plan = c.pool_id(country, plan)
+        licenses = int(pools.get(c.POOL_LICENCES + cc_plan, 0))
+        per_user = int(pools.get(per_user_prefix[kind] + cc_plan, 0))
+        used = int(usage.get(f"{c.MONTH_POOL_USED}{cc_plan}:{kind}", 0))
+        reserved = int(usage.get(f"{c.MONTH_POOL_RESERVED}{cc_plan}:{kind}", 0))
         capacity = licenses * per_user
         rows.append({
             "country": country, "plan": plan, "kind": kind, "licenses": licenses,

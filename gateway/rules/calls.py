@@ -208,7 +208,7 @@ class CallService:
             except StoreError as exc:
                 if exc.status is not Status.TENANT_SETTINGS_CHANGED:
                     raise
-                currency, tz = str(exc.detail[0]), str(exc.detail[1])
+                currency, tz = str(exc.named["currency"]), str(exc.named["timezone"])
                 self._tenant_cache[tenant_id] = (currency, tz)
                 decision = await self.store.authorize(
                     self._args(tenant_id, req, dest, now, currency, tz, attempt), deadline

@@ -1,7 +1,7 @@
 """Rate decks at run time: uploaded to Redis, picked up by every worker within a second.
 
 An upload (PUT /v1/rate-decks/{currency}) is parsed and validated whole in the gateway,
-then stored with one FCALL (lua/80_decks.lua): the CSV, a global version counter and a
+then stored with one FCALL (lua/80_deck_put.lua): the CSV, a global version counter and a
 ``deck.replaced`` event, atomically. Every worker runs `poll_decks`, which reads the
 version counter (one GET) every `DECK_POLL_SECONDS`; when it moved, the worker reads the
 per-currency versions, fetches and parses only the decks that changed, and swaps them into
@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway import metrics
 from gateway.polling import poll_quietly
+from gateway.redis import contract
 from gateway.redis.keys import DECKS_EVENTS, DECKS_VERSION, DECKS_VERSIONS, deck_key, deck_rows_key
-from gateway.redis.store import Status, Store, StoreError
+from gateway.redis.store import Store
 from gateway.rules.rating import KINDS, DeckError, Rate, RateDeck
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,12 @@ async def store_deck(store: Store, deck: RateDeck, csv_text: str, now: int,
     `rows_json`: `deck_rows_json(deck)` if already computed (off the event loop)."""
     if rows_json is None:
         rows_json = deck_rows_json(deck)
-    reply: list[Any] = await store.fcall(
-        "deck_put",
-        [deck_key(deck.currency), DECKS_VERSION, DECKS_EVENTS, DECKS_VERSIONS,
-         deck_rows_key(deck.currency)],
-        [deck.currency, csv_text, len(deck), now, actor, rows_json],
-        bounded=True,
+    f = contract.DECK_PUT
+    reply = await store.run(
+        f,
+        f.keys_of(deck=deck_key(deck.currency), version=DECKS_VERSION, events=DECKS_EVENTS,
+                  versions=DECKS_VERSIONS, rows=deck_rows_key(deck.currency)),
+        f.argv_of(currency=deck.currency, csv=csv_text, rows=len(deck), now=now, actor=actor,
+                  rows_json=rows_json),
     )
-    status = Status(int(reply[0]))
-    if status is not Status.OK:
-        raise StoreError(status, reply[1:])
-    return int(reply[1])
+    return int(reply.version)

@@ -32,11 +32,12 @@ def domain_error(exc: StoreError) -> Exception:
     if status is Status.NOT_FOUND:
         return NotFound()
     if status is Status.USED_BACKWARDS:  # extend only: nothing was changed
+        reported = int(exc.named["reported_seconds"])
         return ValidationError.one(
-            "used_seconds", f"must not be lower than the {int(exc.detail[0])} s already "
+            "used_seconds", f"must not be lower than the {reported} s already "
                             "reported: time only moves forward")
     if status is Status.NUMBER_CONFLICT:
-        return Conflict(f"number {exc.detail[0]} already belongs to another user or is a "
+        return Conflict(f"number {exc.named['number']} already belongs to another user or is a "
                         "toll-free number of the tenant")
     if status is Status.IDEMPOTENCY_CONFLICT:
         return Conflict("idempotency_key was already used with a different amount")

@@ -6,21 +6,20 @@ only whole and valid. Storing it, bumping the version the workers poll and recor
 change happen in this one atomic step, so no worker can see a new version without its deck,
 nor a deck change without its event.
 
-KEYS[1] deck string      {decks}:deck:CUR (the CSV as uploaded)
-KEYS[2] version counter  {decks}:version (one counter for every currency)
-KEYS[3] events stream    {decks}:events
-KEYS[4] versions hash    {decks}:versions (currency -> version of its last upload, so a
-                         worker re-parses only the decks that changed)
-KEYS[5] rows string      {decks}:rows:CUR (the same deck as JSON rows: workers load it
-                         without parsing the CSV again)
-ARGV[1] currency (ISO 4217)
-ARGV[2] the deck, CSV text
-ARGV[3] rows in the deck
-ARGV[4] now (seconds)
-ARGV[5] actor: id of the token that made the change (audit trail)
-ARGV[6] the deck as JSON rows
-
-Returns {OK, version (the counter after this upload)}
+KEYS[1] deck        {decks}:deck:CUR  string: the CSV as uploaded
+KEYS[2] version     {decks}:version   counter, one for every currency
+KEYS[3] events      {decks}:events    stream
+KEYS[4] versions    {decks}:versions  hash currency -> version of its last upload, so a
+                                      worker re-parses only the decks that changed
+KEYS[5] rows        {decks}:rows:CUR  string: the same deck as JSON rows (workers load it
+                                      without parsing the CSV again)
+ARGV[1] currency    ISO 4217
+ARGV[2] csv         the deck, CSV text
+ARGV[3] rows        rows in the deck
+ARGV[4] now         (s)
+ARGV[5] actor       id of the token that made the change (audit trail)
+ARGV[6] rows_json   the deck as JSON rows
+REPLY   {OK, version}                 the counter after this upload
 --]]
 local function deck_put(KEYS, ARGV)
   local k_deck, k_version, k_events, k_versions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]

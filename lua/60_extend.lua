@@ -1,57 +1,41 @@
 --[[
-extend / end_call: the rest of a call's life (D18, D29-D31, D33).
+extend: more time for a call (D18, D29-D30).
 
 A call's time is a horizon h (seconds since answer it may last) made of a pool segment
 [0, ps) followed by a credit segment [ps, ps + cs): once a call moves to credits it stays
 there (D18). Reservations: pr = ceil(ps / 60) pool minutes, cr = cost(cs) micro-units.
 
-extend
-KEYS[1] tenant hash {p}:t:T      KEYS[2] call hash {p}:t:T:c:C     KEYS[3] pools hash
-KEYS[4..6] month hashes of the three months the call may have started in (caller's
-           candidates; see gateway/redis/store.py), ARGV[5..7] their YYYYMM in the same order
-KEYS[7] active zset {p}:active   KEYS[8] events stream {p}:events
-KEYS[9] user-active hash (end_call's; unused here)   KEYS[10] notify stream {p}:notify
-ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] used seconds so far
-ARGV[8] largest grant (s)
-ARGV[9] deadline in milliseconds since the epoch ("0": none), as authorize's ARGV[25]
+KEYS[1]  tenant        {p}:t:T           tenant hash
+KEYS[2]  call          {p}:t:T:c:C       hash
+KEYS[3]  pools         {p}:t:T:pools     hash
+KEYS[4]  month_1       {p}:t:T:m:YYYYMM  month hashes of the three months the call may have
+KEYS[5]  month_2                         started in (the caller's candidates; see
+KEYS[6]  month_3                         gateway/redis/store.py), ARGV[5..7] in that order
+KEYS[7]  active        {p}:active        zset
+KEYS[8]  events        {p}:events        partition stream
+KEYS[9]  user_active   {p}:t:T:uact      (end_call's; unused here)
+KEYS[10] notify        {p}:notify        stream
+ARGV[1]  tenant_id
+ARGV[2]  call_id
+ARGV[3]  now                 (s)
+ARGV[4]  used_seconds        so far
+ARGV[5]  month_1             YYYYMM of KEYS[4]
+ARGV[6]  month_2             YYYYMM of KEYS[5]
+ARGV[7]  month_3             YYYYMM of KEYS[6]
+ARGV[8]  grant_max_seconds   largest grant (s)
+ARGV[9]  deadline_ms         ms since the epoch ("0": none), as authorize's
+REPLY    {OK, decision, reason, source, granted_seconds, grant_expires_at,
+          destination_class, destination_country, destination_type}
+ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED LATE USED_BACKWARDS
+         {USED_BACKWARDS, reported_seconds}: the seconds already reported
+
 The new grant counts from now: the horizon becomes used + granted. A retried extend with the
 same used seconds reserves nothing more (it releases and re-reserves the same time).
 Time only moves forward: used seconds below those an earlier extend of the call reported (as
 taken: at most the horizon then) change nothing and answer {USED_BACKWARDS, those seconds}.
-Returns {OK, decision, reason, source, granted_seconds, grant_expires_at, class, country,
-         number type} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND} | {CALL_ENDED} | {LATE}
-         | {USED_BACKWARDS, seconds already reported}
 An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so that a missing
 tenant looks the same on every route (and the same as another tenant's, api.md).
-
-end_call
-KEYS as extend, without KEYS[3] semantics (pools hash unused but passed for symmetry);
-KEYS[9] user-active hash {p}:t:T:uact
-ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] answered duration (s)
-ARGV[5..7] months  ARGV[8] retention (s)  ARGV[9] "switch" | "expired"
-ARGV[10] reaper grace (s), only with "expired": the call is closed only if its grant
-         expired at least that long ago, and billed as fully used (D33).
-Returns {OK, state, duration, domestic pool minutes, international pool minutes, credits
-         micro, overrun seconds, replayed 0|1} | {TENANT_NOT_FOUND} | {CALL_NOT_FOUND}
-         | {CALL_ENDED} (expired call not yet due)
-         | {MONTH_NEEDED, YYYYMM}: the call holds reservations in its start month, which is
-           not among ARGV[5..7] (it started more than about a month ago: a late end, or
-           the reaper was down); nothing changed, call again with that month's key.
 --]]
-
--- What end_call reads of a call (it needs no record), by name. The names of the packed
--- fields it uses are read too, for a hash of the older layout (every field its own, see
--- CALL_PACKED): an absent field costs HMGET little.
-local function load_call_end(k_call)
-  local v = redis.call('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
-    'bdp', 'bip', 'bc', 'over', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
-    'rb')
-  if not v[1] then return nil end
-  return unpack_call_head({st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6],
-    cr = v[7], gexp = v[8], dur = v[9], bdp = v[10], bip = v[11], bc = v[12], over = v[13],
-    uid = v[14], mon = v[15], cnt = v[16], pool = v[17], kind = v[18], rp = v[19], rr = v[20],
-    rf = v[21], ra = v[22], rb = v[23]})
-end
 
 -- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
 -- `changed`: the hash's record without reading it again. Modifies and returns flat.
@@ -70,14 +54,6 @@ local function with_changes(flat, changed)
     flat[#flat + 1] = v
   end
   return flat
-end
-
--- The month hash of the call's month among the caller's candidates, or nil.
-local function month_key(KEYS, ARGV, mon)
-  for i = 0, 2 do
-    if ARGV[5 + i] == mon then return KEYS[4 + i] end
-  end
-  return nil
 end
 
 local function ctx_of(KEYS, call, k_month)
@@ -106,12 +82,6 @@ local function truncate(c, st, u)
     if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, cred_r - st.cred_r) end
   end
   st.pool_r, st.cred_r = pool_r, cred_r
-end
-
--- Only on the not-found path: costs nothing to a call that exists.
-local function missing_call(k_tenant)
-  if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
-  return {CALL_NOT_FOUND}
 end
 
 -- Undo truncate(): reserve again what it released, back to the held state.
@@ -161,7 +131,7 @@ local function extend(KEYS, ARGV)
       g, reason = 0, 'service_unavailable'
     else
       local c = ctx_of(KEYS, call, k_month)
-      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/25_alerts.lua
+      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/05_alerts.lua
       local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
                     cred_r = st.cred_r}
       truncate(c, st, u)
@@ -204,80 +174,4 @@ local function extend(KEYS, ARGV)
   return {OK, decision, reason, g > 0 and source or '', g, expires, call.cls, call.dc, call.dt}
 end
 
-local function bill_reply(call, replayed)
-  return {OK, call.st, num(call.dur), num(call.bdp), num(call.bip), num(call.bc),
-          num(call.over), replayed}
-end
-
-local function end_call(KEYS, ARGV)
-  local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
-    KEYS[9]
-  local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local retention, how, grace = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
-  local call = load_call_end(k_call)
-  if not call then return missing_call(KEYS[1]) end
-  if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
-  -- A denied call ends like any other with nothing granted: billed nothing, the reported
-  -- duration kept, all of it overrun (D31).
-  local h = num(call.h)
-  if how == 'expired' then
-    if now < num(call.gexp) + grace then return {CALL_ENDED} end
-    duration = h  -- D33: the switch was told to cut the call at the end of its grant
-  end
-  local k_month = month_key(KEYS, ARGV, call.mon)
-  if not k_month and ((call.pool ~= '' and (num(call.pr) ~= 0 or num(call.ps) ~= 0))
-      or (call.uid ~= '' and (num(call.cr) ~= 0 or num(call.cs) ~= 0))) then
-    return {MONTH_NEEDED, call.mon}
-  end
-  if duration < 0 then duration = 0 end
-  local billed_s = math.min(duration, h)
-  local overrun = duration - billed_s
-  local ps, cs = num(call.ps), num(call.cs)
-  -- Free time (emergency, toll-free, inbound) is in the horizon but in neither segment.
-  local pool_used = math.min(billed_s, ps)
-  local cred_used = math.min(billed_s - pool_used, cs)
-  local pool_min = ceil_div(pool_used, 60)
-  local credits = 0
-  if cred_used > 0 then
-    credits = credit_cost(cred_used, num(call.rr), num(call.rf), num(call.ra), num(call.rb))
-  end
-  local pr, cr = num(call.pr), num(call.cr)
-
-  if k_month then
-    if call.pool ~= '' then
-      hincr_or_del(k_month, 'r:' .. call.pool, -pr)
-      hincr_or_del(k_month, 'u:' .. call.pool, pool_min)
-    end
-    if call.uid ~= '' and (credits ~= 0 or cr ~= 0) then
-      hincr_or_del(k_month, 'sr:' .. call.uid, -cr)
-      hincr_or_del(k_month, 's:' .. call.uid, credits)
-    end
-    redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
-  end
-  if credits ~= 0 or cr ~= 0 then
-    hincr(k_tenant, 'res', -cr)
-    hincr(k_tenant, 'bal', -credits)
-  end
-  if call.cnt == '1' then
-    redis.call('HINCRBY', k_tenant, 'act', '-1')
-    hincr_or_del(k_uact, call.uid, -1)
-  end
-  local dom = call.kind == 'domestic' and pool_min or 0
-  local intl = call.kind == 'international' and pool_min or 0
-  local state = how == 'expired' and 'expired' or 'ended'
-  redis.call('HSET', k_call, 'st', state, 'dur', istr(duration), 'bdp', istr(dom),
-    'bip', istr(intl), 'bc', istr(credits), 'over', istr(overrun), 'pr', '0', 'cr', '0',
-    'ended', ARGV[3])
-  redis.call('EXPIRE', k_call, retention)  -- ARGV text as sent
-  redis.call('ZREM', k_active, tid .. '/' .. cid)
-  emit(k_events, 'call.' .. state, tid, now, {call_id = cid, duration_seconds = duration,
-    billed_seconds = billed_s, overrun_seconds = overrun, pool = call.pool,
-    pool_minutes = pool_min, credits_micro = credits, month = call.mon, user = call.uid,
-    rate_prefix = call.rp})
-  call.st, call.dur, call.bdp, call.bip, call.bc, call.over = state, duration, dom, intl,
-    credits, overrun
-  return bill_reply(call, 0)
-end
-
 redis.register_function('extend', extend)
-redis.register_function('end_call', end_call)

@@ -1,22 +1,22 @@
 --[[
 tenant_put: create or update a tenant's settings (PUT /v1/tenants/{t}).
 
-KEYS[1] tenant hash          {p}:t:T
-KEYS[2] events stream        {p}:events
-KEYS[3] audit list           {p}:t:T:audit (the event, newest first, capped)
-ARGV[1] tenant id
-ARGV[2] now (seconds)
+KEYS[1] tenant                      {p}:t:T        tenant hash
+KEYS[2] events                      {p}:events     partition stream
+KEYS[3] audit                       {p}:t:T:audit  the event, newest first, capped
+ARGV[1] tenant_id
+ARGV[2] now                         (s)
 ARGV[3] name
-ARGV[4] currency (ISO 4217)
-ARGV[5] time zone (IANA)
-ARGV[6] charge_inbound_calls "1" | "0"
-ARGV[7] max concurrent PSTN calls of the tenant ("" = no cap)
-ARGV[8] actor: id of the token that made the change (audit trail)
-ARGV[9] authorizations per second of the tenant ("" = the deployment's default, which
-        authorize receives)
-
-Returns {OK, created 1|0} or {CURRENCY_LOCKED} when the currency would change while the
-wallet holds or reserves credits (money never silently changes currency).
+ARGV[4] currency                    ISO 4217
+ARGV[5] timezone                    IANA
+ARGV[6] charge_inbound_calls        "1" | "0"
+ARGV[7] max_concurrent_calls        PSTN calls of the tenant ("": no cap)
+ARGV[8] actor                       id of the token that made the change (audit trail)
+ARGV[9] authorizations_per_second   of the tenant ("": the deployment's default, which
+                                    authorize receives)
+REPLY   {OK, created}               created 1 | 0
+ERRORS  CURRENCY_LOCKED             the currency would change while the wallet holds or
+                                    reserves credits (money never silently changes currency)
 --]]
 local function tenant_put(KEYS, ARGV)
   local k_tenant, k_events, k_audit = KEYS[1], KEYS[2], KEYS[3]

@@ -1,5 +1,9 @@
 --[[
-alerts: the tenant's alert settings, and threshold crossings announced in the same atomic
+Library: alerts. Declares alert_context, pool_crossings, credit_crossings,
+spend_limit_reached and alerts_rearm (and the announcement they share); registers nothing
+(alerts_put, the settings' writer, is lua/25_alerts_put.lua).
+
+The tenant's alert settings, and threshold crossings announced in the same atomic
 step as the change that crosses them (api.md, Notifications), so each is announced once
 however many calls race.
 
@@ -28,7 +32,7 @@ are YYYY-MM in the events; the notifier formats the money of the webhook's body.
 -- What an announcement needs of the running function: set by authorize and extend before
 -- they reserve anything (alert_context), read only when something is announced. Plain
 -- upvalues rather than fields of the call context: five more fields made every call's
--- context table twice the size (measured: ~3,000 instructions per FCALL). Redis runs one
+-- context table twice the size (figures: BENCHMARKS.md). Redis runs one
 -- function at a time, so they always belong to the running one.
 local A_TID, A_NOW, A_MONTH, A_EVENTS, A_NOTIFY = '', 0, '', '', ''
 
@@ -129,34 +133,3 @@ local function alerts_rearm(k_tenant, key, balance)
   end
   return false
 end
-
---[[
-alerts_put: a tenant's alert settings (PUT /v1/tenants/{t}/alerts).
-
-KEYS[1] tenant hash {p}:t:T   KEYS[2] pools hash {p}:t:T:pools
-KEYS[3] events stream         KEYS[4] audit list
-ARGV[1] tenant id  ARGV[2] now (s)  ARGV[3] pool thresholds "80,100" ("" none)
-ARGV[4] low balance (micro, "" none)  ARGV[5] auto-recharge below (micro, "" none)
-ARGV[6] auto-recharge amount (micro, "" with ARGV[5])  ARGV[7] actor
-The low-balance alert is re-armed (a new threshold is news); a recharge still awaited stays
-awaited unless auto-recharge is switched off.
-Returns {OK} | {TENANT_NOT_FOUND}
---]]
-local function alerts_put(KEYS, ARGV)
-  local k_tenant, k_pools = KEYS[1], KEYS[2]
-  local tid, now = ARGV[1], tonumber(ARGV[2])
-  if redis.call('EXISTS', k_tenant) == 0 then return {TENANT_NOT_FOUND} end
-  redis.call('HSET', k_pools, 'apct', ARGV[3])
-  redis.call('HDEL', k_tenant, 'alf')
-  if ARGV[4] == '' then redis.call('HDEL', k_tenant, 'alb')
-  else redis.call('HSET', k_tenant, 'alb', ARGV[4]) end
-  if ARGV[5] == '' then redis.call('HDEL', k_tenant, 'arb', 'ara', 'arr')
-  else redis.call('HSET', k_tenant, 'arb', ARGV[5], 'ara', ARGV[6]) end
-  audit(KEYS[4], KEYS[3], 'alerts.updated', tid, now, {
-    pool_thresholds_percent = ARGV[3], low_balance_micro = ARGV[4],
-    auto_recharge_below_micro = ARGV[5], auto_recharge_amount_micro = ARGV[6],
-    actor = ARGV[7]})
-  return {OK}
-end
-
-redis.register_function('alerts_put', alerts_put)
