@@ -23,6 +23,7 @@ from gateway import calls as calls_mod
 from gateway import metrics as metrics_mod
 from gateway.admin import DIAL_OUT, AdminService, UserSpec, e164_number
 from gateway.auth import Authenticator, Principal
+from gateway.callrecord import CallRecord
 from gateway.calls import AuthorizeRequest, CallService
 from gateway.clock import Clock, parse_rfc3339
 from gateway.config import Settings
@@ -334,12 +335,23 @@ async def get_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     ledger, which holds every call's history."""
     call_id = request.match_info["call_id"]
     try:
-        return json_response(await request.app[CALLS].get(ctx.tenant_id, call_id))
+        held = await request.app[CALLS].get(ctx.tenant_id, call_id)
     except calls_mod.CallNotFound:
         rec = await api_cdrs.call_from_ledger(request.app, ctx.tenant_id, call_id)
         if rec is None:
             raise
-        return json_response(calls_mod.call_body(call_id, rec))
+        return json_response(calls_mod.call_body(call_id, CallRecord.from_fields(rec)))
+    if held.closed_only:
+        # Redis keeps only what replays answer of a closed call: the rest from the ledger,
+        # once it has the call closed too (else, while the persister catches up or the
+        # ledger is down, what Redis has).
+        try:
+            rec = await api_cdrs.call_from_ledger(request.app, ctx.tenant_id, call_id)
+        except api_cdrs.LedgerUnavailable:
+            rec = None
+        if rec is not None and rec.get("st") == held.state:
+            return json_response(calls_mod.call_body(call_id, CallRecord.from_fields(rec)))
+    return json_response(calls_mod.call_body(call_id, held))
 
 
 # -- tenants -----------------------------------------------------------------------------

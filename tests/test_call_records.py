@@ -161,10 +161,16 @@ async def test_the_fields_that_never_change_are_one_packed_field(
         "outbound", "us0", NEW_YORK, "allow", body["source"], str(body["granted_seconds"]),
         "US", "US:domestic:domestic", "1")
     await gw.extend(t, "pool", 30)
-    await gw.end(t, "pool", 40)
     after = call_hash(redis_sync, k.call("pool"))
-    assert after["i"] == stored["i"]  # extend and end change only fields of their own
+    assert after["i"] == stored["i"]  # extend changes only fields of its own
     assert not set(after) & set(CALL_PACKED_FIELDS)
+    await gw.end(t, "pool", 40)
+    # Closed: only what its repeats answer (D31, D32), the rest is in the ledger.
+    closed = call_hash(redis_sync, k.call("pool"))
+    assert set(closed) == {"z", "b"}
+    assert {f: call_fields(closed)[f] for f in ("st", "d", "src", "g", "mon", "pool", "dur")} == {
+        "st": "ended", "d": "allow", "src": body["source"], "g": str(body["granted_seconds"]),
+        "mon": fields["mon"], "pool": "US:domestic:domestic", "dur": "40"}
 
 
 async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
