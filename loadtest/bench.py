@@ -77,8 +77,10 @@ from loadtest.common import (
 )
 
 LUA = ROOT / "loadtest" / "authorize.lua"
-TARGET_RATIO = 0.6
-TARGET_P99_MS = 2.0
+TARGET_RATIO = 0.75
+# What the gateway adds to the tail: its p99 at half load minus hello world's p99 at the same
+# fixed rate in the same run (an absolute p99 measures the machine as much as the gateway).
+TARGET_TAIL_ADDED_MS = 1.0
 # The persist child runs SCHED_IDLE: on this 2-CPU box it would otherwise take a third of
 # the CPU that wrk and Redis share (~65 us per event) and the figures would measure the
 # ledger, not call control. The events wait in Redis streams, as designed; the backlog
@@ -530,10 +532,13 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = {
         "ratio_min": TARGET_RATIO, "ratio": round(pin["ratio"], 3),
         "ratio_met": pin["ratio"] >= TARGET_RATIO,
-        "p99_half_load_ms_max": TARGET_P99_MS,
         "p99_half_load_ms": pin["gateway_half_load"]["p99_us"] / 1000,
-        "p99_met": pin["gateway_half_load"]["p99_us"] / 1000 <= TARGET_P99_MS,
+        "hello_p99_same_rate_ms": pin["hello"]["at_fixed_rate"]["p99_us"] / 1000,
+        "tail_added_ms_max": TARGET_TAIL_ADDED_MS,
+        "tail_added_ms": (pin["gateway_half_load"]["p99_us"]
+                          - pin["hello"]["at_fixed_rate"]["p99_us"]) / 1000,
     }
+    result["targets"]["tail_met"] = result["targets"]["tail_added_ms"] <= TARGET_TAIL_ADDED_MS
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
@@ -544,11 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     t = result["targets"]
     print(f"ratio {t['ratio']:.2f} (median of {args.repeat} paired runs; the median runs' "
           f"ratio {pin['ratio_of_median_runs']:.2f}) (target >= {TARGET_RATIO}): "
-          f"{'MET' if t['ratio_met'] else 'NOT MET'}; p99 at half load "
-          f"{t['p99_half_load_ms']:.2f} ms (median of {args.repeat} runs; hello world's "
-          f"{pin['hello']['at_fixed_rate']['p99_us'] / 1000:.2f} ms) "
-          f"(target <= {TARGET_P99_MS}): "
-          f"{'MET' if t['p99_met'] else 'NOT MET'}")
+          f"{'MET' if t['ratio_met'] else 'NOT MET'}; tail added at half load "
+          f"{t['tail_added_ms']:+.2f} ms (gateway p99 {t['p99_half_load_ms']:.2f} ms - hello "
+          f"world's {t['hello_p99_same_rate_ms']:.2f} ms at the same rate, medians of "
+          f"{args.repeat} runs) (target <= {TARGET_TAIL_ADDED_MS}): "
+          f"{'MET' if t['tail_met'] else 'NOT MET'}")
     return 0
 
 
