@@ -1,8 +1,8 @@
 """A call's record by full names: the typed view of the short fields Redis stores.
 
-Redis keeps a call in a hash whose field names are short (gateway/keys.py: an open call's
-fields, most packed in 'i'; a closed call's few, packed in 'z'); the ledger's row of a call is
-read into the same names (gateway/cdrs.py). Everything else reads a call through CallRecord.
+Redis keeps an open call in a hash whose field names are short (gateway/keys.py, most
+packed in 'i'), a closed call in one packed string; the ledger's row of a call is read into
+the same names (gateway/cdrs.py). Everything else reads a call through CallRecord.
 """
 
 from __future__ import annotations

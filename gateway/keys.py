@@ -183,12 +183,12 @@ CALL_PACKED_FIELDS = ("uid", "mon", "cnt", "pool", "kind", "rp", "rr", "rf", "ra
                       "dt", "free", "co", "ca", "sl")
 
 
-# A closed call's hash (ended, expired, denied or voided) is reduced to 'z' and 'b': what its
+# A closed call (ended, expired, denied or voided) is a string key, no longer a hash: what its
 # repeats answer (D31, D32), for the replay window; the rest is in the ledger. The values of
-# CLOSED_FIELDS joined by '|' (a JSON array when a value holds '|'; 'b' from 'dur' on), packed as
-# lua/00_lib.lua (closed_text) describes: the words of CLOSED_WORDS one character (their
-# position in CODE_ALPHABET) in the fields of CLOSED_CODED, a pool without its kind, ended
-# as seconds after exp.
+# CLOSED_FIELDS joined by '|' (a JSON array when a value holds '|'; the bill, from 'dur' on,
+# once billed), packed as lua/00_lib.lua (closed_text) describes: the words of CLOSED_WORDS
+# one character (their position in CODE_ALPHABET) in the fields of CLOSED_CODED, a pool
+# without its kind, ended as seconds after exp.
 CLOSED_FIELDS = ("st", "d", "rsn", "src", "g", "exp", "cls", "dc", "dt", "mon", "uid", "pool",
                  "rp", "dur", "bdp", "bip", "bc", "over", "ended")
 CLOSED_CODED = ("st", "d", "rsn", "src", "cls", "dt")
@@ -208,10 +208,9 @@ def _closed_part(text: str) -> list[str]:
     return list(orjson.loads(text)) if text.startswith("[") else text.split("|")
 
 
-def closed_fields(z: str, b: str | None) -> dict[str, str]:
-    """A closed record's fields by name, from its 'z' (st to rp) and 'b' (the bill, dur to
-    ended, once billed) texts."""
-    values = _closed_part(z) + (_closed_part(b) if b is not None else [])
+def closed_fields(z: str) -> dict[str, str]:
+    """A closed record's fields by name, from its text."""
+    values = _closed_part(z)
     out = dict(zip(CLOSED_FIELDS, values, strict=False))
     for name in CLOSED_CODED:
         v = out.get(name, "")
@@ -226,11 +225,12 @@ def closed_fields(z: str, b: str | None) -> dict[str, str]:
 
 def call_fields(record: dict[str, str]) -> dict[str, str]:
     """A call hash's fields by name, the packed ones unpacked (a record with every field its
-    own, written by an earlier version, is returned as it is). A closed record keeps 'z'
-    beside its fields: it tells a reader the rest is in the ledger."""
+    own, written by an earlier version, is returned as it is). A closed record is given as
+    {"z": its text} (gateway.store.call_record_of) and keeps 'z' beside its fields: it tells
+    a reader the rest is in the ledger."""
     closed = record.get("z")
     if closed is not None:
-        return {**record, **closed_fields(closed, record.get("b"))}
+        return {**record, **closed_fields(closed)}
     packed = record.get("i")
     if packed is None:
         return record

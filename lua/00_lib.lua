@@ -207,9 +207,9 @@ end
 -- A closed call (ended, expired, denied or voided) keeps in Redis only what its repeats
 -- answer, for the replay window (D31, D32): authorize's first answer, end's bill, and what
 -- an end reports of a call not yet ended (month, user, pool, rate prefix). Everything else
--- is in the ledger. The hash shrinks to two fields, 'z' and 'b' (closed_text): the values
--- of CLOSED_FIELDS in that order joined by '|' (mirrors gateway/keys.py CLOSED_FIELDS, which names each): st state,
--- d decision, rsn reason, src source, g first grant (s), exp its expiry (s), cls class, dc
+-- is in the ledger. The call's key becomes a string (close_call): the values of
+-- CLOSED_FIELDS in that order joined by '|' (mirrors gateway/keys.py CLOSED_FIELDS, which
+-- names each): st state, d decision, rsn reason, src source, g first grant (s), exp its expiry (s), cls class, dc
 -- destination country, dt number type, mon month YYYYMM, uid user, pool, rp rate prefix,
 -- dur answered duration (s), bdp / bip billed domestic / international pool minutes, bc
 -- billed credits (micro-units), over overrun (s), ended (s).
@@ -254,12 +254,10 @@ local function pool_kind(cls)
   return 'domestic'
 end
 
--- The fields of closed record r (CLOSED_FIELDS by name, each text, '' when none; the kind
--- of its pool in r.kind), packed: 'z' (st to rp: the answer and the call) and, once the call
--- is billed (r.dur), 'b' (dur to ended: the bill). Two fields, each short enough (at most
--- hash-max-listpack-value, 64 bytes, with ids of usual length) for Redis to keep the hash a
--- listpack: one field of both was not. Written out, not looped over CLOSED_FIELDS (a third
--- of end_call's Lua time when it was). Only uid and pool come from outside (the API's id
+-- The text of closed record r (CLOSED_FIELDS by name, each text, '' when none; the kind of
+-- its pool in r.kind): st to rp (the answer and the call) and, once the call is billed
+-- (r.dur), dur to ended (the bill). Written out, not looped over CLOSED_FIELDS (a third of
+-- end_call's Lua time when it was). Only uid and pool come from outside (the API's id
 -- grammar has no '|'); with a '|' in them, the cjson way.
 local function closed_text(r)
   local pool, kind, uid = r.pool, r.kind, r.uid
@@ -271,28 +269,29 @@ local function closed_text(r)
     end
   end
   local st, d, rsn, src, cls, dt = r.st, r.d, r.rsn, r.src, r.cls, r.dt
-  local z
   if string.find(uid .. pool, '|', 1, true) then
-    z = cjson.encode({CLOSED_CODE[st] or st, CLOSED_CODE[d] or d, CLOSED_CODE[rsn] or rsn,
+    local v = {CLOSED_CODE[st] or st, CLOSED_CODE[d] or d, CLOSED_CODE[rsn] or rsn,
       CLOSED_CODE[src] or src, r.g, r.exp, CLOSED_CODE[cls] or cls, r.dc,
-      CLOSED_CODE[dt] or dt, r.mon, uid, pool, r.rp})
-  else
-    z = (CLOSED_CODE[st] or st) .. '|' .. (CLOSED_CODE[d] or d) .. '|' ..
-      (CLOSED_CODE[rsn] or rsn) .. '|' .. (CLOSED_CODE[src] or src) .. '|' .. r.g .. '|' ..
-      r.exp .. '|' .. (CLOSED_CODE[cls] or cls) .. '|' .. r.dc .. '|' ..
-      (CLOSED_CODE[dt] or dt) .. '|' .. r.mon .. '|' .. uid .. '|' .. pool .. '|' .. r.rp
+      CLOSED_CODE[dt] or dt, r.mon, uid, pool, r.rp}
+    if r.dur then
+      v[14], v[15], v[16], v[17], v[18], v[19] = r.dur, r.bdp, r.bip, r.bc, r.over,
+        r.ended_after_exp
+    end
+    return cjson.encode(v)
   end
-  if r.dur == nil then return z, nil end
-  return z, r.dur .. '|' .. r.bdp .. '|' .. r.bip .. '|' .. r.bc .. '|' .. r.over .. '|' ..
-    r.ended_after_exp
+  local z = (CLOSED_CODE[st] or st) .. '|' .. (CLOSED_CODE[d] or d) .. '|' ..
+    (CLOSED_CODE[rsn] or rsn) .. '|' .. (CLOSED_CODE[src] or src) .. '|' .. r.g .. '|' ..
+    r.exp .. '|' .. (CLOSED_CODE[cls] or cls) .. '|' .. r.dc .. '|' ..
+    (CLOSED_CODE[dt] or dt) .. '|' .. r.mon .. '|' .. uid .. '|' .. pool .. '|' .. r.rp
+  if r.dur == nil then return z end
+  return z .. '|' .. r.dur .. '|' .. r.bdp .. '|' .. r.bip .. '|' .. r.bc .. '|' .. r.over ..
+    '|' .. r.ended_after_exp
 end
 
--- Replaces call hash k_call by its closed record r, kept retention seconds (ARGV text).
+-- Replaces call k_call by its closed record r, kept retention seconds (ARGV text): a string
+-- key, written over the open call's hash by one SET (the type changes with it).
 local function close_call(k_call, r, retention)
-  local z, b = closed_text(r)
-  redis.call('DEL', k_call)
-  if b then redis.call('HSET', k_call, 'z', z, 'b', b) else redis.call('HSET', k_call, 'z', z) end
-  redis.call('EXPIRE', k_call, retention)
+  redis.call('SET', k_call, closed_text(r), 'EX', retention)
 end
 
 local function split_part(text, v)
@@ -303,12 +302,11 @@ local function split_part(text, v)
   end
 end
 
--- s (with its 'z' and 'b') given the closed record's fields by name, and those of the open
--- record a closed call has no more, as a call without a grant has them.
+-- s (with its 'z', the closed record's text) given the closed record's fields by name,
+-- and those of the open record a closed call has no more, as a call without a grant has.
 local function unpack_closed(s)
   local v = {}
   split_part(s.z, v)
-  if s.b then split_part(s.b, v) end
   for k = #v + 1, #CLOSED_FIELDS do v[k] = '' end
   for _, k in ipairs(CLOSED_CODED) do
     if #v[k] == 1 then v[k] = CLOSED_WORD[v[k]] end
@@ -320,6 +318,18 @@ local function unpack_closed(s)
   s.h, s.ps, s.cs, s.pr, s.cr, s.gexp, s.cnt = '0', '0', '0', '0', '0', s.exp, '0'
   s.kind = s.pool ~= '' and pool_kind(s.cls) or ''
   return s
+end
+
+-- The closed record of call k_call by field name (unpack_closed). Readers of a call read
+-- its hash with redis.pcall and come here when the reply is WRONGTYPE (is_closed_reply):
+-- nothing more to pay on the paths of an open call.
+local function read_closed(k_call)
+  return unpack_closed({z = redis.call('GET', k_call)})
+end
+
+-- True when a redis.pcall reply is the error of a command on the closed record's string.
+local function is_closed_reply(reply)
+  return type(reply) == 'table' and reply.err ~= nil
 end
 
 -- The fields of a call that authorize sets and nothing changes after, in the order they are
@@ -368,7 +378,8 @@ end
 -- HGETALL returned, which extend turns into the event's record (with_changes); nil if the
 -- call does not exist.
 local function load_call(k_call)
-  local flat = redis.call('HGETALL', k_call)
+  local flat = redis.pcall('HGETALL', k_call)
+  if is_closed_reply(flat) then return read_closed(k_call), {} end
   -- Sized by naming the fields (a hint only: any field is read): a table grown key by key
   -- from empty is rehashed six times on the way to 40 keys.
   local s = {st = nil, i = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil,
@@ -378,10 +389,7 @@ local function load_call(k_call)
     pr = nil, cr = nil, gexp = nil, ext = nil, grants = nil, dur = nil, bdp = nil, bip = nil,
     bc = nil, over = nil}
   for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
-  if not s.st then
-    if s.z then return unpack_closed(s), flat end
-    return nil
-  end
+  if not s.st then return nil end
   return unpack_call(s), flat
 end
 

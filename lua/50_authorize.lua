@@ -49,11 +49,11 @@ Returns {OK, replayed 0|1, decision, reason, source, granted_seconds, grant_expi
 -- The first answer again (D32), from the stored call. A live call answered allow again is
 -- confirmed by this attempt: if its answer is lost too, void_call undoes the call for it.
 local function call_reply(k_call, replayed, attempt)
-  local v = redis.call('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
-    'st', 'z')
+  local v = redis.pcall('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
+    'st')
   local s
-  if v[11] then
-    s = unpack_closed({z = v[11]})
+  if is_closed_reply(v) then
+    s = read_closed(k_call)
   else
     s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
       cls = v[7], dc = v[8], dt = v[9]})
@@ -300,8 +300,7 @@ local function authorize(KEYS, ARGV)
     local z = closed_text({st = 'denied', d = o.decision, rsn = o.reason, src = o.source,
       g = granted_text, exp = now_text, cls = o.class, dc = dcountry, dt = dtype, mon = month,
       uid = c.uid, pool = st.pool, kind = st.kind, rp = c.rp})
-    redis.call('HSET', k_call, 'z', z)
-    redis.call('EXPIRE', k_call, ARGV[23])  -- retention (s), as sent
+    redis.call('SET', k_call, z, 'EX', ARGV[23])  -- retention (s), as sent
     emit(k_events, 'call.denied', tid, now, {
       call_id = cid, direction = direction, user = c.uid, to = to, from = from,
       reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,

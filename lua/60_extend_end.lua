@@ -43,10 +43,10 @@ Returns {OK, state, duration, domestic pool minutes, international pool minutes,
 -- fields it uses are read too, for a hash of the older layout (every field its own, see
 -- CALL_PACKED): an absent field costs HMGET little.
 local function load_call_end(k_call)
-  local v = redis.call('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
+  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
     'bdp', 'bip', 'bc', 'over', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
-    'rb', 'z', 'b')
-  if v[24] then return unpack_closed({z = v[24], b = v[25]}) end
+    'rb')
+  if is_closed_reply(v) then return read_closed(k_call) end
   if not v[1] then return nil end
   local s = unpack_call_head({st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6],
     cr = v[7], gexp = v[8], dur = v[9], bdp = v[10], bip = v[11], bc = v[12], over = v[13],

@@ -26,7 +26,8 @@ local function void_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
   local tid, cid, now, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-  local v = redis.call('HMGET', k_call, 'st', 'n', 'cn', 'ext', 'i', 'pr', 'cr')
+  local v = redis.pcall('HMGET', k_call, 'st', 'n', 'cn', 'ext', 'i', 'pr', 'cr')
+  if is_closed_reply(v) then return {OK, 0} end  -- closed: nothing to undo
   if v[1] ~= 'active' or v[4] ~= '0' or not v[5] or attempt == '' then return {OK, 0} end
   if (v[3] or v[2]) ~= attempt then return {OK, 0} end
   local call = unpack_call({i = v[5]})
