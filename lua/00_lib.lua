@@ -256,8 +256,8 @@ end
 
 -- The text of closed record r (CLOSED_FIELDS by name, each text, '' when none; the kind of
 -- its pool in r.kind): st to rp (the answer and the call) and, once the call is billed
--- (r.dur), dur to ended (the bill). Written out, not looped over CLOSED_FIELDS (a third of
--- end_call's Lua time when it was). Only uid and pool come from outside (the API's id
+-- (r.dur), dur to ended (the bill). Written out as one concatenation rather than looped
+-- over CLOSED_FIELDS, on end_call's path. Only uid and pool come from outside (the API's id
 -- grammar has no '|'); with a '|' in them, the cjson way.
 local function closed_text(r)
   local pool, kind, uid = r.pool, r.kind, r.uid

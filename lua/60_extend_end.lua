@@ -253,8 +253,8 @@ local function end_call(KEYS, ARGV)
   if k_month then
     -- Use before release: what is used (at most what was reserved) is added while the
     -- reservation still holds a field of the hash, so the hash is never emptied and written
-    -- again here, and keeps the time to live its first write set (an EXPIRE was 4 % of
-    -- end_call). Releasing may empty it: then it is gone, as it should be.
+    -- again here, and keeps the time to live its first write set: no EXPIRE at each end.
+    -- Releasing may empty it: then it is gone, as it should be.
     if call.pool ~= '' then
       hincr_or_del(k_month, 'u:' .. call.pool, pool_min)
       hincr_or_del(k_month, 'r:' .. call.pool, -pr)
