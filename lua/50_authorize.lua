@@ -65,10 +65,15 @@ ERRORS   TENANT_NOT_FOUND TENANT_SETTINGS_CHANGED LATE
 -- The first answer again (D32), from the stored call. A live call answered allow again is
 -- confirmed by this attempt: if its answer is lost too, void_call undoes the call for it.
 local function call_reply(k_call, replayed, attempt)
-  local v = redis.call('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
+  local v = redis.pcall('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
     'st')
-  local s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
-    cls = v[7], dc = v[8], dt = v[9]})
+  local s
+  if is_closed_reply(v) then
+    s = read_closed(k_call)
+  else
+    s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
+      cls = v[7], dc = v[8], dt = v[9]})
+  end
   if v[10] == 'active' and s.d == 'allow' and attempt ~= '' then
     redis.call('HSET', k_call, 'cn', attempt)
   end
@@ -215,14 +220,27 @@ local function authorize(KEYS, ARGV)
   local o
   if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
 
-  local allowed = o.decision == 'allow'
-  local expires = now + o.granted
-  if not allowed then expires = now end
-  local granted_text, expires_text = istr(o.granted), istr(expires)
-  local grants = '[]'
-  if allowed then
-    grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
+  local granted_text = istr(o.granted)
+  if o.decision ~= 'allow' then
+    -- Denied: the call hash is its closed record from the start (close_call); the event
+    -- carries the rest, for the ledger.
+    local now_text = ARGV[3]
+    local z = closed_text({st = 'denied', d = o.decision, rsn = o.reason, src = o.source,
+      g = granted_text, exp = now_text, cls = o.class, dc = dcountry, dt = dtype, mon = month,
+      uid = c.uid, pool = st.pool, kind = st.kind, rp = c.rp})
+    redis.call('SET', k_call, z, 'EX', ARGV[23])  -- retention (s), as sent
+    emit(k_events, 'call.denied', tid, now, {
+      call_id = cid, direction = direction, user = c.uid, to = to, from = from,
+      reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
+      country = dcountry, number_type = dtype, month = month, started_at = started,
+      pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
+      rate_prefix = c.rp, counted = o.counted and true or false})
+    return {OK, 0, o.decision, o.reason, o.source, o.granted, now, o.class, dcountry, dtype}
   end
+
+  local expires = now + o.granted
+  local expires_text = istr(expires)
+  local grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
   -- The call hash, every value as the text Redis stores: the fields that never change packed
   -- in 'i' (CALL_PACKED's order), the others their own; the same array is written with one
   -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
@@ -234,51 +252,34 @@ local function authorize(KEYS, ARGV)
     o.free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
     c.limit and string.format('%.17g', c.limit) or ''})
   local rec = {
-    'st', allowed and 'active' or 'denied', 'i', packed, 'h', granted_text,
+    'st', 'active', 'i', packed, 'h', granted_text,
     'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
     'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
-  if allowed then
-    redis.call('HSET', k_call, 'n', ARGV[26], unpack(rec))
-  else
-    redis.call('HSET', k_call, unpack(rec))
+  redis.call('HSET', k_call, 'n', ARGV[26], unpack(rec))
+  redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
+  if o.counted then
+    redis.call('HINCRBY', c.k_tenant, 'act', '1')
+    redis.call('HINCRBY', c.k_uact, c.uid, '1')
   end
-  if allowed then
-    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
-    if o.counted then
-      redis.call('HINCRBY', c.k_tenant, 'act', '1')
-      redis.call('HINCRBY', c.k_uact, c.uid, '1')
-    end
+  -- The open call's whole record, so that `callgate rebuild` can restore it from the
+  -- ledger. Everything else the ledger keeps of the call is a field of it (dir, uid, to,
+  -- rsn, ...: gateway/ledger/project.py reads them there), so the event carries nothing
+  -- twice: smaller XADD, AOF and persister reads on the hottest event of all.
+  -- Written out rather than through cjson (6 % of authorize: it escaped the packed text
+  -- whole): the record's two JSON fields, 'i' and 'grants', stand beside it as JSON, not
+  -- as escaped strings, and every other value is integer text or our own word. The call
+  -- and tenant ids are the only text from outside; one the API would never let through
+  -- takes the cjson way, whose event reads the same.
+  if json_plain(cid) and json_plain(tid) and json_plain(ARGV[26]) then
+    emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
+      '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' ..
+      rec[8] .. '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..
+      '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
+      grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
   else
-    redis.call('EXPIRE', k_call, ARGV[23])  -- retention (s), as sent
-  end
-  if allowed then
-    -- The open call's whole record, so that `callgate rebuild` can restore it from the
-    -- ledger. Everything else the ledger keeps of the call is a field of it (dir, uid, to,
-    -- rsn, ...: gateway/ledger/project.py reads them there), so the event carries nothing
-    -- twice: smaller XADD, AOF and persister reads on the hottest event of all.
-    -- Written out rather than through cjson (6 % of authorize: it escaped the packed text
-    -- whole): the record's two JSON fields, 'i' and 'grants', stand beside it as JSON, not
-    -- as escaped strings, and every other value is integer text or our own word. The call
-    -- and tenant ids are the only text from outside; one the API would never let through
-    -- takes the cjson way, whose event reads the same.
-    if json_plain(cid) and json_plain(tid) and json_plain(ARGV[26]) then
-      emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
-        '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' .. rec[8] ..
-        '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..
-        '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
-        grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
-    else
-      table.insert(rec, 1, ARGV[26])
-      table.insert(rec, 1, 'n')
-      emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
-    end
-  else
-    emit(k_events, 'call.denied', tid, now, {
-      call_id = cid, direction = direction, user = c.uid, to = to, from = from,
-      reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
-      country = dcountry, number_type = dtype, month = month, started_at = started,
-      pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
-      rate_prefix = c.rp, counted = o.counted and true or false})
+    table.insert(rec, 1, ARGV[26])
+    table.insert(rec, 1, 'n')
+    emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
   end
   return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, dcountry, dtype}
 end

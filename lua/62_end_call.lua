@@ -38,14 +38,21 @@ ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED MONTH_NEEDED
 -- fields it uses are read too, for a hash of the older layout (every field its own, see
 -- CALL_PACKED): an absent field costs HMGET little.
 local function load_call_end(k_call)
-  local v = redis.call('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
+  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
     'bdp', 'bip', 'bc', 'over', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
     'rb')
+  if is_closed_reply(v) then return read_closed(k_call) end
   if not v[1] then return nil end
-  return unpack_call_head({st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6],
+  local s = unpack_call_head({st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6],
     cr = v[7], gexp = v[8], dur = v[9], bdp = v[10], bip = v[11], bc = v[12], over = v[13],
     uid = v[14], mon = v[15], cnt = v[16], pool = v[17], kind = v[18], rp = v[19], rr = v[20],
     rf = v[21], ra = v[22], rb = v[23]})
+  if not v[2] then  -- every field its own: the answer the closed record keeps, by name
+    local a = redis.call('HMGET', k_call, 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt')
+    s.d, s.rsn, s.src, s.g, s.exp, s.cls, s.dc, s.dt = a[1] or '', a[2] or '', a[3] or '',
+      a[4] or '0', a[5] or '0', a[6] or '', a[7] or '', a[8] or ''
+  end
+  return s
 end
 
 local function bill_reply(call, replayed)
@@ -88,15 +95,18 @@ local function end_call(KEYS, ARGV)
   local pr, cr = num(call.pr), num(call.cr)
 
   if k_month then
+    -- Use before release: what is used (at most what was reserved) is added while the
+    -- reservation still holds a field of the hash, so the hash is never emptied and written
+    -- again here, and keeps the time to live its first write set: no EXPIRE at each end.
+    -- Releasing may empty it: then it is gone, as it should be.
     if call.pool ~= '' then
-      hincr_or_del(k_month, 'r:' .. call.pool, -pr)
       hincr_or_del(k_month, 'u:' .. call.pool, pool_min)
+      hincr_or_del(k_month, 'r:' .. call.pool, -pr)
     end
     if call.uid ~= '' and (credits ~= 0 or cr ~= 0) then
-      hincr_or_del(k_month, 'sr:' .. call.uid, -cr)
       hincr_or_del(k_month, 's:' .. call.uid, credits)
+      hincr_or_del(k_month, 'sr:' .. call.uid, -cr)
     end
-    redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS)
   end
   if credits ~= 0 or cr ~= 0 then
     hincr(k_tenant, 'res', -cr)
@@ -109,10 +119,12 @@ local function end_call(KEYS, ARGV)
   local dom = call.kind == 'domestic' and pool_min or 0
   local intl = call.kind == 'international' and pool_min or 0
   local state = how == 'expired' and 'expired' or 'ended'
-  redis.call('HSET', k_call, 'st', state, 'dur', istr(duration), 'bdp', istr(dom),
-    'bip', istr(intl), 'bc', istr(credits), 'over', istr(overrun), 'pr', '0', 'cr', '0',
-    'ended', ARGV[3])
-  redis.call('EXPIRE', k_call, retention)  -- ARGV text as sent
+  -- The bill replaces the call's record (close_call): what its repeats answer, nothing more.
+  close_call(k_call, {st = state, d = call.d, rsn = call.rsn, src = call.src, g = call.g,
+    exp = call.exp, cls = call.cls, dc = call.dc, dt = call.dt, mon = call.mon,
+    uid = call.uid, pool = call.pool, kind = call.kind, rp = call.rp, dur = istr(duration),
+    bdp = istr(dom), bip = istr(intl), bc = istr(credits), over = istr(overrun),
+    ended_after_exp = istr(now - tonumber(call.exp))}, retention)
   redis.call('ZREM', k_active, tid .. '/' .. cid)
   emit(k_events, 'call.' .. state, tid, now, {call_id = cid, duration_seconds = duration,
     billed_seconds = billed_s, overrun_seconds = overrun, pool = call.pool,

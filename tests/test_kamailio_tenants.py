@@ -84,7 +84,8 @@ async def sip(own_redis: RedisServer, aiohttp_client: Any, tmp_path: Path
               token_entry("shared-switch", SHARED_TOKEN, "globex", "initech"),
               token_entry("umbrella-switch", UMBRELLA_TOKEN, "umbrella"))
     gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
-                             grant_seconds=GRANT_SECONDS, tokens=tokens)
+                             grant_seconds=GRANT_SECONDS, tokens=tokens,
+                             database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
     for tenant in ("acme", "globex", "initech", "umbrella"):
         await gw.tenant(tenant)
     await gw.user("acme", "alice", "US", "domestic")
@@ -191,7 +192,8 @@ async def test_call_cancelled_while_it_is_authorized_gives_its_reservation_back(
     second after the 100 Trying, while its INVITE waits in an async worker for the answer.
     The allowed call is never relayed, and its end gives the reservation back."""
     gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
-                             grant_seconds=GRANT_SECONDS)
+                             grant_seconds=GRANT_SECONDS,
+                             database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
     await gw.tenant("acme")
     await gw.user("acme", "alice", "US", "domestic")
     tenancy = Tenancy(default_tenant="", token=OPERATOR_TOKEN, trunks={ACME_TRUNK: "acme"})

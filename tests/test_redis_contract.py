@@ -201,7 +201,9 @@ def free_names(code: str) -> set[str]:
     """Names a file reads that nothing in the file declares (scope-insensitive: a name
     declared anywhere in the file counts as its own)."""
     declared = set(re.findall(r"\blocal\s+function\s+(\w+)", code))
-    for group in re.findall(r"\blocal\s+(?!function)([\w,\s]+?)(?:=|\n)", code):
+    # a declaration continued on the next line after a comma is one declaration
+    joined = re.sub(r",[ \t]*\n[ \t]*", ", ", code)
+    for group in re.findall(r"\blocal\s+(?!function)([\w,\s]+?)(?:=|\n)", joined):
         declared |= {n.strip() for n in group.split(",") if n.strip()}
     for params in re.findall(r"\bfunction\s*\w*\s*\(([^)]*)\)", code):
         declared |= {n.strip() for n in params.split(",") if n.strip()}

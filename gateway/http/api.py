@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway import metrics as metrics_mod
 from gateway.config import DIAL_OUT_POLICIES, Settings
-from gateway.errors import CallNotFound, ValidationError
+from gateway.errors import CallNotFound, LedgerUnavailable, ValidationError
 from gateway.http import api_cdrs
 from gateway.http.observe import OBSERVER, Observer
 from gateway.http.web import (
@@ -36,6 +36,7 @@ from gateway.http.web import (
     json_response,
     to_response,
 )
+from gateway.redis.callrecord import CallRecord
 from gateway.redis.store import TenantSettings
 from gateway.rules import calls as calls_mod
 from gateway.rules.admin import UserSpec, e164_number
@@ -194,12 +195,23 @@ async def get_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     ledger, which holds every call's history."""
     call_id = request.match_info["call_id"]
     try:
-        return json_response(await request.app[CALLS].get(ctx.tenant_id, call_id))
+        held = await request.app[CALLS].get(ctx.tenant_id, call_id)
     except CallNotFound:
         rec = await api_cdrs.call_from_ledger(request.app, ctx.tenant_id, call_id)
         if rec is None:
             raise
-        return json_response(calls_mod.call_body(call_id, rec))
+        return json_response(calls_mod.call_body(call_id, CallRecord.from_fields(rec)))
+    if held.closed_only:
+        # Redis keeps only what replays answer of a closed call: the rest from the ledger,
+        # once it has the call closed too (else, while the persister catches up or the
+        # ledger is down, what Redis has).
+        try:
+            rec = await api_cdrs.call_from_ledger(request.app, ctx.tenant_id, call_id)
+        except LedgerUnavailable:
+            rec = None
+        if rec is not None and rec.get("st") == held.state:
+            return json_response(calls_mod.call_body(call_id, CallRecord.from_fields(rec)))
+    return json_response(calls_mod.call_body(call_id, held))
 
 
 # -- tenants -----------------------------------------------------------------------------

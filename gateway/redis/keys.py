@@ -185,9 +185,54 @@ CALL_PACKED_FIELDS = ("uid", "mon", "cnt", "pool", "kind", "rp", "rr", "rf", "ra
                       "dt", "free", "co", "ca", "sl")
 
 
+# A closed call (ended, expired, denied or voided) is a string key, no longer a hash: what its
+# repeats answer (D31, D32), for the replay window; the rest is in the ledger. The values of
+# CLOSED_FIELDS joined by '|' (a JSON array when a value holds '|'; the bill, from 'dur' on,
+# once billed), packed as lua/00_lib.lua (closed_text) describes: the words of CLOSED_WORDS
+# one character (their position in CODE_ALPHABET) in the fields of CLOSED_CODED, a pool
+# without its kind, ended as seconds after exp.
+CLOSED_FIELDS = ("st", "d", "rsn", "src", "g", "exp", "cls", "dc", "dt", "mon", "uid", "pool",
+                 "rp", "dur", "bdp", "bip", "bc", "over", "ended")
+CLOSED_CODED = ("st", "d", "rsn", "src", "cls", "dt")
+CLOSED_WORDS = ("ended", "expired", "denied", "allow", "deny", "free", "domestic_pool",
+    "international_pool", "credits", "emergency", "toll_free", "inbound_free",
+    "no_calling_plan", "dial_out_policy", "destination_blocked", "invalid_destination",
+    "pool_exhausted_no_credits", "insufficient_credits", "credits_not_allowed",
+    "spend_limit_reached", "concurrency_limit", "unknown_user", "service_unavailable",
+    "rate_limited", "domestic", "international", "toll_free_inbound", "inbound", "fixed_line",
+    "mobile", "fixed_line_or_mobile", "premium_rate", "shared_cost", "voip",
+    "personal_number", "pager", "uan", "voicemail", "unknown", "invalid")
+CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_WORD_OF_CODE = dict(zip(CODE_ALPHABET, CLOSED_WORDS, strict=False))
+
+
+def _closed_part(text: str) -> list[str]:
+    return list(orjson.loads(text)) if text.startswith("[") else text.split("|")
+
+
+def closed_fields(z: str) -> dict[str, str]:
+    """A closed record's fields by name, from its text."""
+    values = _closed_part(z)
+    out = dict(zip(CLOSED_FIELDS, values, strict=False))
+    for name in CLOSED_CODED:
+        v = out.get(name, "")
+        if len(v) == 1:
+            out[name] = _WORD_OF_CODE[v]
+    if out.get("pool", "").count(":") == 1:
+        out["pool"] += ":" + ("international" if out["cls"] == "international" else "domestic")
+    if out.get("ended"):
+        out["ended"] = str(int(out["exp"]) + int(out["ended"]))
+    return out
+
+
 def call_fields(record: dict[str, str]) -> dict[str, str]:
     """A call hash's fields by name, the packed ones unpacked (a record with every field its
-    own, written by an earlier version, is returned as it is)."""
+    own, written by an earlier version, is returned as it is). A closed record is given as
+    {"z": its text} (gateway.redis.store.call_record_of) and keeps 'z' beside its fields: it tells
+    a reader the rest is in the ledger."""
+    closed = record.get("z")
+    if closed is not None:
+        return {**record, **closed_fields(closed)}
     packed = record.get("i")
     if packed is None:
         return record

@@ -631,5 +631,17 @@ class Store:
 
     async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)
-        flat = await self.raw(k.call(call_id), "HGETALL", k.call(call_id))
-        return call_fields(_flat_to_dict(flat)) if flat else None
+        return await call_record_of(self, k.call(call_id))
+
+
+async def call_record_of(store: Store, key: str) -> dict[str, str] | None:
+    """The call at ``key`` by field name (keys.call_fields), None if there is none. An open
+    call is a hash; a closed one a string, its compact record (lua/00_lib.lua close_call)."""
+    try:
+        flat = await store.raw(key, "HGETALL", key)
+    except StoreErrorReply as exc:
+        if not exc.reply.startswith("WRONGTYPE"):
+            raise
+        closed = await store.raw(key, "GET", key)
+        return call_fields({"z": _str(closed)}) if closed is not None else None
+    return call_fields(_flat_to_dict(flat)) if flat else None

@@ -28,6 +28,7 @@ from gateway.errors import (
     StoreUnavailable,
     TenantNotFound,
 )
+from gateway.redis.callrecord import CallRecord
 from gateway.redis.store import AuthorizeArgs, Bill, Decision, Status, Store, StoreError
 from gateway.rules.clock import Clock, candidate_months, month_of, rfc3339
 from gateway.rules.decks import Decks
@@ -332,15 +333,18 @@ class CallService:
             raise ServiceUnavailable(str(exc)) from exc
         if rec is None:
             return None
+        r = CallRecord.from_fields(rec)
         decision = Decision(
-            decision=rec.get("d", ""), reason=rec.get("rsn", ""), source=rec.get("src", ""),
-            granted_seconds=int(rec.get("g") or 0), grant_expires_at=int(rec.get("exp") or 0),
-            destination_class=rec.get("cls", ""), destination_country=rec.get("dc", ""),
-            destination_type=rec.get("dt", ""), replayed=True,
+            decision=r.decision, reason=r.reason, source=r.source,
+            granted_seconds=r.first_grant_seconds, grant_expires_at=r.first_grant_expires_at,
+            destination_class=r.destination_class, destination_country=r.destination_country,
+            destination_type=r.destination_type, replayed=True,
         )
         return decision_body(call_id, decision)
 
-    async def get(self, tenant_id: str, call_id: str) -> dict[str, Any]:
+    async def get(self, tenant_id: str, call_id: str) -> CallRecord:
+        """The call as Redis holds it: open, or closed within its replay window (then only
+        what replays answer: CallRecord.closed_only; the ledger has the rest)."""
         try:
             async with asyncio.timeout(self._timeout_s * 10):
                 rec = await self.store.call_get(tenant_id, call_id)
@@ -351,7 +355,7 @@ class CallService:
             raise ServiceUnavailable(str(exc)) from exc
         if rec is None:
             raise CallNotFound(call_id)
-        return call_body(call_id, rec)
+        return CallRecord.from_fields(rec)
 
 
 # Error replies of a Redis that is starting or failing over: it will answer again soon.
@@ -425,39 +429,39 @@ def bill_body(call_id: str, b: Bill) -> dict[str, Any]:
     }
 
 
-def call_body(call_id: str, r: dict[str, str]) -> dict[str, Any]:
-    state = {"denied": "ended"}.get(r["st"], r["st"])
+def call_body(call_id: str, r: CallRecord) -> dict[str, Any]:
+    closed = r.state in ("ended", "expired")
     body: dict[str, Any] = {
         "call_id": call_id,
-        "state": state,
-        "direction": r.get("dir"),
-        "user_id": r.get("uid") or None,
-        "to": r.get("to"),
-        "from": r.get("from") or None,
-        "decision": r.get("d"),
-        "reason": r.get("rsn"),
-        "source": r.get("src") or None,
+        "state": "ended" if r.state == "denied" else r.state,
+        "direction": r.direction,
+        "user_id": r.user_id or None,
+        "to": r.to_number,
+        "from": r.from_number or None,
+        "decision": r.decision,
+        "reason": r.reason,
+        "source": r.source or None,
         "destination": {
-            "country": r.get("dc") or None,
-            "type": r.get("dt") or None,
-            "class": r.get("cls") or None,
+            "country": r.destination_country or None,
+            "type": r.destination_type or None,
+            "class": r.destination_class or None,
         },
-        "month": f"{r['mon'][:4]}-{r['mon'][4:]}" if r.get("mon") else None,
-        "started_at": rfc3339(int(r["sa"])) if r.get("sa") else None,
-        "authorized_at": rfc3339(int(r["t0"])) if r.get("t0") else None,
-        "granted_seconds_total": int(r.get("h") or 0),
-        "grant_expires_at": rfc3339(int(r["gexp"])) if r["st"] == "active" else None,
+        "month": f"{r.month[:4]}-{r.month[4:]}" if r.month else None,
+        "started_at": rfc3339(r.started_at) if r.started_at is not None else None,
+        "authorized_at": rfc3339(r.authorized_at) if r.authorized_at is not None else None,
+        "granted_seconds_total": r.granted_seconds_total,
+        "grant_expires_at": rfc3339(r.grant_expires_at) if r.state == "active" else None,
         "grants": [
             {"source": g["source"], "seconds": g["seconds"], "at": rfc3339(int(g["at"])),
              "expires_at": rfc3339(int(g["expires_at"]))}
-            for g in orjson.loads(r.get("grants") or "[]")
+            for g in orjson.loads(r.grants_json)
         ],
-        "rate_prefix": ("+" + r["rp"]) if r.get("rp") else None,
+        "rate_prefix": ("+" + r.rate_prefix) if r.rate_prefix else None,
     }
-    if r["st"] in ("ended", "expired"):
-        body["duration_seconds"] = int(r.get("dur") or 0)
-        body["billed"] = _billed(int(r.get("bdp") or 0),
-                                 int(r.get("bip") or 0), int(r.get("bc") or 0))
-        body["overrun_seconds"] = int(r.get("over") or 0)
-        body["ended_at"] = rfc3339(int(r["ended"])) if r.get("ended") else None
+    if closed:
+        body["duration_seconds"] = r.duration_seconds
+        body["billed"] = _billed(r.billed_domestic_pool_minutes,
+                                 r.billed_international_pool_minutes, r.billed_credits_micro)
+        body["overrun_seconds"] = r.overrun_seconds
+        body["ended_at"] = rfc3339(r.ended_at) if r.ended_at is not None else None
     return body

@@ -129,7 +129,14 @@ local out = {}
 out[1] = redis.call('HGETALL', KEYS[1])
 out[2] = redis.call('HGETALL', KEYS[2])
 out[3] = redis.call('ZRANGE', KEYS[3], 0, -1)
-for i = 4, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+for i = 4, #KEYS do
+  -- a closed call is a string, its compact record (lua/00_lib.lua close_call)
+  if redis.call('TYPE', KEYS[i]).ok == 'string' then
+    out[i] = {'z', redis.call('GET', KEYS[i])}
+  else
+    out[i] = redis.call('HGETALL', KEYS[i])
+  end
+end
 return out
 """
 
