@@ -5,17 +5,23 @@ as much as the rest of the event), so this checks the two agree, field for field
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
 import redis
 
-from gateway.http.web import CALLS
+from gateway.http.web import CALLS, STORE
+from gateway.ledger import open_ledger
+from gateway.ledger.persister import Persister
 from gateway.ledger.project import CALL_INSERT, _record, statements
 from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
+from gateway.redis.server import RedisServer
 from gateway.rules.calls import AuthorizeRequest
-from gateway.rules.clock import rfc3339
+from gateway.rules.clock import ManualClock, rfc3339
+from tests.support.gateway import T0, start_gateway
 from tests.support.gwclient import Gateway
+from tests.support.persist_helpers import drain
 
 LONDON = "+442071838750"
 NEW_YORK = "+12125550123"
@@ -249,3 +255,43 @@ async def test_a_closed_record_with_a_bar_in_a_value_takes_the_cjson_way(
     assert {**replay, "replayed": False} == {**denied, "replayed": False}
     got = await gw.req("GET", f"/v1/tenants/{t}/calls/bar-ok")
     assert (got["state"], got["user_id"], got["billed"]) == ("ended", odd, bill["billed"])
+
+
+async def test_get_of_a_closed_call_is_whole_while_the_ledger_catches_up(
+    own_redis: RedisServer, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """Redis keeps of an ended call only its state, first answer and bill; GET takes the
+    rest from the ledger. Ledger behind (it has the open call only): the ledger's row with
+    Redis's state and bill over it; ledger caught up: the ledger's row; no row at all: what
+    Redis has, the rest null."""
+    gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
+                             database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
+    t = "t-get-closed"
+    await gw.tenant(t)
+    await gw.user(t, "us0", "US", "domestic")
+    store = gw.client.server.app[STORE]
+    ledger = await open_ledger(gw.settings.database_url_effective)
+    try:
+        persister = Persister(store, ledger, consumer="test")
+        # Never persisted: Redis's compact record alone.
+        await gw.call(t, "lost", NEW_YORK, user="us0")
+        await gw.end(t, "lost", 30)
+        bare = await gw.req("GET", f"/v1/tenants/{t}/calls/lost")
+        assert (bare["state"], bare["duration_seconds"], bare["to"], bare["direction"]) == (
+            "ended", 30, None, None)
+        # The ledger has the open call, not yet its end.
+        allowed = await gw.call(t, "c1", NEW_YORK, user="us0")
+        await drain(persister)
+        await gw.end(t, "c1", 61)
+        behind = await gw.req("GET", f"/v1/tenants/{t}/calls/c1")
+        assert (behind["state"], behind["duration_seconds"], behind["to"],
+                behind["direction"], behind["billed"]) == (
+            "ended", 61, NEW_YORK, "outbound", {"domestic_pool_minutes": 2,
+                                               "international_pool_minutes": 0,
+                                               "credits": "0.0000"})
+        assert behind["grants"][0]["seconds"] == allowed["granted_seconds"]
+        # Caught up: the ledger's row, the same answer.
+        await drain(persister)
+        assert await gw.req("GET", f"/v1/tenants/{t}/calls/c1") == behind
+    finally:
+        await ledger.close()

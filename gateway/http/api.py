@@ -202,15 +202,17 @@ async def get_call(request: web.Request, ctx: Ctx) -> web.StreamResponse:
             raise
         return json_response(calls_mod.call_body(call_id, CallRecord.from_fields(rec)))
     if held.closed_only:
-        # Redis keeps only what replays answer of a closed call: the rest from the ledger,
-        # once it has the call closed too (else, while the persister catches up or the
-        # ledger is down, what Redis has).
+        # Redis keeps only what replays answer of a closed call (its state, first answer
+        # and bill); the rest (direction, numbers, times, grants) is the ledger's. While the
+        # persister has yet to write the end, the ledger's row is the open call: Redis's
+        # state and bill go over it. Without a row (persister far behind, ledger down),
+        # what Redis has, the rest null.
         try:
             rec = await api_cdrs.call_from_ledger(request.app, ctx.tenant_id, call_id)
         except LedgerUnavailable:
             rec = None
-        if rec is not None and rec.get("st") == held.state:
-            return json_response(calls_mod.call_body(call_id, CallRecord.from_fields(rec)))
+        if rec is not None:
+            held = CallRecord.from_fields(rec).closed_as(held)
     return json_response(calls_mod.call_body(call_id, held))
 
 

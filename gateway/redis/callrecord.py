@@ -7,7 +7,7 @@ the same names (gateway/ledger/cdrs.py). Everything else reads a call through Ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 def _int(text: str | None) -> int:
@@ -73,3 +73,16 @@ class CallRecord:
             billed_credits_micro=_int(r.get("bc")), overrun_seconds=_int(r.get("over")),
             ended_at=_when(r.get("ended")), closed_only="z" in r,
         )
+
+    def closed_as(self, closed: CallRecord) -> CallRecord:
+        """This record (the ledger's, complete but maybe older) with the state, answer and
+        bill of ``closed`` (Redis's compact record of the call, which is never older)."""
+        if self.state == closed.state:
+            return self
+        return replace(
+            self, state=closed.state, decision=closed.decision, reason=closed.reason,
+            source=closed.source, duration_seconds=closed.duration_seconds,
+            billed_domestic_pool_minutes=closed.billed_domestic_pool_minutes,
+            billed_international_pool_minutes=closed.billed_international_pool_minutes,
+            billed_credits_micro=closed.billed_credits_micro,
+            overrun_seconds=closed.overrun_seconds, ended_at=closed.ended_at)

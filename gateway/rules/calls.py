@@ -434,9 +434,9 @@ def call_body(call_id: str, r: CallRecord) -> dict[str, Any]:
     body: dict[str, Any] = {
         "call_id": call_id,
         "state": "ended" if r.state == "denied" else r.state,
-        "direction": r.direction,
+        "direction": r.direction or None,
         "user_id": r.user_id or None,
-        "to": r.to_number,
+        "to": r.to_number or None,
         "from": r.from_number or None,
         "decision": r.decision,
         "reason": r.reason,
