@@ -44,6 +44,7 @@ from loadtest.common import (
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lifecycle.lua")
 HELLO_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authorize.lua")
 TENANTS = 20
+CONNECTIONS = 8  # a switch's few keep-alive connections
 USERS = 40
 
 
@@ -177,7 +178,7 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rates", default="100,300,1000", help="calls/s, comma-separated")
-    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--connections", type=int, default=CONNECTIONS)
     p.add_argument("--duration", type=int, default=10, help="seconds per rate")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of the idle phase")
     args = p.parse_args(argv)

@@ -1,20 +1,28 @@
-"""``make sipbench``: call setup through Kamailio and the gateway, measured by sipp.
+"""``make sipbench``: call setup through Kamailio and the gateway, measured by sipp, beside
+the same load through Kamailio's own prepaid module, cnxcc.
 
 Starts Redis, ``callgate serve`` (one worker), Kamailio with integrations/kamailio/
 kamailio.cfg (the caller's trunk, 127.0.0.2, mapped to the bench tenant) and a sipp trunk
 that answers at once; then, for each gateway delay and each rate, a sipp caller places
 calls (INVITE, 200, ACK, hold, BYE) through the proxy and records, per call, the time from
 its INVITE to the 200 OK: the post-dial delay the proxy and the gateway add (Kamailio
-authorizes before it relays). Prints p50 / p90 / p99 / max per run with the gateway's own
-authorize latency and the machine's load, and writes loadtest/results/sip_bench.{json,md}.
+authorizes before it relays). Then the same sipp load, rate by rate, through a Kamailio
+running integrations/kamailio/cnxcc-baseline.cfg (a benchmark baseline, not a deployment:
+cnxcc with its own Redis, AOF everysec as callgate's) and the same trunk. Prints p50 / p90 /
+p99 / max per run with the gateway's own authorize latency, the CPU per call of each
+process and the machine's load; then both side by side: failed calls, INVITE→200
+p50/p99/max, the credit side's CPU per 1,000 calls (callgate: serve and its Redis; cnxcc:
+its Redis) and the highest rate with 0 failed calls. Writes
+loadtest/results/sip_bench.{json,md}.
 
 A gateway delay above 0 puts a slow link between Kamailio and the gateway: a TCP relay in
 this process that holds every request for that long before passing it on (answers come
 back at once). It is the gateway slowed by that much, seen from Kamailio; it exists only
 here, nothing in the gateway can be slowed.
 
-    python -m loadtest.sip_bench [--rates 50,200,500] [--delays-ms 0,50] [--seconds 10]
-                                 [--hold-ms 2000] [--async-workers 128]
+    python -m loadtest.sip_bench [--rates 250,500,750,1000] [--seconds 5] [--repeat 1]
+                                 [--delays-ms 0] [--hold-ms 2000] [--async-workers 128]
+                                 [--no-cnxcc]
 """
 
 from __future__ import annotations
