@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -32,9 +30,17 @@ from gateway.auth import Authenticator
 from gateway.calls import UNAVAILABLE, CallService
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings
-from gateway.decks import DECKS, Decks, poll_decks
+from gateway.decks import (
+    DECK_POLL_SECONDS,
+    DECKS,
+    Decks,
+    count_deck_poll_failure,
+    deck_poll_step,
+)
 from gateway.openapi import add_openapi_route
+from gateway.polling import POLLER, SharedPoll
 from gateway.store import Store
+from gateway.tokens import TOKEN_POLL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app[CLOCK] = clock or SystemClock()
     app[AUTH] = Authenticator(settings.operator_token, settings.tokens, clock=app[CLOCK])
     app[DECKS] = Decks(settings.rate_decks)
+    # One tick for the background polls (rate decks, run-time tokens): one wake-up.
+    app[POLLER] = SharedPoll(min(DECK_POLL_SECONDS, TOKEN_POLL_SECONDS))
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         own = store is None
@@ -88,11 +96,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             await app[DECKS].refresh(app[STORE])
         except Exception as exc:
             log.warning("rate decks not loaded from Redis at start-up: %r", exc)
-        task = asyncio.create_task(poll_decks(app[STORE], app[DECKS]), name="deck-poller")
+        app[POLLER].add("rate-deck", deck_poll_step(app[STORE], app[DECKS]),
+                        on_failure=count_deck_poll_failure)
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await app[POLLER].remove("rate-deck")
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(decks_ctx)

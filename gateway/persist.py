@@ -67,6 +67,10 @@ IDLE_SLEEP_MAX_SECONDS = 1.0
 BLOCK_MILLISECONDS = 1000
 CLAIM_IDLE_MS = 30_000  # an entry pending this long on a silent consumer is taken over
 TRIM_INTERVAL_SECONDS = 5.0
+# Trimming every TRIM_INTERVAL_SECONDS covers the streams this persister acknowledged
+# entries on since; every stream (another persister's, dead consumers) only this often: an
+# idle persister sends Redis no trimming commands in between.
+FULL_TRIM_INTERVAL_SECONDS = 600.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000
 
 
@@ -115,6 +119,8 @@ class Persister:
     _last_claim: dict[str, float] = field(default_factory=dict)
     _claim_cursor: dict[str, str] = field(default_factory=dict)  # XAUTOCLAIM scan under way
     _last_trim: float = 0.0
+    _last_full_trim: float = 0.0
+    _acked_since_trim: set[str] = field(default_factory=set)
     _own_checked: set[str] = field(default_factory=set)  # own pending re-read after a fault
     outage: Outage = field(default_factory=lambda: Outage("persister", log))
     status_interval_seconds: float = STATUS_INTERVAL_SECONDS
@@ -267,9 +273,17 @@ class Persister:
                 partial(self.store.backend.execute, s, "XACK", s, GROUP,
                         *(e.entry_id for e in b))
                 for s, b in work])
-        if self.trim and time.monotonic() - self._last_trim > TRIM_INTERVAL_SECONDS:
-            self._last_trim = time.monotonic()
-            await self._each([partial(self.trim_stream, s) for s in self.streams])
+            self._acked_since_trim.update(s for s, _ in work)
+        now = time.monotonic()
+        if self.trim and now - self._last_trim > TRIM_INTERVAL_SECONDS:
+            self._last_trim = now
+            if now - self._last_full_trim > FULL_TRIM_INTERVAL_SECONDS:
+                self._last_full_trim = now
+                trim = self.streams
+            else:
+                trim = [s for s in self.streams if s in self._acked_since_trim]
+            await self._each([partial(self.trim_stream, s) for s in trim])
+            self._acked_since_trim.clear()
         return sum(len(b) for _, b in work)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
