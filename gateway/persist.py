@@ -121,6 +121,7 @@ class Persister:
     _last_trim: float = 0.0
     _last_full_trim: float = 0.0
     _acked_since_trim: set[str] = field(default_factory=set)
+    _streams: list[str] | None = None
     _own_checked: set[str] = field(default_factory=set)  # own pending re-read after a fault
     outage: Outage = field(default_factory=lambda: Outage("persister", log))
     status_interval_seconds: float = STATUS_INTERVAL_SECONDS
@@ -230,8 +231,11 @@ class Persister:
         after a fault, or a claim scan every claim_idle_ms / 2), then the new entries of
         all streams with one XREADGROUP, blocking up to ``block_ms`` (0: not at all) when
         there was nothing else."""
-        streams = self.streams
-        batches = await self._each([partial(self._read_old, s) for s in streams])
+        streams = self._streams_list()
+        old = [s for s in streams if self._old_may_wait(s)]
+        found = dict(zip(old, await self._each([partial(self._read_old, s) for s in old]),
+                         strict=True)) if old else {}
+        batches = [found.get(s, []) for s in streams]
         rooms = [self.batch_entries_max - len(b) for b in batches]
         room = min(rooms)
         if room <= 0:
@@ -243,6 +247,22 @@ class Persister:
             "STREAMS", *streams, *(">" for _ in streams))
         got = {str(stream): _entries(raw) for stream, raw in (reply or [])}
         return [b + got.get(s, []) for s, b in zip(streams, batches, strict=True)]
+
+    def _streams_list(self) -> list[str]:
+        """``streams``, made once (a round reads it several times)."""
+        if self._streams is None:
+            self._streams = self.streams
+        return self._streams
+
+    def _old_may_wait(self, stream: str) -> bool:
+        """Whether ``stream`` may hold claimed or own pending entries to read this round: its
+        group is not known to exist, its own pending entries were not read since a fault,
+        or a claim scan is under way or due. Otherwise a round does not look (no command,
+        no task: an idle or steady round costs one command over every stream)."""
+        return (stream not in self._groups_ready or stream not in self._own_checked
+                or stream in self._claim_cursor
+                or time.monotonic() - self._last_claim.get(stream, 0.0)
+                >= self.claim_idle_ms / 2000)
 
     async def _read_old(self, stream: str) -> list[Entry]:
         try:
@@ -261,9 +281,9 @@ class Persister:
         if self.waiter is not None:
             batches = await self._read_waiting(self.waiter, block_ms)
         else:
-            batches = await self._each([partial(self.read, s) for s in self.streams])
+            batches = await self._each([partial(self.read, s) for s in self._streams_list()])
         self.backlogged = any(len(b) >= self.batch_entries_max for b in batches)
-        work = [(s, b) for s, b in zip(self.streams, batches, strict=True) if b]
+        work = [(s, b) for s, b in zip(self._streams_list(), batches, strict=True) if b]
         if work:
             try:
                 self.persisted_total += await self.ledger.apply_batches(work)
@@ -279,9 +299,9 @@ class Persister:
             self._last_trim = now
             if now - self._last_full_trim > FULL_TRIM_INTERVAL_SECONDS:
                 self._last_full_trim = now
-                trim = self.streams
+                trim = self._streams_list()
             else:
-                trim = [s for s in self.streams if s in self._acked_since_trim]
+                trim = [s for s in self._streams_list() if s in self._acked_since_trim]
             await self._each([partial(self.trim_stream, s) for s in trim])
             self._acked_since_trim.clear()
         return sum(len(b) for _, b in work)
