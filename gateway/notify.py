@@ -380,6 +380,7 @@ class Notifier:
         try:
             while not stop.is_set():
                 busy = 0
+                metrics.flush_if_due()  # this process's batched metrics, without a wake-up
                 try:
                     made = await self.intake(block_ms)
                     now = time.monotonic()

@@ -326,6 +326,7 @@ class Persister:
                 done = 0
             else:
                 await self.outage.succeeded(self.backlog_entries, written=done)
+            metrics.flush_if_due()  # this process's batched metrics (reaper's included)
             # Published in an outage too (when Redis answers): the lag alerts then fire. An
             # idle persister (nothing written since it last published) publishes rarely.
             written_since_status = written_since_status or done > 0
