@@ -58,8 +58,11 @@ STREAMS_AT_ONCE = 4
 # this long. Each round costs Redis a command or two per partition stream however few
 # events it carries; back-to-back rounds under a steady trickle cost Redis ~10 us of CPU
 # per event on the call path's server (measured by make bench), paced rounds a fraction of
-# that. A backlog (a stream that filled its batch) is read without pause.
-IDLE_SLEEP_SECONDS = 0.05
+# that. A backlog (a stream that filled its batch) is read without pause. At a switch's
+# pace (300 calls/s) a quarter of a second gathers ~150 events per round: the round's
+# fixed costs (a read over every stream, a commit, an XACK per stream) are shared by that
+# many (docs/pace.md); the ledger is that much later, still well under a second.
+IDLE_SLEEP_SECONDS = 0.25
 # Polling (a cluster): each round that finds nothing doubles the pause, up to this.
 IDLE_SLEEP_MAX_SECONDS = 1.0
 # Waiting (one server): how long one blocking read waits for new entries before the round
