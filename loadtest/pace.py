@@ -84,15 +84,19 @@ def cpu_seconds_fine(pids: list[int]) -> float:
 
 
 def processes(serve_pid: int, redis_pid: int) -> dict[str, list[int]]:
-    """The gateway's processes by role: the HTTP worker(s), the persist child, Redis."""
-    roles: dict[str, list[int]] = {"worker": [], "persister": [], "redis": [redis_pid]}
+    """The gateway's processes by role: the HTTP worker(s) (and serve itself), the persist
+    child (with the reaper), the notify child, Redis."""
+    roles: dict[str, list[int]] = {"worker": [], "persister": [], "notifier": [],
+                                   "redis": [redis_pid]}
     for pid in tree_pids(serve_pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except FileNotFoundError:
             continue
-        roles["persister" if " persist" in cmd else "worker"].append(pid)
+        role = ("persister" if " persist" in cmd else "notifier" if " notify" in cmd
+                else "worker")
+        roles[role].append(pid)
     return roles
 
 
