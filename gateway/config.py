@@ -23,15 +23,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from gateway.errors import ConfigError, ValidationError
-from gateway.money import parse_money
-from gateway.rating import DeckError, RateDeck
+from gateway.rules.money import parse_money
+from gateway.rules.rating import DeckError, RateDeck
 from gateway.validate import ID_HINT, ID_RE
+from gateway.vocab import DialOut, Role
 
 CONFIG_FILE_NAME = "callgate.toml"
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 OUTBOUND_SCOPES = ("none", "domestic", "international")
-TOKEN_ROLES = ("switch", "admin", "operator")
-DIAL_OUT_POLICIES = ("international_and_domestic", "domestic_only", "none")
+TOKEN_ROLES = tuple(r.value for r in Role)
+DIAL_OUT_POLICIES = tuple(d.value for d in DialOut)
 ALL_OTHER_COUNTRIES = "*"  # minutes-table key: every country not listed
 DEFAULT_ZONES: tuple[frozenset[str], ...] = (frozenset({"US", "PR", "CA"}),)  # D9
 MAX_MINUTES_PER_USER = 10_000_000  # far above any real plan: catches unit mix-ups
@@ -529,9 +530,9 @@ def _token(table: _Table) -> TokenEntry:
         for j, t in enumerate(_list(table.take("tenants", []), tenants_key))
     )
     table.done()
-    if role == "operator" and tenants:
+    if role == Role.OPERATOR and tenants:
         raise ConfigError(tenants_key, "operator tokens act for every tenant; list none")
-    if role != "operator" and not tenants:
+    if role != Role.OPERATOR and not tenants:
         raise ConfigError(tenants_key, f"a {role} token must list the tenants it acts for")
     return TokenEntry(token_id, digest, role, tenants)
 

@@ -1,4 +1,11 @@
-"""Errors shared by every layer, mapped to RFC 9457 problem documents by the API."""
+"""Errors shared by every layer: the domain's refusals, and the store's own failure.
+
+Each domain error below is answered by the API as one RFC 9457 problem document, declared
+once in gateway.http.problems (status, title, type, detail); the rules raise them, the HTTP
+layer (aiohttp routes and the fast path alike) maps them. ``StoreUnavailable`` is how the
+Redis layer reports that Redis did not answer, whatever the transport's own exceptions:
+nothing above gateway.redis sees those.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +33,104 @@ class ValidationError(Exception):
         return cls([FieldError(field, message)], status)
 
 
-class TenantNotFound(Exception):
-    """No such tenant, or not one the token may act for: answered 404 alike (api.md)."""
-
-
 class ConfigError(Exception):
     """Invalid configuration, detected at start-up; the message names the bad key."""
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"configuration key {key!r}: {message}")
+
+
+# -- refusals of the domain (each one problem document) -----------------------------------
+
+
+class TenantNotFound(Exception):
+    """No such tenant, or not one the token may act for: answered 404 alike (api.md)."""
+
+
+class CallNotFound(Exception):
+    """No such call of the tenant (neither in Redis nor in the ledger): 404."""
+
+
+class NotFound(Exception):
+    """No such user, toll-free number or other resource of the tenant: 404."""
+
+
+class WebhookNotFound(Exception):
+    """No such webhook of the tenant: 404."""
+
+
+class TokenNotFound(Exception):
+    """No such token (or none the caller manages, which answers alike): 404."""
+
+
+class DeckNotFound(Exception):
+    """No rate deck for the currency (the message says which): 404."""
+
+
+class RateNotFound(Exception):
+    """No row of the deck rates the number (the message says which): 404."""
+
+
+class CallEnded(Exception):
+    """The call has already ended: an extend is refused (409)."""
+
+
+class Conflict(Exception):
+    """409: the request contradicts the current state; the message says how."""
+
+
+class RoleNotAllowed(Exception):
+    """A tenant admin asked for a token of another role than ``switch``: 403. The message
+    is the role asked for."""
+
+
+class ServiceUnavailable(Exception):
+    """Redis did not answer, or the worker shed the request: 503, retry."""
+
+
+class LedgerUnavailable(Exception):
+    """The ledger database is down or refusing: 503, retry."""
+
+
+# -- the store's failure --------------------------------------------------------------------
+
+
+class StoreUnavailable(Exception):
+    """Redis did not answer an operation: one exception, in three kinds, whatever the
+    transport raised (the original is the ``__cause__``).
+
+    ``kind`` labels callgate_redis_errors_total. ``may_have_run``: whether the command may
+    have run in Redis although no reply came back, which decides whether an authorize
+    answered deny must be voided (gateway.rules.voids)."""
+
+    kind = "unavailable"
+    may_have_run = False
+
+
+class StoreTimeout(StoreUnavailable, TimeoutError):
+    """The deadline passed with the command written: it may have run, its reply lost."""
+
+    kind = "timeout"
+    may_have_run = True
+
+
+class StoreDisconnected(StoreUnavailable):
+    """Redis could not be reached, or the connection broke. ``sent``: with the command in
+    flight, so it may have run; False when it was never written."""
+
+    def __init__(self, message: str, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+        self.may_have_run = sent
+
+
+class StoreErrorReply(StoreUnavailable):
+    """Redis answered an error (LOADING, MASTERDOWN, OOM, or a fault of a function): the
+    command did not run, or failed in a way a void could not mend. ``reply``: its text."""
+
+    kind = "error_reply"
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply

@@ -38,6 +38,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _mp
 
+from gateway.errors import StoreErrorReply, StoreUnavailable
+
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: The exposition's Content-Type (text format 0.0.4).
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -287,16 +289,19 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def count_redis_failure(exc: BaseException) -> None:
-    """One failed call-control round trip (see calls.UNAVAILABLE)."""
-    from gateway.redisclient import ReplyError
+    """One failed call-control round trip (a StoreUnavailable, whose kind is the label)."""
+    from gateway.redis.client import ReplyError
 
-    if isinstance(exc, TimeoutError):
-        REDIS_TIMEOUTS.inc()
+    if isinstance(exc, StoreUnavailable):
+        kind = exc.kind
+    elif isinstance(exc, TimeoutError):
         kind = "timeout"
     elif isinstance(exc, ReplyError):
         kind = "error_reply"
     else:
         kind = "unavailable"
+    if kind == "timeout":
+        REDIS_TIMEOUTS.inc()
     REDIS_ERRORS.labels(kind).inc()
     count_redis_oom(exc)
 
@@ -304,9 +309,9 @@ def count_redis_failure(exc: BaseException) -> None:
 def count_redis_oom(exc: BaseException) -> None:
     """Count ``exc`` in callgate_redis_oom_errors_total when it is Redis's OOM error reply
     (any path may call this with any Redis failure)."""
-    from gateway.redisclient import ReplyError
+    from gateway.redis.client import ReplyError
 
-    if isinstance(exc, ReplyError) and str(exc).lstrip().startswith("OOM"):
+    if isinstance(exc, ReplyError | StoreErrorReply) and str(exc).lstrip().startswith("OOM"):
         REDIS_OOM_ERRORS.inc()
 
 
@@ -356,7 +361,7 @@ def render() -> tuple[bytes, str]:
 
 def generate() -> bytes:
     """The text exposition of what is flushed so far, without flushing: safe to call from
-    a thread other than the event loop's (flush() is not; gateway.observe calls it on the
+    a thread other than the event loop's (flush() is not; gateway.http.observe calls it on the
     loop, then this in a worker thread)."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
@@ -371,7 +376,7 @@ def worker_exited(pid: int) -> None:
         _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-# -- HTTP connections (gateway.fastpath; docs/http-limits.md) ------------------------------
+# -- HTTP connections (gateway.http.fastpath; docs/http-limits.md) ------------------------------
 #
 # Counted by the server in plain integers and moved here by its once-a-second sweep, like
 # the hot-path counts above: no prometheus call per connection or per request.

@@ -58,11 +58,11 @@ from typing import Any, cast
 
 import redis as redis_py
 
+from gateway.cli.supervisor import persist_enabled
 from gateway.config import load_settings
-from gateway.persist import persister_status
-from gateway.persist_child import persist_enabled
-from gateway.redisproc import RedisServer
-from gateway.store import Store
+from gateway.ledger.persister import persister_status
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
 from loadtest import pace
 from loadtest.common import (
     BIN,
@@ -83,8 +83,10 @@ from loadtest.common import (
 )
 
 LUA = ROOT / "loadtest" / "authorize.lua"
-TARGET_RATIO = 0.6
-TARGET_P99_MS = 2.0
+TARGET_RATIO = 0.75
+# What the gateway may add to hello world's p99 at half load (same fixed rate, same run):
+# the absolute p99 depends on the host; the difference is the gateway's own.
+TARGET_TAIL_MS = 1.0
 # The persist child runs SCHED_IDLE: on this 2-CPU box it would otherwise take a third of
 # the CPU that wrk and Redis share (~65 us per event) and the figures would measure the
 # ledger, not call control. The events wait in Redis streams, as designed; the backlog
@@ -546,10 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = {
         "ratio_min": TARGET_RATIO, "ratio": round(pin["ratio"], 3),
         "ratio_met": pin["ratio"] >= TARGET_RATIO,
-        "p99_half_load_ms_max": TARGET_P99_MS,
         "p99_half_load_ms": pin["gateway_half_load"]["p99_us"] / 1000,
-        "p99_met": pin["gateway_half_load"]["p99_us"] / 1000 <= TARGET_P99_MS,
+        "hello_p99_half_load_ms": pin["hello"]["at_fixed_rate"]["p99_us"] / 1000,
+        "tail_added_ms_max": TARGET_TAIL_MS,
+        "tail_added_ms": (pin["gateway_half_load"]["p99_us"]
+                          - pin["hello"]["at_fixed_rate"]["p99_us"]) / 1000,
     }
+    result["targets"]["tail_met"] = result["targets"]["tail_added_ms"] <= TARGET_TAIL_MS
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
@@ -565,11 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     t = result["targets"]
     print(f"ratio {t['ratio']:.2f} (median of {args.repeat} paired runs; the median runs' "
           f"ratio {pin['ratio_of_median_runs']:.2f}) (target >= {TARGET_RATIO}): "
-          f"{'MET' if t['ratio_met'] else 'NOT MET'}; p99 at half load "
-          f"{t['p99_half_load_ms']:.2f} ms (median of {args.repeat} runs; hello world's "
-          f"{pin['hello']['at_fixed_rate']['p99_us'] / 1000:.2f} ms) "
-          f"(target <= {TARGET_P99_MS}): "
-          f"{'MET' if t['p99_met'] else 'NOT MET'}")
+          f"{'MET' if t['ratio_met'] else 'NOT MET'}; tail at half load: gateway p99 "
+          f"{t['p99_half_load_ms']:.2f} ms - hello world's {t['hello_p99_half_load_ms']:.2f} ms "
+          f"= {t['tail_added_ms']:+.2f} ms (medians of {args.repeat} runs at the same rate) "
+          f"(target <= +{TARGET_TAIL_MS} ms): {'MET' if t['tail_met'] else 'NOT MET'}")
     return 0
 
 

@@ -2,7 +2,7 @@
 1,000,000 users (10 users per tenant, so 100,000 tenants at 1M).
 
 Loads a private redis-server directly through the gateway's own services (AdminService and
-CallService over gateway.store: one FCALL each, auto-pipelined by running thousands
+CallService over gateway.redis.store: one FCALL each, auto-pipelined by running thousands
 concurrently), so what is measured is exactly what the API would write. At each step:
 Redis used_memory, and the latency of sequential authorizations (in-process, Python +
 one Redis round trip; no HTTP) plus Redis's own time per authorize FCALL. Then opens
@@ -24,19 +24,20 @@ from typing import Any, cast
 
 import redis
 
-from gateway.admin import DIAL_OUT, AdminService, UserSpec
-from gateway.calls import AuthorizeRequest, CallService
-from gateway.clock import SystemClock
 from gateway.config import load_settings
-from gateway.keys import all_partitions
-from gateway.redisclient import backend_from_url
-from gateway.redisproc import RedisServer
-from gateway.store import Store, TenantSettings
+from gateway.redis.client import backend_from_url
+from gateway.redis.keys import all_partitions
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store, TenantSettings
+from gateway.rules.admin import AdminService, UserSpec
+from gateway.rules.calls import AuthorizeRequest, CallService
+from gateway.rules.clock import SystemClock
+from gateway.vocab import DialOut
 from loadtest.common import RESULTS, scratch_dir
 
 USERS_PER_TENANT = 10
 CONCURRENCY = 500
-SPEC = UserSpec("US", "domestic", DIAL_OUT[0], True, None, None, ())
+SPEC = UserSpec("US", "domestic", DialOut.INTERNATIONAL_AND_DOMESTIC, True, None, None, ())
 
 
 async def _bounded(coros: Any, limit: int = CONCURRENCY) -> None:

@@ -36,13 +36,14 @@ from typing import Any
 
 import redis
 
-from gateway.admin import DIAL_OUT, AdminService, UserSpec
-from gateway.calls import AuthorizeRequest, CallService
-from gateway.clock import ManualClock
 from gateway.config import load_settings
-from gateway.redisclient import backend_from_url
-from gateway.redisproc import find_redis_server
-from gateway.store import Store, TenantSettings, library_source
+from gateway.redis.client import backend_from_url
+from gateway.redis.server import find_redis_server
+from gateway.redis.store import Store, TenantSettings, library_source
+from gateway.rules.admin import AdminService, UserSpec
+from gateway.rules.calls import AuthorizeRequest, CallService
+from gateway.rules.clock import ManualClock
+from gateway.vocab import DialOut
 from loadtest.common import RESULTS, ensure_tool, scratch_dir
 
 BASELINE = Path(__file__).resolve().parent / "fcall_cost_baseline.json"
@@ -54,7 +55,7 @@ TENANTS = 50
 USERS_PER_TENANT = 10
 WARMUP_CALLS = 1000
 CONCURRENCY = 32
-SPEC = UserSpec("US", "domestic", DIAL_OUT[0], True, None, None, ())
+SPEC = UserSpec("US", "domestic", DialOut.INTERNATIONAL_AND_DOMESTIC, True, None, None, ())
 
 
 class CallgrindRedis:

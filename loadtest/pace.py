@@ -30,7 +30,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
 from loadtest.common import (
     RESULTS,
     create_tenants,

@@ -46,7 +46,7 @@ from typing import Any, cast
 
 import uvloop
 
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
 from loadtest.bench import SERVER_SIDE, cpu_seconds, histogram, machine, quantiles
 from loadtest.common import (
     RESULTS,

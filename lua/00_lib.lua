@@ -2,9 +2,22 @@
 --[[
 callgate Redis function library: shared helpers.
 
-The files of lua/ are concatenated in name order into ONE Redis Functions library (this
-file first: it carries the shebang and the helpers the others use as upvalues). Each
-other file registers one atomic operation with redis.register_function.
+The files of lua/ are concatenated in name order into ONE Redis Functions library, one Lua
+chunk (this file first: it carries the shebang). Two kinds of file:
+  * library files, 00-09: declare the locals that other files use (this file: statuses,
+    numbers, money, events, the call record; 02 users; 05 alerts; 06 grants; 07 the
+    month candidates of a call) and register nothing;
+  * operation files, 10-99: each registers exactly one function and uses only its own
+    locals and those of library files (tests/test_redis_contract.py checks both).
+
+Each operation file opens with its header, whose lines are machine-read and compared with
+gateway/redis/contract.py, the one declaration of the Python side:
+  KEYS[i] name   (then the key's template and role)      one line per key, in order
+  ARGV[i] name   (then unit and meaning)                 one line per argument, in order
+  KEYS[i..] name / ARGV[i..] name                        a repeated tail
+  REPLY   {OK, name, ...}                                the OK reply's fields
+  ERRORS  NAME ...                                       the other statuses it answers
+Other lines, and indented continuations, are prose.
 
 Conventions of every function:
   * keys arrive through KEYS only; no function builds a key name;
@@ -14,7 +27,7 @@ Conventions of every function:
     a multiple of 100 micro-units (0.0001), so balances stay exact to four decimals;
   * pools count whole minutes;
   * the first element of every reply is a status code, shared with Python through
-    gateway/store.py (Status):
+    gateway/redis/contract.py (Status):
        0 OK, -1 TENANT_NOT_FOUND, -2 TENANT_SETTINGS_CHANGED, -3 CALL_NOT_FOUND,
       -4 CALL_ENDED, -5 NUMBER_CONFLICT, -6 IDEMPOTENCY_CONFLICT, -7 CURRENCY_LOCKED,
       -8 NOT_FOUND (user / number), -9 BALANCE_LIMIT, -10 MONTH_NEEDED,
@@ -54,8 +67,8 @@ local function ceil_div(a, b)
 end
 
 -- An integer as decimal text, for redis.call arguments and stored fields. redis.call would
--- print a Lua number itself with "%.17g" (a float formatting, about twice the time of
--- "%d"), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
+-- print a Lua number itself with "%.17g" (a float formatting, dearer than "%d":
+-- BENCHMARKS.md), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
 -- printed for every integer below 1e17 (all times, seconds and amounts here: balances stay
 -- below 1e14).
 local function istr(n)
@@ -64,7 +77,7 @@ local function istr(n)
 end
 
 -- A number from a field or reply that may be missing. '0', the most common value of the
--- call's counters, skips tonumber (strtod costs about a third of a redis.call).
+-- call's counters, skips tonumber (strtod is dear: BENCHMARKS.md).
 local function num(v)
   if v == '0' or v == false or v == nil or v == '' then return 0 end
   return tonumber(v)
@@ -86,7 +99,7 @@ local function credit_cost(d, rate, fee, a, b)
 end
 
 -- Largest L in [0, cap] with credit_cost(L) <= budget (closed form; mirrors
--- gateway.rating.max_affordable_seconds, which is its tested reference).
+-- gateway.rules.rating.max_affordable_seconds, which is its tested reference).
 -- Budgets above 1e14 micro-units are capped: 60 x budget must stay below 2^53, and no
 -- grant (cap <= 1 day) at any sane rate needs more.
 local BUDGET_CAP = 1e14
@@ -161,7 +174,7 @@ end
 -- An admin change: its event on the partition stream and, in the same atomic step, the same
 -- record (plus the stream entry id) on the tenant's capped audit list, newest first.
 -- data.actor is the id of the token that made the change, never the token.
--- AUDIT_MAX_ENTRIES mirrors gateway/keys.py.
+-- AUDIT_MAX_ENTRIES: gateway/redis/contract.py holds the same value (a test compares them).
 local AUDIT_MAX_ENTRIES = 1000
 
 local function audit(k_audit, stream, etype, tenant_id, now, data)
@@ -204,9 +217,137 @@ local function hincr_or_del(key, field, delta)
   return v
 end
 
+-- A closed call (ended, expired, denied or voided) keeps in Redis only what its repeats
+-- answer, for the replay window (D31, D32): authorize's first answer, end's bill, and what
+-- an end reports of a call not yet ended (month, user, pool, rate prefix). Everything else
+-- is in the ledger. The call's key becomes a string (close_call): the values of
+-- CLOSED_FIELDS in that order joined by '|' (mirrors gateway/redis/keys.py CLOSED_FIELDS, which
+-- names each): st state, d decision, rsn reason, src source, g first grant (s), exp its expiry (s), cls class, dc
+-- destination country, dt number type, mon month YYYYMM, uid user, pool, rp rate prefix,
+-- dur answered duration (s), bdp / bip billed domestic / international pool minutes, bc
+-- billed credits (micro-units), over overrun (s), ended (s).
+-- Packed small, so that a closed call costs Redis a fraction of an open one:
+--   * the words of CLOSED_WORDS in the fields st, d, rsn, src, cls, dt are one character,
+--     their code (CLOSED_CODE; a field of one character is always a code, no word is one);
+--   * pool drops its last part when it is the class's kind (pool_kind);
+--   * ended is written as seconds after exp;
+--   * a cjson array instead when a value holds '|' (the state's code is never '[').
+local CLOSED_FIELDS = {'st', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt', 'mon', 'uid',
+  'pool', 'rp', 'dur', 'bdp', 'bip', 'bc', 'over', 'ended'}
+local CLOSED_CODED = {1, 2, 3, 4, 7, 9}  -- positions in CLOSED_FIELDS
+-- Mirrors gateway/redis/keys.py CLOSED_WORDS (code: the position's character of
+-- A-Z, a-z, 0-9); CLOSED_WORD is its inverse.
+local CLOSED_CODE = {
+  ended = 'A', expired = 'B', denied = 'C', allow = 'D', deny = 'E', free = 'F',
+  domestic_pool = 'G', international_pool = 'H', credits = 'I', emergency = 'J',
+  toll_free = 'K', inbound_free = 'L', no_calling_plan = 'M', dial_out_policy = 'N',
+  destination_blocked = 'O', invalid_destination = 'P', pool_exhausted_no_credits = 'Q',
+  insufficient_credits = 'R', credits_not_allowed = 'S', spend_limit_reached = 'T',
+  concurrency_limit = 'U', unknown_user = 'V', service_unavailable = 'W',
+  rate_limited = 'X', domestic = 'Y', international = 'Z', toll_free_inbound = 'a',
+  inbound = 'b', fixed_line = 'c', mobile = 'd', fixed_line_or_mobile = 'e',
+  premium_rate = 'f', shared_cost = 'g', voip = 'h', personal_number = 'i', pager = 'j',
+  uan = 'k', voicemail = 'l', unknown = 'm', invalid = 'n'}
+local CLOSED_WORD = {
+  A = 'ended', B = 'expired', C = 'denied', D = 'allow', E = 'deny', F = 'free',
+  G = 'domestic_pool', H = 'international_pool', I = 'credits', J = 'emergency',
+  K = 'toll_free', L = 'inbound_free', M = 'no_calling_plan', N = 'dial_out_policy',
+  O = 'destination_blocked', P = 'invalid_destination', Q = 'pool_exhausted_no_credits',
+  R = 'insufficient_credits', S = 'credits_not_allowed', T = 'spend_limit_reached',
+  U = 'concurrency_limit', V = 'unknown_user', W = 'service_unavailable',
+  X = 'rate_limited', Y = 'domestic', Z = 'international', a = 'toll_free_inbound',
+  b = 'inbound', c = 'fixed_line', d = 'mobile', e = 'fixed_line_or_mobile',
+  f = 'premium_rate', g = 'shared_cost', h = 'voip', i = 'personal_number', j = 'pager',
+  k = 'uan', l = 'voicemail', m = 'unknown', n = 'invalid'}
+
+-- The kind (pool name's last part) of a call of class cls: its own for an outbound call,
+-- domestic for an inbound one.
+local function pool_kind(cls)
+  if cls == 'international' then return 'international' end
+  return 'domestic'
+end
+
+-- The text of closed record r (CLOSED_FIELDS by name, each text, '' when none; the kind of
+-- its pool in r.kind): st to rp (the answer and the call) and, once the call is billed
+-- (r.dur), dur to ended (the bill). Written out as one concatenation rather than looped
+-- over CLOSED_FIELDS, on end_call's path. Only uid and pool come from outside (the API's id
+-- grammar has no '|'); with a '|' in them, the cjson way.
+local function closed_text(r)
+  local pool, kind, uid = r.pool, r.kind, r.uid
+  -- "C:P:K" without ":K" when K is the class's kind: second ':' right before K.
+  if kind ~= '' and kind == pool_kind(r.cls) then
+    local first = string.find(pool, ':', 1, true)
+    if first and string.find(pool, ':', first + 1, true) == #pool - #kind then
+      pool = string.sub(pool, 1, -#kind - 2)
+    end
+  end
+  local st, d, rsn, src, cls, dt = r.st, r.d, r.rsn, r.src, r.cls, r.dt
+  if string.find(uid .. pool, '|', 1, true) then
+    local v = {CLOSED_CODE[st] or st, CLOSED_CODE[d] or d, CLOSED_CODE[rsn] or rsn,
+      CLOSED_CODE[src] or src, r.g, r.exp, CLOSED_CODE[cls] or cls, r.dc,
+      CLOSED_CODE[dt] or dt, r.mon, uid, pool, r.rp}
+    if r.dur then
+      v[14], v[15], v[16], v[17], v[18], v[19] = r.dur, r.bdp, r.bip, r.bc, r.over,
+        r.ended_after_exp
+    end
+    return cjson.encode(v)
+  end
+  local z = (CLOSED_CODE[st] or st) .. '|' .. (CLOSED_CODE[d] or d) .. '|' ..
+    (CLOSED_CODE[rsn] or rsn) .. '|' .. (CLOSED_CODE[src] or src) .. '|' .. r.g .. '|' ..
+    r.exp .. '|' .. (CLOSED_CODE[cls] or cls) .. '|' .. r.dc .. '|' ..
+    (CLOSED_CODE[dt] or dt) .. '|' .. r.mon .. '|' .. uid .. '|' .. pool .. '|' .. r.rp
+  if r.dur == nil then return z end
+  return z .. '|' .. r.dur .. '|' .. r.bdp .. '|' .. r.bip .. '|' .. r.bc .. '|' .. r.over ..
+    '|' .. r.ended_after_exp
+end
+
+-- Replaces call k_call by its closed record r, kept retention seconds (ARGV text): a string
+-- key, written over the open call's hash by one SET (the type changes with it).
+local function close_call(k_call, r, retention)
+  redis.call('SET', k_call, closed_text(r), 'EX', retention)
+end
+
+local function split_part(text, v)
+  if string.sub(text, 1, 1) == '[' then
+    for _, item in ipairs(cjson.decode(text)) do v[#v + 1] = item end
+  else
+    for item in string.gmatch(text .. '|', '([^|]*)|') do v[#v + 1] = item end
+  end
+end
+
+-- s (with its 'z', the closed record's text) given the closed record's fields by name,
+-- and those of the open record a closed call has no more, as a call without a grant has.
+local function unpack_closed(s)
+  local v = {}
+  split_part(s.z, v)
+  for k = #v + 1, #CLOSED_FIELDS do v[k] = '' end
+  for _, k in ipairs(CLOSED_CODED) do
+    if #v[k] == 1 then v[k] = CLOSED_WORD[v[k]] end
+  end
+  local _, colons = string.gsub(v[12], ':', ':')
+  if colons == 1 then v[12] = v[12] .. ':' .. pool_kind(v[7]) end
+  if v[19] ~= '' then v[19] = istr(tonumber(v[6]) + tonumber(v[19])) end
+  for k = 1, #CLOSED_FIELDS do s[CLOSED_FIELDS[k]] = v[k] end
+  s.h, s.ps, s.cs, s.pr, s.cr, s.gexp, s.cnt = '0', '0', '0', '0', '0', s.exp, '0'
+  s.kind = s.pool ~= '' and pool_kind(s.cls) or ''
+  return s
+end
+
+-- The closed record of call k_call by field name (unpack_closed). Readers of a call read
+-- its hash with redis.pcall and come here when the reply is WRONGTYPE (is_closed_reply):
+-- nothing more to pay on the paths of an open call.
+local function read_closed(k_call)
+  return unpack_closed({z = redis.call('GET', k_call)})
+end
+
+-- True when a redis.pcall reply is the error of a command on the closed record's string.
+local function is_closed_reply(reply)
+  return type(reply) == 'table' and reply.err ~= nil
+end
+
 -- The fields of a call that authorize sets and nothing changes after, in the order they are
 -- packed, as one JSON array of strings, into the call hash's field 'i' (mirrors
--- gateway/keys.py CALL_PACKED_FIELDS). One field instead of 27 makes the authorize HSET,
+-- gateway/redis/keys.py CALL_PACKED_FIELDS). One field instead of 27 makes the authorize HSET,
 -- its AOF entry and the call's memory a fraction of what they were. The fields that change
 -- (st, h, ps, cs, pr, cr, gexp, ext, grants; at the end dur, bdp, bip, bc, over, ended)
 -- stay fields of their own. A hash with every field its own (written before, or restored
@@ -225,19 +366,23 @@ local function unpack_call(s)
   return s
 end
 
--- end_call needs only the first ten packed fields (CALL_PACKED's order): identifiers and
--- digits, read straight from the JSON text when none holds an escape (a JSON string
--- without a backslash is its own text), else decoded in full.
-local PACKED_HEAD = '^%["([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)",' ..
-  '"([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)","([^"\\]*)"'
+-- end_call needs the first 23 packed fields (CALL_PACKED's order, up to dt: what it bills
+-- and what the closed record keeps): identifiers, digits and our own words, read straight
+-- from the JSON text when none holds an escape (a JSON string without a backslash is its
+-- own text), else decoded in full.
+local PX = '"([^"\\]*)",'
+local PACKED_HEAD = '^%[' .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX ..
+  PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX
 
 local function unpack_call_head(s)
   local packed = s.i
   if packed then
-    local uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb = string.match(packed, PACKED_HEAD)
+    local uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, _, _, _, _, _, d, rsn, src, g, exp,
+      cls, dc, dt = string.match(packed, PACKED_HEAD)
     if not uid then return unpack_call(s) end
     s.uid, s.mon, s.cnt, s.pool, s.kind, s.rp, s.rr, s.rf, s.ra, s.rb = uid, mon, cnt, pool,
       kind, rp, rr, rf, ra, rb
+    s.d, s.rsn, s.src, s.g, s.exp, s.cls, s.dc, s.dt = d, rsn, src, g, exp, cls, dc, dt
   end
   return s
 end
@@ -246,7 +391,8 @@ end
 -- HGETALL returned, which extend turns into the event's record (with_changes); nil if the
 -- call does not exist.
 local function load_call(k_call)
-  local flat = redis.call('HGETALL', k_call)
+  local flat = redis.pcall('HGETALL', k_call)
+  if is_closed_reply(flat) then return read_closed(k_call), {} end
   -- Sized by naming the fields (a hint only: any field is read): a table grown key by key
   -- from empty is rehashed six times on the way to 40 keys.
   local s = {st = nil, i = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil,
@@ -262,5 +408,6 @@ end
 
 -- How long a month hash outlives its first write: long after its month ends (the spec's
 -- "expires after the month"), so a write need not renew it. 400 days, as text: an EXPIRE
--- argument (string.format is not reachable at load time).
+-- argument (string.format is not reachable at load time). gateway/redis/contract.py holds
+-- the same value (a test compares them).
 local MONTH_TTL_SECONDS = '34560000'

@@ -1,150 +1,83 @@
 --[[
 authorize: decide a new call and reserve its first grant (D9-D29, D32), atomically.
 
-KEYS[1]  tenant hash        {p}:t:T
-KEYS[2]  users hash         {p}:t:T:users
-KEYS[3]  call hash          {p}:t:T:c:C
-KEYS[4]  pools hash         {p}:t:T:pools
-KEYS[5]  month hash         {p}:t:T:m:YYYYMM   (month of the call's start, tenant zone)
-KEYS[6]  numbers hash       {p}:t:T:numbers
-KEYS[7]  toll-free hash     {p}:t:T:tollfree
-KEYS[8]  user-active hash   {p}:t:T:uact
-KEYS[9]  active zset        {p}:active
-KEYS[10] events stream      {p}:events
-KEYS[11] rate bucket        {p}:t:T:rl:S       (S: now, the second of ARGV[3])
-KEYS[12] notify stream      {p}:notify         (alert crossings, lua/25_alerts.lua)
-ARGV[1]  tenant id              ARGV[2]  call id
-ARGV[3]  now (s)                ARGV[4]  month YYYYMM of KEYS[5]
-ARGV[5]  currency and ARGV[6] time zone the caller computed rate and month under; checked
-         against the tenant (else TENANT_SETTINGS_CHANGED, currency, zone: recompute, retry)
-ARGV[7]  direction outbound|inbound
-ARGV[8]  user id ("" inbound)   ARGV[9] to (+E164 or short code)   ARGV[10] from ("" if none)
-ARGV[11] destination country ("" unknown)
-ARGV[12] destination number type (gateway.numbers; "emergency", "invalid")
-ARGV[13] countries of the destination's domestic zone, ",US,PR,CA," ("" none)
-ARGV[14] regions where ARGV[9] is an emergency short code, ",US,CA," ("" none)
-ARGV[15] deny reason decided before Redis ("" | invalid_destination | destination_blocked)
-ARGV[16] "1": destination payable from credits only (allowed premium / shared cost, D13)
-ARGV[17] rate prefix ("" : no rate, credits cannot pay)
-ARGV[18] rate (micro-units / minute)   ARGV[19] connection fee (micro-units)
-ARGV[20] initial increment A (s)        ARGV[21] subsequent increment B (s)
-ARGV[22] largest grant (s)             ARGV[23] retention of a closed call record (s)
-ARGV[24] started_at (s)
-ARGV[25] deadline: the caller answers without us from this moment on, in milliseconds since
-         the epoch ("0": none); a request Redis starts later changes nothing (LATE)
-ARGV[26] attempt id: names this request. A new call stores it ('n'), a replay that answers
-         an active allow stores it as the call's confirming attempt ('cn'): void_call
-         undoes a call only for the attempt that last answered it allow
-ARGV[27] the deployment's authorizations per second per tenant, for a tenant without its own
-         ('rl'; "0": no limit). A bucket of that many tokens, refilled whole every second
-         (KEYS[11] counts the second's new calls): a new call id over it is denied
-         rate_limited and leaves nothing behind (no record, no event): a retry is a new
-         question. Emergency calls are never limited.
-
-Returns {OK, replayed 0|1, decision, reason, source, granted_seconds, grant_expires_at,
-         class, destination country, destination type}
-      | {TENANT_NOT_FOUND} | {TENANT_SETTINGS_CHANGED, currency, time zone} | {LATE}
+KEYS[1]  tenant          {p}:t:T           tenant hash
+KEYS[2]  users           {p}:t:T:users     hash
+KEYS[3]  call            {p}:t:T:c:C       hash
+KEYS[4]  pools           {p}:t:T:pools     hash
+KEYS[5]  month           {p}:t:T:m:YYYYMM  hash of the call's start month (tenant zone)
+KEYS[6]  numbers         {p}:t:T:numbers   hash
+KEYS[7]  tollfree        {p}:t:T:tollfree  hash
+KEYS[8]  user_active     {p}:t:T:uact      hash
+KEYS[9]  active          {p}:active        zset
+KEYS[10] events          {p}:events        partition stream
+KEYS[11] rate            {p}:t:T:rl:S      rate bucket (S: now, the second of ARGV[3])
+KEYS[12] notify          {p}:notify        alert crossings (lua/05_alerts.lua)
+ARGV[1]  tenant_id
+ARGV[2]  call_id
+ARGV[3]  now                    (s)
+ARGV[4]  month                  YYYYMM of KEYS[5]
+ARGV[5]  currency               and ARGV[6], the time zone the caller computed rate and
+ARGV[6]  timezone               month under; checked against the tenant (else
+                                TENANT_SETTINGS_CHANGED, currency, zone: recompute, retry)
+ARGV[7]  direction              outbound | inbound
+ARGV[8]  user_id                ("" inbound)
+ARGV[9]  to                     +E164 or short code
+ARGV[10] from_                  the caller's number ("" if none)
+ARGV[11] dest_country           destination country ("" unknown)
+ARGV[12] dest_type              destination number type (gateway.rules.numbers;
+                                "emergency", "invalid")
+ARGV[13] dest_zone              countries of the destination's domestic zone, ",US,PR,CA,"
+                                ("" none)
+ARGV[14] emergency_regions      where ARGV[9] is an emergency short code, ",US,CA," ("" none)
+ARGV[15] predeny                deny reason decided before Redis ("" | invalid_destination
+                                | destination_blocked)
+ARGV[16] credits_only           "1": destination payable from credits only (allowed premium
+                                / shared cost, D13)
+ARGV[17] rate_prefix            ("": no rate, credits cannot pay)
+ARGV[18] rate_micro_per_minute
+ARGV[19] connection_fee_micro
+ARGV[20] initial_increment      A (s)
+ARGV[21] subsequent_increment   B (s)
+ARGV[22] grant_max_seconds      largest grant (s)
+ARGV[23] retention_seconds      of a closed call record (s)
+ARGV[24] started_at             (s)
+ARGV[25] deadline_ms            the caller answers without us from this moment on, in ms
+                                since the epoch ("0": none); a request Redis starts later
+                                changes nothing (LATE)
+ARGV[26] attempt                names this request. A new call stores it ('n'), a replay
+                                that answers an active allow stores it as the call's
+                                confirming attempt ('cn'): void_call undoes a call only for
+                                the attempt that last answered it allow
+ARGV[27] default_authorizations_per_second
+                                the deployment's rate per tenant, for a tenant without its
+                                own ('rl'; "0": no limit). A bucket of that many tokens,
+                                refilled whole every second (KEYS[11] counts the second's
+                                new calls): a new call id over it is denied rate_limited and
+                                leaves nothing behind (no record, no event): a retry is a
+                                new question. Emergency calls are never limited.
+REPLY    {OK, replayed, decision, reason, source, granted_seconds, grant_expires_at,
+          destination_class, destination_country, destination_type}    replayed 0 | 1
+ERRORS   TENANT_NOT_FOUND TENANT_SETTINGS_CHANGED LATE
+         {TENANT_SETTINGS_CHANGED, currency, timezone}: the tenant's
 --]]
 
 -- The first answer again (D32), from the stored call. A live call answered allow again is
 -- confirmed by this attempt: if its answer is lost too, void_call undoes the call for it.
 local function call_reply(k_call, replayed, attempt)
-  local v = redis.call('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
+  local v = redis.pcall('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
     'st')
-  local s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
-    cls = v[7], dc = v[8], dt = v[9]})
+  local s
+  if is_closed_reply(v) then
+    s = read_closed(k_call)
+  else
+    s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
+      cls = v[7], dc = v[8], dt = v[9]})
+  end
   if v[10] == 'active' and s.d == 'allow' and attempt ~= '' then
     redis.call('HSET', k_call, 'cn', attempt)
   end
   return {OK, replayed, s.d, s.rsn, s.src, tonumber(s.g), tonumber(s.exp), s.cls, s.dc, s.dt}
-end
-
--- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
--- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
--- reserved minutes, or nil when the pool does not exist (no licence assigned). Announces
--- the alert thresholds the grant crosses.
-local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
-  local capacity = pool_capacity(k_pools, pool, kind)
-  if capacity <= 0 then return nil end
-  local used, reserved, r_field, first = pool_usage(k_month, pool)
-  local remaining = capacity - used - reserved
-  if remaining < 0 then remaining = 0 end  -- D6: capacity fell below use
-  local g = math.min(cap, (pool_r + remaining) * 60 - pool_s)
-  if g <= 0 then return 0, pool_r end
-  local new_r = ceil_div(pool_s + g, 60)
-  hincr(k_month, r_field, new_r - pool_r)
-  -- Alert thresholds are whole percents: only a grant that takes the pool past one may
-  -- cross a threshold (most do not: 5 minutes of 30,000 are 0.017 %). Checked here, with
-  -- no call and no read; lua/25_alerts.lua reads the thresholds when it may.
-  local before, after = (used + reserved) * 100, (used + reserved + new_r - pool_r) * 100
-  if after - after % capacity > before - before % capacity then
-    pool_crossings(k_pools, k_month, pool, kind, used, used + reserved,
-      used + reserved + new_r - pool_r, capacity)
-  end
-  -- The pool's first minutes of the month set the hash's time to live; later grants need
-  -- not renew it (an EXPIRE was 4 % of authorize). A hash left without fields is deleted
-  -- and starts again here.
-  if first then redis.call('EXPIRE', k_month, MONTH_TTL_SECONDS) end
-  return g, new_r
-end
-
--- Reserve up to cap more seconds of credits for a call already holding cred_s seconds
--- (cred_r micro-units reserved). Returns granted seconds and the new reservation, or 0 and
--- 'money' | 'limit' when the wallet or the user's monthly spend limit cannot pay (D19, D22).
-local function credit_grant(c, cred_s, cred_r, cap)
-  local r = rate_of(c)
-  local t = redis.call('HMGET', c.k_tenant, 'bal', 'res', 'alb', 'arb')
-  local avail = num(t[1]) - num(t[2])
-  local len = cred_s + cap
-  local sfield, srfield = 's:' .. c.uid, 'sr:' .. c.uid
-  -- The user's own monthly limit first (D22): when it is spent, topping the wallet up
-  -- would not help, and the admin must see that.
-  if c.limit ~= nil then
-    local s = redis.call('HMGET', c.k_month, sfield, srfield)
-    local room = c.limit - num(s[1]) - num(s[2]) + cred_r
-    len = max_affordable(room, r.rate, r.fee, r.a, r.b, len)
-    if len - cred_s <= 0 then
-      spend_limit_reached(c)
-      return 0, 'limit'
-    end
-  end
-  len = max_affordable(avail + cred_r, r.rate, r.fee, r.a, r.b, len)
-  if len - cred_s <= 0 then return 0, 'money' end
-  local new_r = credit_cost(len, r.rate, r.fee, r.a, r.b)
-  hincr(c.k_tenant, 'res', new_r - cred_r)
-  if t[3] or t[4] then credit_crossings(c.k_tenant, t[3], t[4], avail - new_r + cred_r) end
-  if c.uid ~= '' then
-    hincr_or_del(c.k_month, srfield, new_r - cred_r)
-    redis.call('EXPIRE', c.k_month, MONTH_TTL_SECONDS)
-  end
-  return len - cred_s, new_r
-end
-
--- The paying step shared by authorize and extend: pool (unless the call already moved to
--- credits or may only use credits), then credits, else the D17 deny reason.
--- Mutates st (pool_s, pool_r, cred_s, cred_r); returns granted seconds, source | deny reason.
-local function pay(c, st, cap)
-  local pool_existed = false
-  if st.pool ~= '' and st.cred_s == 0 and not c.credits_only then
-    local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.kind, st.pool_s, st.pool_r,
-      cap)
-    if g ~= nil then
-      pool_existed = true
-      if g > 0 then
-        st.pool_s, st.pool_r = st.pool_s + g, new_r
-        return g, st.kind .. '_pool'
-      end
-    end
-  end
-  if not c.credits_allowed then return 0, 'credits_not_allowed' end
-  if c.rp == '' then return 0, 'destination_blocked' end
-  local g, new_r = credit_grant(c, st.cred_s, st.cred_r, cap)
-  if g == 0 then
-    if new_r == 'limit' then return 0, 'spend_limit_reached' end
-    return 0, pool_existed and 'pool_exhausted_no_credits' or 'insufficient_credits'
-  end
-  st.cred_s, st.cred_r = st.cred_s + g, new_r
-  return g, 'credits'
 end
 
 local function deny(reason, class)
@@ -157,7 +90,7 @@ local function allow_free(reason, class, cap, counted)
 end
 
 -- Decoded user records by their JSON text, as stored verbatim by user_put: the same text is
--- the same record, so the decoding (13k instructions, as much as four redis.calls) is done
+-- the same record, so the decoding (as dear as several redis.calls: BENCHMARKS.md) is done
 -- once per version of a user. Callers must treat a record as read-only. Emptied when it
 -- reaches USER_CACHE_MAX entries, which bounds its memory (~1 kB an entry).
 local USER_CACHE_MAX = 1000
@@ -283,18 +216,31 @@ local function authorize(KEYS, ARGV)
   }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
-  alert_context(tid, now, month, k_events, KEYS[12])  -- lua/25_alerts.lua
+  alert_context(tid, now, month, k_events, KEYS[12])  -- lua/05_alerts.lua
   local o
   if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
 
-  local allowed = o.decision == 'allow'
-  local expires = now + o.granted
-  if not allowed then expires = now end
-  local granted_text, expires_text = istr(o.granted), istr(expires)
-  local grants = '[]'
-  if allowed then
-    grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
+  local granted_text = istr(o.granted)
+  if o.decision ~= 'allow' then
+    -- Denied: the call hash is its closed record from the start (close_call); the event
+    -- carries the rest, for the ledger.
+    local now_text = ARGV[3]
+    local z = closed_text({st = 'denied', d = o.decision, rsn = o.reason, src = o.source,
+      g = granted_text, exp = now_text, cls = o.class, dc = dcountry, dt = dtype, mon = month,
+      uid = c.uid, pool = st.pool, kind = st.kind, rp = c.rp})
+    redis.call('SET', k_call, z, 'EX', ARGV[23])  -- retention (s), as sent
+    emit(k_events, 'call.denied', tid, now, {
+      call_id = cid, direction = direction, user = c.uid, to = to, from = from,
+      reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
+      country = dcountry, number_type = dtype, month = month, started_at = started,
+      pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
+      rate_prefix = c.rp, counted = o.counted and true or false})
+    return {OK, 0, o.decision, o.reason, o.source, o.granted, now, o.class, dcountry, dtype}
   end
+
+  local expires = now + o.granted
+  local expires_text = istr(expires)
+  local grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
   -- The call hash, every value as the text Redis stores: the fields that never change packed
   -- in 'i' (CALL_PACKED's order), the others their own; the same array is written with one
   -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
@@ -306,51 +252,34 @@ local function authorize(KEYS, ARGV)
     o.free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
     c.limit and string.format('%.17g', c.limit) or ''})
   local rec = {
-    'st', allowed and 'active' or 'denied', 'i', packed, 'h', granted_text,
+    'st', 'active', 'i', packed, 'h', granted_text,
     'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
     'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
-  if allowed then
-    redis.call('HSET', k_call, 'n', ARGV[26], unpack(rec))
-  else
-    redis.call('HSET', k_call, unpack(rec))
+  redis.call('HSET', k_call, 'n', ARGV[26], unpack(rec))
+  redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
+  if o.counted then
+    redis.call('HINCRBY', c.k_tenant, 'act', '1')
+    redis.call('HINCRBY', c.k_uact, c.uid, '1')
   end
-  if allowed then
-    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
-    if o.counted then
-      redis.call('HINCRBY', c.k_tenant, 'act', '1')
-      redis.call('HINCRBY', c.k_uact, c.uid, '1')
-    end
+  -- The open call's whole record, so that `callgate rebuild` can restore it from the
+  -- ledger. Everything else the ledger keeps of the call is a field of it (dir, uid, to,
+  -- rsn, ...: gateway/ledger/project.py reads them there), so the event carries nothing
+  -- twice: smaller XADD, AOF and persister reads on the hottest event of all.
+  -- Written out rather than through cjson (6 % of authorize: it escaped the packed text
+  -- whole): the record's two JSON fields, 'i' and 'grants', stand beside it as JSON, not
+  -- as escaped strings, and every other value is integer text or our own word. The call
+  -- and tenant ids are the only text from outside; one the API would never let through
+  -- takes the cjson way, whose event reads the same.
+  if json_plain(cid) and json_plain(tid) and json_plain(ARGV[26]) then
+    emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
+      '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' ..
+      rec[8] .. '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..
+      '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
+      grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
   else
-    redis.call('EXPIRE', k_call, ARGV[23])  -- retention (s), as sent
-  end
-  if allowed then
-    -- The open call's whole record, so that `callgate rebuild` can restore it from the
-    -- ledger. Everything else the ledger keeps of the call is a field of it (dir, uid, to,
-    -- rsn, ...: gateway/ledger/project.py reads them there), so the event carries nothing
-    -- twice: smaller XADD, AOF and persister reads on the hottest event of all.
-    -- Written out rather than through cjson (6 % of authorize: it escaped the packed text
-    -- whole): the record's two JSON fields, 'i' and 'grants', stand beside it as JSON, not
-    -- as escaped strings, and every other value is integer text or our own word. The call
-    -- and tenant ids are the only text from outside; one the API would never let through
-    -- takes the cjson way, whose event reads the same.
-    if json_plain(cid) and json_plain(tid) and json_plain(ARGV[26]) then
-      emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
-        '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' .. rec[8] ..
-        '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..
-        '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
-        grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
-    else
-      table.insert(rec, 1, ARGV[26])
-      table.insert(rec, 1, 'n')
-      emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
-    end
-  else
-    emit(k_events, 'call.denied', tid, now, {
-      call_id = cid, direction = direction, user = c.uid, to = to, from = from,
-      reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
-      country = dcountry, number_type = dtype, month = month, started_at = started,
-      pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
-      rate_prefix = c.rp, counted = o.counted and true or false})
+    table.insert(rec, 1, ARGV[26])
+    table.insert(rec, 1, 'n')
+    emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
   end
   return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, dcountry, dtype}
 end

@@ -12,24 +12,35 @@ Only the attempt that last answered the call allow may void it: the attempt that
 ('n') unless a replay answered allow since ('cn'); a call the switch has extended or ended
 is the switch's. Voiding twice, or a call that does not exist, changes nothing.
 
-Uses load-time locals of 60_extend_end.lua (month_key) and 00_lib.lua.
-
-KEYS as end_call: KEYS[1] tenant hash, KEYS[2] call hash, KEYS[3] pools hash (unused),
-KEYS[4..6] month hashes of ARGV[5..7], KEYS[7] active zset, KEYS[8] events stream,
-KEYS[9] user-active hash
-ARGV[1] tenant id  ARGV[2] call id  ARGV[3] now (s)  ARGV[4] attempt id (authorize's ARGV[26])
-ARGV[5..7] months YYYYMM of KEYS[4..6]  ARGV[8] retention of the closed record (s)
-Returns {OK, 1} voided | {OK, 0} nothing to undo | {MONTH_NEEDED, YYYYMM} (as end_call)
+KEYS[1] tenant        {p}:t:T           tenant hash
+KEYS[2] call          {p}:t:T:c:C       hash
+KEYS[3] pools         {p}:t:T:pools     hash (unused: the keys of end_call)
+KEYS[4] month_1       {p}:t:T:m:YYYYMM  month hashes of ARGV[5..7], as end_call
+KEYS[5] month_2
+KEYS[6] month_3
+KEYS[7] active        {p}:active        zset
+KEYS[8] events        {p}:events        partition stream
+KEYS[9] user_active   {p}:t:T:uact      hash
+ARGV[1] tenant_id
+ARGV[2] call_id
+ARGV[3] now                 (s)
+ARGV[4] attempt             authorize's ARGV[26]
+ARGV[5] month_1             YYYYMM of KEYS[4]
+ARGV[6] month_2             YYYYMM of KEYS[5]
+ARGV[7] month_3             YYYYMM of KEYS[6]
+ARGV[8] retention_seconds   of the closed record (s)
+REPLY   {OK, voided}        voided 1 | 0 (nothing to undo)
+ERRORS  MONTH_NEEDED        {MONTH_NEEDED, month}, as end_call
 --]]
 
 local function void_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
   local tid, cid, now, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-  local v = redis.call('HMGET', k_call, 'st', 'n', 'cn', 'ext', 'i', 'pr', 'cr')
+  local v = redis.pcall('HMGET', k_call, 'st', 'n', 'cn', 'ext', 'i', 'pr', 'cr')
+  if is_closed_reply(v) then return {OK, 0} end  -- closed: nothing to undo
   if v[1] ~= 'active' or v[4] ~= '0' or not v[5] or attempt == '' then return {OK, 0} end
   if (v[3] or v[2]) ~= attempt then return {OK, 0} end
-  local packed = cjson.decode(v[5])
   local call = unpack_call({i = v[5]})
   local pr, cr = num(v[6]), num(v[7])
   local k_month = month_key(KEYS, ARGV, call.mon)
@@ -43,15 +54,11 @@ local function void_call(KEYS, ARGV)
     redis.call('HINCRBY', k_tenant, 'act', '-1')
     hincr_or_del(k_uact, call.uid, -1)
   end
-  -- The answer the switch was given, in the packed fields a replay reads (CALL_PACKED: d,
-  -- rsn, src, g, exp are the 16th to 20th), and no concurrency slot to give back at an end
-  -- (cnt, the 3rd).
-  packed[3] = '0'
-  packed[16], packed[17], packed[18], packed[19], packed[20] = 'deny', 'service_unavailable',
-    '', '0', ARGV[3]
-  redis.call('HSET', k_call, 'st', 'denied', 'i', cjson.encode(packed), 'h', '0', 'ps', '0',
-    'cs', '0', 'pr', '0', 'cr', '0', 'gexp', ARGV[3], 'grants', '[]')
-  redis.call('EXPIRE', k_call, ARGV[8])
+  -- The answer the switch was given, as a denied call's closed record: a replay answers
+  -- it, an end bills nothing and gives back no concurrency slot.
+  close_call(k_call, {st = 'denied', d = 'deny', rsn = 'service_unavailable', src = '', g = '0',
+    exp = ARGV[3], cls = call.cls, dc = call.dc, dt = call.dt, mon = call.mon,
+    uid = call.uid, pool = call.pool, kind = call.kind, rp = call.rp}, ARGV[8])
   redis.call('ZREM', k_active, tid .. '/' .. cid)
   emit(k_events, 'call.voided', tid, now, {call_id = cid, reason = 'service_unavailable',
     attempt = attempt, pool = call.pool, pool_reserved_minutes = pr,

@@ -19,16 +19,13 @@ import pytest
 import redis
 import uvloop
 from aiohttp import web
-from aiohttp.test_utils import BaseTestServer, TestServer
-from aiohttp.web_runner import BaseRunner
+from aiohttp.test_utils import BaseTestServer
 
-from gateway.app import create_app
-from gateway.clock import ManualClock
-from gateway.config import Settings, load_settings
-from gateway.fastpath import CallgateRunner
-from gateway.redisproc import RedisServer
-from tests.gwclient import Gateway
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
 from tests.support.cluster import RedisCluster
+from tests.support.gateway import T0, CallgateTestServer, start_gateway
+from tests.support.gwclient import Gateway
 
 
 @pytest.fixture(scope="session")
@@ -82,22 +79,6 @@ def pytest_asyncio_loop_factories(
 
 # -- the gateway under test ----------------------------------------------------------------
 
-from tests.gwclient import OPERATOR_TOKEN  # noqa: E402
-
-# 2026-11-27T10:00:00Z: the tests' "now"; ManualClock moves it across months when needed.
-T0 = 1_795_773_600
-
-
-def make_settings(redis_url: str, **overrides: object) -> Settings:
-    """Settings for a gateway under test. The call-control bound is raised to 5 s: a loaded
-    2-core CI machine must not turn into spurious service_unavailable answers. The tests of
-    that bound (test_redis_down.py) set it back to 100 ms."""
-    from dataclasses import replace
-
-    base = load_settings(env={"CALLGATE_OPERATOR_TOKEN": OPERATOR_TOKEN})
-    fields: dict[str, object] = {"redis_timeout_ms": 5000, **overrides}
-    return replace(base, redis_url=redis_url, **fields)  # type: ignore[arg-type]
-
 
 @pytest.fixture
 def store_url(request: pytest.FixtureRequest) -> str:
@@ -115,14 +96,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         on_cluster = metafunc.definition.get_closest_marker("cluster") is not None
         topologies = ["single", "cluster"] if on_cluster else ["single"]
         metafunc.parametrize("store_url", topologies, indirect=True)
-
-
-class CallgateTestServer(TestServer):
-    """The application served as `callgate serve` serves it: call control on the fast
-    path (gateway.fastpath), everything else by aiohttp."""
-
-    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
-        return CallgateRunner(self.app, **kwargs)
 
 
 @pytest.fixture
@@ -149,19 +122,10 @@ def tenant_id() -> str:
     return "t-" + uuid.uuid4().hex[:12]
 
 
-async def start_gateway(aiohttp_client: Any, clock: ManualClock, redis_url: str,
-                        **overrides: object) -> Gateway:
-    """The app on ``redis_url`` (make_settings with ``overrides``), served like
-    `callgate serve` serves it, behind a test client."""
-    settings = make_settings(redis_url, **overrides)
-    client = await aiohttp_client(create_app(settings, clock=clock))
-    return Gateway(client, clock, settings)
-
-
 @pytest.fixture
 async def gw(store_url: str, clock: ManualClock, aiohttp_client: Any) -> Gateway:
     return await start_gateway(aiohttp_client, clock, store_url)
 
 
 # Ledger fixtures (SQLite, and a PostgreSQL server the suite starts): ledger_url, postgres_url.
-pytest_plugins = ["tests.ledger_fixtures"]
+pytest_plugins = ["tests.support.ledger_fixtures"]

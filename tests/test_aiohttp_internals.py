@@ -1,4 +1,4 @@
-"""The aiohttp internals the fast path (gateway/fastpath.py) builds on, checked by name: an
+"""The aiohttp internals the fast path (gateway/http/fastpath.py) builds on, checked by name: an
 aiohttp upgrade that renames or reshapes one fails here, loudly, before it fails in
 production. pyproject.toml pins aiohttp to the minor versions this was tested with; widen
 the pin only with this file passing (docs/decisions/0003-http-fast-path.md)."""

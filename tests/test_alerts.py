@@ -15,8 +15,9 @@ import orjson
 import pytest
 import redis
 
-from gateway.keys import tenant_keys
-from tests.gwclient import Gateway
+from gateway.redis.keys import tenant_keys
+from gateway.vocab import ALERT_EVENTS
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 
@@ -221,7 +222,7 @@ def _text(v: Any) -> str:
 async def test_crossings_on_a_cluster_too(gw: Gateway, tenant_id: str, store_url: str) -> None:
     """Every key an announcing function touches shares the tenant's slot (the suite's
     cluster run: a key of another slot would fail with CROSSSLOT)."""
-    from gateway.store import Store
+    from gateway.redis.store import Store
 
     t = tenant_id
     await gw.tenant(t)
@@ -245,9 +246,8 @@ async def test_crossings_on_a_cluster_too(gw: Gateway, tenant_id: str, store_url
             entries = await store.raw(stream, "XRANGE", stream, "-", "+")
             fields = [{_text(f[i]): _text(f[i + 1]) for i in range(0, len(f), 2)}
                       for _id, f in entries]
-            seen.append(sorted(f["type"] for f in fields if f["tenant"] == t and f["type"] in (
-                "pool.threshold_crossed", "credits.low_balance", "credits.recharge_requested",
-                "spend_limit.reached")))
+            seen.append(sorted(f["type"] for f in fields
+                               if f["tenant"] == t and f["type"] in ALERT_EVENTS))
     finally:
         await store.close()
     want = ["credits.low_balance", "credits.recharge_requested", "pool.threshold_crossed",

@@ -13,13 +13,13 @@ from typing import Any, cast
 import pytest
 import redis
 
-from gateway.auth import token_sha256
-from gateway.clock import rfc3339
 from gateway.config import TokenEntry
-from gateway.keys import AUDIT_MAX_ENTRIES, tenant_keys
-from gateway.redisproc import RedisServer
-from tests.conftest import T0, start_gateway
-from tests.gwclient import OPERATOR_TOKEN, Gateway
+from gateway.http.auth import token_sha256
+from gateway.redis.keys import AUDIT_MAX_ENTRIES, tenant_keys
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import rfc3339
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import OPERATOR_TOKEN, Gateway
 
 ADMIN_TOKEN = "cg_audit_admin_" + secrets.token_urlsafe(16)
 SWITCH_TOKEN = "cg_audit_switch_" + secrets.token_urlsafe(16)

@@ -19,21 +19,14 @@ from typing import Any
 
 import pytest
 
-from gateway.api import ROUTES, Handler
-from gateway.api_alerts import ALERT_ROUTES
-from gateway.api_audit import AUDIT_ROUTES
-from gateway.api_decks import DECK_ROUTES
-from gateway.api_tokens import TOKEN_ROUTES
-from gateway.app import create_app
-from gateway.auth import Authenticator, token_sha256
 from gateway.config import TokenEntry
-from gateway.redisproc import RedisServer
-from tests.conftest import make_settings, start_gateway
-from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
+from gateway.http.app import ROUTES, create_app
+from gateway.http.auth import Authenticator, token_sha256
+from gateway.redis.server import RedisServer
+from tests.support.gateway import make_settings, start_gateway
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 
-ALL_ROUTES: list[tuple[str, str, Handler, Sequence[str]]] = [
-    *ROUTES, *DECK_ROUTES, *AUDIT_ROUTES, *TOKEN_ROUTES, *ALERT_ROUTES,
-]
+ALL_ROUTES = ROUTES
 
 SWITCH_TOKEN = "cg_switch_" + secrets.token_urlsafe(16)
 ADMIN_TOKEN = "cg_admin_" + secrets.token_urlsafe(16)
@@ -226,7 +219,7 @@ def _config_copy(tmp_path: Any) -> Any:
 
 
 def test_token_create_writes_a_valid_entry(tmp_path: Any, capsys: Any) -> None:
-    from gateway.cli import main
+    from gateway.cli.main import main
     from gateway.config import load_settings
 
     config = _config_copy(tmp_path)
@@ -250,7 +243,7 @@ def test_token_create_writes_a_valid_entry(tmp_path: Any, capsys: Any) -> None:
 
 
 def test_token_create_prints_the_entry_without_write(capsys: Any) -> None:
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     assert main(["token", "create", "--role", "operator", "--id", "ops"]) == 0
     out, err = capsys.readouterr()
@@ -265,7 +258,7 @@ def test_token_create_prints_the_entry_without_write(capsys: Any) -> None:
     ["--role", "admin", "--tenant", "bad id"],
 ])
 def test_token_create_refuses_bad_arguments(argv: list[str], capsys: Any) -> None:
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     assert main(["token", "create", *argv]) == 2
     assert "callgate token create:" in capsys.readouterr().err

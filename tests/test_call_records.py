@@ -10,12 +10,12 @@ from typing import Any, cast
 import orjson
 import redis
 
-from gateway.api import CALLS
-from gateway.calls import AuthorizeRequest
-from gateway.clock import rfc3339
-from gateway.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
+from gateway.http.web import CALLS
 from gateway.ledger.project import CALL_INSERT, _record, statements
-from tests.gwclient import Gateway
+from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
+from gateway.rules.calls import AuthorizeRequest
+from gateway.rules.clock import rfc3339
+from tests.support.gwclient import Gateway
 
 LONDON = "+442071838750"
 NEW_YORK = "+12125550123"
@@ -151,7 +151,7 @@ async def test_the_fields_that_never_change_are_one_packed_field(
     k = tenant_keys(t, gw.settings.partitions)
     body = await gw.call(t, "pool", NEW_YORK, user="us0")
     stored = call_hash(redis_sync, k.call("pool"))
-    # n: the attempt that created the call (gateway.voids), its own field: a replay may
+    # n: the attempt that created the call (gateway.rules.voids), its own field: a replay may
     # write cn beside it.
     assert set(stored) == {"st", "i", "h", "ps", "cs", "pr", "cr", "gexp", "ext", "grants",
                            "n"}
@@ -161,10 +161,15 @@ async def test_the_fields_that_never_change_are_one_packed_field(
         "outbound", "us0", NEW_YORK, "allow", body["source"], str(body["granted_seconds"]),
         "US", "US:domestic:domestic", "1")
     await gw.extend(t, "pool", 30)
-    await gw.end(t, "pool", 40)
     after = call_hash(redis_sync, k.call("pool"))
-    assert after["i"] == stored["i"]  # extend and end change only fields of their own
+    assert after["i"] == stored["i"]  # extend changes only fields of its own
     assert not set(after) & set(CALL_PACKED_FIELDS)
+    await gw.end(t, "pool", 40)
+    # Closed: only what its repeats answer (D31, D32), the rest is in the ledger.
+    closed = {"z": cast(bytes, redis_sync.get(k.call("pool"))).decode()}
+    assert {f: call_fields(closed)[f] for f in ("st", "d", "src", "g", "mon", "pool", "dur")} == {
+        "st": "ended", "d": "allow", "src": body["source"], "g": str(body["granted_seconds"]),
+        "mon": fields["mon"], "pool": "US:domestic:domestic", "dur": "40"}
 
 
 async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
@@ -211,3 +216,36 @@ async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
             same(await gw.end(t, f, 150), bill)
             same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
                  await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))
+
+
+async def test_a_closed_record_with_a_bar_in_a_value_takes_the_cjson_way(
+    gw: Gateway, tenant_id: str, redis_sync: redis.Redis
+) -> None:
+    """The closed record joins its values with '|'; a user id holding one (the API's id
+    grammar lets none through, a caller of the Redis function might) is written as a JSON
+    array instead, and replays, ends and reads answer the same."""
+    t = tenant_id
+    await gw.tenant(t)
+    await gw.user(t, "us0", "US", "domestic")
+    k = tenant_keys(t, gw.settings.partitions)
+    odd = "a|b"
+    redis_sync.hset(k.users, odd, cast(bytes, redis_sync.hget(k.users, "us0")).decode())
+    calls = gw.client.server.app[CALLS]
+    allowed = await calls.authorize(t, AuthorizeRequest("bar-ok", "outbound", odd, NEW_YORK,
+                                                        None, None))
+    denied = await calls.authorize(t, AuthorizeRequest("bar-no", "outbound", odd, "+99912345",
+                                                       None, None))
+    assert (allowed["decision"], denied["decision"]) == ("allow", "deny")
+    bill = await calls.end(t, "bar-ok", 40)
+    for cid in ("bar-ok", "bar-no"):
+        text = cast(bytes, redis_sync.get(k.call(cid))).decode()
+        assert text.startswith("[") and call_fields({"z": text})["uid"] == odd
+    again = await calls.authorize(t, AuthorizeRequest("bar-ok", "outbound", odd, NEW_YORK,
+                                                      None, None))
+    assert {**again, "replayed": False} == {**allowed, "replayed": False}
+    assert await calls.end(t, "bar-ok", 99) == bill  # D31: the first bill again
+    replay = await calls.authorize(t, AuthorizeRequest("bar-no", "outbound", odd, "+99912345",
+                                                       None, None))
+    assert {**replay, "replayed": False} == {**denied, "replayed": False}
+    got = await gw.req("GET", f"/v1/tenants/{t}/calls/bar-ok")
+    assert (got["state"], got["user_id"], got["billed"]) == ("ended", odd, bill["billed"])

@@ -16,14 +16,14 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.clock import ManualClock, rfc3339
 from gateway.ledger import open_ledger
-from gateway.persist import Persister
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
-from tests.persist_helpers import drain
+from gateway.ledger.persister import Persister
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock, rfc3339
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
+from tests.support.persist_helpers import drain
 
 LONDON = "+442071838750"
 PARTITIONS = 2

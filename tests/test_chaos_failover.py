@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import tenant_keys
-from gateway.redisproc import RedisServer, _probe_client
-from gateway.store import LIBRARY_NAME
-from tests.hangguard import hang_guard
+from gateway.redis.keys import tenant_keys
+from gateway.redis.server import RedisServer, _probe_client
+from gateway.redis.store import LIBRARY_NAME
 from tests.support.cluster import RedisCluster
+from tests.support.hangguard import hang_guard
 from tests.support.scenario import (
     Caller,
     chaos_seed,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.redisproc import RedisServer
-from tests.hangguard import hang_guard
+from gateway.redis.server import RedisServer
+from tests.support.hangguard import hang_guard
 from tests.support.scenario import (
     Caller,
     chaos_seed,

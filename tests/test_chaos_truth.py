@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.redisproc import RedisServer
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 from tests.support.serve import PARTITIONS
 from tests.support.truth import Answers, Report, check, redis_client, snapshot
 

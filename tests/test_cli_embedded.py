@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.cli_persist import _settings_with_redis
-from gateway.redisproc import embedded_url
-from tests.gwclient import OPERATOR_TOKEN
+from gateway.cli.common import settings_with_redis
+from gateway.redis.server import embedded_url
+from tests.support.gwclient import OPERATOR_TOKEN
 
 
 def test_the_embedded_redis_url_comes_from_the_data_directory(tmp_path: Path) -> None:
@@ -29,10 +29,10 @@ def test_an_explicit_url_wins_and_no_redis_at_all_is_one_clear_line(
     monkeypatch.setenv("CALLGATE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("CALLGATE_REDIS_URL", raising=False)
     with pytest.raises(SystemExit, match="CALLGATE_REDIS_URL is required"):
-        _settings_with_redis()
+        settings_with_redis()
     (tmp_path / "redis").mkdir()
     (tmp_path / "redis" / "requirepass").write_text("pw\n")
     (tmp_path / "redis" / "redis.sock").touch()
-    assert _settings_with_redis().redis_url == f"unix://:pw@{tmp_path}/redis/redis.sock"
+    assert settings_with_redis().redis_url == f"unix://:pw@{tmp_path}/redis/redis.sock"
     monkeypatch.setenv("CALLGATE_REDIS_URL", "redis://127.0.0.1:7/0")
-    assert _settings_with_redis().redis_url == "redis://127.0.0.1:7/0"
+    assert settings_with_redis().redis_url == "redis://127.0.0.1:7/0"

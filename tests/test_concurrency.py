@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 
 pytestmark = pytest.mark.cluster
 

@@ -15,7 +15,7 @@ from gateway.config import (
     load_settings,
 )
 from gateway.errors import ConfigError
-from gateway.rating import HEADER
+from gateway.rules.rating import HEADER
 
 DEFAULT_CONFIG = PACKAGE_CONFIG_DIR / "callgate.toml"
 EU = [

@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.keys import active_member, all_partitions
 from gateway.ledger import Ledger, open_ledger
-from gateway.persist import Persister
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
-from tests.hangguard import hang_guard
-from tests.persist_helpers import drain, entries_added, scalar, wait_drained
+from gateway.ledger.persister import Persister
+from gateway.redis.keys import active_member, all_partitions
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
+from tests.support.hangguard import hang_guard
+from tests.support.persist_helpers import drain, entries_added, scalar, wait_drained
 
 pytestmark = pytest.mark.chaos
 
@@ -44,7 +44,7 @@ LOAD_TASKS = 4
 KILLS = int(os.environ.get("CALLGATE_CHAOS_KILLS", "20"))
 REDIS_KILLS = int(os.environ.get("CALLGATE_CHAOS_REDIS_KILLS", "5"))
 # Each test runs in seconds (a minute under `make chaos`); past this it is hung: fail with
-# every task's stack (tests/hangguard.py).
+# every task's stack (tests/support/hangguard.py).
 HANG_GUARD_SECONDS = 120 + 5 * (KILLS + REDIS_KILLS)
 
 
@@ -108,7 +108,7 @@ async def load(gw: Gateway, tenants: list[str], rng: random.Random, acked: Acked
             acked.ended.setdefault(t, set()).add(cid)
 
 
-from tests.gwclient import AUTH  # noqa: E402
+from tests.support.gwclient import AUTH  # noqa: E402
 
 
 async def end_everything(gw: Gateway, acked: Acked) -> None:

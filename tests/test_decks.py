@@ -18,12 +18,12 @@ import orjson
 import pytest
 import redis
 
-from gateway.app import create_app
-from gateway.keys import DECKS_EVENTS, deck_key
-from gateway.rating import HEADER
-from gateway.redisproc import RedisServer
-from tests.conftest import make_settings
-from tests.gwclient import AUTH, Gateway
+from gateway.http.app import create_app
+from gateway.redis.keys import DECKS_EVENTS, deck_key
+from gateway.redis.server import RedisServer
+from gateway.rules.rating import HEADER
+from tests.support.gateway import make_settings
+from tests.support.gwclient import AUTH, Gateway
 
 CSV_HEADERS = {**AUTH, "Content-Type": "text/csv"}
 HEAD = ",".join(HEADER)
@@ -174,7 +174,7 @@ async def test_bad_currency_size_and_role(two: tuple[Gateway, Gateway]) -> None:
     assert doc["errors"][0]["field"] == "kind"
     doc = await a.req("GET", "/v1/rate-decks/XTB/lookup", status=400)
     assert doc["errors"][0]["field"] == "number"
-    from gateway.decks import DECK_LIMIT_BYTES
+    from gateway.rules.decks import DECK_LIMIT_BYTES
 
     big = deck("44,UK,outbound,0.10,,,") + b"#" * DECK_LIMIT_BYTES
     doc = await put_deck(a, "XTD", big, status=413)
@@ -191,7 +191,7 @@ def make_deck_csv(rows: int) -> str:
 MEASURE = r"""
 import resource, sys, time, tracemalloc, gc
 sys.path.insert(0, sys.argv[2])
-from gateway.rating import RateDeck
+from gateway.rules.rating import RateDeck
 from tests.test_decks import make_deck_csv
 text = make_deck_csv(int(sys.argv[1]))
 gc.collect()
@@ -238,9 +238,9 @@ async def test_a_worker_falls_back_to_the_csv(two: tuple[Gateway, Gateway],
                                               redis_sync: redis.Redis,
                                               redis_server: RedisServer) -> None:
     """Without the JSON rows (e.g. written by an older version) the CSV is parsed."""
-    from gateway.decks import Decks
-    from gateway.keys import deck_rows_key
-    from gateway.store import Store
+    from gateway.redis.keys import deck_rows_key
+    from gateway.redis.store import Store
+    from gateway.rules.decks import Decks
 
     a, _ = two
     await put_deck(a, "XTE", deck("44,UK,outbound,0.10,,,"))

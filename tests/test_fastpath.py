@@ -1,4 +1,4 @@
-"""The call-control fast path (gateway.fastpath) against aiohttp's own serving of the app.
+"""The call-control fast path (gateway.http.fastpath) against aiohttp's own serving of the app.
 
 Every other test talks to the gateway as `callgate serve` serves it (conftest: call control
 on the fast path). Here the same requests, byte for byte, go to two servers of the same
@@ -23,14 +23,14 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.api import AUTHORIZE_FIELDS, _usual_authorize, parse_authorize
-from gateway.app import create_app
-from gateway.clock import ManualClock
 from gateway.errors import ValidationError
-from gateway.fastpath import BUFFER_HIGH_BYTES, CallgateRunner, FastServer
-from gateway.redisproc import RedisServer
-from tests.conftest import T0, make_settings
-from tests.gwclient import OPERATOR_TOKEN
+from gateway.http.api import AUTHORIZE_FIELDS, _usual_authorize, parse_authorize
+from gateway.http.app import create_app
+from gateway.http.fastpath import BUFFER_HIGH_BYTES, CallgateRunner, FastServer
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, make_settings
+from tests.support.gwclient import OPERATOR_TOKEN
 
 AUTH = f"Bearer {OPERATOR_TOKEN}"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.redisproc import RedisServer, free_port
+from gateway.redis.server import RedisServer, free_port
 from loadtest.common import stop
 
 TOKEN = "limits-test-operator-token"

@@ -35,12 +35,12 @@ from aiohttp.web_protocol import _ErrInfo
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import create_app
-from gateway.clock import ManualClock
-from gateway.fastpath import AiohttpHandler, CallgateRunner, FastServer
-from gateway.redisproc import RedisServer
-from tests.conftest import T0, make_settings
-from tests.gwclient import OPERATOR_TOKEN
+from gateway.http.app import create_app
+from gateway.http.fastpath import AiohttpHandler, CallgateRunner, FastServer
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, make_settings
+from tests.support.gwclient import OPERATOR_TOKEN
 
 TENANT = "t-strict"
 MAX_LENGTH = 1000  # the largest Content-Length a case may announce

@@ -21,13 +21,13 @@ import pytest
 from aiohttp import web
 
 from gateway import metrics
-from gateway.app import create_app
-from gateway.clock import ManualClock
 from gateway.config import load_settings
-from gateway.fastpath import CallgateRunner, FastServer
-from gateway.redisproc import RedisServer
-from tests.conftest import T0, make_settings
-from tests.gwclient import OPERATOR_TOKEN
+from gateway.http.app import create_app
+from gateway.http.fastpath import CallgateRunner, FastServer
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, make_settings
+from tests.support.gwclient import OPERATOR_TOKEN
 
 DEADLINE_SECONDS = 15.0
 TRICKLE_SECONDS = 0.25  # a byte this often: four per head timeout
@@ -180,7 +180,7 @@ async def test_the_connection_cap(redis_server: RedisServer,
                                   caplog: pytest.LogCaptureFixture) -> None:
     """Three connections open (one handed over to aiohttp): the next ones are closed on
     arrival, counted, logged once; once one closes, a new connection is served."""
-    caplog.set_level(logging.WARNING, logger="gateway.fastpath")
+    caplog.set_level(logging.WARNING, logger="gateway.http.fastpath")
     rejected_before = _metric("callgate_http_connections_rejected_total")
     async with served(redis_server.url, http_max_connections=3) as gw:
         open_ = []
@@ -241,7 +241,7 @@ def test_the_settings_and_their_bounds() -> None:
 def test_the_cap_stays_below_the_file_descriptor_limit() -> None:
     import resource
 
-    from gateway.fastpath import FD_RESERVE, connection_cap
+    from gateway.http.fastpath import FD_RESERVE, connection_cap
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert connection_cap(10) == 10

@@ -1,4 +1,4 @@
-"""tests/hangguard.py: a hung section fails with every task's stack and frees its helpers."""
+"""tests/support/hangguard.py: a hung section fails with every stack and frees its helpers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.hangguard import hang_guard
+from tests.support.hangguard import hang_guard
 
 
 async def stuck_helper() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 
 
 @pytest.fixture

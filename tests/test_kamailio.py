@@ -22,11 +22,15 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.redisproc import RedisServer, free_port
+from gateway.http.web import STORE
+from gateway.ledger import open_ledger
+from gateway.ledger.persister import Persister
+from gateway.redis.server import RedisServer, free_port
+from gateway.rules.clock import ManualClock
 from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
-from tests.conftest import T0, start_gateway
-from tests.gwclient import AUTH, OPERATOR_TOKEN, Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN, Gateway
+from tests.support.persist_helpers import drain
 
 TENANT = "kam"
 DESTINATION = "+12125550123"
@@ -94,7 +98,8 @@ def proxy(gateway_url: str, work: Path, tenancy: Tenancy | None = None
 async def sip(own_redis: RedisServer, aiohttp_client: Any, tmp_path: Path
               ) -> AsyncIterator[Sip]:
     gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
-                             grant_seconds=GRANT_SECONDS)
+                             grant_seconds=GRANT_SECONDS,
+                             database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
     await gw.tenant(TENANT)
     await gw.user(TENANT, "alice", "US", "domestic")
     await gw.user(TENANT, "bob", "US", "domestic", dial_out="none")
@@ -184,9 +189,17 @@ async def ended_call(gw: Gateway, call_id: str, tenant: str = TENANT) -> Any:
     while True:
         call = await gw.req("GET", f"/v1/tenants/{tenant}/calls/{call_id}")
         if call["state"] == "ended":
-            return call
+            break
         assert time.monotonic() < deadline, call
         await asyncio.sleep(0.05)
+    # Redis keeps of a closed call only what its repeats answer; GET reads the rest (numbers,
+    # grants) from the ledger, once the persister (here drained by hand) has written it.
+    ledger = await open_ledger(gw.settings.database_url_effective)
+    try:
+        await drain(Persister(gw.client.server.app[STORE], ledger, consumer="test"))
+    finally:
+        await ledger.close()
+    return await gw.req("GET", f"/v1/tenants/{tenant}/calls/{call_id}")
 
 
 async def test_without_the_gateway_only_emergency_calls_go_through(tmp_path: Path) -> None:

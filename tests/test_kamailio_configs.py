@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 import redis as redis_py
 
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
 from loadtest.common import free_port
 from loadtest.sip import KAMAILIO_DIR, SCENARIOS, cnxcc_proxy, free_low_port, tools_missing
 

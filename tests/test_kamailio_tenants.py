@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import ManualClock
 from gateway.config import TokenEntry
-from gateway.redisproc import RedisServer
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
 from loadtest.sip import Tenancy, kamcmd, write_sources, write_tokens
 from loadtest.sip_bench import slow_link
-from tests.conftest import T0, start_gateway
-from tests.gwclient import OPERATOR_TOKEN, Gateway
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import OPERATOR_TOKEN, Gateway
 from tests.test_kamailio import DEADLINE_SECONDS, GRANT_SECONDS, TALK_MS, dial, ended_call, proxy
 
 ACME_TRUNK, GLOBEX_TRUNK, UPSTREAM, STRANGER = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
@@ -84,7 +84,8 @@ async def sip(own_redis: RedisServer, aiohttp_client: Any, tmp_path: Path
               token_entry("shared-switch", SHARED_TOKEN, "globex", "initech"),
               token_entry("umbrella-switch", UMBRELLA_TOKEN, "umbrella"))
     gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
-                             grant_seconds=GRANT_SECONDS, tokens=tokens)
+                             grant_seconds=GRANT_SECONDS, tokens=tokens,
+                             database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
     for tenant in ("acme", "globex", "initech", "umbrella"):
         await gw.tenant(tenant)
     await gw.user("acme", "alice", "US", "domestic")
@@ -191,7 +192,8 @@ async def test_call_cancelled_while_it_is_authorized_gives_its_reservation_back(
     second after the 100 Trying, while its INVITE waits in an async worker for the answer.
     The allowed call is never relayed, and its end gives the reservation back."""
     gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url,
-                             grant_seconds=GRANT_SECONDS)
+                             grant_seconds=GRANT_SECONDS,
+                             database_url=f"sqlite:///{tmp_path / 'ledger.db'}")
     await gw.tenant("acme")
     await gw.user("acme", "alice", "US", "domestic")
     tenancy = Tenancy(default_tenant="", token=OPERATOR_TOKEN, trunks={ACME_TRUNK: "acme"})

@@ -21,18 +21,18 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.background import run_persister
-from gateway.clock import ManualClock
 from gateway.ledger import Ledger, open_ledger
+from gateway.ledger.background import run_persister
 from gateway.ledger.backoff import DELAY_MAX_SECONDS, DELAY_MIN_SECONDS, JITTER_FRACTION, Outage
-from gateway.persist import Persister
-from gateway.reaper import Reaper
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import make_settings, start_gateway
-from tests.gwclient import AUTH, Gateway
-from tests.ledger_fixtures import _as_pg_user, _free_port, _pg_bin
-from tests.persist_helpers import entries_added, scalar, wait_drained
+from gateway.ledger.persister import Persister
+from gateway.ledger.reaper import Reaper
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import make_settings, start_gateway
+from tests.support.gwclient import AUTH, Gateway
+from tests.support.ledger_fixtures import _as_pg_user, _free_port, _pg_bin
+from tests.support.persist_helpers import entries_added, scalar, wait_drained
 
 PARTITIONS = 4
 DEADLINE_SECONDS = 30.0
@@ -40,7 +40,7 @@ DEADLINE_SECONDS = 30.0
 # the figures of docs/ledger-operations.md.
 OUTAGE_SECONDS = float(os.environ.get("CALLGATE_LEDGER_OUTAGE_SECONDS", "3"))
 STILL_DOWN_EVERY_SECONDS = OUTAGE_SECONDS / 3  # the test's report interval (30 s in production)
-LOGGER = "gateway.persist"
+LOGGER = "gateway.ledger.persister"
 
 
 class PgServer:
@@ -307,7 +307,7 @@ async def test_redis_outage_backs_off_persister_and_reaper_and_loses_nothing(
     persister = Persister(store, ledger, consumer="p", outage=Outage(
         "persister", logging.getLogger(LOGGER), still_down_every_seconds=1.0))
     reaper = Reaper(store, clock, 30, 5, 86400, outage=Outage(
-        "reaper", logging.getLogger("gateway.reaper"), delay_min_seconds=1.0,
+        "reaper", logging.getLogger("gateway.ledger.reaper"), delay_min_seconds=1.0,
         still_down_every_seconds=1.0))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(persister.run(stop)), asyncio.create_task(reaper.run(stop))]
@@ -331,7 +331,7 @@ async def test_redis_outage_backs_off_persister_and_reaper_and_loses_nothing(
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE_SECONDS)
-    mine = [r for r in caplog.records if r.name in (LOGGER, "gateway.reaper")]
+    mine = [r for r in caplog.records if r.name in (LOGGER, "gateway.ledger.reaper")]
     assert not any(r.exc_info for r in mine)
     assert len(mine) <= 4 + 2 * (time.monotonic() - since)  # down, recovered, 1 a second
     for who in ("persister", "reaper"):

@@ -18,10 +18,10 @@ import yarl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.clock import ManualClock
-from gateway.redisproc import RedisServer
-from tests.conftest import start_gateway
-from tests.gwclient import AUTH, Gateway
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import AUTH, Gateway
 from tests.test_cdrs import make_calls, persist_all
 
 PROBLEM = "application/problem+json"

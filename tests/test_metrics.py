@@ -8,13 +8,13 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
-from gateway.clock import ManualClock, parse_rfc3339
-from gateway.observe import OBSERVER
-from gateway.reaper import Reaper
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from gateway.http.observe import OBSERVER
+from gateway.ledger.reaper import Reaper
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock, parse_rfc3339
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 

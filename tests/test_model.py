@@ -1,4 +1,4 @@
-"""Stateful property test: the gateway, through its HTTP API, against tests/refmodel.py.
+"""Stateful property test: the gateway, through its HTTP API, against tests/support/refmodel.py.
 
 A hypothesis RuleBasedStateMachine plays one tenant's life: users and licences come and go,
 the wallet is topped up (idempotency keys reused), calls are authorized, extended, ended and
@@ -43,16 +43,17 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from gateway.app import create_app
-from gateway.clock import ManualClock
 from gateway.config import Plan, load_settings
-from gateway.money import parse_money
-from gateway.reaper import Reaper
-from gateway.redisclient import backend_from_url
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.gwclient import AUTH, OPERATOR_TOKEN
-from tests.refmodel import NUMBERS, Model, User
+from gateway.http.app import create_app
+from gateway.ledger.reaper import Reaper
+from gateway.redis.client import backend_from_url
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from gateway.rules.money import parse_money
+from gateway.vocab import DialOut
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN
+from tests.support.refmodel import NUMBERS, Model, User
 
 T0 = 1_795_773_600  # 2026-11-27T10:00:00Z, a few days before a month boundary
 USER_IDS = ("u0", "u1", "u2")
@@ -71,8 +72,8 @@ USER_SPECS = st.fixed_dictionaries({
     "country": st.sampled_from(COUNTRIES),
     "plan": st.sampled_from(("none", "domestic", "domestic_120", "international",
                              "pay_as_you_go", "tiny", "tiny", "tiny")),
-    "dial_out": st.sampled_from(("international_and_domestic", "international_and_domestic",
-                                 "international_and_domestic", "domestic_only", "none")),
+    "dial_out": st.sampled_from((*[DialOut.INTERNATIONAL_AND_DOMESTIC.value] * 3,
+                                 DialOut.DOMESTIC_ONLY.value, DialOut.NONE.value)),
     "credits_allowed": st.sampled_from((True, True, False)),
     "monthly_spend_limit": st.sampled_from(SPEND_LIMITS),
     "max_concurrent_calls": st.sampled_from((None, None, 1, 2)),

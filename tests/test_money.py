@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import ValidationError
-from gateway.money import (
+from gateway.rules.money import (
     MAX_MICRO,
     MICRO_PER_UNIT,
     NOT_A_STRING,

@@ -19,14 +19,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.clock import ManualClock
-from gateway.keys import tenant_keys
-from gateway.notify import Notifier, backoff_seconds
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from gateway.webhooks import verify
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from gateway.notify.notifier import Notifier, backoff_seconds
+from gateway.notify.webhooks import verify
+from gateway.redis.keys import tenant_keys
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 
 SECRET = "whsec_" + "k" * 40
 NEW_YORK = "+12125550123"
@@ -338,8 +338,8 @@ async def test_nothing_lost_when_the_notifier_is_killed_mid_delivery(
 async def test_alert_events_reach_the_ledger(gw: Gateway, store: Store, receiver: Receiver,
                                              tenant_id: str, tmp_path: Path) -> None:
     from gateway.ledger import open_ledger
-    from gateway.persist import Persister
-    from tests.persist_helpers import drain
+    from gateway.ledger.persister import Persister
+    from tests.support.persist_helpers import drain
 
     t = tenant_id
     await low_balance_crossed(gw, t, receiver.url)

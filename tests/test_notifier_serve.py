@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.redisproc import RedisServer
-from gateway.webhooks import verify
-from tests.gwclient import AUTH
-from tests.proctree import notify_children, wait_notify_child
+from gateway.notify.webhooks import verify
+from gateway.redis.server import RedisServer
+from tests.support.gwclient import AUTH
+from tests.support.proctree import notify_children, wait_notify_child
 from tests.test_serve_persist import DEADLINE_SECONDS, metric_value, start_serve
 
 SECRET = "whsec_" + "s" * 40

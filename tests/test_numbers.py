@@ -1,4 +1,4 @@
-"""gateway.numbers must give exactly the answers of the phonenumbers library, only faster.
+"""gateway.rules.numbers must give exactly the answers of the phonenumbers library, only faster.
 
 The library is the oracle throughout: every random test compares against it rather than
 against hand-written expectations, so a metadata update shows up as a failure here rather
@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneMetadata, PhoneNumberFormat, PhoneNumberType, shortnumberinfo
 
-from gateway import numbers
-from gateway.numbers import NUMBER_TYPES, Destination, classify, is_emergency, normalise_e164
+from gateway.rules import numbers
+from gateway.rules.numbers import NUMBER_TYPES, Destination, classify, is_emergency, normalise_e164
 
 SEED = int(os.environ.get("NUMBERS_TEST_SEED", "20240611"))
 SHORT_REGIONS: tuple[str, ...] = tuple(sorted(phonenumbers.SUPPORTED_SHORT_REGIONS))

@@ -9,12 +9,12 @@ from typing import Any
 
 import redis
 
-from gateway.clock import ManualClock
-from gateway.observe import OBSERVER
-from gateway.redisproc import RedisServer
-from gateway.store import LIBRARY_NAME
-from tests.conftest import start_gateway
-from tests.gwclient import AUTH, Gateway
+from gateway.http.observe import OBSERVER
+from gateway.redis.server import RedisServer
+from gateway.redis.store import LIBRARY_NAME
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import AUTH, Gateway
 
 ALL_OK = {"redis": "ok", "functions": "ok", "persister": "ok"}
 VOCABULARY = {"ok", "failing", "missing", "stalled", "unknown"}

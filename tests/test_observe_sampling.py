@@ -1,5 +1,5 @@
 """/metrics and /readyz read Redis at most once a second per worker, whatever the number of
-scrapers (gateway.observe). Redis's own command counters (INFO commandstats on the test's
+scrapers (gateway.http.observe). Redis's own command counters (INFO commandstats on the test's
 own redis-server) count what the scrapes cost; a stalled Redis does not hold a scrape."""
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
-from gateway.app import create_app
-from gateway.clock import ManualClock
-from gateway.observe import OBSERVER, Observer, fullest
-from gateway.redisclient import ReplyError
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import make_settings, start_gateway
-from tests.gwclient import Gateway
+from gateway.http.app import create_app
+from gateway.http.observe import OBSERVER, Observer, fullest
+from gateway.redis.client import ReplyError
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import make_settings, start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 SCRAPERS = 64

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.openapi import described, routed
-from tests.gwclient import Gateway
+from gateway.http.openapi import described, routed
+from tests.support.gwclient import Gateway
 
 METHODS = {"get", "put", "post", "delete", "patch"}
 

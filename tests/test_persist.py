@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from gateway import persist as persist_mod
-from gateway.clock import ManualClock
 from gateway.ledger import Entry, Ledger, open_ledger
-from gateway.persist import GROUP, Persister, persister_status
-from gateway.reaper import Reaper
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import start_gateway
-from tests.gwclient import AUTH, Gateway
-from tests.persist_helpers import drain, entries_added, scalar
+from gateway.ledger import persister as persist_mod
+from gateway.ledger.persister import GROUP, Persister, persister_status
+from gateway.ledger.reaper import Reaper
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import AUTH, Gateway
+from tests.support.persist_helpers import drain, entries_added, scalar
 
 LONDON = "+442071838750"
 NEW_YORK = "+12125550123"
@@ -218,7 +218,7 @@ async def test_persister_and_status_on_a_cluster(
     redis_cluster: Any, ledger: Ledger, clock: ManualClock
 ) -> None:
     """Every command is routed by its stream's hash tag: the same code on a cluster."""
-    from gateway.store import TenantSettings
+    from gateway.redis.store import TenantSettings
 
     store = Store.from_url(redis_cluster.url, PARTITIONS)
     persister = Persister(store, ledger, consumer="c", claim_idle_ms=0)

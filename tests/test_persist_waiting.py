@@ -12,14 +12,14 @@ from typing import Any, cast
 import pytest
 import redis
 
-from gateway import persist as persist_mod
-from gateway.clock import ManualClock
 from gateway.ledger import Ledger, open_ledger
-from gateway.persist import Persister
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import T0, start_gateway
-from tests.persist_helpers import entries_added, scalar
+from gateway.ledger import persister as persist_mod
+from gateway.ledger.persister import Persister
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, start_gateway
+from tests.support.persist_helpers import entries_added, scalar
 
 NEW_YORK = "+12125550123"
 

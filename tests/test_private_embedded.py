@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.cli import _private_data_dir
-from gateway.redisproc import RedisServer, free_port, private_secret
+from gateway.cli.main import _private_data_dir
+from gateway.redis.server import RedisServer, free_port, private_secret
 
 TOKEN = "cg_" + secrets.token_urlsafe(32)
 STARTUP_DEADLINE_S = 30.0

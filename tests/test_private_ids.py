@@ -20,9 +20,9 @@ import redis
 
 from gateway.config import PACKAGE_CONFIG_DIR, load_settings
 from gateway.errors import ConfigError
-from gateway.keys import tenant_keys
+from gateway.redis.keys import tenant_keys
 from gateway.validate import CALL_ID_RE, ID_RE
-from tests.gwclient import AUTH, Gateway
+from tests.support.gwclient import AUTH, Gateway
 
 AUTHORIZE = {"call_id": "c1", "user_id": "u", "to": "+12125550123"}
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import setup_logging
+from gateway.cli.main import setup_logging
 from gateway.errors import ConfigError
 from gateway.logjson import JsonFormatter
-from gateway.redisproc import RedisServer, free_port
-from tests.gwclient import AUTH, OPERATOR_TOKEN
-from tests.proctree import wait_persist_child
+from gateway.redis.server import RedisServer, free_port
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN
+from tests.support.proctree import wait_persist_child
 
 
 def send(base: str, method: str, path: str, body: dict[str, Any]) -> int:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.cli import _warn_if_open_redis, redis_accepts_anonymous
-from gateway.redisproc import RedisServer, free_port
+from gateway.cli.main import _warn_if_open_redis, redis_accepts_anonymous
+from gateway.redis.server import RedisServer, free_port
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from gateway.store import Status
-from tests.gwclient import Gateway
+from gateway.redis.store import Status
+from tests.support.gwclient import Gateway
 from tests.test_validation import snapshot
 
 NEW_YORK = "+12125550123"  # USD deck: fee 0.0100 + 0.0120 a minute, 60 s increments
@@ -87,10 +87,10 @@ async def test_ended_and_unknown_calls_answer_as_before(gw: Gateway, tenant: str
 async def test_the_function_answers_used_backwards_with_the_reported_seconds(
     gw: Gateway, tenant: str
 ) -> None:
-    """The status the Lua function answers, shared with gateway.store.Status."""
-    from gateway.api import STORE
-    from gateway.clock import candidate_months
-    from gateway.store import StoreError
+    """The status the Lua function answers, shared with gateway.redis.store.Status."""
+    from gateway.http.web import STORE
+    from gateway.redis.store import StoreError
+    from gateway.rules.clock import candidate_months
 
     await gw.topup(tenant, "10.00", "k")
     await gw.call(tenant, "c", NEW_YORK, user="payg")
@@ -107,7 +107,7 @@ async def test_the_function_answers_used_backwards_with_the_reported_seconds(
 
 def test_the_openapi_document_tells_it() -> None:
     from gateway.config import load_settings
-    from gateway.openapi import build_document
+    from gateway.http.openapi import build_document
 
     doc = build_document(load_settings(env={}))
     op = doc["paths"]["/v1/tenants/{tenant_id}/calls/{call_id}/extend"]["post"]

@@ -9,10 +9,10 @@ from typing import Any, cast
 import pytest
 import redis
 
-from gateway.clock import ManualClock
-from gateway.keys import tenant_keys
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from gateway.redis.keys import tenant_keys
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
 
 pytestmark = pytest.mark.cluster
 

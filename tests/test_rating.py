@@ -13,17 +13,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.rating import (
+from gateway.rules.rating import (
     HEADER,
     KIND_OUTBOUND,
     KIND_TOLL_FREE_INBOUND,
     DeckError,
     Rate,
     RateDeck,
-    billable_seconds,
-    credit_cost_micro,
-    max_affordable_seconds,
 )
+from tests.support.refcost import billable_seconds, credit_cost_micro, max_affordable_seconds
 
 RATES_DIR = Path(__file__).resolve().parent.parent / "config" / "rates"
 HEADER_LINE = ",".join(HEADER)
@@ -37,7 +35,7 @@ def deck(*lines: str, currency: str = "USD") -> RateDeck:
     return RateDeck.from_csv("\n".join((HEADER_LINE, *lines)) + "\n", currency)
 
 
-# --- references: slow, obviously right, no shared code with gateway.rating ----------------
+# --- references: slow, obviously right, no shared code with gateway.rules.rating ----------------
 
 
 def reference_billable(duration: int, initial: int, subsequent: int) -> int:

@@ -13,17 +13,17 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.keys import AUDIT_MAX_ENTRIES, tenant_keys
 from gateway.ledger import Entry, Ledger, open_ledger
-from gateway.ledger_audit import audit
-from gateway.persist import Persister
-from gateway.rebuild import rebuild
-from gateway.redisproc import RedisServer
-from gateway.store import Store
-from tests.conftest import T0, start_gateway
-from tests.gwclient import AUTH, Gateway
-from tests.persist_helpers import drain
+from gateway.ledger.audit import audit
+from gateway.ledger.persister import Persister
+from gateway.ledger.rebuild import rebuild
+from gateway.redis.keys import AUDIT_MAX_ENTRIES, tenant_keys
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Store
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import AUTH, Gateway
+from tests.support.persist_helpers import drain
 
 REPO = Path(__file__).resolve().parent.parent
 LONDON = "+442071838750"
@@ -245,7 +245,7 @@ async def test_rebuilt_audit_list_keeps_the_newest_entries_in_stream_order(
 def test_audit_and_rebuild_name_an_unreachable_store_in_one_line(
     own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    from gateway.redisproc import free_port
+    from gateway.redis.server import free_port
 
     closed = free_port()  # nothing listens there
     cases = [
@@ -269,8 +269,8 @@ async def test_run_time_tokens_reach_the_ledger_and_come_back_with_rebuild(
         rgw: Gateway, parts: tuple[Store, Ledger, Persister], clock: ManualClock) -> None:
     """A token created at run time survives the loss of Redis, a revoked one stays revoked;
     audit names a token missing from Redis by its id, never with its hash."""
-    from gateway.keys import TOKENS
-    from gateway.tokens import TokenRecord
+    from gateway.http.tokens import TokenRecord
+    from gateway.redis.keys import TOKENS
 
     store, ledger, persister = parts
     await rgw.tenant("tk")

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import redis
 
-from gateway import calls
-from gateway.clock import ManualClock
-from gateway.keys import PartitionKeys, partition_of, partition_tag
-from gateway.redisclient import ReplyError
-from gateway.redisproc import RedisServer
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from gateway.errors import StoreErrorReply
+from gateway.redis.keys import PartitionKeys, partition_of, partition_tag
+from gateway.redis.server import RedisServer
+from gateway.rules import calls
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 
@@ -113,7 +113,7 @@ async def test_deadline_fails_the_late_call_and_keeps_the_connection_in_step(
     """The call path's deadline (one timer per connection): a command past its deadline
     fails with TimeoutError while Redis is hung; once Redis resumes, its late reply is
     discarded in order and the next caller gets its own reply, not that one."""
-    from gateway.redisclient import SingleBackend, pack_command, parse_url
+    from gateway.redis.client import SingleBackend, pack_command, parse_url
 
     _, [address] = parse_url(own_redis.url)
     backend = SingleBackend(address, 1.0)
@@ -148,8 +148,8 @@ def test_transient_error_replies_are_warnings(caplog: pytest.LogCaptureFixture,
     """A Redis still loading its AOF, or out of memory, is an operations matter, not a bug
     of ours: the error log is kept for replies that mean one (a 503 either way)."""
     monkeypatch.setitem(calls._log_state, "at", 0.0)  # not within a second of another line
-    with caplog.at_level("WARNING", logger="gateway.calls"):
-        calls._log_failure("authorize", "t1", "c1", ReplyError(reply))
+    with caplog.at_level("WARNING", logger="gateway.rules.calls"):
+        calls._log_failure("authorize", "t1", "c1", StoreErrorReply(reply))
     assert [r.levelname for r in caplog.records] == [level]
 
 
@@ -158,7 +158,7 @@ def test_failures_are_logged_at_most_once_a_second(caplog: pytest.LogCaptureFixt
     """An outage fails thousands of requests a second: one line a second says so, with the
     count of the failures it stands for."""
     monkeypatch.setitem(calls._log_state, "at", 0.0)
-    with caplog.at_level("WARNING", logger="gateway.calls"):
+    with caplog.at_level("WARNING", logger="gateway.rules.calls"):
         for i in range(1000):
             calls._log_failure("authorize", "t1", f"c{i}", TimeoutError())
         monkeypatch.setitem(calls._log_state, "at", 0.0)  # a second later
@@ -178,10 +178,10 @@ async def test_start_up_warns_of_a_redis_that_can_lose_acknowledged_changes(
         appendonly: bool, extra: list[str], expected: str | None) -> None:
     with RedisServer(tmp_path / "redis", appendonly=appendonly, extra_args=extra,
                      name="settings-redis") as server:
-        with caplog.at_level("WARNING", logger="gateway.app"):
+        with caplog.at_level("WARNING", logger="gateway.http.app"):
             gw = await start_gateway(aiohttp_client, ManualClock(T0), server.url)
             await gw.tenant("t1")  # started and serving
-        warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.app"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.http.app"]
         if expected is None:
             assert warnings == []
         else:

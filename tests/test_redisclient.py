@@ -1,4 +1,4 @@
-"""The gateway's own Redis client (gateway/redisclient.py) against a real redis-server:
+"""The gateway's own Redis client (gateway/redis/client.py) against a real redis-server:
 how it batches the commands of one event-loop tick into writes."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.redisclient import FLUSH_EVERY, Address, NodeClient, RedisUnavailable, pack_command
-from gateway.redisproc import RedisServer
+from gateway.redis.client import FLUSH_EVERY, Address, NodeClient, RedisUnavailable, pack_command
+from gateway.redis.server import RedisServer
 
 
 class CountingTransport:

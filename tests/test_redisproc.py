@@ -1,4 +1,4 @@
-"""gateway.redisproc against real redis-server processes."""
+"""gateway.redis.server against real redis-server processes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.cluster
 
-from gateway.redisproc import (
+from gateway.redis.server import (
     REDIS_HZ,
     RedisServer,
     RedisStartError,
@@ -101,7 +101,7 @@ def test_torn_transaction_in_the_aof_is_cut_before_its_multi(
         assert b"EXEC" not in data[data.rindex(b"MULTI", 0, last_set):last_set]  # inside it
         incr.write_bytes(data[:last_set + 12] if cut == "inside_a_command" else data[:last_set])
 
-        with caplog.at_level("WARNING", logger="gateway.redisproc"):
+        with caplog.at_level("WARNING", logger="gateway.redis.server"):
             server.start()
         assert "torn write; cut by redis-check-aof: This will shrink" in caplog.text
         with redis.Redis.from_url(server.url) as client:
@@ -157,7 +157,7 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from gateway.redisproc import RedisServer\n"
+        "from gateway.redis.server import RedisServer\n"
         "server = RedisServer(Path(sys.argv[1]))\n"
         "server.start()\n"
         "print(server.port, flush=True)\n"

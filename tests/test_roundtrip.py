@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.app import create_app
-from gateway.clock import ManualClock
-from gateway.redisproc import RedisServer
-from tests.conftest import T0, make_settings
-from tests.gwclient import Gateway
+from gateway.http.app import create_app
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock
+from tests.support.gateway import T0, make_settings
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 LONDON = "+442071838750"

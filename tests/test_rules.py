@@ -7,13 +7,13 @@ import time
 import pytest
 import redis
 
-from gateway.clock import rfc3339
-from gateway.keys import tenant_keys
-from gateway.money import parse_money
-from gateway.rating import credit_cost_micro
-from gateway.reaper import Reaper
-from gateway.store import Store
-from tests.gwclient import Gateway
+from gateway.ledger.reaper import Reaper
+from gateway.redis.keys import tenant_keys
+from gateway.redis.store import Store
+from gateway.rules.clock import rfc3339
+from gateway.rules.money import parse_money
+from tests.support.gwclient import Gateway
+from tests.support.refcost import credit_cost_micro
 
 NEW_YORK = "+12125550123"
 LONDON = "+442071838750"

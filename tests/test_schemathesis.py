@@ -29,11 +29,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.app import create_app
-from gateway.openapi import build_document, routed
-from gateway.redisproc import RedisServer
-from tests.conftest import make_settings
-from tests.gwclient import AUTH
+from gateway.http.app import create_app
+from gateway.http.openapi import build_document, routed
+from gateway.redis.server import RedisServer
+from tests.support.gateway import make_settings
+from tests.support.gwclient import AUTH
 
 TENANT = "acme"
 USER = "alice"

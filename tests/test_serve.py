@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.proctree import wait_notify_child, wait_persist_child
+from tests.support.proctree import wait_notify_child, wait_persist_child
 
 TOKEN = "serve-test-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -20,13 +20,13 @@ import pytest
 import redis
 
 from gateway.ledger import open_ledger
-from gateway.persist import GROUP, Persister, event_streams
-from gateway.redisproc import RedisServer, free_port
-from gateway.store import Store
+from gateway.ledger.persister import GROUP, Persister, event_streams
+from gateway.redis.server import RedisServer, free_port
+from gateway.redis.store import Store
 from loadtest.common import child_processes
-from tests.gwclient import AUTH, OPERATOR_TOKEN
-from tests.persist_helpers import drain
-from tests.proctree import alive, wait_notify_child, wait_persist_child
+from tests.support.gwclient import AUTH, OPERATOR_TOKEN
+from tests.support.persist_helpers import drain
+from tests.support.proctree import alive, wait_notify_child, wait_persist_child
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 30.0

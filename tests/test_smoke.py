@@ -1,4 +1,4 @@
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
 
 
 async def test_domestic_call_allowed_and_billed(gw: Gateway, tenant_id: str) -> None:

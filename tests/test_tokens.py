@@ -19,17 +19,17 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from gateway.api import AUTH as AUTH_KEY
-from gateway.api import STORE
-from gateway.api_tokens import TOKENS_TABLE
-from gateway.auth import Authenticator, Principal, token_sha256
-from gateway.clock import ManualClock, rfc3339
 from gateway.config import TokenEntry
-from gateway.keys import TOKENS, TOKENS_USED
-from gateway.redisproc import RedisServer
-from gateway.tokens import TOKEN_POLL_SECONDS
-from tests.conftest import T0, start_gateway
-from tests.gwclient import AUTH, Gateway
+from gateway.http.api_tokens import TOKENS_TABLE
+from gateway.http.auth import Authenticator, Principal, token_sha256
+from gateway.http.tokens import TOKEN_POLL_SECONDS
+from gateway.http.web import AUTH as AUTH_KEY
+from gateway.http.web import STORE
+from gateway.redis.keys import TOKENS, TOKENS_USED
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import ManualClock, rfc3339
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import AUTH, Gateway
 
 ADMIN_TOKEN = "cg_admin_" + secrets.token_urlsafe(32)
 TWO_ADMIN_TOKEN = "cg_admin2_" + secrets.token_urlsafe(32)

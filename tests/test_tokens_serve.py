@@ -20,9 +20,9 @@ import orjson
 import pytest
 import requests
 
-from gateway.auth import token_sha256
-from gateway.clock import rfc3339
-from gateway.redisproc import RedisServer
+from gateway.http.auth import token_sha256
+from gateway.redis.server import RedisServer
+from gateway.rules.clock import rfc3339
 from tests.test_serve import free_port
 from tests.test_tokens import PICKUP_DEADLINE_S, TOKEN_RE
 
@@ -203,10 +203,10 @@ def test_cli_on_a_redis_no_gateway_has_used(own_redis: RedisServer,
                                             monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI loads the function library itself; the token is usable by the next gateway."""
-    from gateway.auth import Authenticator
-    from gateway.cli import main
-    from gateway.store import Store
-    from gateway.tokens import TokenTable
+    from gateway.cli.main import main
+    from gateway.http.auth import Authenticator
+    from gateway.http.tokens import TokenTable
+    from gateway.redis.store import Store
 
     monkeypatch.setenv("CALLGATE_REDIS_URL", own_redis.url)
     assert main(["token", "create", "--role", "admin", "--tenant", "x", "--tenant", "y"]) == 0

@@ -18,14 +18,14 @@ from typing import Any, cast
 import pytest
 import redis
 
-from gateway.api import CALLS, STORE
-from gateway.calls import CallService
-from gateway.clock import ManualClock, candidate_months
-from gateway.keys import tenant_keys
-from gateway.redisproc import RedisServer
-from gateway.store import Status, Store, StoreError
-from tests.conftest import T0, start_gateway
-from tests.gwclient import Gateway
+from gateway.http.web import CALLS, STORE
+from gateway.redis.keys import tenant_keys
+from gateway.redis.server import RedisServer
+from gateway.redis.store import Status, Store, StoreError
+from gateway.rules.calls import CallService
+from gateway.rules.clock import ManualClock, candidate_months
+from tests.support.gateway import T0, start_gateway
+from tests.support.gwclient import Gateway
 
 NEW_YORK = "+12125550123"
 LONDON = "+442079460000"
@@ -155,8 +155,8 @@ async def test_an_authorize_that_ran_but_answered_too_late_is_voided(
 
 async def _authorize(gw: Gateway, t: str, call_id: str, attempt: str) -> str:
     """One authorize FCALL as a worker sends it, with a chosen attempt id: the decision."""
-    from gateway.calls import AuthorizeRequest
-    from gateway.numbers import classify
+    from gateway.rules.calls import AuthorizeRequest
+    from gateway.rules.numbers import classify
 
     calls = calls_of(gw)
     req = AuthorizeRequest(call_id, "outbound", "p", NEW_YORK, None, None)
@@ -302,9 +302,7 @@ async def test_void_call_reports_month_needed_like_end(
     store = store_of(gw)
     later = int(gw.clock.now()) + 70 * 86_400
     with pytest.raises(StoreError) as exc:
-        await store._checked("void_call", store._lifecycle_keys(
-            t, "m", candidate_months(later, 300)),
-            [t, "m", later, "a1", *candidate_months(later, 300), 3600])
+        await store._void(t, "m", later, "a1", candidate_months(later, 300), 3600)
     assert exc.value.status is Status.MONTH_NEEDED
     assert await store.void_call(t, "m", later, "a1", candidate_months(later, 300), 3600)
     pool = await gw.pool(t, "US", "domestic_120", "domestic")
@@ -316,8 +314,8 @@ async def test_a_voided_call_reaches_the_ledger_as_denied(
     """call.voided is on the stream like every change: the ledger's call is denied, with
     nothing reserved, and no CDR bills it."""
     from gateway.ledger import open_ledger
-    from gateway.persist import Persister
-    from tests.persist_helpers import drain
+    from gateway.ledger.persister import Persister
+    from tests.support.persist_helpers import drain
 
     gw = await start_gateway(aiohttp_client, ManualClock(T0), own_redis.url, partitions=4)
     t = tenant_id

@@ -25,9 +25,10 @@ import yarl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.api import ROUTES
-from gateway.keys import partition_of, partition_tag
-from tests.gwclient import AUTH, Gateway
+from gateway.http.api import ROUTES
+from gateway.redis.keys import partition_of, partition_tag
+from gateway.vocab import DialOut
+from tests.support.gwclient import AUTH, Gateway
 
 LIMIT = 64 * 1024
 JSON_HEADERS = {**AUTH, "Content-Type": "application/json"}
@@ -655,7 +656,7 @@ async def test_bad_input_is_a_problem_document_and_changes_nothing(
 
 
 def test_every_route_has_a_bad_path_case() -> None:
-    """The cases cover every route of gateway/api.py (15 of them)."""
+    """The cases cover every route of gateway/http/api.py (15 of them)."""
     covered = {(p.values[0].method, p.values[0].path) for p in CASES
                if p.values[0].bad_tenant is not None}
     assert covered == set(ALL_ROUTES)
@@ -781,7 +782,7 @@ _PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "started_at": st.sampled_from([NOW, "2026-11-27T10:04:00Z", "2026-11-27T09:00:00Z"]),
     "country": st.sampled_from(["US", "CA", "GB", "FR", "ZZ"]),
     "plan": st.sampled_from(["domestic", "international", "none", "pay_as_you_go", "gold"]),
-    "dial_out": st.sampled_from(["international_and_domestic", "domestic_only", "none"]),
+    "dial_out": st.sampled_from([d.value for d in DialOut]),
     "credits_allowed": st.booleans(),
     "monthly_spend_limit": st.sampled_from([None, "0", "5.00", "1.2345"]),
     "max_concurrent_calls": st.sampled_from([None, 1, 5]),

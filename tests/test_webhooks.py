@@ -8,11 +8,12 @@ from typing import Any, cast
 import pytest
 import redis
 
-from gateway.keys import tenant_keys
-from gateway.redisproc import RedisServer
-from gateway.webhooks import address_refusal, signature, verify
-from tests.conftest import start_gateway
-from tests.gwclient import Gateway
+from gateway.notify.webhooks import address_refusal, signature, verify
+from gateway.redis.keys import tenant_keys
+from gateway.redis.server import RedisServer
+from gateway.vocab import ALERT_EVENTS
+from tests.support.gateway import start_gateway
+from tests.support.gwclient import Gateway
 
 SECRET = "s3cr3t-" + "x" * 30
 
@@ -40,8 +41,7 @@ async def test_crud_never_shows_the_secret(gw_private: Gateway, tenant_id: str,
     # An update may leave the secret out: the current one is kept.
     updated = await gw.req("PUT", w, {"url": "http://127.0.0.1:9/other", "enabled": False})
     assert updated["url"] == "http://127.0.0.1:9/other" and updated["enabled"] is False
-    assert updated["events"] == ["pool.threshold_crossed", "credits.low_balance",
-                                 "credits.recharge_requested", "spend_limit.reached"]
+    assert updated["events"] == list(ALERT_EVENTS)  # all, by default
     k = tenant_keys(t, gw.settings.partitions)
     assert SECRET.encode() in cast(bytes, redis_sync.hget(k.webhooks, "billing"))
     # Nowhere else: not in the audit trail, not on the stream for the ledger.

@@ -10,8 +10,8 @@ import calendar
 
 import pytest
 
-from gateway.rating import credit_cost_micro
-from tests.gwclient import Gateway
+from tests.support.gwclient import Gateway
+from tests.support.refcost import credit_cost_micro
 
 pytestmark = pytest.mark.cluster
 

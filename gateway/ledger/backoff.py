@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gateway.redisclient import RedisUnavailable, ReplyError
+from gateway.errors import StoreUnavailable
+from gateway.redis.client import RedisUnavailable, ReplyError
 
 if TYPE_CHECKING:
     from gateway.ledger.base import Ledger
@@ -47,7 +48,8 @@ MESSAGE_CHARS_MAX = 200
 # The errors of a store that is unreachable, restarting, read-only or locked: an outage,
 # not a bug, so no traceback.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, RedisUnavailable, ReplyError, sqlite3.OperationalError,
+    OSError, TimeoutError, StoreUnavailable, RedisUnavailable, ReplyError,
+    sqlite3.OperationalError,
     asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full

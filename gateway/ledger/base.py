@@ -16,21 +16,7 @@ import orjson
 
 from gateway.ledger.project import Stmt, run_statements, statements
 from gateway.ledger.schema import LATEST_VERSION, MIGRATIONS
-
-Row = tuple[Any, ...]
-
-
-class Tx(abc.ABC):
-    """One open transaction."""
-
-    @abc.abstractmethod
-    async def execute(self, sql: str, *args: Any) -> None: ...
-
-    @abc.abstractmethod
-    async def execute_many(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
-
-    @abc.abstractmethod
-    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+from gateway.ledger.tx import Row, Tx
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from gateway.ledger.base import Ledger, Row, Tx
+from gateway.ledger.base import Ledger
+from gateway.ledger.tx import Row, Tx
 
 POOL_SIZE_MAX = 4
 COMMAND_TIMEOUT_SECONDS = 30.0

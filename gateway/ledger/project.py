@@ -12,14 +12,13 @@ end.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from gateway.keys import call_fields
-
-if TYPE_CHECKING:
-    from gateway.ledger.base import Tx
+from gateway.ledger.tx import Tx
+from gateway.redis.keys import call_fields
+from gateway.vocab import EventType as E
 
 Stmt = tuple[str, tuple[Any, ...]]
 
@@ -71,7 +70,7 @@ _FIELDS_IN_RECORD = {
 
 def _denied_record(d: dict[str, Any]) -> str:
     """A denied call's record: the fields of its answer no column holds (GET of a call
-    Redis no longer has, gateway.cdrs.call_record)."""
+    Redis no longer has, gateway.ledger.cdrs.call_record)."""
     return orjson.dumps({"d": "deny", "dt": _s(d.get("number_type"))},
                         option=orjson.OPT_SORT_KEYS).decode()
 
@@ -151,49 +150,49 @@ def _closed(entry_id: str, t: str, d: dict[str, Any], state: str) -> list[Stmt]:
 def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
                balance: dict[str, int]) -> list[Stmt]:
     """The statements projecting one new event; adds wallet changes to ``balance``."""
-    if etype in ("tenant.created", "tenant.updated"):
+    if etype in (E.TENANT_CREATED, E.TENANT_UPDATED):
         return [(TENANT_UPSERT, (
             t, _s(d.get("name")), _s(d.get("currency")), _s(d.get("timezone")),
             1 if d.get("charge_inbound_calls") else 0, _s(d.get("max_concurrent_calls")),
             _i(d.get("ts")), _i(d.get("ts")), _s(d.get("authorizations_per_second"))))]
-    if etype in ("user.created", "user.updated"):
+    if etype in (E.USER_CREATED, E.USER_UPDATED):
         return [(USER_UPSERT, (t, _s(d.get("user")), _s(d.get("record")), _i(d.get("ts"))))]
-    if etype == "user.deleted":
+    if etype == E.USER_DELETED:
         return [(USER_DELETE, (t, _s(d.get("user"))))]
-    if etype == "credits.topped_up":
+    if etype == E.CREDITS_TOPPED_UP:
         amount = _i(d.get("amount_micro"))
         balance[t] = balance.get(t, 0) + amount
         return [(TOPUP_INSERT, (t, _s(d.get("idempotency_key")), amount,
                                 _i(d.get("balance_micro")), _i(d.get("ts")),
                                 _s(d.get("actor"))))]
-    if etype == "tollfree.added":
+    if etype == E.TOLLFREE_ADDED:
         return [(TOLLFREE_ADD, (t, _s(d.get("number")), _i(d.get("ts"))))]
-    if etype == "tollfree.removed":
+    if etype == E.TOLLFREE_REMOVED:
         return [(TOLLFREE_REMOVE, (t, _s(d.get("number"))))]
-    if etype in ("call.allowed", "call.denied"):
+    if etype in (E.CALL_ALLOWED, E.CALL_DENIED):
         d = _with_record_fields(d)
         return [(CALL_INSERT, (
-            t, _s(d.get("call_id")), "active" if etype == "call.allowed" else "denied",
+            t, _s(d.get("call_id")), "active" if etype == E.CALL_ALLOWED else "denied",
             _s(d.get("direction")), _s(d.get("user")), _s(d.get("from")), _s(d.get("to")),
             _s(d.get("country")), _s(d.get("class")), _s(d.get("month")), _s(d.get("pool")),
             _s(d.get("rate_prefix")), _s(d.get("reason")), _i(d.get("started_at")),
             _i(d.get("ts")), _i(d.get("pool_reserved_minutes")),
             _i(d.get("credits_reserved_micro")),
-            _record(d) if etype == "call.allowed" else _denied_record(d),
+            _record(d) if etype == E.CALL_ALLOWED else _denied_record(d),
             1 if d.get("counted") else 0))]
-    if etype in ("call.extended", "call.extension_denied"):
+    if etype in (E.CALL_EXTENDED, E.CALL_EXTENSION_DENIED):
         pr, cr, cid = _i(d.get("pool_reserved_minutes")), _i(d.get("credits_reserved_micro")), \
             _s(d.get("call_id"))
         if d.get("call"):
             return [(CALL_RESERVED_RECORD, (pr, cr, _record(d), t, cid))]
         return [(CALL_RESERVED, (pr, cr, t, cid))]
-    if etype in ("call.ended", "call.expired"):
+    if etype in (E.CALL_ENDED, E.CALL_EXPIRED):
         credits = _i(d.get("credits_micro"))
         if credits:
             balance[t] = balance.get(t, 0) - credits
         return _closed(entry_id, t, d, etype.split(".", 1)[1])
-    if etype == "call.voided":
-        # An allow that never reached the switch, undone (gateway.voids): a denied call.
+    if etype == E.CALL_VOIDED:
+        # An allow that never reached the switch, undone (gateway.rules.voids): a denied call.
         return [(CALL_VOID, (_s(d.get("reason")), t, _s(d.get("call_id"))))]
     return []  # unknown types: kept in events only
 

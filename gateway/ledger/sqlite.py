@@ -11,7 +11,8 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from gateway.ledger.base import Entry, Ledger, Row, Tx
+from gateway.ledger.base import Entry, Ledger
+from gateway.ledger.tx import Row, Tx
 
 _T = TypeVar("_T")
 

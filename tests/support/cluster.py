@@ -1,5 +1,5 @@
 """A local Redis Cluster for tests: primaries, optionally one replica each, on free loopback
-ports, every node with its AOF as gateway.redisproc configures it.
+ports, every node with its AOF as gateway.redis.server configures it.
 
 Invariants:
 
@@ -25,7 +25,7 @@ from typing import Any, Self
 import redis
 from redis.crc import key_slot
 
-from gateway.redisproc import (
+from gateway.redis.server import (
     RedisServer,
     _probe_client,
     find_redis_cli,

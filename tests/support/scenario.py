@@ -223,7 +223,7 @@ def metric_samples(port: int, name: str) -> dict[str, float]:
     return out
 
 
-# The gateway's count of voids not yet landed (gateway/voids.py): settling waits for it to
+# The gateway's count of voids not yet landed (gateway/rules/voids.py): settling waits for it to
 # be 0 as well. CALLGATE_CHAOS_PENDING_METRIC names another metric ("" for none).
 PENDING_METRIC = os.environ.get("CALLGATE_CHAOS_PENDING_METRIC", "callgate_voids_pending")
 

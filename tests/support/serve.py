@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from gateway.redisproc import free_port
+from gateway.redis.server import free_port
 from loadtest.common import stop
 
 TOKEN = "chaos-operator-token-" + "k3Xq9vTn2pLw"  # >= 128 bits (22+ characters)

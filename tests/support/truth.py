@@ -29,8 +29,8 @@ from typing import Any
 import redis
 import redis.cluster
 
-from gateway.keys import active_member, call_fields, tenant_keys
-from gateway.money import parse_money
+from gateway.redis.keys import active_member, call_fields, tenant_keys
+from gateway.rules.money import parse_money
 
 ALLOW = "allow"
 UNAVAILABLE = "deny:service_unavailable"
@@ -129,7 +129,14 @@ local out = {}
 out[1] = redis.call('HGETALL', KEYS[1])
 out[2] = redis.call('HGETALL', KEYS[2])
 out[3] = redis.call('ZRANGE', KEYS[3], 0, -1)
-for i = 4, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+for i = 4, #KEYS do
+  -- a closed call is a string, its compact record (lua/00_lib.lua close_call)
+  if redis.call('TYPE', KEYS[i]).ok == 'string' then
+    out[i] = {'z', redis.call('GET', KEYS[i])}
+  else
+    out[i] = redis.call('HGETALL', KEYS[i])
+  end
+end
 return out
 """
 

@@ -1,0 +1,177 @@
+--[[
+extend: more time for a call (D18, D29-D30).
+
+A call's time is a horizon h (seconds since answer it may last) made of a pool segment
+[0, ps) followed by a credit segment [ps, ps + cs): once a call moves to credits it stays
+there (D18). Reservations: pr = ceil(ps / 60) pool minutes, cr = cost(cs) micro-units.
+
+KEYS[1]  tenant        {p}:t:T           tenant hash
+KEYS[2]  call          {p}:t:T:c:C       hash
+KEYS[3]  pools         {p}:t:T:pools     hash
+KEYS[4]  month_1       {p}:t:T:m:YYYYMM  month hashes of the three months the call may have
+KEYS[5]  month_2                         started in (the caller's candidates; see
+KEYS[6]  month_3                         gateway/redis/store.py), ARGV[5..7] in that order
+KEYS[7]  active        {p}:active        zset
+KEYS[8]  events        {p}:events        partition stream
+KEYS[9]  user_active   {p}:t:T:uact      (end_call's; unused here)
+KEYS[10] notify        {p}:notify        stream
+ARGV[1]  tenant_id
+ARGV[2]  call_id
+ARGV[3]  now                 (s)
+ARGV[4]  used_seconds        so far
+ARGV[5]  month_1             YYYYMM of KEYS[4]
+ARGV[6]  month_2             YYYYMM of KEYS[5]
+ARGV[7]  month_3             YYYYMM of KEYS[6]
+ARGV[8]  grant_max_seconds   largest grant (s)
+ARGV[9]  deadline_ms         ms since the epoch ("0": none), as authorize's
+REPLY    {OK, decision, reason, source, granted_seconds, grant_expires_at,
+          destination_class, destination_country, destination_type}
+ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED LATE USED_BACKWARDS
+         {USED_BACKWARDS, reported_seconds}: the seconds already reported
+
+The new grant counts from now: the horizon becomes used + granted. A retried extend with the
+same used seconds reserves nothing more (it releases and re-reserves the same time).
+Time only moves forward: used seconds below those an earlier extend of the call reported (as
+taken: at most the horizon then) change nothing and answer {USED_BACKWARDS, those seconds}.
+An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so that a missing
+tenant looks the same on every route (and the same as another tenant's, api.md).
+--]]
+
+-- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
+-- `changed`: the hash's record without reading it again. Modifies and returns flat.
+local function with_changes(flat, changed)
+  local new = {}
+  for i = 1, #changed, 2 do new[changed[i]] = changed[i + 1] end
+  for i = 1, #flat, 2 do
+    local v = new[flat[i]]
+    if v then
+      flat[i + 1] = v
+      new[flat[i]] = nil
+    end
+  end
+  for f, v in pairs(new) do  -- fields the hash did not have yet (none, for authorize's)
+    flat[#flat + 1] = f
+    flat[#flat + 1] = v
+  end
+  return flat
+end
+
+local function ctx_of(KEYS, call, k_month)
+  return {
+    k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
+    uid = call.uid, credits_only = call.co == '1', credits_allowed = call.ca == '1',
+    limit = tonumber(call.sl),
+    rp = call.rp, rr = call.rr, rf = call.rf, ra = call.ra, rb = call.rb,  -- rate_of
+  }
+end
+
+-- Shrink the call's horizon to u seconds, releasing reservations beyond it.
+local function truncate(c, st, u)
+  if u <= st.pool_s then st.pool_s, st.cred_s = u, 0 else st.cred_s = u - st.pool_s end
+  local pool_r = ceil_div(st.pool_s, 60)
+  if st.pool ~= '' and pool_r ~= st.pool_r then
+    hincr_or_del(c.k_month, 'r:' .. st.pool, pool_r - st.pool_r)
+  end
+  local cred_r = 0
+  if st.cred_s > 0 then
+    local r = rate_of(c)
+    cred_r = credit_cost(st.cred_s, r.rate, r.fee, r.a, r.b)
+  end
+  if cred_r ~= st.cred_r then
+    hincr(c.k_tenant, 'res', cred_r - st.cred_r)
+    if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, cred_r - st.cred_r) end
+  end
+  st.pool_r, st.cred_r = pool_r, cred_r
+end
+
+-- Undo truncate(): reserve again what it released, back to the held state.
+local function restore(c, st, held)
+  if st.pool ~= '' and held.pool_r ~= st.pool_r then
+    hincr_or_del(c.k_month, 'r:' .. st.pool, held.pool_r - st.pool_r)
+  end
+  if held.cred_r ~= st.cred_r then
+    hincr(c.k_tenant, 'res', held.cred_r - st.cred_r)
+    if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, held.cred_r - st.cred_r) end
+  end
+  st.pool_s, st.pool_r, st.cred_s, st.cred_r = held.pool_s, held.pool_r, held.cred_s,
+    held.cred_r
+end
+
+local function extend(KEYS, ARGV)
+  local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
+  local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local grant_max = tonumber(ARGV[8])
+  if past_deadline(ARGV[9]) then return {LATE} end
+  local call, flat = load_call(k_call)
+  if not call then return missing_call(KEYS[1]) end
+  if call.st ~= 'active' then return {CALL_ENDED} end
+  -- Time only moves forward: fewer seconds used than already reported would release
+  -- reservations for time the call has had. Those seconds, as taken (at most the horizon
+  -- then): an allowed extend's are its grant's "used_seconds", which grant_json writes last,
+  -- so that the grants text ends with '"used_seconds":N}]' (authorize's grant has none: 0);
+  -- a denied extend's are kept in field 'ru'; the larger counts. A plain find in the last 30
+  -- bytes of the text (the field, at most 8 digits and '}]'; a negative start counts from
+  -- the end, and below the start of the text, from its start) costs less than a field
+  -- written at every extend.
+  local grants = call.grants
+  local at = string.find(grants, '"used_seconds":', #grants - 30, true)
+  local reported = at and tonumber(string.sub(grants, at + 15, -3)) or 0
+  if call.ru then reported = math.max(reported, tonumber(call.ru)) end
+  if used < reported then return {USED_BACKWARDS, reported} end
+
+  local h = num(call.h)
+  local u = math.max(0, math.min(used, h))
+  local g, source, reason = grant_max, 'free', call.rsn
+  local k_month = month_key(KEYS, ARGV, call.mon)
+  local st = {pool = call.pool, kind = call.kind, pool_s = num(call.ps), pool_r = num(call.pr),
+              cred_s = num(call.cs), cred_r = num(call.cr)}
+  if call.free ~= '1' then
+    if not k_month then
+      -- The call started before the previous month: no further time (its month is closed).
+      g, reason = 0, 'service_unavailable'
+    else
+      local c = ctx_of(KEYS, call, k_month)
+      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/05_alerts.lua
+      local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
+                    cred_r = st.cred_r}
+      truncate(c, st, u)
+      g, reason = pay(c, st, grant_max)
+      if g > 0 then
+        source = reason
+      else
+        -- Denied: the call keeps its current grant to the end (api.md), so it keeps what
+        -- that grant reserved; put back what the truncation released.
+        restore(c, st, held)
+      end
+    end
+  end
+
+  local decision = g > 0 and 'allow' or 'deny'
+  local expires, record
+  if g == 0 then
+    expires = num(call.gexp)  -- denied: the current grant stands
+    if u > reported then redis.call('HSET', k_call, 'ru', istr(u)) end
+  else
+    expires = now + g
+    local expires_text = istr(expires)
+    -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
+    local grant = grant_json(source, istr(g), ARGV[3], expires_text, istr(u))
+    local grants = call.grants
+    if grants == '[]' then grants = '[' .. grant .. ']'
+    else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
+    local changed = {'h', istr(u + g), 'ps', istr(st.pool_s), 'cs', istr(st.cred_s),
+      'pr', istr(st.pool_r), 'cr', istr(st.cred_r), 'gexp', expires_text,
+      'ext', istr(num(call.ext) + 1), 'grants', grants}
+    redis.call('HSET', k_call, unpack(changed))
+    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
+    -- The open call's whole record after the change, for `callgate rebuild`.
+    record = with_changes(flat, changed)
+  end
+  emit(k_events, decision == 'allow' and 'call.extended' or 'call.extension_denied', tid, now,
+    {call_id = cid, used_seconds = u, reason = reason, source = g > 0 and source or '',
+     granted_seconds = g, pool_reserved_minutes = st.pool_r,
+     credits_reserved_micro = st.cred_r, call = record})
+  return {OK, decision, reason, g > 0 and source or '', g, expires, call.cls, call.dc, call.dt}
+end
+
+redis.register_function('extend', extend)

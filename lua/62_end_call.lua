@@ -1,0 +1,138 @@
+--[[
+end_call: the end of a call's life and its bill (D31, D33).
+
+A call's time is a horizon h (seconds since answer it may last) made of a pool segment
+[0, ps) followed by a credit segment [ps, ps + cs) (lua/60_extend.lua).
+
+KEYS[1]  tenant        {p}:t:T           tenant hash
+KEYS[2]  call          {p}:t:T:c:C       hash
+KEYS[3]  pools         {p}:t:T:pools     hash (unused: passed for symmetry with extend)
+KEYS[4]  month_1       {p}:t:T:m:YYYYMM  month hashes of ARGV[5..7], as extend
+KEYS[5]  month_2
+KEYS[6]  month_3
+KEYS[7]  active        {p}:active        zset
+KEYS[8]  events        {p}:events        partition stream
+KEYS[9]  user_active   {p}:t:T:uact      hash
+ARGV[1]  tenant_id
+ARGV[2]  call_id
+ARGV[3]  now                 (s)
+ARGV[4]  duration_seconds    answered duration (s)
+ARGV[5]  month_1             YYYYMM of KEYS[4]
+ARGV[6]  month_2             YYYYMM of KEYS[5]
+ARGV[7]  month_3             YYYYMM of KEYS[6]
+ARGV[8]  retention_seconds   of the closed record (s)
+ARGV[9]  how                 "switch" | "expired"
+ARGV[10] grace_seconds       reaper grace (s), only with "expired": the call is closed only
+                             if its grant expired at least that long ago, and billed as
+                             fully used (D33).
+REPLY    {OK, state, duration_seconds, domestic_pool_minutes, international_pool_minutes,
+          credits_micro, overrun_seconds, replayed}                     replayed 0 | 1
+ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED MONTH_NEEDED
+         CALL_ENDED: an expired call not yet due. {MONTH_NEEDED, month}: the call holds
+         reservations in its start month, which is not among ARGV[5..7] (it started more
+         than about a month ago: a late end, or the reaper was down); nothing changed, call
+         again with that month's key.
+--]]
+
+-- What end_call reads of a call (it needs no record), by name. The names of the packed
+-- fields it uses are read too, for a hash of the older layout (every field its own, see
+-- CALL_PACKED): an absent field costs HMGET little.
+local function load_call_end(k_call)
+  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
+    'bdp', 'bip', 'bc', 'over', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
+    'rb')
+  if is_closed_reply(v) then return read_closed(k_call) end
+  if not v[1] then return nil end
+  local s = unpack_call_head({st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6],
+    cr = v[7], gexp = v[8], dur = v[9], bdp = v[10], bip = v[11], bc = v[12], over = v[13],
+    uid = v[14], mon = v[15], cnt = v[16], pool = v[17], kind = v[18], rp = v[19], rr = v[20],
+    rf = v[21], ra = v[22], rb = v[23]})
+  if not v[2] then  -- every field its own: the answer the closed record keeps, by name
+    local a = redis.call('HMGET', k_call, 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt')
+    s.d, s.rsn, s.src, s.g, s.exp, s.cls, s.dc, s.dt = a[1] or '', a[2] or '', a[3] or '',
+      a[4] or '0', a[5] or '0', a[6] or '', a[7] or '', a[8] or ''
+  end
+  return s
+end
+
+local function bill_reply(call, replayed)
+  return {OK, call.st, num(call.dur), num(call.bdp), num(call.bip), num(call.bc),
+          num(call.over), replayed}
+end
+
+local function end_call(KEYS, ARGV)
+  local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
+    KEYS[9]
+  local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local retention, how, grace = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
+  local call = load_call_end(k_call)
+  if not call then return missing_call(KEYS[1]) end
+  if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
+  -- A denied call ends like any other with nothing granted: billed nothing, the reported
+  -- duration kept, all of it overrun (D31).
+  local h = num(call.h)
+  if how == 'expired' then
+    if now < num(call.gexp) + grace then return {CALL_ENDED} end
+    duration = h  -- D33: the switch was told to cut the call at the end of its grant
+  end
+  local k_month = month_key(KEYS, ARGV, call.mon)
+  if not k_month and ((call.pool ~= '' and (num(call.pr) ~= 0 or num(call.ps) ~= 0))
+      or (call.uid ~= '' and (num(call.cr) ~= 0 or num(call.cs) ~= 0))) then
+    return {MONTH_NEEDED, call.mon}
+  end
+  if duration < 0 then duration = 0 end
+  local billed_s = math.min(duration, h)
+  local overrun = duration - billed_s
+  local ps, cs = num(call.ps), num(call.cs)
+  -- Free time (emergency, toll-free, inbound) is in the horizon but in neither segment.
+  local pool_used = math.min(billed_s, ps)
+  local cred_used = math.min(billed_s - pool_used, cs)
+  local pool_min = ceil_div(pool_used, 60)
+  local credits = 0
+  if cred_used > 0 then
+    credits = credit_cost(cred_used, num(call.rr), num(call.rf), num(call.ra), num(call.rb))
+  end
+  local pr, cr = num(call.pr), num(call.cr)
+
+  if k_month then
+    -- Use before release: what is used (at most what was reserved) is added while the
+    -- reservation still holds a field of the hash, so the hash is never emptied and written
+    -- again here, and keeps the time to live its first write set: no EXPIRE at each end.
+    -- Releasing may empty it: then it is gone, as it should be.
+    if call.pool ~= '' then
+      hincr_or_del(k_month, 'u:' .. call.pool, pool_min)
+      hincr_or_del(k_month, 'r:' .. call.pool, -pr)
+    end
+    if call.uid ~= '' and (credits ~= 0 or cr ~= 0) then
+      hincr_or_del(k_month, 's:' .. call.uid, credits)
+      hincr_or_del(k_month, 'sr:' .. call.uid, -cr)
+    end
+  end
+  if credits ~= 0 or cr ~= 0 then
+    hincr(k_tenant, 'res', -cr)
+    hincr(k_tenant, 'bal', -credits)
+  end
+  if call.cnt == '1' then
+    redis.call('HINCRBY', k_tenant, 'act', '-1')
+    hincr_or_del(k_uact, call.uid, -1)
+  end
+  local dom = call.kind == 'domestic' and pool_min or 0
+  local intl = call.kind == 'international' and pool_min or 0
+  local state = how == 'expired' and 'expired' or 'ended'
+  -- The bill replaces the call's record (close_call): what its repeats answer, nothing more.
+  close_call(k_call, {st = state, d = call.d, rsn = call.rsn, src = call.src, g = call.g,
+    exp = call.exp, cls = call.cls, dc = call.dc, dt = call.dt, mon = call.mon,
+    uid = call.uid, pool = call.pool, kind = call.kind, rp = call.rp, dur = istr(duration),
+    bdp = istr(dom), bip = istr(intl), bc = istr(credits), over = istr(overrun),
+    ended_after_exp = istr(now - tonumber(call.exp))}, retention)
+  redis.call('ZREM', k_active, tid .. '/' .. cid)
+  emit(k_events, 'call.' .. state, tid, now, {call_id = cid, duration_seconds = duration,
+    billed_seconds = billed_s, overrun_seconds = overrun, pool = call.pool,
+    pool_minutes = pool_min, credits_micro = credits, month = call.mon, user = call.uid,
+    rate_prefix = call.rp})
+  call.st, call.dur, call.bdp, call.bip, call.bc, call.over = state, duration, dom, intl,
+    credits, overrun
+  return bill_reply(call, 0)
+end
+
+redis.register_function('end_call', end_call)
