@@ -118,16 +118,19 @@ $(PROMTOOL): | $(BIN)/python
 
 # Kamailio with its http_client and json modules (async, permissions, db_text and kamcmd
 # come with the kamailio package), and sipp, for tests/test_kamailio*.py
-# (integrations/kamailio). On a machine with systemd the package also starts a Kamailio on
-# 5060: harmless, the tests start their own on free ports.
+# (integrations/kamailio); and its cnxcc module, the baseline `make sipbench` compares with
+# (integrations/kamailio/cnxcc-baseline.cfg; cnxcc speaks to its Redis itself, through
+# hiredis, and needs no other module). On a machine with systemd the package also starts
+# a Kamailio on 5060: harmless, the tests start their own on free ports.
 KAMAILIO_MODULES := /usr/lib/*/kamailio/modules
 sip:
 	@if ! command -v kamailio >/dev/null 2>&1 || ! command -v sipp >/dev/null 2>&1 \
 	    || ! command -v kamcmd >/dev/null 2>&1 \
 	    || ! ls $(KAMAILIO_MODULES)/http_client.so $(KAMAILIO_MODULES)/json.so \
-	        $(KAMAILIO_MODULES)/async.so >/dev/null 2>&1; then \
+	        $(KAMAILIO_MODULES)/async.so $(KAMAILIO_MODULES)/cnxcc.so >/dev/null 2>&1; then \
 	  echo "kamailio/sipp not found: installing them with apt" >&2; \
-	  $(APT_INSTALL) kamailio kamailio-utils-modules kamailio-json-modules sip-tester; \
+	  $(APT_INSTALL) kamailio kamailio-utils-modules kamailio-json-modules \
+	    kamailio-cnxcc-modules sip-tester; \
 	fi
 
 # valgrind, for the gate on Redis instructions per call (tests/test_fcall_cost.py).
@@ -144,7 +147,8 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway loadtest tests
 
-# bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk);
+# bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk), then
+# CPU per call at a switch's pace (100/300/1000 calls/s, 8 connections) and at idle;
 # loadtest: a short headless Locust session; chaos: the crash tests with 100+ kills, and the
 # burst, Redis-stall and failover scenarios 20 times each (docs/faults.md).
 bench: venv redis
@@ -153,8 +157,9 @@ bench: venv redis
 loadtest: venv redis
 	$(BIN)/python -m loadtest.run_locust
 
-# sipbench: call setup (INVITE to 200) through Kamailio and the gateway, sipp at 50, 200
-# and 500 calls/s, with the gateway as it is and slowed by 50 ms (SIPBENCH_ARGS to change).
+# sipbench: call setup (INVITE to 200) through Kamailio and the gateway, sipp at 250, 500,
+# 750 and 1000 calls/s, beside the same load through Kamailio's cnxcc module (a benchmark
+# baseline); SIPBENCH_ARGS to change, e.g. '--rates 500 --repeat 3' or '--delays-ms 0,50'.
 sipbench: venv redis sip
 	$(BIN)/python -m loadtest.sip_bench $(SIPBENCH_ARGS)
 

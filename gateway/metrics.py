@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator
 from typing import Final
 
+from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -197,10 +199,14 @@ METRIC_NAMES: Final = frozenset({
 # increment, and a histogram observation is two increments: strace showed ~10 getpid calls
 # per authorize. So the hot path only adds to plain Python counters here, and flush()
 # moves them into the prometheus objects in bulk: every FLUSH_INTERVAL_SECONDS from each
-# worker's event loop (flusher_ctx) or the persist process's (flush_until), and before every
-# exposition.
+# worker's event loop (flusher_ctx, on the worker's shared poll tick) or from the rounds of
+# the persist and notify processes (flush_if_due; flush_until is their backstop), and
+# before every exposition. No wake-up of its own: an idle process does not wake to flush.
 
 FLUSH_INTERVAL_SECONDS: Final = 1.0
+# flush_until's own pace: the rounds of the process it runs beside flush more often.
+FLUSH_BACKSTOP_SECONDS: Final = 10.0
+_last_flush = 0.0
 _BOUNDS: Final = (*LATENCY_BUCKETS_SECONDS, float("inf"))
 
 _decisions: dict[tuple[str, str, str], int] = {}
@@ -229,8 +235,16 @@ def observe_redis(function: str, seconds: float) -> None:
     _observe(REDIS_DURATION, function, seconds)
 
 
+def flush_if_due() -> None:
+    """flush() when the last one is FLUSH_INTERVAL_SECONDS old."""
+    if time.monotonic() - _last_flush >= FLUSH_INTERVAL_SECONDS:
+        flush()
+
+
 def flush() -> None:
     """Move the hot-path counts into the prometheus metrics (cheap when nothing is new)."""
+    global _last_flush
+    _last_flush = time.monotonic()
     if _decisions:
         pending = list(_decisions.items())
         _decisions.clear()
@@ -249,28 +263,28 @@ def flush() -> None:
             child._sum.inc(slots[-1])
 
 
-async def _flush_periodically() -> None:
-    while True:
-        await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
-        flush()
+async def _flush_step() -> None:
+    flush_if_due()
 
 
 async def flush_until(stop: asyncio.Event) -> None:
-    """Flush every FLUSH_INTERVAL_SECONDS until ``stop``, then once more (processes
-    without an aiohttp app: ``callgate persist``)."""
+    """Flush every FLUSH_BACKSTOP_SECONDS until ``stop``, then once more (processes
+    without an aiohttp app: ``callgate persist``, ``callgate notify``, whose rounds call
+    flush_if_due)."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), FLUSH_INTERVAL_SECONDS)
+            await asyncio.wait_for(stop.wait(), FLUSH_BACKSTOP_SECONDS)
         flush()
 
 
-async def flusher_ctx(app: object) -> AsyncIterator[None]:
-    """aiohttp cleanup context: flush every second while the app runs, and at shutdown."""
-    task = asyncio.create_task(_flush_periodically())
+async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context: flush on the worker's poll tick (at most once a second)
+    while the app runs, and at shutdown."""
+    from gateway.polling import POLLER
+
+    app[POLLER].add("metrics", _flush_step)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await app[POLLER].remove("metrics")
     flush()
 
 

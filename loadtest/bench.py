@@ -18,6 +18,11 @@ One run, same generator (wrk + loadtest/authorize.lua), same settings, same mach
       latency beside the same run without them, the scrapes/s served, and the Redis
       sampling rounds they caused (ZCARD calls / partitions, from INFO commandstats).
 2. unpinned: 2 gateway workers, 2 hello workers, wrk with 2 threads, nothing pinned.
+3. at a switch's pace (loadtest/pace.py; --pace-rates, "" skips): whole calls (authorize,
+   then end) at 100, 300 and 1,000 calls/s over 8 keep-alive connections to a fresh
+   gateway (1 worker), CPU per call of the HTTP worker, the persister and Redis beside the
+   hello world's CPU per two requests at the same pace; then the CPU share of each when
+   idle.
 
 Server CPU per request counts the HTTP worker processes only; the persist child's CPU per
 request is reported apart, and after each closed-loop run the persister backlog and the
@@ -58,6 +63,7 @@ from gateway.config import load_settings
 from gateway.ledger.persister import persister_status
 from gateway.redis.server import RedisServer
 from gateway.redis.store import Store
+from loadtest import pace
 from loadtest.common import (
     BIN,
     RESULTS,
@@ -400,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="CPUs for redis-server in the pinned runs (default: the generator's)")
     p.add_argument("--scrapers", type=int, default=64,
                    help="concurrent /metrics scrapers of the scraper phase (0: skip it)")
+    p.add_argument("--pace-rates", default="100,300,1000",
+                   help="calls/s of the fixed-rate few-connection phase ('' skips it)")
+    p.add_argument("--pace-seconds", type=int, default=10, help="seconds per pace rate")
+    p.add_argument("--pace-idle", type=float, default=20.0,
+                   help="seconds of the pace phase's idle measurement")
     args = p.parse_args(argv)
 
     wrk_path = ensure_tool("wrk", "wrk", "make bench")
@@ -528,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
                                             "ratio": gw2["rps"] / hello2["rps"]}
     shutil.rmtree(work, ignore_errors=True)
 
+    # -- 3. at a switch's pace: few connections, fixed rates, then idle ------------------
+    if args.pace_rates:
+        result["pace"] = pace.measure([int(r) for r in args.pace_rates.split(",")],
+                                      pace.CONNECTIONS, args.pace_seconds, args.pace_idle)
+
     pin = result["pinned"]
     result["targets"] = {
         "ratio_min": TARGET_RATIO, "ratio": round(pin["ratio"], 3),
@@ -542,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
+    if "pace" in result:
+        md += ("\nAt a switch's pace (whole calls over "
+               f"{result['pace']['connections']} keep-alive connections, "
+               f"{result['pace']['duration_s']} s per rate; loadtest/pace.py):\n\n"
+               + pace.table(result["pace"]) + "\n")
     (RESULTS / "bench.md").write_text(md)
     print()
     print(md)

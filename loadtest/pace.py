@@ -44,6 +44,8 @@ from loadtest.common import (
 LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lifecycle.lua")
 HELLO_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "authorize.lua")
 TENANTS = 20
+CONNECTIONS = 8  # a switch's few keep-alive connections
+IDLE_SETTLE_SECONDS = 2.0
 USERS = 40
 
 
@@ -61,16 +63,40 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def cpu_seconds_fine(pids: list[int]) -> float:
+    """CPU seconds of these processes' live threads, to the nanosecond (the first field of
+    /proc/PID/task/TID/schedstat): for the idle phase, where /proc/PID/stat's 10 ms ticks
+    are too coarse. (A thread that exits takes its time with it: the processes measured
+    idle keep theirs.)"""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return total / 1e9
+
+
 def processes(serve_pid: int, redis_pid: int) -> dict[str, list[int]]:
-    """The gateway's processes by role: the HTTP worker(s), the persist child, Redis."""
-    roles: dict[str, list[int]] = {"worker": [], "persister": [], "redis": [redis_pid]}
+    """The gateway's processes by role: the HTTP worker(s) (and serve itself), the persist
+    child (with the reaper), the notify child, Redis."""
+    roles: dict[str, list[int]] = {"worker": [], "persister": [], "notifier": [],
+                                   "redis": [redis_pid]}
     for pid in tree_pids(serve_pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except FileNotFoundError:
             continue
-        roles["persister" if " persist" in cmd else "worker"].append(pid)
+        role = ("persister" if " persist" in cmd else "notifier" if " notify" in cmd
+                else "worker")
+        roles[role].append(pid)
     return roles
 
 
@@ -121,9 +147,10 @@ def run_hello(wrk_path: str, env: dict[str, str], calls_per_s: int, connections:
 
 
 def run_idle(roles: dict[str, list[int]], seconds: float) -> dict[str, float]:
-    before = snapshot(roles)
+    time.sleep(IDLE_SETTLE_SECONDS)  # the last rate's tail (the persister's last round)
+    before = {role: cpu_seconds_fine(pids) for role, pids in roles.items()}
     time.sleep(seconds)  # measuring what happens when nothing happens: the time is the point
-    after = snapshot(roles)
+    after = {role: cpu_seconds_fine(pids) for role, pids in roles.items()}
     return {role: (after[role] - before[role]) / seconds * 100 for role in roles}
 
 
@@ -177,7 +204,7 @@ def table(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rates", default="100,300,1000", help="calls/s, comma-separated")
-    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--connections", type=int, default=CONNECTIONS)
     p.add_argument("--duration", type=int, default=10, help="seconds per rate")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of the idle phase")
     args = p.parse_args(argv)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -93,8 +95,51 @@ def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
            "CARRIER": f"127.0.0.1:{trunk_port}", "SIP_LISTEN": f"127.0.0.1:{proxy_port}",
            "EXTEND_BEFORE": str(extend_before), "CALLGATE_TIMEOUT": str(gateway_timeout_s),
            "ASYNC_WORKERS": str(async_workers)}
+    with _proxy_and_trunk(KAMAILIO_DIR / "kamailio.cfg", env, work, proxy_port, trunk_port,
+                          children=children, shm_mb=shm_mb, deadline_s=deadline_s):
+        yield proxy_port
+
+
+def free_low_port(low: int = 20000, high: int = 32767) -> int:
+    """A free loopback TCP port in [low, high]: for cnxcc, whose Redis port must fit in a
+    signed 16-bit integer (above 32767 it wraps and the connection fails with "Servname not
+    supported for ai_socktype"); free_port() draws from the ephemeral range, above it."""
+    start = low + secrets.randbelow(high - low + 1)
+    for i in range(high - low + 1):
+        port = low + (start - low + i) % (high - low + 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
+
+
+@contextlib.contextmanager
+def cnxcc_proxy(redis_port: int, work: Path, *, children: int | None = None,
+                shm_mb: int | None = None, deadline_s: float = 30.0) -> Iterator[int]:
+    """The benchmark baseline: Kamailio with integrations/kamailio/cnxcc-baseline.cfg
+    (cnxcc, its Redis on 127.0.0.1:``redis_port``, db 1) and the same sipp trunk behind it;
+    yields the proxy's UDP port. Not a deployment: see the file's header."""
+    if redis_port > 32767:
+        raise ValueError(f"cnxcc cannot reach a Redis port above 32767: {redis_port}")
+    proxy_port, trunk_port = free_port(), free_port()
+    env = {**os.environ, "CNXCC_REDIS": f"addr=127.0.0.1;port={redis_port};db=1",
+           "CARRIER": f"127.0.0.1:{trunk_port}", "SIP_LISTEN": f"127.0.0.1:{proxy_port}"}
+    with _proxy_and_trunk(KAMAILIO_DIR / "cnxcc-baseline.cfg", env, work, proxy_port,
+                          trunk_port, children=children, shm_mb=shm_mb,
+                          deadline_s=deadline_s):
+        yield proxy_port
+
+
+@contextlib.contextmanager
+def _proxy_and_trunk(cfg: Path, env: Mapping[str, str], work: Path, proxy_port: int,
+                     trunk_port: int, *, children: int | None, shm_mb: int | None,
+                     deadline_s: float) -> Iterator[None]:
+    """Kamailio on ``cfg`` and the sipp trunk, until both listen; stopped after."""
     log_path = work / "kamailio.log"
-    cmd = ["kamailio", "-f", str(KAMAILIO_DIR / "kamailio.cfg"), "-DD", "-E",
+    cmd = ["kamailio", "-f", str(cfg), "-DD", "-E",
            "-Y", str(work),
            "-A", f'CTL_SOCKET="unix:{work / "kamailio_ctl"}"']
     if children:
@@ -102,7 +147,7 @@ def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
     if shm_mb:
         cmd += ["-m", str(shm_mb)]
     with log_path.open("wb") as log, open(os.devnull, "wb") as devnull:
-        kamailio = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        kamailio = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT)
         (work / "kamailio.pid").write_text(f"{kamailio.pid}\n")  # -DD writes none
         trunk = subprocess.Popen(
@@ -117,7 +162,7 @@ def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
                 if time.monotonic() > deadline:
                     raise RuntimeError("kamailio or the sipp trunk is not listening")
                 time.sleep(0.05)
-            yield proxy_port
+            yield
         finally:
             trunk.kill()
             trunk.wait()

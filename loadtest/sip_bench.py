@@ -1,20 +1,28 @@
-"""``make sipbench``: call setup through Kamailio and the gateway, measured by sipp.
+"""``make sipbench``: call setup through Kamailio and the gateway, measured by sipp, beside
+the same load through Kamailio's own prepaid module, cnxcc.
 
 Starts Redis, ``callgate serve`` (one worker), Kamailio with integrations/kamailio/
 kamailio.cfg (the caller's trunk, 127.0.0.2, mapped to the bench tenant) and a sipp trunk
 that answers at once; then, for each gateway delay and each rate, a sipp caller places
 calls (INVITE, 200, ACK, hold, BYE) through the proxy and records, per call, the time from
 its INVITE to the 200 OK: the post-dial delay the proxy and the gateway add (Kamailio
-authorizes before it relays). Prints p50 / p90 / p99 / max per run with the gateway's own
-authorize latency and the machine's load, and writes loadtest/results/sip_bench.{json,md}.
+authorizes before it relays). Then the same sipp load, rate by rate, through a Kamailio
+running integrations/kamailio/cnxcc-baseline.cfg (a benchmark baseline, not a deployment:
+cnxcc with its own Redis, AOF everysec as callgate's) and the same trunk. Prints p50 / p90 /
+p99 / max per run with the gateway's own authorize latency, the CPU per call of each
+process and the machine's load; then both side by side: failed calls, INVITE→200
+p50/p99/max, the credit side's CPU per 1,000 calls (callgate: serve and its Redis; cnxcc:
+its Redis) and the highest rate with 0 failed calls. Writes
+loadtest/results/sip_bench.{json,md}.
 
 A gateway delay above 0 puts a slow link between Kamailio and the gateway: a TCP relay in
 this process that holds every request for that long before passing it on (answers come
 back at once). It is the gateway slowed by that much, seen from Kamailio; it exists only
 here, nothing in the gateway can be slowed.
 
-    python -m loadtest.sip_bench [--rates 50,200,500] [--delays-ms 0,50] [--seconds 10]
-                                 [--hold-ms 2000] [--async-workers 128]
+    python -m loadtest.sip_bench [--rates 250,500,750,1000] [--seconds 5] [--repeat 1]
+                                 [--delays-ms 0] [--hold-ms 2000] [--async-workers 128]
+                                 [--no-cnxcc]
 """
 
 from __future__ import annotations
@@ -49,7 +57,14 @@ from loadtest.common import (
     scratch_dir,
     tree_pids,
 )
-from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
+from loadtest.sip import (
+    SCENARIOS,
+    Tenancy,
+    cnxcc_proxy,
+    free_low_port,
+    sip_proxy,
+    tools_missing,
+)
 
 TENANT = "sip"
 USERS = 100
@@ -165,13 +180,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
-             base: str, delay_ms: int, pids: dict[str, list[int]]) -> dict[str, Any]:
+             base: str | None, delay_ms: int, pids: dict[str, list[int]], *,
+             side: str = "callgate", repeat: int = 0) -> dict[str, Any]:
     """sipp at ``rate`` calls/s for ``seconds``; INVITE-to-200 times from its rtt trace, and
-    the CPU time each of ``pids`` (name: processes) used meanwhile."""
+    the CPU time each of ``pids`` (name: processes) used meanwhile. ``base``: the gateway,
+    whose own authorize latency is read from its /metrics (None for the cnxcc baseline)."""
     calls = rate * seconds
-    run_dir = work / f"delay-{delay_ms}-rate-{rate}"
+    run_dir = work / f"{side}-delay-{delay_ms}-rate-{rate}-{repeat}"
     run_dir.mkdir()
-    before = {k: histogram(base, name, label) for k, name, label in SERVER_SIDE}
+    before = ({k: histogram(base, name, label) for k, name, label in SERVER_SIDE}
+              if base is not None else {})
     load_before = os.getloadavg()[0]
     cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
     cmd = ["sipp", "-sf", str(SCENARIOS / "uac_talk.xml"), "-i", TRUNK,
@@ -198,14 +216,15 @@ def run_rate(proxy_port: int, work: Path, rate: int, seconds: int, hold_ms: int,
             stats = {"successful": int(last.get("SuccessfulCall(C)", 0)),
                      "failed": int(last.get("FailedCall(C)", 0))}
     result: dict[str, Any] = {
-        "gateway_delay_ms": delay_ms, "loadavg_1m_before": load_before,
+        "side": side, "gateway_delay_ms": delay_ms, "loadavg_1m_before": load_before,
         "loadavg_1m_after": os.getloadavg()[0],
         "cpu_ms_per_call": {name: round(v * 1000 / calls, 3) for name, v in cpu.items()},
         "rate_cps": rate, "calls": calls, "hold_ms": hold_ms, "sipp_exit": proc.returncode,
         **stats, "setup_samples": len(rtts),
-        "gateway": {k: quantiles(histogram(base, name, label), before[k])
-                    for k, name, label in SERVER_SIDE},
     }
+    if base is not None:
+        result["gateway"] = {k: quantiles(histogram(base, name, label), before[k])
+                             for k, name, label in SERVER_SIDE}
     if rtts:
         result["setup_ms_step"] = _step(rtts)
         result["setup_ms"] = {"p50": percentile(rtts, 0.50), "p90": percentile(rtts, 0.90),
@@ -230,23 +249,28 @@ def markdown(res: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}, "
         f"Redis {m['redis']}, Kamailio {res['kamailio']}; {res['when']}. sipp caller and "
         f"trunk, Kamailio (4 SIP workers, {res['async_workers']} async workers), callgate "
-        "serve (1 worker), Redis on one machine.",
+        "serve (1 worker), Redis (AOF everysec) on one machine.",
         "",
         "| gateway delay ms | calls/s | calls | ok | failed | INVITE→200 p50 ms | p90 ms "
         "| p99 ms | max ms | gateway authorize p99 (bucket) | CPU ms/call Kamailio / gateway "
-        "| load 1m before/after |",
+        "/ Redis | load 1m before/after |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["runs"]:
+        if r["side"] != "callgate":
+            continue
         s = r.get("setup_ms", {})
+        c = r["cpu_ms_per_call"]
         lines.append(
             f"| {r['gateway_delay_ms']} | {r['rate_cps']} | {r['calls']} "
             f"| {r.get('successful', '?')} "
             f"| {r.get('failed', '?')} | {s.get('p50', 0):.1f} | {s.get('p90', 0):.1f} "
             f"| {s.get('p99', 0):.1f} | {s.get('max', 0):.1f} "
             f"| ≤ {r['gateway']['request']['p99_ms_at_most']:g} ms "
-            f"| {r['cpu_ms_per_call']['kamailio']:.2f} / {r['cpu_ms_per_call']['gateway']:.2f} "
+            f"| {c['kamailio']:.2f} / {c['gateway']:.2f} / {c['redis']:.2f} "
             f"| {r['loadavg_1m_before']:.1f} / {r['loadavg_1m_after']:.1f} |")
+    if any(r["side"] == "cnxcc" for r in res["runs"]):
+        lines += ["", comparison(res["runs"])]
     steps = res.get("setup_ms_step")
     if steps:
         lines += ["", f"sipp's timestamps move in steps of {steps:g} ms here (every sample is a "
@@ -258,13 +282,58 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def credit_cpu(r: dict[str, Any]) -> float:
+    """CPU seconds per 1,000 calls of the credit side: callgate's serve tree and its Redis;
+    cnxcc's Redis (cnxcc itself runs inside Kamailio's processes: the Kamailio column)."""
+    c = r["cpu_ms_per_call"]  # ms per call = s per 1,000 calls
+    return float(c.get("gateway", 0.0) + c["redis"])
+
+
+def comparison(runs: list[dict[str, Any]]) -> str:
+    """callgate beside the cnxcc baseline, rate by rate (the gateway undelayed)."""
+    sides = ("callgate", "cnxcc")
+    by: dict[tuple[str, int], list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in runs:
+        if r["gateway_delay_ms"] == 0:
+            by[(r["side"], r["rate_cps"])].append(r)
+    rates = sorted({rate for _, rate in by})
+    lines = ["callgate beside Kamailio's cnxcc (integrations/kamailio/cnxcc-baseline.cfg, a "
+             "benchmark baseline), the same sipp load; one line per run. Credit side: "
+             "callgate serve + its Redis; cnxcc: its Redis (cnxcc runs inside Kamailio).",
+             "",
+             "| calls/s | side | calls | failed | INVITE→200 p50 ms | p99 ms | max ms "
+             "| credit side CPU s / 1,000 calls | Kamailio CPU s / 1,000 calls |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for rate in rates:
+        for side in sides:
+            for r in by.get((side, rate), []):
+                s = r.get("setup_ms", {})
+                lines.append(
+                    f"| {rate} | {side} | {r['calls']} | {r.get('failed', '?')} "
+                    f"| {s.get('p50', 0):.1f} | {s.get('p99', 0):.1f} | {s.get('max', 0):.1f} "
+                    f"| {credit_cpu(r):.2f} | {r['cpu_ms_per_call']['kamailio']:.2f} |")
+    best = []
+    for side in sides:
+        clean = [rate for rate in rates if by.get((side, rate))
+                 and all(r.get("failed", 1) == 0 and r.get("successful") == r["calls"]
+                         for r in by[(side, rate)])]
+        best.append(f"{side} {max(clean)} calls/s" if clean else f"{side}: none")
+    lines += ["", "Highest rate with 0 failed calls (every run at it): " + ", ".join(best)
+              + f" (of {', '.join(str(r) for r in rates)})."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rates", default="50,200,500", help="calls per second, comma-separated")
-    p.add_argument("--seconds", type=int, default=10, help="seconds of calls per rate")
+    p.add_argument("--rates", default="250,500,750,1000",
+                   help="calls per second, comma-separated")
+    p.add_argument("--seconds", type=int, default=5, help="seconds of calls per rate")
     p.add_argument("--hold-ms", type=int, default=2000, help="answered time of each call")
-    p.add_argument("--delays-ms", default="0,50",
+    p.add_argument("--delays-ms", default="0",
                    help="gateway delays (a slow link in front of it), comma-separated")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each rate and side")
+    p.add_argument("--no-cnxcc", action="store_true",
+                   help="skip the cnxcc baseline (integrations/kamailio/cnxcc-baseline.cfg)")
     p.add_argument("--async-workers", type=int, default=128,
                    help="Kamailio's async workers (ASYNC_WORKERS)")
     p.add_argument("--shm-mb", type=int, default=256, help="Kamailio's shared memory (-m)")
@@ -272,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = tools_missing()
     if missing:
         raise SystemExit(f"{' and '.join(missing)} needed: `make sipbench` installs them")
+    rates = [int(r) for r in args.rates.split(",")]
     token = new_token()
     work = scratch_dir("sipbench")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -285,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway(work / "gw", redis.url, token, workers=1) as gw:
         asyncio.run(create_tenants(gw.base, token, [TENANT], USERS))
         tenancy = Tenancy(token=token, trunks={TRUNK: TENANT})
+        assert redis.pid is not None
         for delay in (int(d) for d in args.delays_ms.split(",")):
             proxy_work = work / f"proxy-{delay}"
             proxy_work.mkdir()
@@ -294,24 +365,52 @@ def main(argv: list[str] | None = None) -> int:
                     url, tenancy, proxy_work, extend_before=30,
                     async_workers=args.async_workers, shm_mb=args.shm_mb))
                 kamailio = int((proxy_work / "kamailio.pid").read_text())
-                pids = {"kamailio": tree_pids(kamailio), "gateway": tree_pids(gw.pid)}
-                for rate in (int(r) for r in args.rates.split(",")):
-                    print(f"gateway +{delay} ms: {rate} calls/s for {args.seconds} s, "
-                          f"{args.hold_ms} ms each ...", flush=True)
-                    res["runs"].append(run_rate(port, work, rate, args.seconds, args.hold_ms,
-                                                gw.base, delay, pids))
+                pids = {"kamailio": tree_pids(kamailio), "gateway": tree_pids(gw.pid),
+                        "redis": [redis.pid]}
+                for rate in rates:
+                    for n in range(args.repeat):
+                        print(f"callgate, gateway +{delay} ms: {rate} calls/s for "
+                              f"{args.seconds} s, {args.hold_ms} ms each ...", flush=True)
+                        res["runs"].append(run_rate(port, work, rate, args.seconds,
+                                                    args.hold_ms, gw.base, delay, pids,
+                                                    repeat=n))
+    if not args.no_cnxcc:
+        res["runs"] += run_cnxcc(work, rates, args)
     res["setup_ms_step"] = max((r.get("setup_ms_step", 0) for r in res["runs"]), default=0)
     (RESULTS / "sip_bench.json").write_text(json.dumps(res, indent=2) + "\n")
     table = markdown(res)
     (RESULTS / "sip_bench.md").write_text(table)
     print()
     print(table)
-    failed = [r for r in res["runs"] if r["sipp_exit"] != 0]
+    # sipp exits 1 when some call failed: that is a result (the tables count them); any
+    # other non-zero exit is the run itself failing.
+    failed = [r for r in res["runs"] if r["sipp_exit"] not in (0, 1)]
     for r in failed:
-        print(f"sipp at {r['rate_cps']} calls/s (gateway +{r['gateway_delay_ms']} ms) exited "
-              f"{r['sipp_exit']}: "
+        print(f"sipp at {r['rate_cps']} calls/s ({r['side']}, gateway "
+              f"+{r['gateway_delay_ms']} ms) exited {r['sipp_exit']}: "
               f"{r.get('sipp_errors', '')}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def run_cnxcc(work: Path, rates: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The same sipp load through the cnxcc baseline and its own Redis (AOF everysec, as
+    callgate's), on a port below 32768 (cnxcc keeps it in a signed 16-bit field)."""
+    runs = []
+    proxy_work = work / "proxy-cnxcc"
+    proxy_work.mkdir()
+    with RedisServer(work / "cnxcc-redis", port=free_low_port(), appendonly=True,
+                     appendfsync="everysec", name="sipbench-cnxcc-redis") as redis, \
+            cnxcc_proxy(redis.port, proxy_work, shm_mb=args.shm_mb) as port:
+        assert redis.pid is not None
+        kamailio = int((proxy_work / "kamailio.pid").read_text())
+        pids = {"kamailio": tree_pids(kamailio), "redis": [redis.pid]}
+        for rate in rates:
+            for n in range(args.repeat):
+                print(f"cnxcc: {rate} calls/s for {args.seconds} s, {args.hold_ms} ms "
+                      "each ...", flush=True)
+                runs.append(run_rate(port, work, rate, args.seconds, args.hold_ms, None, 0,
+                                     pids, side="cnxcc", repeat=n))
+    return runs
 
 
 if __name__ == "__main__":

@@ -164,6 +164,40 @@ async def test_retries_with_backoff_on_500_then_delivered(
     assert all(verify(SECRET, h["Callgate-Signature"], b) for h, b in receiver.requests)
 
 
+async def test_waiting_notifier_wakes_on_an_alert_and_on_a_due_retry(
+        own_redis: RedisServer, gw: Gateway, store: Store, receiver: Receiver,
+        tenant_id: str) -> None:
+    """run() with a waiter (one blocking read over every notify stream, no polling):
+    an alert that crosses while it waits is delivered, and a failed attempt is attempted
+    again once the clock reaches its next attempt, with no other traffic."""
+    t = tenant_id
+    receiver.statuses = [500, 200]
+    waiter = Store.from_url(own_redis.url, gw.settings.partitions)
+    notifier = Notifier(store, gw.clock, allow_private=True, waiter=waiter)
+    stop = asyncio.Event()
+    task = asyncio.create_task(notifier.run(stop))
+    try:
+        await low_balance_crossed(gw, t, receiver.url)  # while the notifier waits
+        deadline = time.monotonic() + 20
+        while not receiver.requests:
+            assert time.monotonic() < deadline, "the alert was not delivered"
+            await asyncio.sleep(0.05)
+        [d] = await deliveries(gw, t)
+        assert (d["state"], d["attempts"], d["last_status"]) == ("pending", 1, 500)
+        gw.clock.advance(backoff_seconds(1))
+        while len(receiver.requests) < 2:
+            assert time.monotonic() < deadline, "the due retry was not attempted"
+            await asyncio.sleep(0.05)
+        while (await deliveries(gw, t))[0]["state"] != "delivered":
+            assert time.monotonic() < deadline, "the retry was not settled"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await waiter.close()
+    assert len(receiver.requests) == 2
+
+
 async def test_backoff_doubles_to_an_hour_and_fails_after_a_day(
         gw: Gateway, store: Store, receiver: Receiver, tenant_id: str) -> None:
     t = tenant_id

@@ -14,6 +14,7 @@ import redis
 import redis.cluster
 
 from gateway.redis.server import (
+    REDIS_HZ,
     RedisServer,
     RedisStartError,
     free_port,
@@ -42,6 +43,7 @@ def test_start_and_stop(tmp_path: Path) -> None:
             assert client.ping()
             assert client.info("server")["process_id"] == server.pid
             assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+            assert client.config_get("hz") == {"hz": str(REDIS_HZ)}
             assert client.config_get("appendonly") == {"appendonly": "yes"}
             assert client.config_get("bind") == {"bind": "127.0.0.1"}
         unixsocket = server.unixsocket

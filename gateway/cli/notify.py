@@ -36,6 +36,7 @@ def notify_supervisor(settings: Settings) -> PersistSupervisor | None:
 async def _notify(settings: Settings) -> None:
     from gateway import metrics
     from gateway.notify.notifier import Notifier
+    from gateway.redis.client import parse_url
     from gateway.redis.store import Store
     from gateway.rules.clock import SystemClock
 
@@ -45,13 +46,20 @@ async def _notify(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     store = Store.from_url(settings.redis_url, settings.partitions)
+    # On one Redis server the notifier waits for alerts on a connection of its own (a
+    # blocking read over every notify stream) instead of polling; a cluster is polled.
+    waiter = (Store.from_url(settings.redis_url, settings.partitions)
+              if parse_url(settings.redis_url)[0] == "single" else None)
     try:
         await store.load_functions()
         await asyncio.gather(
-            Notifier(store, SystemClock(), settings.webhook_allow_private).run(stop),
+            Notifier(store, SystemClock(), settings.webhook_allow_private,
+                     waiter=waiter).run(stop),
             metrics.flush_until(stop))
     finally:
         await store.close()
+        if waiter is not None:
+            await waiter.close()
 
 
 async def _status(settings: Settings) -> dict[str, Any]:

@@ -13,8 +13,6 @@ gateway.http.tokens.TOKEN_POLL_SECONDS.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -26,8 +24,8 @@ from gateway.http.tokens import (
     create_token,
     list_tokens,
     parse_token_spec,
-    poll_tokens,
     revoke_token,
+    token_poll_step,
 )
 from gateway.http.web import (
     CLOCK,
@@ -36,6 +34,7 @@ from gateway.http.web import (
     Route,
     json_response,
 )
+from gateway.polling import POLLER
 from gateway.validate import json_object, path_id
 from gateway.vocab import Role
 
@@ -111,12 +110,9 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
         await table.refresh(app[STORE])
     except Exception as exc:
         log.warning("run-time tokens not loaded from Redis at start-up (polling): %r", exc)
-    task = asyncio.create_task(poll_tokens(app[STORE], table, app[CLOCK]),
-                               name="token-poller")
+    app[POLLER].add("token", token_poll_step(app[STORE], table, app[CLOCK]))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await app[POLLER].remove("token")
     try:
         await table.flush_seen(app[STORE], app[CLOCK])
     except Exception as exc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,7 +16,7 @@ from gateway.http.api_cdrs import ledger_ctx
 from gateway.http.api_tokens import TOKENS_TABLE, tokens_ctx
 from gateway.http.auth import Authenticator
 from gateway.http.problems import problems_middleware
-from gateway.http.tokens import TokenTable
+from gateway.http.tokens import TOKEN_POLL_SECONDS, TokenTable
 from gateway.http.web import (
     ADMIN,
     AUTH,
@@ -30,11 +28,18 @@ from gateway.http.web import (
     Route,
     add_routes,
 )
+from gateway.polling import POLLER, SharedPoll
 from gateway.redis.store import Store
 from gateway.rules.admin import AdminService
 from gateway.rules.calls import CallService
 from gateway.rules.clock import Clock, SystemClock
-from gateway.rules.decks import DECKS, Decks, poll_decks
+from gateway.rules.decks import (
+    DECK_POLL_SECONDS,
+    DECKS,
+    Decks,
+    count_deck_poll_failure,
+    deck_poll_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app[CLOCK] = clock or SystemClock()
     app[AUTH] = Authenticator(settings.operator_token, settings.tokens, clock=app[CLOCK])
     app[DECKS] = Decks(settings.rate_decks)
+    # One tick for the background polls (rate decks, run-time tokens): one wake-up.
+    app[POLLER] = SharedPoll(min(DECK_POLL_SECONDS, TOKEN_POLL_SECONDS))
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         own = store is None
@@ -92,11 +99,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             await app[DECKS].refresh(app[STORE])
         except Exception as exc:
             log.warning("rate decks not loaded from Redis at start-up: %r", exc)
-        task = asyncio.create_task(poll_decks(app[STORE], app[DECKS]), name="deck-poller")
+        app[POLLER].add("rate-deck", deck_poll_step(app[STORE], app[DECKS]),
+                        on_failure=count_deck_poll_failure)
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await app[POLLER].remove("rate-deck")
 
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(decks_ctx)

@@ -24,7 +24,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +46,7 @@ ROLES = tuple(r.value for r in Role)
 
 # How often a worker asks Redis whether a token changed: several polls fit in the 1 s
 # within which a revoked token must answer 401 everywhere. One GET of a small key each.
-TOKEN_POLL_SECONDS = 0.2
+TOKEN_POLL_SECONDS = 0.25
 # How often at most a worker writes the ids of the tokens it saw (last_used_at).
 LAST_USED_FLUSH_SECONDS = 60.0
 
@@ -318,6 +318,14 @@ async def poll_tokens(store: Store, table: TokenTable, clock: Clock,
                       flush_every_s: float = LAST_USED_FLUSH_SECONDS) -> None:
     """Refresh `table` forever and flush last use now and then. Redis being away keeps the
     table as it was (a revocation needs Redis to be made at all)."""
+    await poll_quietly("token", token_poll_step(store, table, clock, flush_every_s), interval_s)
+
+
+def token_poll_step(store: Store, table: TokenTable, clock: Clock,
+                    flush_every_s: float = LAST_USED_FLUSH_SECONDS
+                    ) -> Callable[[], Awaitable[None]]:
+    """One poll of the tokens' version (a reload when it moved), and the last uses written
+    every ``flush_every_s``."""
     loop = asyncio.get_running_loop()
     next_flush = loop.time() + flush_every_s
 
@@ -328,4 +336,4 @@ async def poll_tokens(store: Store, table: TokenTable, clock: Clock,
             next_flush = loop.time() + flush_every_s
             await table.flush_seen(store, clock)
 
-    await poll_quietly("token", step, interval_s)
+    return step

@@ -87,20 +87,24 @@ class Ledger(abc.ABC):
         concurrent writer of the same entries makes one of the two transactions fail on
         the primary key (never a double projection); the persister retries it and then
         finds them present."""
-        new = 0
         async with self.transaction() as tx:
-            stmts: list[Stmt] = []
-            balance: dict[str, int] = {}
-            for stream, entries in batches:
-                rows = await self._new_rows(tx, stream, entries, stmts, balance)
-                if rows:
-                    await tx.execute_many(
-                        "INSERT INTO events (stream, entry_id, entry_ms, type, tenant, ts, "
-                        "data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                    new += len(rows)
-            stmts += [("UPDATE tenants SET balance_micro = balance_micro + ? "
-                       "WHERE tenant = ?", (delta, t)) for t, delta in balance.items()]
-            await run_statements(tx, stmts)
+            return await self._apply_in(tx, batches)
+
+    async def _apply_in(self, tx: Tx, batches: Sequence[tuple[str, Sequence[Entry]]]) -> int:
+        """apply_batches' work inside its transaction ``tx``: awaits nothing but ``tx``."""
+        new = 0
+        stmts: list[Stmt] = []
+        balance: dict[str, int] = {}
+        for stream, entries in batches:
+            rows = await self._new_rows(tx, stream, entries, stmts, balance)
+            if rows:
+                await tx.execute_many(
+                    "INSERT INTO events (stream, entry_id, entry_ms, type, tenant, ts, "
+                    "data) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                new += len(rows)
+        stmts += [("UPDATE tenants SET balance_micro = balance_micro + ? "
+                   "WHERE tenant = ?", (delta, t)) for t, delta in balance.items()]
+        await run_statements(tx, stmts)
         return new
 
     @staticmethod

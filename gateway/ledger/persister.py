@@ -58,8 +58,11 @@ STREAMS_AT_ONCE = 4
 # this long. Each round costs Redis a command or two per partition stream however few
 # events it carries; back-to-back rounds under a steady trickle cost Redis ~10 us of CPU
 # per event on the call path's server (measured by make bench), paced rounds a fraction of
-# that. A backlog (a stream that filled its batch) is read without pause.
-IDLE_SLEEP_SECONDS = 0.05
+# that. A backlog (a stream that filled its batch) is read without pause. At a switch's
+# pace (300 calls/s) a quarter of a second gathers ~150 events per round: the round's
+# fixed costs (a read over every stream, a commit, an XACK per stream) are shared by that
+# many (docs/pace.md); the ledger is that much later, still well under a second.
+IDLE_SLEEP_SECONDS = 0.25
 # Polling (a cluster): each round that finds nothing doubles the pause, up to this.
 IDLE_SLEEP_MAX_SECONDS = 1.0
 # Waiting (one server): how long one blocking read waits for new entries before the round
@@ -67,6 +70,10 @@ IDLE_SLEEP_MAX_SECONDS = 1.0
 BLOCK_MILLISECONDS = 1000
 CLAIM_IDLE_MS = 30_000  # an entry pending this long on a silent consumer is taken over
 TRIM_INTERVAL_SECONDS = 5.0
+# Trimming every TRIM_INTERVAL_SECONDS covers the streams this persister acknowledged
+# entries on since; every stream (another persister's, dead consumers) only this often: an
+# idle persister sends Redis no trimming commands in between.
+FULL_TRIM_INTERVAL_SECONDS = 600.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000
 
 
@@ -115,6 +122,9 @@ class Persister:
     _last_claim: dict[str, float] = field(default_factory=dict)
     _claim_cursor: dict[str, str] = field(default_factory=dict)  # XAUTOCLAIM scan under way
     _last_trim: float = 0.0
+    _last_full_trim: float = 0.0
+    _acked_since_trim: set[str] = field(default_factory=set)
+    _streams: list[str] | None = None
     _own_checked: set[str] = field(default_factory=set)  # own pending re-read after a fault
     outage: Outage = field(default_factory=lambda: Outage("persister", log))
     status_interval_seconds: float = STATUS_INTERVAL_SECONDS
@@ -224,8 +234,11 @@ class Persister:
         after a fault, or a claim scan every claim_idle_ms / 2), then the new entries of
         all streams with one XREADGROUP, blocking up to ``block_ms`` (0: not at all) when
         there was nothing else."""
-        streams = self.streams
-        batches = await self._each([partial(self._read_old, s) for s in streams])
+        streams = self._streams_list()
+        old = [s for s in streams if self._old_may_wait(s)]
+        found = dict(zip(old, await self._each([partial(self._read_old, s) for s in old]),
+                         strict=True)) if old else {}
+        batches = [found.get(s, []) for s in streams]
         rooms = [self.batch_entries_max - len(b) for b in batches]
         room = min(rooms)
         if room <= 0:
@@ -237,6 +250,22 @@ class Persister:
             "STREAMS", *streams, *(">" for _ in streams))
         got = {str(stream): _entries(raw) for stream, raw in (reply or [])}
         return [b + got.get(s, []) for s, b in zip(streams, batches, strict=True)]
+
+    def _streams_list(self) -> list[str]:
+        """``streams``, made once (a round reads it several times)."""
+        if self._streams is None:
+            self._streams = self.streams
+        return self._streams
+
+    def _old_may_wait(self, stream: str) -> bool:
+        """Whether ``stream`` may hold claimed or own pending entries to read this round: its
+        group is not known to exist, its own pending entries were not read since a fault,
+        or a claim scan is under way or due. Otherwise a round does not look (no command,
+        no task: an idle or steady round costs one command over every stream)."""
+        return (stream not in self._groups_ready or stream not in self._own_checked
+                or stream in self._claim_cursor
+                or time.monotonic() - self._last_claim.get(stream, 0.0)
+                >= self.claim_idle_ms / 2000)
 
     async def _read_old(self, stream: str) -> list[Entry]:
         try:
@@ -255,9 +284,9 @@ class Persister:
         if self.waiter is not None:
             batches = await self._read_waiting(self.waiter, block_ms)
         else:
-            batches = await self._each([partial(self.read, s) for s in self.streams])
+            batches = await self._each([partial(self.read, s) for s in self._streams_list()])
         self.backlogged = any(len(b) >= self.batch_entries_max for b in batches)
-        work = [(s, b) for s, b in zip(self.streams, batches, strict=True) if b]
+        work = [(s, b) for s, b in zip(self._streams_list(), batches, strict=True) if b]
         if work:
             try:
                 self.persisted_total += await self.ledger.apply_batches(work)
@@ -267,9 +296,17 @@ class Persister:
                 partial(self.store.backend.execute, s, "XACK", s, GROUP,
                         *(e.entry_id for e in b))
                 for s, b in work])
-        if self.trim and time.monotonic() - self._last_trim > TRIM_INTERVAL_SECONDS:
-            self._last_trim = time.monotonic()
-            await self._each([partial(self.trim_stream, s) for s in self.streams])
+            self._acked_since_trim.update(s for s, _ in work)
+        now = time.monotonic()
+        if self.trim and now - self._last_trim > TRIM_INTERVAL_SECONDS:
+            self._last_trim = now
+            if now - self._last_full_trim > FULL_TRIM_INTERVAL_SECONDS:
+                self._last_full_trim = now
+                trim = self._streams_list()
+            else:
+                trim = [s for s in self._streams_list() if s in self._acked_since_trim]
+            await self._each([partial(self.trim_stream, s) for s in trim])
+            self._acked_since_trim.clear()
         return sum(len(b) for _, b in work)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -292,6 +329,7 @@ class Persister:
                 done = 0
             else:
                 await self.outage.succeeded(self.backlog_entries, written=done)
+            metrics.flush_if_due()  # this process's batched metrics (reaper's included)
             # Published in an outage too (when Redis answers): the lag alerts then fire. An
             # idle persister (nothing written since it last published) publishes rarely.
             written_since_status = written_since_status or done > 0

@@ -16,6 +16,14 @@ the same event id on every attempt. An attempt is a POST with the signature head
 else (status, timeout, refused destination) schedules the next attempt BACKOFF_FIRST_S
 doubling up to BACKOFF_MAX_S later, until GIVE_UP_SECONDS after its creation: then
 ``failed``. All retry state is in Redis; the clock is injectable (tests move it).
+
+Waiting, not polling (``run``). On one Redis server the notifier reads every notify stream
+with ONE ``XREADGROUP … BLOCK`` on a connection of its own (``waiter``), which returns as
+soon as an alert crosses; the due sets are scanned only when a round made or attempted
+deliveries, when the earliest due attempt it knows of (read after each scan) comes, and
+every RESCAN_SECONDS in any case; the pending gauges likewise. An idle notifier costs Redis
+one command every BLOCK_MILLISECONDS. A cluster cannot serve one command over keys of many
+slots: there each stream is read on its own every IDLE_SLEEP_SECONDS.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from gateway.notify.webhooks import (
     signature,
 )
 from gateway.redis import contract
-from gateway.redis.client import Arg
+from gateway.redis.client import Arg, ReplyError
 from gateway.redis.keys import (
     DELIVERY_LOG_MAX,
     DELIVERY_RETENTION_SECONDS,
@@ -66,6 +74,12 @@ BATCH = 100  # entries read, or deliveries attempted, per partition and round
 CONCURRENT_ATTEMPTS = 32
 IDLE_SLEEP_SECONDS = 0.5
 GAUGES_INTERVAL_SECONDS = 5.0
+# Waiting (one server): how long one blocking read over the notify streams waits before the
+# round goes on (the stop signal is looked at between rounds).
+BLOCK_MILLISECONDS = 1000
+# Without a round that made or attempted deliveries, the due sets and the pending gauges
+# are read again after this long (the earliest due attempt is known between scans).
+RESCAN_SECONDS = 60.0
 USER_AGENT = "callgate-webhooks/1"
 
 
@@ -110,6 +124,9 @@ class Notifier:
     _groups_ready: set[str] = field(default_factory=set)
     _own_checked: set[str] = field(default_factory=set)
     _last_gauges: float = 0.0
+    # A Store of its own for the blocking read over every notify stream (one Redis server
+    # only; None: each stream read on its own, polling).
+    waiter: Store | None = None
 
     @property
     def partitions(self) -> list[PartitionKeys]:
@@ -159,12 +176,50 @@ class Notifier:
             self._own_checked.add(stream)
         return entries
 
-    async def intake(self) -> int:
-        """One read of every notify stream; the number of deliveries created."""
+    async def _read_waiting(self, waiter: Store, block_ms: int) -> list[list[Any]]:
+        """Every stream's entries: own pending ones left by an earlier run stream by stream
+        (once per stream), then the new ones of all streams with one XREADGROUP, blocking
+        up to ``block_ms`` (0: not at all) when there was nothing else."""
+        partitions = self.partitions
+        old: list[list[Any]] = []
+        for p in partitions:
+            entries: list[Any] = []
+            if p.notify not in self._own_checked:
+                await self._ensure_group(p.notify)
+                reply = await self.store.raw(p.notify, "XREADGROUP", "GROUP", GROUP,
+                                             self.consumer, "COUNT", BATCH, "STREAMS",
+                                             p.notify, "0")
+                entries = list(reply[0][1]) if reply else []
+                if len(entries) < BATCH:
+                    self._own_checked.add(p.notify)
+            old.append(entries)
+        streams = [p.notify for p in partitions]
+        block: tuple[str | int, ...] = (
+            ("BLOCK", block_ms) if block_ms > 0 and not any(old) else ())
+        try:
+            reply = await waiter.backend.execute(
+                streams[0], "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", BATCH,
+                *block, "STREAMS", *streams, *(">" for _ in streams))
+        except ReplyError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups_ready.clear()  # a stream lost its group (deleted): make them again
+            self._own_checked.clear()
+            return old
+        got = {str(stream): list(raw) for stream, raw in (reply or [])}
+        return [o + got.get(s, []) for s, o in zip(streams, old, strict=True)]
+
+    async def intake(self, block_ms: int = 0) -> int:
+        """One read of every notify stream (with a ``waiter``: one command, which may block
+        up to ``block_ms`` for new entries); the number of deliveries created."""
         made = 0
         webhooks: dict[str, dict[str, dict[str, Any]]] = {}
-        for p in self.partitions:
-            for item in await self._read(p.notify):
+        if self.waiter is not None:
+            batches = await self._read_waiting(self.waiter, block_ms)
+        else:
+            batches = [await self._read(p.notify) for p in self.partitions]
+        for p, batch in zip(self.partitions, batches, strict=True):
+            for item in batch:
                 entry_id, flat = str(item[0]), item[1]
                 if flat is None:  # deleted meanwhile
                     continue
@@ -303,6 +358,17 @@ class Notifier:
         age = 0.0 if oldest is None else max(0.0, (self._now_ms() - oldest) / 1000)
         return count, age
 
+    async def next_due_ms(self) -> int | None:
+        """The earliest next attempt (ms) over every partition; None: nothing is due."""
+        first: int | None = None
+        for p in self.partitions:
+            head = await self.store.raw(p.deliveries_due, "ZRANGE", p.deliveries_due, 0, 0,
+                                        "WITHSCORES")
+            if head:
+                ms = int(float(head[1]))
+                first = ms if first is None else min(first, ms)
+        return first
+
     async def run_once(self) -> int:
         """One round: intake, then the deliveries due; how much it did."""
         made = await self.intake()
@@ -313,15 +379,47 @@ class Notifier:
         return made + done
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: rounds that wait for alerts (one blocking read with a
+        ``waiter``, else a pause of IDLE_SLEEP_SECONDS) and attempt what is due. The due
+        sets are scanned after a round that did something, when the earliest known
+        attempt is due, and every RESCAN_SECONDS; never at every idle round."""
+        next_due: int | None = None
+        scan_needed = True
+        last_scan = 0.0
+        block_ms = 0
         try:
             while not stop.is_set():
+                busy = 0
+                metrics.flush_if_due()  # this process's batched metrics, without a wake-up
                 try:
-                    busy = await self.run_once()
+                    made = await self.intake(block_ms)
+                    now = time.monotonic()
+                    if (made or scan_needed or now - last_scan >= RESCAN_SECONDS
+                            or (next_due is not None and self._now_ms() >= next_due)):
+                        done = await self.deliver_due()
+                        next_due = await self.next_due_ms()
+                        scan_needed, last_scan = False, now
+                        busy = made + done
+                        if busy or now - self._last_gauges >= RESCAN_SECONDS:
+                            self._last_gauges = now
+                            metrics.set_webhook_pending(*await self.pending())
                 except Exception:  # Redis down, a bug in one round: log, go on
                     log.exception("notifier round failed; retrying")
-                    busy = 0
-                if not busy:
+                    scan_needed = True
+                    block_ms = 0
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), IDLE_SLEEP_SECONDS)
+                    continue
+                if busy:
+                    block_ms = 0
+                    continue
+                until_due = (BLOCK_MILLISECONDS if next_due is None
+                             else max(1, next_due - self._now_ms()))
+                if self.waiter is not None:
+                    block_ms = min(BLOCK_MILLISECONDS, until_due)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(),
+                                               min(IDLE_SLEEP_SECONDS, until_due / 1000))
         finally:
             await self.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # How often a worker asks Redis whether a deck changed: several polls fit in the 1 s within
 # which every worker must rate with a new deck. One GET of a small key each time.
-DECK_POLL_SECONDS = 0.2
+DECK_POLL_SECONDS = 0.25
 # Largest accepted upload: a 100,000-row deck is about 5 MB of CSV.
 DECK_LIMIT_BYTES = 32 * 1024 * 1024
 
@@ -108,15 +108,24 @@ def deck_from_rows(rows_json: str, currency: str) -> RateDeck:
     ))
 
 
-async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_SECONDS) -> None:
-    """Refresh `decks` forever; Redis being away only delays a new deck, never a call."""
+def deck_poll_step(store: Store, decks: Decks) -> Callable[[], Awaitable[None]]:
+    """One poll of the decks' version (a reload when it moved)."""
 
     async def step() -> None:
         if await decks.refresh(store):
             metrics.count_deck_reload(True)
 
-    await poll_quietly("rate-deck", step, interval_s,
-                       on_failure=lambda: metrics.count_deck_reload(False))
+    return step
+
+
+def count_deck_poll_failure() -> None:
+    metrics.count_deck_reload(False)
+
+
+async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_SECONDS) -> None:
+    """Refresh `decks` forever; Redis being away only delays a new deck, never a call."""
+    await poll_quietly("rate-deck", deck_poll_step(store, decks), interval_s,
+                       on_failure=count_deck_poll_failure)
 
 
 async def store_deck(store: Store, deck: RateDeck, csv_text: str, now: int,
