@@ -34,19 +34,25 @@ ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED MONTH_NEEDED
          again with that month's key.
 --]]
 
--- What end_call reads of a call (it needs no record), by name. The names of the packed
--- fields it uses are read too, for a hash of the older layout (every field its own, see
--- CALL_PACKED): an absent field costs HMGET little.
+-- What end_call reads of a call (it needs no record), by name: the fields an open call of
+-- the current layout has. A hash of an older layout (every field its own, see CALL_PACKED;
+-- or ended, its bill in fields) is read again for the rest: every absent field costs
+-- HMGET a scan of the hash, a fifth of end_call's cost when they were read at once.
 local function load_call_end(k_call)
-  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'dur',
-    'bdp', 'bip', 'bc', 'over', 'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
-    'rb')
+  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp')
   if is_closed_reply(v) then return read_closed(k_call) end
   if not v[1] then return nil end
-  local s = unpack_call_head({st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6],
-    cr = v[7], gexp = v[8], dur = v[9], bdp = v[10], bip = v[11], bc = v[12], over = v[13],
-    uid = v[14], mon = v[15], cnt = v[16], pool = v[17], kind = v[18], rp = v[19], rr = v[20],
-    rf = v[21], ra = v[22], rb = v[23]})
+  local s = {st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6], cr = v[7],
+    gexp = v[8], dur = nil, bdp = nil, bip = nil, bc = nil, over = nil, uid = nil, mon = nil,
+    cnt = nil, pool = nil, kind = nil, rp = nil, rr = nil, rf = nil, ra = nil, rb = nil}
+  if v[1] ~= 'active' or not v[2] then
+    local w = redis.call('HMGET', k_call, 'dur', 'bdp', 'bip', 'bc', 'over', 'uid', 'mon',
+      'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra', 'rb')
+    s.dur, s.bdp, s.bip, s.bc, s.over, s.uid, s.mon, s.cnt, s.pool, s.kind, s.rp, s.rr, s.rf,
+      s.ra, s.rb = w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11], w[12],
+      w[13], w[14], w[15]
+  end
+  s = unpack_call_head(s)
   if not v[2] then  -- every field its own: the answer the closed record keeps, by name
     local a = redis.call('HMGET', k_call, 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt')
     s.d, s.rsn, s.src, s.g, s.exp, s.cls, s.dc, s.dt = a[1] or '', a[2] or '', a[3] or '',
