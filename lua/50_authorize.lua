@@ -215,7 +215,7 @@ local function authorize(KEYS, ARGV)
     rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
   }
 
-  local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
+  local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0, pend = 0}
   alert_context(tid, now, month, k_events, KEYS[12])  -- lua/05_alerts.lua
   local o
   if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
