@@ -159,13 +159,6 @@ local function emit(stream, etype, tenant_id, now, data)
     'data', cjson.encode(data))
 end
 
--- True when text may stand between JSON quotes as it is: no quote, backslash or control
--- character. For the few values from outside (call and tenant ids, which the API restricts
--- to letters, digits and ._:@-) that an event built by concatenation carries.
-local function json_plain(text)
-  return string.find(text, '[%c"\\]') == nil
-end
-
 -- An event whose data the caller wrote as JSON text (type, tenant and ts included).
 local function emit_text(stream, etype, tenant_id, data_text)
   return redis.call('XADD', stream, '*', 'type', etype, 'tenant', tenant_id, 'data', data_text)

@@ -6,17 +6,20 @@ credit_grant and pay; registers nothing. Uses lua/00_lib.lua and lua/05_alerts.l
 -- Reserve up to cap more seconds from a pool for a call already holding pool_s seconds
 -- (pool_r minutes reserved). Returns granted seconds (0: exhausted) and the call's new
 -- reserved minutes, or nil when the pool does not exist (no licence assigned). Announces
--- the alert thresholds the grant crosses.
-local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap)
+-- the alert thresholds the grant crosses. pend: minutes the caller released from the
+-- reservation and has not written yet (extend's truncate, <= 0): counted as written, and
+-- written with the grant's, one HINCRBY for both.
+local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap, pend)
   local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
   local used, reserved, r_field, first = pool_usage(k_month, pool)
+  reserved = reserved + pend
   local remaining = capacity - used - reserved
   if remaining < 0 then remaining = 0 end  -- D6: capacity fell below use
   local g = math.min(cap, (pool_r + remaining) * 60 - pool_s)
   if g <= 0 then return 0, pool_r end
   local new_r = ceil_div(pool_s + g, 60)
-  hincr(k_month, r_field, new_r - pool_r)
+  hincr_or_del(k_month, r_field, new_r - pool_r + pend)
   -- Alert thresholds are whole percents: only a grant that takes the pool past one may
   -- cross a threshold (most do not: 5 minutes of 30,000 are 0.017 %). Checked here, with
   -- no call and no read; lua/05_alerts.lua reads the thresholds when it may.
@@ -66,15 +69,17 @@ end
 
 -- The paying step shared by authorize and extend: pool (unless the call already moved to
 -- credits or may only use credits), then credits, else the D17 deny reason.
--- Mutates st (pool_s, pool_r, cred_s, cred_r); returns granted seconds, source | deny reason.
+-- Mutates st (pool_s, pool_r, cred_s, cred_r; pend, the pool minutes released and not yet
+-- written, which a pool grant writes with its own); returns granted seconds, source | deny reason.
 local function pay(c, st, cap)
   local pool_existed = false
   if st.pool ~= '' and st.cred_s == 0 and not c.credits_only then
     local g, new_r = pool_grant(c.k_pools, c.k_month, st.pool, st.kind, st.pool_s, st.pool_r,
-      cap)
+      cap, st.pend)
     if g ~= nil then
       pool_existed = true
       if g > 0 then
+        st.pend = 0
         st.pool_s, st.pool_r = st.pool_s + g, new_r
         return g, st.kind .. '_pool'
       end

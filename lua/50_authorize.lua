@@ -215,7 +215,7 @@ local function authorize(KEYS, ARGV)
     rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
   }
 
-  local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0}
+  local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0, pend = 0}
   alert_context(tid, now, month, k_events, KEYS[12])  -- lua/05_alerts.lua
   local o
   if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
@@ -246,11 +246,33 @@ local function authorize(KEYS, ARGV)
   -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
   -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
   -- the user's JSON record and is printed as redis.call prints a Lua number.
-  local packed = cjson.encode({c.uid, month, o.counted and '1' or '0', st.pool, st.kind,
-    c.rp, c.rr, c.rf, c.ra, c.rb, direction, to, from, ARGV[3], ARGV[24], o.decision,
-    o.reason, o.source, granted_text, expires_text, o.class, dcountry, dtype,
-    o.free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
-    c.limit and string.format('%.17g', c.limit) or ''})
+  local sl = c.limit and string.format('%.17g', c.limit) or ''
+  -- The text from outside that the call's record and its event carry (user, pool, numbers,
+  -- rate prefix, call and tenant ids, attempt) is plain when cjson, encoding it, adds
+  -- nothing but the quotes: no quote, backslash, '/' or control character to escape. Then
+  -- both are written out, the same text cjson writes, for a small part of cjson's cost on
+  -- the whole record (27 values) and less than a pattern scan (figures: BENCHMARKS.md).
+  -- Every other value is our own word or text store.py makes (integers, country, type).
+  local uid, pool, attempt = c.uid, st.pool, ARGV[26]
+  local outside = uid .. pool .. to .. from .. c.rp .. cid .. tid .. attempt
+  local plain = #cjson.encode(outside) == #outside + 2
+  local packed
+  if plain then
+    packed = '["' .. uid .. '","' .. month .. '","' .. (o.counted and '1' or '0') .. '","' ..
+      pool .. '","' .. st.kind .. '","' .. c.rp .. '","' .. c.rr .. '","' .. c.rf ..
+      '","' .. c.ra .. '","' .. c.rb .. '","' .. direction .. '","' .. to .. '","' .. from ..
+      '","' .. ARGV[3] .. '","' .. ARGV[24] .. '","' .. o.decision .. '","' .. o.reason ..
+      '","' .. o.source .. '","' .. granted_text .. '","' .. expires_text .. '","' ..
+      o.class .. '","' .. dcountry .. '","' .. dtype .. '","' .. (o.free and '1' or '0') ..
+      '","' .. (c.credits_only and '1' or '0') .. '","' ..
+      (c.credits_allowed and '1' or '0') .. '","' .. sl .. '"]'
+  else
+    packed = cjson.encode({uid, month, o.counted and '1' or '0', pool, st.kind,
+      c.rp, c.rr, c.rf, c.ra, c.rb, direction, to, from, ARGV[3], ARGV[24], o.decision,
+      o.reason, o.source, granted_text, expires_text, o.class, dcountry, dtype,
+      o.free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
+      sl})
+  end
   local rec = {
     'st', 'active', 'i', packed, 'h', granted_text,
     'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
@@ -270,7 +292,7 @@ local function authorize(KEYS, ARGV)
   -- as escaped strings, and every other value is integer text or our own word. The call
   -- and tenant ids are the only text from outside; one the API would never let through
   -- takes the cjson way, whose event reads the same.
-  if json_plain(cid) and json_plain(tid) and json_plain(ARGV[26]) then
+  if plain then
     emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
       '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' ..
       rec[8] .. '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..

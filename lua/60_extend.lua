@@ -65,13 +65,13 @@ local function ctx_of(KEYS, call, k_month)
   }
 end
 
--- Shrink the call's horizon to u seconds, releasing reservations beyond it.
+-- Shrink the call's horizon to u seconds, releasing reservations beyond it. The pool's
+-- release is left in st.pend, written with the next pool grant's (one HINCRBY for both) or
+-- by settle_pool.
 local function truncate(c, st, u)
   if u <= st.pool_s then st.pool_s, st.cred_s = u, 0 else st.cred_s = u - st.pool_s end
   local pool_r = ceil_div(st.pool_s, 60)
-  if st.pool ~= '' and pool_r ~= st.pool_r then
-    hincr_or_del(c.k_month, 'r:' .. st.pool, pool_r - st.pool_r)
-  end
+  if st.pool ~= '' then st.pend = pool_r - st.pool_r end
   local cred_r = 0
   if st.cred_s > 0 then
     local r = rate_of(c)
@@ -84,11 +84,16 @@ local function truncate(c, st, u)
   st.pool_r, st.cred_r = pool_r, cred_r
 end
 
--- Undo truncate(): reserve again what it released, back to the held state.
+-- Writes the pool minutes truncate released when no pool grant wrote them.
+local function settle_pool(c, st)
+  if st.pend ~= 0 then hincr_or_del(c.k_month, 'r:' .. st.pool, st.pend) end
+  st.pend = 0
+end
+
+-- Undo truncate(): reserve again what it released, back to the held state (its pool
+-- release, unwritten, is dropped).
 local function restore(c, st, held)
-  if st.pool ~= '' and held.pool_r ~= st.pool_r then
-    hincr_or_del(c.k_month, 'r:' .. st.pool, held.pool_r - st.pool_r)
-  end
+  st.pend = 0
   if held.cred_r ~= st.cred_r then
     hincr(c.k_tenant, 'res', held.cred_r - st.cred_r)
     if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, held.cred_r - st.cred_r) end
@@ -124,7 +129,7 @@ local function extend(KEYS, ARGV)
   local g, source, reason = grant_max, 'free', call.rsn
   local k_month = month_key(KEYS, ARGV, call.mon)
   local st = {pool = call.pool, kind = call.kind, pool_s = num(call.ps), pool_r = num(call.pr),
-              cred_s = num(call.cs), cred_r = num(call.cr)}
+              cred_s = num(call.cs), cred_r = num(call.cr), pend = 0}
   if call.free ~= '1' then
     if not k_month then
       -- The call started before the previous month: no further time (its month is closed).
@@ -137,6 +142,7 @@ local function extend(KEYS, ARGV)
       truncate(c, st, u)
       g, reason = pay(c, st, grant_max)
       if g > 0 then
+        settle_pool(c, st)  -- paid from credits: the pool's release stands
         source = reason
       else
         -- Denied: the call keeps its current grant to the end (api.md), so it keeps what
