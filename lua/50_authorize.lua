@@ -287,8 +287,8 @@ local function authorize(KEYS, ARGV)
   -- ledger. Everything else the ledger keeps of the call is a field of it (dir, uid, to,
   -- rsn, ...: gateway/ledger/project.py reads them there), so the event carries nothing
   -- twice: smaller XADD, AOF and persister reads on the hottest event of all.
-  -- Written out rather than through cjson (6 % of authorize: it escaped the packed text
-  -- whole): the record's two JSON fields, 'i' and 'grants', stand beside it as JSON, not
+  -- Written out rather than through cjson, which would escape the packed text whole
+  -- (measured in BENCHMARKS.md, "measurements behind choices in lua/"): the record's two JSON fields, 'i' and 'grants', stand beside it as JSON, not
   -- as escaped strings, and every other value is integer text or our own word. The call
   -- and tenant ids are the only text from outside; one the API would never let through
   -- takes the cjson way, whose event reads the same.
