@@ -189,24 +189,20 @@ class Function(Generic[R]):
 
     def keys_of(self, rest: Sequence[str] = (), /, **named: str) -> list[str]:
         """KEYS in the function's order, from every key by its contract name."""
-        if len(named) != len(self.keys) or (rest and not self.keys_rest):
-            raise self._mismatch("KEYS", self.keys, named)
-        try:
-            out = self._get_keys(named)
-        except KeyError:
-            raise self._mismatch("KEYS", self.keys, named) from None
-        if rest:
-            out.extend(rest)
-        return out
+        return self._ordered("KEYS", self.keys, self._get_keys, self.keys_rest, rest, named)
 
     def argv_of(self, rest: Sequence[Arg] = (), /, **named: Arg) -> list[Arg]:
         """ARGV in the function's order, from every argument by its contract name."""
-        if len(named) != len(self.argv) or (rest and not self.argv_rest):
-            raise self._mismatch("ARGV", self.argv, named)
+        return self._ordered("ARGV", self.argv, self._get_argv, self.argv_rest, rest, named)
+
+    def _ordered(self, what: str, names: tuple[str, ...], get: _Getter,
+                 rest_allowed: str, rest: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
+        if len(named) != len(names) or (rest and not rest_allowed):
+            raise self._mismatch(what, names, named)
         try:
-            out = self._get_argv(named)
+            out = get(named)
         except KeyError:
-            raise self._mismatch("ARGV", self.argv, named) from None
+            raise self._mismatch(what, names, named) from None
         if rest:
             out.extend(rest)
         return out

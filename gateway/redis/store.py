@@ -489,14 +489,7 @@ class Store:
             authorize_argv(a),
             deadline,
         ))
-        return Decision(
-            decision=reply.decision, reason=reply.reason, source=_str(reply.source),
-            granted_seconds=int(reply.granted_seconds),
-            grant_expires_at=int(reply.grant_expires_at),
-            destination_class=_str(reply.destination_class),
-            destination_country=_str(reply.destination_country),
-            destination_type=_str(reply.destination_type), replayed=bool(reply.replayed),
-        )
+        return _decision(reply, replayed=bool(reply.replayed))
 
     def _lifecycle_keys(self, f: c.Function[Any], tenant_id: str, call_id: str,
                         months: Sequence[str], **more: str) -> list[str]:
@@ -526,14 +519,7 @@ class Store:
                       grant_max_seconds=grant_max_seconds, deadline_ms=deadline_ms),
             deadline,
         ))
-        return Decision(
-            decision=reply.decision, reason=reply.reason, source=_str(reply.source),
-            granted_seconds=int(reply.granted_seconds),
-            grant_expires_at=int(reply.grant_expires_at),
-            destination_class=_str(reply.destination_class),
-            destination_country=_str(reply.destination_country),
-            destination_type=_str(reply.destination_type),
-        )
+        return _decision(reply)
 
     async def end(
         self, tenant_id: str, call_id: str, now: int, duration_seconds: int,
@@ -632,6 +618,17 @@ class Store:
     async def call_get(self, tenant_id: str, call_id: str) -> dict[str, str] | None:
         k = self.keys(tenant_id)
         return await call_record_of(self, k.call(call_id))
+
+
+def _decision(reply: c.AuthorizeReply | c.ExtendReply, replayed: bool = False) -> Decision:
+    """The Decision of an authorize or extend reply."""
+    return Decision(
+        decision=reply.decision, reason=reply.reason, source=_str(reply.source),
+        granted_seconds=int(reply.granted_seconds), grant_expires_at=int(reply.grant_expires_at),
+        destination_class=_str(reply.destination_class),
+        destination_country=_str(reply.destination_country),
+        destination_type=_str(reply.destination_type), replayed=replayed,
+    )
 
 
 async def call_record_of(store: Store, key: str) -> dict[str, str] | None:
