@@ -58,6 +58,9 @@ async def traffic(gw: Gateway, t: str) -> None:
     await gw.topup(t, "20.00", "k1")
     await gw.topup(t, "5.00", "k2")
     await gw.req("PUT", f"/v1/tenants/{t}/toll-free-numbers/+18005550100", status=None)
+    await gw.req("PUT", f"/v1/tenants/{t}/alerts", {
+        "low_balance": "0.50", "pool_thresholds_percent": [50, 90],
+        "auto_recharge": {"below": "1.00", "amount": "10.00"}})
     for i in range(3):
         assert (await gw.call(t, f"done-{i}", NEW_YORK, user="us0"))["decision"] == "allow"
         assert (await gw.call(t, f"paid-{i}", LONDON, user="payg"))["decision"] == "allow"
@@ -80,6 +83,7 @@ async def views(gw: Gateway, t: str) -> dict[str, Any]:
         "open": [await gw.req("GET", f"/v1/tenants/{t}/calls/{c}") for c in
                  ("open-pool", "open-paid")],
         "audit": await gw.req("GET", f"/v1/tenants/{t}/audit?limit=200"),
+        "alerts": await gw.req("GET", f"/v1/tenants/{t}/alerts"),
     }
 
 
@@ -93,8 +97,8 @@ async def test_flush_rebuild_audit_is_clean(
     skew = rgw.settings.clock_skew_seconds
     assert await audit(store, ledger, now, skew) == []
     before = await views(rgw, t)
-    # The tenant, 4 users created and 1 deleted, 2 top-ups, 1 toll-free number.
-    assert len(before["audit"]["entries"]) == 9
+    # The tenant, 4 users created and 1 deleted, 2 top-ups, 1 toll-free number, the alerts.
+    assert len(before["audit"]["entries"]) == 10
 
     await store.backend.execute("x", "FLUSHALL")
     await rebuild(store, ledger, int(rgw.clock.now()), skew, show_progress=False)
@@ -185,7 +189,7 @@ async def test_audit_reports_a_missing_or_altered_audit_list_and_rate_deck(
     newest = await store.raw(k.audit, "LPOP", k.audit)  # one entry lost
     next_id = orjson.loads((await store.raw(k.audit, "LRANGE", k.audit, 0, 0))[0])["id"]
     assert await audit(store, ledger, now, skew) == [
-        f"{k.audit}: redis has 8 entries, ledger 9; first difference at #0: "
+        f"{k.audit}: redis has 9 entries, ledger 10; first difference at #0: "
         f"redis={next_id!r} ledger={orjson.loads(newest)['id']!r}"]
     await store.raw(k.audit, "LPUSH", k.audit, newest)
     assert await audit(store, ledger, now, skew) == []
@@ -193,7 +197,7 @@ async def test_audit_reports_a_missing_or_altered_audit_list_and_rate_deck(
     await store.raw(k.audit, "DEL", k.audit)  # the whole list lost
     proc = run_cli(rgw, "audit")
     assert proc.returncode == 1, proc.stdout
-    assert f"{k.audit}: redis has 0 entries, ledger 9; first difference at #0" in proc.stdout
+    assert f"{k.audit}: redis has 0 entries, ledger 10; first difference at #0" in proc.stdout
     assert "1 discrepancy" in proc.stdout
 
     await store.raw("{decks}:deck:USD", "DEL", "{decks}:deck:USD")

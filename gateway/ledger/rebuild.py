@@ -33,7 +33,8 @@ CALL_FIELDS = ("st", "gexp", "pr", "cr", "uid", "pool", "mon")
 # The events that lua/00_lib.lua `audit` also pushes on the tenant's audit list.
 AUDIT_EVENT_TYPES = tuple(e.value for e in (
     E.TENANT_CREATED, E.TENANT_UPDATED, E.USER_CREATED, E.USER_UPDATED, E.USER_DELETED,
-    E.CREDITS_TOPPED_UP, E.TOLLFREE_ADDED, E.TOLLFREE_REMOVED))
+    E.CREDITS_TOPPED_UP, E.TOLLFREE_ADDED, E.TOLLFREE_REMOVED, E.ALERTS_UPDATED,
+    E.WEBHOOK_CREATED, E.WEBHOOK_UPDATED, E.WEBHOOK_DELETED))
 # Rows pushed per RPUSH when restoring an audit list.
 LIST_PUSH_CHUNK = 200
 
@@ -128,6 +129,7 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
         if ":m:" in key:
             ex.months.add(key)
             _drop_zeros(h, c.MONTH_COUNTER_PREFIXES)
+    await _alert_settings(ledger, partitions, ex)
     await _audit_lists(ledger, partitions, ex)
     return ex
 
@@ -144,6 +146,31 @@ def audit_entry_text(entry_id: str, data: str) -> str:
 def _entry_order(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+async def _alert_settings(ledger: Ledger, partitions: int, ex: Expected) -> None:
+    """Each tenant's alert settings, as its last ``alerts.updated`` event set them
+    (lua/25_alerts_put.lua): the pool thresholds in the pools hash, the low-balance and
+    auto-recharge amounts in the tenant hash. Whether an alert already fired this month or
+    a recharge is awaited is not restored: at worst one fires again (at least once)."""
+    last: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+    for (t, entry_id, data) in await ledger.query(
+            "SELECT tenant, entry_id, data FROM events WHERE type = ?",
+            E.ALERTS_UPDATED.value):
+        order = _entry_order(str(entry_id))
+        if str(t) not in last or order > last[str(t)][0]:
+            last[str(t)] = (order, orjson.loads(data))
+    for t, (_, d) in last.items():
+        k = tenant_keys(t, partitions)
+        if k.tenant not in ex.tenant_keys:
+            continue
+        ex.h(k.pools)["apct"] = str(d.get("pool_thresholds_percent") or "")
+        tenant = ex.hashes[k.tenant]
+        if d.get("low_balance_micro"):
+            tenant["alb"] = str(d["low_balance_micro"])
+        if d.get("auto_recharge_below_micro"):
+            tenant["arb"] = str(d["auto_recharge_below_micro"])
+            tenant["ara"] = str(d.get("auto_recharge_amount_micro") or "")
 
 
 async def _audit_lists(ledger: Ledger, partitions: int, ex: Expected) -> None:
