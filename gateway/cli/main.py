@@ -83,8 +83,8 @@ async def _serve_async(settings: Settings, reuse_port: bool, ready: str | None =
 
 
 def _tune_gc() -> None:
-    """Profiling showed ~10 % of a worker's CPU in the cyclic GC: the start-up heap (number
-    metadata, rate decks, configuration) was rescanned by every older-generation pass.
+    """The cyclic GC rescanned the start-up heap (number metadata, rate decks,
+    configuration) at every older-generation pass (measured in BENCHMARKS.md).
     Freeze it (never scanned again) and collect the young generation less often; request
     garbage is acyclic and freed by reference counting anyway."""
     gc.collect()

@@ -560,9 +560,9 @@ class RedisServer:
             # Grants and balances must never be evicted: fail writes instead.
             "maxmemory-policy noeviction",
             # Background tasks (active expiry, cron) REDIS_HZ times a second rather than
-            # Redis's default 10: an idle server then costs ~0.03 % of a core, not ~0.16 %
-            # (docs/pace.md). Expiry stays proportional to what expires; the clients' own
-            # blocking reads and polls wake the event loop more often than this anyway.
+            # Redis's default 10, for what an idle server costs (measured in docs/pace.md).
+            # Expiry stays proportional to what expires; the clients' own blocking reads
+            # and polls wake the event loop more often than this anyway.
             f"hz {REDIS_HZ}",
         ]
         unixsocket = self.unixsocket
