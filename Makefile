@@ -116,8 +116,9 @@ $(PROMTOOL): | $(BIN)/python
 	  echo "warning: could not fetch promtool; the alert-rule tests will be skipped" >&2; \
 	fi
 
-# Kamailio with its http_client and json modules (async, permissions, db_text and kamcmd
-# come with the kamailio package), and sipp, for tests/test_kamailio*.py
+# Kamailio with its app_python3 and json modules (async, permissions, db_text and kamcmd
+# come with the kamailio package; app_python3 runs integrations/kamailio/callgate_client.py,
+# the proxy's keep-alive HTTP client), and sipp, for tests/test_kamailio*.py
 # (integrations/kamailio); and its cnxcc module, the baseline `make sipbench` compares with
 # (integrations/kamailio/cnxcc-baseline.cfg; cnxcc speaks to its Redis itself, through
 # hiredis, and needs no other module). On a machine with systemd the package also starts
@@ -126,10 +127,10 @@ KAMAILIO_MODULES := /usr/lib/*/kamailio/modules
 sip:
 	@if ! command -v kamailio >/dev/null 2>&1 || ! command -v sipp >/dev/null 2>&1 \
 	    || ! command -v kamcmd >/dev/null 2>&1 \
-	    || ! ls $(KAMAILIO_MODULES)/http_client.so $(KAMAILIO_MODULES)/json.so \
+	    || ! ls $(KAMAILIO_MODULES)/app_python3.so $(KAMAILIO_MODULES)/json.so \
 	        $(KAMAILIO_MODULES)/async.so $(KAMAILIO_MODULES)/cnxcc.so >/dev/null 2>&1; then \
 	  echo "kamailio/sipp not found: installing them with apt" >&2; \
-	  $(APT_INSTALL) kamailio kamailio-utils-modules kamailio-json-modules \
+	  $(APT_INSTALL) kamailio kamailio-python3-modules kamailio-json-modules \
 	    kamailio-cnxcc-modules sip-tester; \
 	fi
 

@@ -90,6 +90,7 @@ def sip_proxy(gateway_url: str, tenancy: Tenancy, work: Path, *,
     write_tokens(tokens_db, tenancy.tokens)
     env = {**os.environ,
            "CALLGATE_URL": gateway_url, "CALLGATE_TOKEN": tenancy.token,
+           "CALLGATE_CLIENT": str(KAMAILIO_DIR / "callgate_client.py"),
            "CALLGATE_DEFAULT_TENANT": tenancy.default_tenant,
            "CALLGATE_SOURCES": str(sources), "CALLGATE_TOKENS_DB": f"text://{tokens_db}",
            "CARRIER": f"127.0.0.1:{trunk_port}", "SIP_LISTEN": f"127.0.0.1:{proxy_port}",

@@ -28,6 +28,7 @@ def need_tools() -> None:
 CONFIGS = {
     "kamailio.cfg": {
         "CALLGATE_URL": "http://127.0.0.1:8080", "CALLGATE_TOKEN": "t",
+        "CALLGATE_CLIENT": str(KAMAILIO_DIR / "callgate_client.py"),
         "CALLGATE_DEFAULT_TENANT": "", "CALLGATE_SOURCES": str(
             KAMAILIO_DIR / "example" / "sources.list"),
         "CALLGATE_TOKENS_DB": f"text://{KAMAILIO_DIR / 'example' / 'tokens-db'}",
