@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +33,8 @@ class Server:
     """Answers every request 200 with ANSWER. ``close_after``: requests served on a
     connection before the server closes it (0: never)."""
     close_after: int = 0
+    silent: bool = False  # reads requests, never answers
+    tls: ssl.SSLContext | None = None
     port: int = 0
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
@@ -48,6 +53,12 @@ class Server:
             except OSError:
                 return
             self.connections += 1
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except OSError:
+                    conn.close()
+                    continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -65,6 +76,8 @@ class Server:
                     data += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + data[:length])
                 data = data[length:]
+                if self.silent:
+                    continue
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER))
                 served += 1
@@ -115,12 +128,13 @@ def server() -> Iterator[Server]:
     s.stop()
 
 
-def load_client(monkeypatch: pytest.MonkeyPatch, port: int) -> tuple[Any, FakeKSR]:
+def load_client(monkeypatch: pytest.MonkeyPatch, port: int, *, scheme: str = "http",
+                timeout_s: float = 5) -> tuple[Any, FakeKSR]:
     """A fresh copy of the client module with its own KSR, for a gateway on ``port``."""
     ksr = FakeKSR()
     monkeypatch.setitem(sys.modules, "KSR", ksr)
-    monkeypatch.setenv("CALLGATE_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("CALLGATE_TIMEOUT", "5")
+    monkeypatch.setenv("CALLGATE_URL", f"{scheme}://127.0.0.1:{port}")
+    monkeypatch.setenv("CALLGATE_TIMEOUT", str(timeout_s))
     spec = importlib.util.spec_from_file_location(
         "callgate_client", KAMAILIO_DIR / "callgate_client.py")
     assert spec is not None and spec.loader is not None
@@ -196,3 +210,31 @@ def test_no_gateway_answers_status_0_and_logs_no_token(monkeypatch: pytest.Monke
     client, ksr = load_client(monkeypatch, port)
     assert post(client, ksr, "/v1/tenants/t/calls", "1") == (0, "")
     assert ksr.logged and not any("sw-secret" in line for line in ksr.logged)
+
+
+def test_a_gateway_that_does_not_answer_is_status_0(server: Server,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    server.silent = True
+    client, ksr = load_client(monkeypatch, server.port, timeout_s=0.2)
+    assert post(client, ksr, "/v1/tenants/t/calls", "1") == (0, "")
+    assert len(server.requests) == 1  # a timeout is not a closed connection: not resent
+    server.silent = False
+    assert post(client, ksr, "/v1/tenants/t/calls", "1")[0] == 200  # on a new connection
+    assert server.connections == 2
+
+
+def test_https(server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An https:// gateway URL: TLS, with the certificate checked against the system's
+    trust store (here SSL_CERT_FILE, the test's own certificate for 127.0.0.1)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    server.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.tls.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    client, ksr = load_client(monkeypatch, server.port, scheme="https")
+    for _ in range(3):
+        assert post(client, ksr, "/v1/tenants/t/calls", "1") == (200, ANSWER.decode())
+    assert server.connections == 1
