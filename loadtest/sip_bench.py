@@ -267,7 +267,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}, "
         f"Redis {m['redis']}, Kamailio {res['kamailio']}; {res['when']}. sipp caller and "
         f"trunk, Kamailio (4 SIP workers, {res['async_workers']} async workers), callgate "
-        "serve (1 worker), Redis (AOF everysec) on one machine.",
+        f"serve ({res['workers']} worker{'s' if res['workers'] > 1 else ''}), Redis (AOF "
+        "everysec) on one machine.",
         "",
         "| gateway delay ms | calls/s | calls | ok | failed | INVITE→200 p50 ms | p90 ms "
         "| p99 ms | max ms | gateway authorize p99 (bucket) | CPU ms/call Kamailio / gateway "
@@ -355,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the cnxcc baseline (integrations/kamailio/cnxcc-baseline.cfg)")
     p.add_argument("--async-workers", type=int, default=128,
                    help="Kamailio's async workers (ASYNC_WORKERS)")
+    p.add_argument("--workers", type=int, default=1, help="callgate serve's HTTP workers")
     p.add_argument("--shm-mb", type=int, default=256, help="Kamailio's shared memory (-m)")
     args = p.parse_args(argv)
     missing = tools_missing()
@@ -367,11 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     version = subprocess.run(["kamailio", "-v"], capture_output=True, text=True,
                              check=False).stdout.split("\n", 1)[0].replace("version: ", "")
     res: dict[str, Any] = {"machine": machine(), "kamailio": version.strip(), "runs": [],
-                           "async_workers": args.async_workers,
+                           "async_workers": args.async_workers, "workers": args.workers,
                            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with RedisServer(work / "redis", appendonly=True, appendfsync="everysec",
                      name="sipbench-redis") as redis, \
-            gateway(work / "gw", redis.url, token, workers=1) as gw:
+            gateway(work / "gw", redis.url, token, workers=args.workers) as gw:
         asyncio.run(create_tenants(gw.base, token, [TENANT], USERS))
         tenancy = Tenancy(token=token, trunks={TRUNK: TENANT})
         assert redis.pid is not None
