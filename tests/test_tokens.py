@@ -24,8 +24,8 @@ import redis as redis_py
 
 from gateway.config import TokenEntry
 from gateway.http.api_tokens import TOKENS_TABLE
-from gateway.http.auth import Authenticator, Principal, token_sha256
 from gateway.http.app import CHANGES, create_app
+from gateway.http.auth import Authenticator, Principal, token_sha256
 from gateway.http.tokens import TOKEN_RECHECK_SECONDS
 from gateway.http.web import AUTH as AUTH_KEY
 from gateway.http.web import STORE
