@@ -67,11 +67,6 @@ class SharedPoll:
                 self._running[what] = asyncio.create_task(self._serial(what),
                                                           name=f"poll-{what}")
 
-    async def settled(self) -> None:
-        """Until no step runs (tests, and shutdown paths that want the last run done)."""
-        while self._running:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
-
     async def _serial(self, what: str) -> None:
         try:
             while True:

@@ -31,7 +31,9 @@ local function deck_put(KEYS, ARGV)
   redis.call('SET', KEYS[5], ARGV[6])
   local version = redis.call('INCR', k_version)
   redis.call('HSET', k_versions, currency, version)
-  redis.call('PUBLISH', k_version, version)
+  -- pcall: a Redis user without this channel (ACL) must not fail the upload; the workers'
+  -- recheck then finds it
+  redis.pcall('PUBLISH', k_version, version)
   emit(k_events, 'deck.replaced', '', now,
     {currency = currency, rows = rows, bytes = #csv, version = version, actor = actor,
      csv = csv})  -- the deck itself, so that `callgate rebuild` can restore it

@@ -23,7 +23,7 @@ local function token_create(KEYS, ARGV)
   end
   emit(KEYS[3], 'token.created', '', tonumber(ARGV[3]), {token_id = ARGV[1], record = ARGV[2]})
   local version = redis.call('INCR', KEYS[2])
-  redis.call('PUBLISH', KEYS[2], version)
+  redis.pcall('PUBLISH', KEYS[2], version)  -- pcall: as in deck_put (an ACL without the channel)
   return {OK, version}
 end
 

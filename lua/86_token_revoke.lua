@@ -28,7 +28,7 @@ local function token_revoke(KEYS, ARGV)
   redis.call('HDEL', KEYS[3], ARGV[1])
   emit(KEYS[4], 'token.revoked', '', tonumber(ARGV[3]), {token_id = ARGV[1], actor = ARGV[4]})
   local version = redis.call('INCR', KEYS[2])
-  redis.call('PUBLISH', KEYS[2], version)  -- announced as token_create does
+  redis.pcall('PUBLISH', KEYS[2], version)  -- announced as token_create does
   return {OK, version}
 end
 

@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -499,3 +500,32 @@ async def test_a_revocation_is_pushed_on_every_topology(
     await refused_everywhere(200)
     await one.req("DELETE", f"/v1/tokens/{made['id']}", status=204)
     await refused_everywhere(401)
+
+
+async def test_an_acl_user_without_the_channels_still_changes_tokens(
+        tmp_path: Path, aiohttp_client: Any, clock: ManualClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Redis 7 gives a new ACL user no pub/sub channel unless told: the functions' PUBLISH
+    # fails quietly (the change is made; the workers' recheck finds it) and the listener
+    # says why it cannot listen, once.
+    password = secrets.token_hex(16)
+    with RedisServer(tmp_path / "acl", name="acl-redis") as server:
+        with redis_py.Redis.from_url(server.url) as admin:
+            admin.acl_setuser("gateway", enabled=True, passwords=[f"+{password}"],
+                              keys=["*"], commands=["+@all"], reset_channels=True)
+            admin.acl_setuser("default", enabled=False)
+        url = f"redis://gateway:{password}@127.0.0.1:{server.port}/0"
+        gw = await start_gateway(aiohttp_client, clock, url)
+        listener = gw.client.app[CHANGES]
+        deadline = time.monotonic() + PICKUP_DEADLINE_S
+        while listener.failures < 2:
+            assert time.monotonic() < deadline, "the listener did not try"
+            await asyncio.sleep(0.01)
+        made = await create(gw, {"role": "operator"})
+        ok = await gw.client.get("/v1/tokens", headers=bearer(made["token"]))
+        assert ok.status == 200
+        await gw.req("DELETE", f"/v1/tokens/{made['id']}", status=204)
+        refused = await gw.client.get("/v1/tokens", headers=bearer(made["token"]))
+        assert refused.status == 401
+        lost = [r.getMessage() for r in caplog.records if r.name == "gateway.redis.changes"]
+        assert len(lost) == 1 and "NOPERM" in lost[0], lost
