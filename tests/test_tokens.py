@@ -507,7 +507,7 @@ async def test_an_acl_user_without_the_channels_still_changes_tokens(
         caplog: pytest.LogCaptureFixture) -> None:
     # Redis 7 gives a new ACL user no pub/sub channel unless told: the functions' PUBLISH
     # fails quietly (the change is made; the workers' recheck finds it) and the listener
-    # says why it cannot listen, once.
+    # says why it cannot listen, once (and asks again only every 10 s).
     password = secrets.token_hex(16)
     with RedisServer(tmp_path / "acl", name="acl-redis") as server:
         with redis_py.Redis.from_url(server.url) as admin:
@@ -518,7 +518,7 @@ async def test_an_acl_user_without_the_channels_still_changes_tokens(
         gw = await start_gateway(aiohttp_client, clock, url)
         listener = gw.client.app[CHANGES]
         deadline = time.monotonic() + PICKUP_DEADLINE_S
-        while listener.failures < 2:
+        while listener.failures < 1:
             assert time.monotonic() < deadline, "the listener did not try"
             await asyncio.sleep(0.01)
         made = await create(gw, {"role": "operator"})

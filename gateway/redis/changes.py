@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # inside the 1 s within which a revoked token must be refused everywhere (api.md).
 LISTEN_BACKOFF_FIRST_SECONDS = 0.05
 LISTEN_BACKOFF_MAX_SECONDS = 0.5
+# A server that answers but refuses (an ACL user without the channels, a wrong password) is
+# a configuration to fix, not an outage: asked again this seldom, not twice a second.
+LISTEN_REFUSED_RETRY_SECONDS = 10.0
+REFUSALS = ("NOPERM", "WRONGPASS", "NOAUTH")
 # A server gone without a word (host down, no FIN nor RST) would leave the listener waiting
 # forever on a dead TCP connection: the kernel's keepalive probes find it out, at no cost to
 # the process (a Unix socket cannot go half-open).
@@ -96,7 +100,8 @@ class ChangeListener:
                             address, reason)
                 self._warned = True
             turn += 1  # the next address: on a cluster this node may be the one gone
-            await asyncio.sleep(backoff)
+            refused = isinstance(reason, ReplyError) and str(reason).startswith(REFUSALS)
+            await asyncio.sleep(LISTEN_REFUSED_RETRY_SECONDS if refused else backoff)
             backoff = min(backoff * 2, LISTEN_BACKOFF_MAX_SECONDS)
 
     async def _listen(self, address: Address) -> None:
