@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis as redis_py
@@ -529,3 +529,21 @@ async def test_an_acl_user_without_the_channels_still_changes_tokens(
         assert refused.status == 401
         lost = [r.getMessage() for r in caplog.records if r.name == "gateway.redis.changes"]
         assert len(lost) == 1 and "NOPERM" in lost[0], lost
+
+
+def get_calls(r: redis_py.Redis) -> int:
+    stats = cast(dict[str, Any], r.info("commandstats"))
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_an_idle_worker_reads_the_versions_only_at_its_recheck(
+        own_redis: RedisServer, aiohttp_client: Any, clock: ManualClock) -> None:
+    # The gate of the push against a return of the poll: over an idle period, the versions
+    # are read at most at one recheck (two GETs) — a poll every 0.25 s would read them 16
+    # times in the same 2 s.
+    gw = await start_gateway(aiohttp_client, clock, own_redis.url)
+    await until_listening(gw)
+    with redis_py.Redis.from_url(own_redis.url) as r:
+        before = get_calls(r)
+        await asyncio.sleep(2.0)  # the idle period measured, not a synchronisation
+        assert get_calls(r) - before <= 2 * (1 + int(2.0 // TOKEN_RECHECK_SECONDS))
