@@ -198,15 +198,19 @@ METRIC_NAMES: Final = frozenset({
 # prometheus-client's multi-process values call os.getpid() (a real system call) on every
 # increment, and a histogram observation is two increments: strace showed ~10 getpid calls
 # per authorize. So the hot path only adds to plain Python counters here, and flush()
-# moves them into the prometheus objects in bulk: every FLUSH_INTERVAL_SECONDS from each
-# worker's event loop (flusher_ctx, on the worker's shared poll tick) or from the rounds of
-# the persist and notify processes (flush_if_due; flush_until is their backstop), and
-# before every exposition. No wake-up of its own: an idle process does not wake to flush.
+# moves them into the prometheus objects in bulk: in a worker, FLUSH_INTERVAL_SECONDS after
+# the first count since the last flush (one timer, armed by that count: flusher_ctx); in
+# the persist and notify processes, from their rounds (flush_if_due; flush_until is their
+# backstop); and before every exposition. An idle process does not wake to flush.
 
 FLUSH_INTERVAL_SECONDS: Final = 1.0
 # flush_until's own pace: the rounds of the process it runs beside flush more often.
 FLUSH_BACKSTOP_SECONDS: Final = 10.0
 _last_flush = 0.0
+# Worker apps running flusher_ctx, and whether a count needs to arm the flush timer (False
+# only while a worker's loop flushes and no timer is pending).
+_flush_users = 0
+_flush_armed = True
 _BOUNDS: Final = (*LATENCY_BUCKETS_SECONDS, float("inf"))
 
 _decisions: dict[tuple[str, str, str], int] = {}
@@ -217,6 +221,25 @@ _latencies: dict[tuple[Histogram, str], list[float]] = {}
 def count_decision(decision: str, reason: str, source: str) -> None:
     key = (decision, reason, source)
     _decisions[key] = _decisions.get(key, 0) + 1
+    if not _flush_armed:
+        _arm_flush()
+
+
+def _arm_flush() -> None:
+    """The first count since the last flush: flush FLUSH_INTERVAL_SECONDS from now."""
+    global _flush_armed
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # counted off the loop: the next count on it arms the timer
+        return
+    _flush_armed = True
+    loop.call_later(FLUSH_INTERVAL_SECONDS, _timed_flush)
+
+
+def _timed_flush() -> None:
+    global _flush_armed
+    _flush_armed = not _flush_users  # the next count arms again while a worker runs
+    flush()
 
 
 def _observe(hist: Histogram, label: str, seconds: float) -> None:
@@ -225,6 +248,8 @@ def _observe(hist: Histogram, label: str, seconds: float) -> None:
         slots = _latencies[(hist, label)] = [0.0] * (len(_BOUNDS) + 1)
     slots[bisect_left(_BOUNDS, seconds)] += 1  # first bucket whose bound is >= seconds
     slots[-1] += seconds
+    if not _flush_armed:
+        _arm_flush()
 
 
 def observe_request(operation: str, seconds: float) -> None:
@@ -263,10 +288,6 @@ def flush() -> None:
             child._sum.inc(slots[-1])
 
 
-async def _flush_step() -> None:
-    flush_if_due()
-
-
 async def flush_until(stop: asyncio.Event) -> None:
     """Flush every FLUSH_BACKSTOP_SECONDS until ``stop``, then once more (processes
     without an aiohttp app: ``callgate persist``, ``callgate notify``, whose rounds call
@@ -278,14 +299,18 @@ async def flush_until(stop: asyncio.Event) -> None:
 
 
 async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context: flush on the worker's poll tick (at most once a second)
-    while the app runs, and at shutdown."""
-    from gateway.polling import POLLER
-
-    app[POLLER].add("metrics", _flush_step)
-    yield
-    await app[POLLER].remove("metrics")
-    flush()
+    """aiohttp cleanup context: while the app runs, the counts arm a flush a second after
+    the first of them (none while idle); at shutdown, a last flush."""
+    global _flush_users, _flush_armed
+    _flush_users += 1
+    _flush_armed = False
+    try:
+        yield
+    finally:
+        _flush_users -= 1
+        if not _flush_users:
+            _flush_armed = True
+        flush()
 
 
 def count_redis_failure(exc: BaseException) -> None:

@@ -203,13 +203,15 @@ def table(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rates", default="100,300,1000", help="calls/s, comma-separated")
+    p.add_argument("--rates", default="100,300,1000",
+                   help="calls/s, comma-separated ('' for the idle phase alone)")
     p.add_argument("--connections", type=int, default=CONNECTIONS)
     p.add_argument("--duration", type=int, default=10, help="seconds per rate")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of the idle phase")
     args = p.parse_args(argv)
-    res = measure([int(r) for r in args.rates.split(",")], args.connections, args.duration,
-                  args.idle)
+    # --rates '': the idle phase alone.
+    res = measure([int(r) for r in args.rates.split(",") if r.strip()], args.connections,
+                  args.duration, args.idle)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pace.json").write_text(json.dumps(res, indent=2) + "\n")
     print(table(res))

@@ -2,12 +2,14 @@
 deck_put: replace the rate deck of one currency (PUT /v1/rate-decks/{currency}).
 
 The gateway has parsed and validated the whole CSV before calling: a deck reaches Redis
-only whole and valid. Storing it, bumping the version the workers poll and recording the
+only whole and valid. Storing it, bumping the version the workers read and recording the
 change happen in this one atomic step, so no worker can see a new version without its deck,
-nor a deck change without its event.
+nor a deck change without its event. The new version is also PUBLISHed on a channel named
+like the version key: the workers listen there and reload at once instead of polling.
 
 KEYS[1] deck        {decks}:deck:CUR  string: the CSV as uploaded
-KEYS[2] version     {decks}:version   counter, one for every currency
+KEYS[2] version     {decks}:version   counter, one for every currency; also the channel
+                                      its new value is published on
 KEYS[3] events      {decks}:events    stream
 KEYS[4] versions    {decks}:versions  hash currency -> version of its last upload, so a
                                       worker re-parses only the decks that changed
@@ -29,6 +31,9 @@ local function deck_put(KEYS, ARGV)
   redis.call('SET', KEYS[5], ARGV[6])
   local version = redis.call('INCR', k_version)
   redis.call('HSET', k_versions, currency, version)
+  -- pcall: a Redis user without this channel (ACL) must not fail the upload; the workers'
+  -- recheck then finds it
+  redis.pcall('PUBLISH', k_version, version)
   emit(k_events, 'deck.replaced', '', now,
     {currency = currency, rows = rows, bytes = #csv, version = version, actor = actor,
      csv = csv})  -- the deck itself, so that `callgate rebuild` can restore it

@@ -2,7 +2,7 @@
 token_revoke: delete a run-time API token.
 
 KEYS[1] tokens      {tokens}:all      hash
-KEYS[2] version     {tokens}:version  counter
+KEYS[2] version     {tokens}:version  counter, and the channel its new value is published on
 KEYS[3] used        {tokens}:used     last-use hash
 KEYS[4] events      {tokens}:events   stream (token.revoked)
 ARGV[1] token_id
@@ -27,7 +27,9 @@ local function token_revoke(KEYS, ARGV)
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
   emit(KEYS[4], 'token.revoked', '', tonumber(ARGV[3]), {token_id = ARGV[1], actor = ARGV[4]})
-  return {OK, redis.call('INCR', KEYS[2])}
+  local version = redis.call('INCR', KEYS[2])
+  redis.pcall('PUBLISH', KEYS[2], version)  -- announced as token_create does
+  return {OK, version}
 end
 
 redis.register_function('token_revoke', token_revoke)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -13,6 +14,7 @@ import pytest
 import redis
 
 from gateway.errors import StoreErrorReply
+from gateway.http.app import CHANGES
 from gateway.redis.keys import PartitionKeys, partition_of, partition_tag
 from gateway.redis.server import RedisServer
 from gateway.rules import calls
@@ -69,6 +71,30 @@ async def test_redis_killed(gw_own: Gateway, own_redis: RedisServer) -> None:
     d = await call_when_back(gw_own, "after")
     assert (d["decision"], d["source"]) == ("allow", "domestic_pool")
     assert (await gw_own.end("t1", "before", 100))["billed"]["domestic_pool_minutes"] == 2
+
+
+async def until(what: str, probe: Any, deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not probe():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_the_change_listener_rides_out_a_redis_restart(
+        gw_own: Gateway, own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.redis.changes")
+    listener = gw_own.client.app[CHANGES]
+    await until("subscribed", lambda: listener.connected)
+    own_redis.kill()
+    failures = listener.failures
+    await until("retrying", lambda: not listener.connected and listener.failures >= failures + 3)
+    own_redis.start()
+    await until("subscribed again", lambda: listener.connected and listener.connects >= 2)
+    changes = [r for r in caplog.records if r.name == "gateway.redis.changes"]
+    # One warning for the outage, one line when it ends: not one per attempt.
+    assert [r.levelno for r in changes] == [logging.WARNING, logging.INFO], changes
+    d = await call_when_back(gw_own, "after")
+    assert d["decision"] == "allow"
 
 
 async def test_redis_hung(gw_own: Gateway, own_redis: RedisServer) -> None:

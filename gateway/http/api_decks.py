@@ -80,7 +80,7 @@ async def put_deck(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     rows_json = await asyncio.to_thread(deck_rows_json, deck)
     version = await store_deck(request.app[STORE], deck, text, int(request.app[CLOCK].now()),
                                ctx.actor, rows_json)
-    # This worker rates with it at once; the others within DECK_POLL_SECONDS.
+    # This worker rates with it at once; the others when the change is pushed to them.
     request.app[DECKS].replace(deck, version)
     return json_response({"currency": currency, "rows": len(deck), "version": version})
 

@@ -7,8 +7,8 @@ tenant alone: another role is 403, another tenant list a 400 naming ``tenants``,
 token that is not such a token (another tenant's, an admin token, a switch token shared
 with another tenant) is 404 exactly like a token that does not exist.
 
-The worker that makes a change reloads its table at once; the others pick it up within
-gateway.http.tokens.TOKEN_POLL_SECONDS.
+The worker that makes a change reloads its table at once; the others when the change is
+pushed to them (gateway.http.tokens).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ TOKENS_TABLE: web.AppKey[TokenTable] = web.AppKey("tokens", TokenTable)
 
 
 async def _reload_here(app: web.Application) -> None:
-    """This worker uses the change at once (the poller would within a fraction of a
-    second); a failure here is only logged: the poller retries."""
+    """This worker uses the change at once (its listener would a round trip later); a
+    failure here is only logged: the pushed change and the recheck retry."""
     try:
         await app[TOKENS_TABLE].refresh(app[STORE])
     except Exception as exc:
-        log.warning("token table not reloaded after a change (the poller retries): %r", exc)
+        log.warning("token table not reloaded after a change (the token step retries): %r", exc)
 
 
 async def _tenant_exists(request: web.Request, tenant_id: str) -> None:
@@ -103,13 +103,15 @@ async def delete_tenant_token(request: web.Request, ctx: Ctx) -> web.StreamRespo
 
 
 async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Loads the run-time tokens before the first request when Redis answers, then polls
-    them; at the end, writes the last uses not yet written."""
+    """Loads the run-time tokens before the first request when Redis answers, then reloads
+    them when woken (app.py's changes_ctx) or rechecked; at the end, writes the last uses
+    not yet written."""
     table = app[TOKENS_TABLE]
     try:
         await table.refresh(app[STORE])
     except Exception as exc:
-        log.warning("run-time tokens not loaded from Redis at start-up (polling): %r", exc)
+        log.warning("run-time tokens not loaded from Redis at start-up (loaded when Redis "
+                    "answers): %r", exc)
     app[POLLER].add("token", token_poll_step(app[STORE], table, app[CLOCK]))
     yield
     await app[POLLER].remove("token")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -16,7 +18,7 @@ from gateway.http.api_cdrs import ledger_ctx
 from gateway.http.api_tokens import TOKENS_TABLE, tokens_ctx
 from gateway.http.auth import Authenticator
 from gateway.http.problems import problems_middleware
-from gateway.http.tokens import TOKEN_POLL_SECONDS, TokenTable
+from gateway.http.tokens import TOKEN_RECHECK_SECONDS, TokenTable
 from gateway.http.web import (
     ADMIN,
     AUTH,
@@ -29,12 +31,14 @@ from gateway.http.web import (
     add_routes,
 )
 from gateway.polling import POLLER, SharedPoll
+from gateway.redis.changes import ChangeListener
+from gateway.redis.keys import DECKS_VERSION, TOKENS_VERSION
 from gateway.redis.store import Store
 from gateway.rules.admin import AdminService
 from gateway.rules.calls import CallService
 from gateway.rules.clock import Clock, SystemClock
 from gateway.rules.decks import (
-    DECK_POLL_SECONDS,
+    DECK_RECHECK_SECONDS,
     DECKS,
     Decks,
     count_deck_poll_failure,
@@ -51,6 +55,36 @@ ROUTES: list[Route] = [*api.ROUTES, *api_decks.ROUTES, *api_audit.ROUTES, *api_t
 VOIDS_DRAIN_SECONDS = 5.0
 
 
+# The channels the Lua functions publish a new version on (named like the version key), and
+# the step each wakes.
+CHANGE_STEPS = {TOKENS_VERSION: "token", DECKS_VERSION: "rate-deck"}
+CHANGES = web.AppKey("changes", ChangeListener)
+
+
+async def changes_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Token and deck changes pushed to this worker: a connection of its own blocked on
+    SUBSCRIBE, which wakes the step of what changed, and all of them on every (re)connect
+    (what was published while it was away is lost: they read the versions again)."""
+    poller = app[POLLER]
+
+    def changed(channel: str) -> None:
+        step = CHANGE_STEPS.get(channel)
+        if step is not None:
+            poller.wake(step)
+
+    def connected() -> None:
+        poller.wake(*CHANGE_STEPS.values())
+
+    listener = ChangeListener(app[STORE].backend.listen_addresses, list(CHANGE_STEPS),
+                              changed, connected)
+    app[CHANGES] = listener
+    task = asyncio.create_task(listener.run(), name="change-listener")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None,
                store: Store | None = None) -> web.Application:
     """The gateway. ``settings.redis_url`` must be set (``serve`` starts a local Redis
@@ -60,8 +94,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app[CLOCK] = clock or SystemClock()
     app[AUTH] = Authenticator(settings.operator_token, settings.tokens, clock=app[CLOCK])
     app[DECKS] = Decks(settings.rate_decks)
-    # One tick for the background polls (rate decks, run-time tokens): one wake-up.
-    app[POLLER] = SharedPoll(min(DECK_POLL_SECONDS, TOKEN_POLL_SECONDS))
+    # Rate decks and run-time tokens are reloaded when a change is pushed (changes_ctx);
+    # one slow tick rechecks both as a safety net: one wake-up.
+    app[POLLER] = SharedPoll(min(DECK_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS))
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         own = store is None
@@ -111,5 +146,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     app.cleanup_ctx.append(metrics.flusher_ctx)
     app[TOKENS_TABLE] = TokenTable(app[AUTH])
     app.cleanup_ctx.append(tokens_ctx)  # run-time tokens: after redis_ctx, it needs STORE
+    app.cleanup_ctx.append(changes_ctx)  # after the steps it wakes are registered
     add_routes(app, [*ROUTES, *api.PUBLIC_ROUTES, *openapi.PUBLIC_ROUTES])
     return app

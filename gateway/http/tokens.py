@@ -5,15 +5,18 @@ hex digits. Redis keeps only the token's SHA-256, in a JSON record on the ``{tok
 hash (keys.py); the secret is in the create answer and nowhere else, never logged.
 
 Pickup, as for rate decks (gateway.rules.decks): create and revoke bump ``{tokens}:version`` in
-the same function call (lua/85_token_create.lua). Every worker polls that counter (one GET) every
-`TOKEN_POLL_SECONDS`; when it moved, it reads the whole table (one HGETALL) and swaps it into
-its Authenticator. So a revoked token answers 401 on every worker within about
-`TOKEN_POLL_SECONDS` plus one reload, well within the 1 s of api.md, and call control
-still makes exactly one Redis round trip: the token check is a dict lookup in memory.
-Expiry is checked in memory at each request, against the worker's clock.
+the same function call (lua/85_token_create.lua) and PUBLISH the new value on the channel of
+that name. Every worker listens there (gateway.redis.changes) and, woken, reads the counter
+(one GET); when it moved, it reads the whole table (one HGETALL) and swaps it into its
+Authenticator. So a revoked token answers 401 on every worker a round trip or two after the
+revoke, well within the 1 s of api.md, and call control still makes exactly one Redis round
+trip: the token check is a dict lookup in memory. A message lost while a listener was
+disconnected is caught by the re-read on its reconnect, and in any case by the one every
+`TOKEN_RECHECK_SECONDS`. Expiry is checked in memory at each request, against the worker's
+clock.
 
 ``last_used_at`` is coarse and off the call path: the Authenticator notes the ids it saw in a
-set, and the poller writes them (one FCALL, "set if newer") at most once every
+set, and the token step writes them (one FCALL, "set if newer") at most once every
 `LAST_USED_FLUSH_SECONDS`, and once more when the worker stops.
 """
 
@@ -32,7 +35,6 @@ import orjson
 
 from gateway.errors import RoleNotAllowed
 from gateway.http.auth import Authenticator, Principal, token_sha256
-from gateway.polling import poll_quietly
 from gateway.redis import contract
 from gateway.redis.keys import TOKENS, TOKENS_EVENTS, TOKENS_USED, TOKENS_VERSION
 from gateway.redis.store import Status, Store, StoreError
@@ -44,9 +46,11 @@ log = logging.getLogger(__name__)
 
 ROLES = tuple(r.value for r in Role)
 
-# How often a worker asks Redis whether a token changed: several polls fit in the 1 s
-# within which a revoked token must answer 401 everywhere. One GET of a small key each.
-TOKEN_POLL_SECONDS = 0.25
+# How often a worker reads the tokens' version although nothing was pushed: the safety net
+# under the pushed changes (a message lost without the listener noticing), not the path a
+# revocation takes. Each read wakes an idle worker and Redis: api.md asks for 1 s when the
+# push works, and this keeps a silently deaf listener from lasting more than a few seconds.
+TOKEN_RECHECK_SECONDS = 5.0
 # How often at most a worker writes the ids of the tokens it saw (last_used_at).
 LAST_USED_FLUSH_SECONDS = 60.0
 
@@ -313,19 +317,11 @@ class TokenTable:
             raise
 
 
-async def poll_tokens(store: Store, table: TokenTable, clock: Clock,
-                      interval_s: float = TOKEN_POLL_SECONDS,
-                      flush_every_s: float = LAST_USED_FLUSH_SECONDS) -> None:
-    """Refresh `table` forever and flush last use now and then. Redis being away keeps the
-    table as it was (a revocation needs Redis to be made at all)."""
-    await poll_quietly("token", token_poll_step(store, table, clock, flush_every_s), interval_s)
-
-
 def token_poll_step(store: Store, table: TokenTable, clock: Clock,
                     flush_every_s: float = LAST_USED_FLUSH_SECONDS
                     ) -> Callable[[], Awaitable[None]]:
-    """One poll of the tokens' version (a reload when it moved), and the last uses written
-    every ``flush_every_s``."""
+    """One read of the tokens' version (a reload when it moved), and the last uses written
+    every ``flush_every_s`` (checked whenever the step runs: on a push or the recheck)."""
     loop = asyncio.get_running_loop()
     next_flush = loop.time() + flush_every_s
 

@@ -14,7 +14,8 @@ stream's hash tag, so the persister works on one server and on a cluster alike.
 On a single Redis server the persister waits for work rather than polling: with a
 ``waiter`` (a Store of its own, whose one connection may block), a round reads every stream
 with ONE ``XREADGROUP … BLOCK`` over all of them, which returns as soon as any has new
-entries; an idle persister costs Redis one command every ``BLOCK_MILLISECONDS``. A cluster
+entries; an idle persister costs Redis two commands every ``BLOCK_MILLISECONDS`` (10 s),
+and a stop ends the wait at once (``BlockingRead``: CLIENT UNBLOCK). A cluster
 cannot serve one command over keys of many slots: there each stream is read on its own,
 and rounds that find nothing wait longer and longer (up to ``IDLE_SLEEP_MAX_SECONDS``).
 
@@ -41,7 +42,7 @@ from gateway.ledger import Entry, Ledger
 from gateway.ledger.backoff import Outage
 from gateway.redis.client import ReplyError
 from gateway.redis.keys import DECKS_EVENTS, TOKENS_EVENTS, all_partitions
-from gateway.redis.store import Store
+from gateway.redis.store import BlockingRead, Store
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -66,8 +67,10 @@ IDLE_SLEEP_SECONDS = 0.25
 # Polling (a cluster): each round that finds nothing doubles the pause, up to this.
 IDLE_SLEEP_MAX_SECONDS = 1.0
 # Waiting (one server): how long one blocking read waits for new entries before the round
-# goes on (claims, trims, status, the stop signal are looked at between rounds).
-BLOCK_MILLISECONDS = 1000
+# goes on (claims, trims and status are looked at between rounds; a stop ends the wait at
+# once: BlockingRead). Each timeout wakes the persister and Redis: an idle persister costs
+# two commands (CLIENT ID, the read) every BLOCK_MILLISECONDS.
+BLOCK_MILLISECONDS = 10_000
 CLAIM_IDLE_MS = 30_000  # an entry pending this long on a silent consumer is taken over
 TRIM_INTERVAL_SECONDS = 5.0
 # Trimming every TRIM_INTERVAL_SECONDS covers the streams this persister acknowledged
@@ -131,6 +134,7 @@ class Persister:
     # A Store of its own for the blocking read over every stream (one Redis server only;
     # None: each stream read on its own, polling).
     waiter: Store | None = None
+    _blocking: BlockingRead | None = None
 
     @property
     def streams(self) -> list[str]:
@@ -245,9 +249,12 @@ class Persister:
             return batches
         block: tuple[str | int, ...] = (
             ("BLOCK", block_ms) if block_ms > 0 and not any(batches) else ())
-        reply = await waiter.backend.execute(
-            streams[0], "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", room, *block,
-            "STREAMS", *streams, *(">" for _ in streams))
+        head = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", room)
+        tail = ("STREAMS", *streams, *(">" for _ in streams))
+        if self._blocking is not None:  # run()'s: a stop ends the wait at once
+            reply = await self._blocking.read(block_ms if block else 0, head, tail)
+        else:
+            reply = await waiter.backend.execute(streams[0], *head, *block, *tail)
         got = {str(stream): _entries(raw) for stream, raw in (reply or [])}
         return [b + got.get(s, []) for s, b in zip(streams, batches, strict=True)]
 
@@ -313,6 +320,20 @@ class Persister:
         """Until ``stop``: rounds back to back while there is a backlog, paced when idle,
         backed off exponentially (``self.outage``) while Redis or the ledger fails."""
         stop = stop or asyncio.Event()
+        unblocker = None
+        if self.waiter is not None:
+            self._blocking = BlockingRead(self.store, self.waiter, self._streams_list()[0])
+            unblocker = asyncio.create_task(self._blocking.unblock_on(stop))
+        try:
+            await self._run(stop)
+        finally:
+            self._blocking = None
+            if unblocker is not None:
+                unblocker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await unblocker
+
+    async def _run(self, stop: asyncio.Event) -> None:
         last_status = 0.0
         idle = IDLE_SLEEP_SECONDS
         block_ms = 0

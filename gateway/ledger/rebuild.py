@@ -222,14 +222,16 @@ async def latest_tokens(ledger: Ledger) -> dict[str, str]:
 
 async def restore_tokens(store: Store, ledger: Ledger) -> int:
     """Put back the run-time tokens (never over one Redis has); returns those written. The
-    version counter moves, so that running workers reload the table."""
+    version counter moves and is published as lua/85_token_create.lua does, so that
+    running workers reload the table."""
     from gateway.redis.keys import TOKENS, TOKENS_VERSION
 
     written = 0
     for token_id, record in (await latest_tokens(ledger)).items():
         written += int(await store.raw(TOKENS, "HSETNX", TOKENS, token_id, record))
     if written:
-        await store.raw(TOKENS_VERSION, "INCR", TOKENS_VERSION)
+        version = await store.raw(TOKENS_VERSION, "INCR", TOKENS_VERSION)
+        await store.raw(TOKENS_VERSION, "PUBLISH", TOKENS_VERSION, version)
     return written
 
 

@@ -22,7 +22,8 @@ with ONE ``XREADGROUP … BLOCK`` on a connection of its own (``waiter``), which
 soon as an alert crosses; the due sets are scanned only when a round made or attempted
 deliveries, when the earliest due attempt it knows of (read after each scan) comes, and
 every RESCAN_SECONDS in any case; the pending gauges likewise. An idle notifier costs Redis
-one command every BLOCK_MILLISECONDS. A cluster cannot serve one command over keys of many
+two commands (CLIENT ID, the read) every BLOCK_MILLISECONDS (10 s), and a stop ends the wait
+at once (``BlockingRead``: CLIENT UNBLOCK). A cluster cannot serve one command over keys of many
 slots: there each stream is read on its own every IDLE_SLEEP_SECONDS.
 """
 
@@ -57,7 +58,7 @@ from gateway.redis.keys import (
     all_partitions,
     tenant_keys,
 )
-from gateway.redis.store import Store
+from gateway.redis.store import BlockingRead, Store
 from gateway.rules.clock import Clock, rfc3339
 from gateway.rules.money import format_money
 
@@ -75,8 +76,9 @@ CONCURRENT_ATTEMPTS = 32
 IDLE_SLEEP_SECONDS = 0.5
 GAUGES_INTERVAL_SECONDS = 5.0
 # Waiting (one server): how long one blocking read over the notify streams waits before the
-# round goes on (the stop signal is looked at between rounds).
-BLOCK_MILLISECONDS = 1000
+# round goes on, when no delivery is due sooner (a stop ends the wait at once:
+# BlockingRead). Each timeout wakes the notifier and Redis.
+BLOCK_MILLISECONDS = 10_000
 # Without a round that made or attempted deliveries, the due sets and the pending gauges
 # are read again after this long (the earliest due attempt is known between scans).
 RESCAN_SECONDS = 60.0
@@ -127,6 +129,7 @@ class Notifier:
     # A Store of its own for the blocking read over every notify stream (one Redis server
     # only; None: each stream read on its own, polling).
     waiter: Store | None = None
+    _blocking: BlockingRead | None = None
 
     @property
     def partitions(self) -> list[PartitionKeys]:
@@ -197,9 +200,12 @@ class Notifier:
         block: tuple[str | int, ...] = (
             ("BLOCK", block_ms) if block_ms > 0 and not any(old) else ())
         try:
-            reply = await waiter.backend.execute(
-                streams[0], "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", BATCH,
-                *block, "STREAMS", *streams, *(">" for _ in streams))
+            head = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", BATCH)
+            tail = ("STREAMS", *streams, *(">" for _ in streams))
+            if self._blocking is not None:  # run()'s: a stop ends the wait at once
+                reply = await self._blocking.read(block_ms if block else 0, head, tail)
+            else:
+                reply = await waiter.backend.execute(streams[0], *head, *block, *tail)
         except ReplyError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -387,6 +393,10 @@ class Notifier:
         scan_needed = True
         last_scan = 0.0
         block_ms = 0
+        unblocker = None
+        if self.waiter is not None:
+            self._blocking = BlockingRead(self.store, self.waiter, self.partitions[0].notify)
+            unblocker = asyncio.create_task(self._blocking.unblock_on(stop))
         try:
             while not stop.is_set():
                 busy = 0
@@ -422,4 +432,9 @@ class Notifier:
                         await asyncio.wait_for(stop.wait(),
                                                min(IDLE_SLEEP_SECONDS, until_due / 1000))
         finally:
+            self._blocking = None
+            if unblocker is not None:
+                unblocker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await unblocker
             await self.close()

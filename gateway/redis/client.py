@@ -290,6 +290,11 @@ class Backend:
     async def on_all_primaries(self, *args: Arg) -> list[Any]:
         raise NotImplementedError
 
+    def listen_addresses(self) -> list[Address]:
+        """Where a connection of its own may SUBSCRIBE: any server of the deployment (on a
+        cluster a PUBLISH reaches every node), the likeliest first."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -306,6 +311,9 @@ class SingleBackend(Backend):
 
     async def on_all_primaries(self, *args: Arg) -> list[Any]:
         return [await self.node.execute(*args)]
+
+    def listen_addresses(self) -> list[Address]:
+        return [self.node.address]
 
     async def close(self) -> None:
         await self.node.close()
@@ -414,6 +422,12 @@ class ClusterBackend(Backend):
         await self.refresh()
         owners = sorted({o for o in self._slots if o is not None})
         return [await self._nodes[o].execute(*args) for o in owners]
+
+    def listen_addresses(self) -> list[Address]:
+        # The nodes known from the slot map (a seed may be gone since), then the seeds.
+        out = [n.address for n in self._nodes.values()]
+        known = {(a.host, a.port) for a in out}
+        return out + [a for a in self._seeds if (a.host, a.port) not in known]
 
     async def close(self) -> None:
         for node in self._nodes.values():

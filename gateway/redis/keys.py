@@ -49,7 +49,9 @@ Global keys (not per tenant) carry their own hash tag ``{decks}``, so the deck k
 stream share one cluster slot and one function call can replace a deck atomically:
 
     {decks}:deck:CUR         string the rate deck of currency CUR, CSV as uploaded
-    {decks}:version          string counter, +1 on every deck upload (workers poll it)
+    {decks}:version          string counter, +1 on every deck upload; its new value is
+                                    PUBLISHed on the channel of the same name, where the
+                                    workers listen (gateway.redis.changes)
     {decks}:rows:CUR         string the same deck as JSON rows, already validated, which a
                                     worker loads several times faster than the CSV
     {decks}:versions         hash   CUR -> the global version of its last upload
@@ -61,7 +63,8 @@ create or revoke changes the table and its version in one function call):
     {tokens}:all             hash   tok_… -> JSON record (sha256 of the token, role, tenants,
                                     description, created_at, expires_at, created_by); never
                                     the token itself
-    {tokens}:version         string counter, +1 on every create and revoke (workers poll it)
+    {tokens}:version         string counter, +1 on every create and revoke, PUBLISHed on
+                                    the channel of the same name as {decks}:version is
     {tokens}:used            hash   tok_… -> last_used_at (seconds, coarse: each worker
                                     writes the ids it saw at most once a minute)
     {tokens}:events          stream token.created / token.revoked, for the persister: the

@@ -10,6 +10,7 @@ newly promoted node without the library): callers never see that error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -642,3 +643,51 @@ async def call_record_of(store: Store, key: str) -> dict[str, str] | None:
         closed = await store.raw(key, "GET", key)
         return call_fields({"z": _str(closed)}) if closed is not None else None
     return call_fields(_flat_to_dict(flat)) if flat else None
+
+
+# How often a stopping process repeats CLIENT UNBLOCK while its blocking read is still out
+# (the read may reach Redis just after the first one did).
+UNBLOCK_RETRY_SECONDS = 0.05
+
+
+class BlockingRead:
+    """A blocking read on a connection of its own (``waiter``) that a stop ends at once:
+    then the process may block for long when idle (few wake-ups of it and of Redis) and
+    still stop without waiting for the read's timeout. CLIENT UNBLOCK, sent on ``store``'s
+    connection, makes the read return empty as at its timeout: nothing is delivered, so no
+    entry is left pending on a consumer about to go away. The waiter's client id is read
+    before every blocking read, as a reconnect changes it."""
+
+    def __init__(self, store: Store, waiter: Store, routing_key: str) -> None:
+        self.store = store
+        self.waiter = waiter
+        self.routing_key = routing_key
+        self.stopping = False
+        self._client_id: int | None = None
+        self._reading = False
+
+    async def read(self, block_ms: int, head: Sequence[Arg], tail: Sequence[Arg]) -> Any:
+        """``head``, then ``BLOCK block_ms`` (none if 0 or stopping), then ``tail``: one
+        command on the waiter."""
+        block = block_ms > 0 and not self.stopping
+        if block:
+            self._client_id = int(await self.waiter.backend.execute(
+                self.routing_key, "CLIENT", "ID"))
+            block = not self.stopping  # a stop during that round trip: do not block
+        self._reading = block
+        try:
+            return await self.waiter.backend.execute(
+                self.routing_key, *head, *(("BLOCK", block_ms) if block else ()), *tail)
+        finally:
+            self._reading = False
+
+    async def unblock_on(self, stop: asyncio.Event) -> None:
+        """When ``stop`` is set, end the blocking read in flight (run beside the reads)."""
+        await stop.wait()
+        self.stopping = True
+        while self._reading and self._client_id is not None:
+            with contextlib.suppress(Exception):  # Redis away: the read fails by itself
+                await self.store.backend.execute(self.routing_key, "CLIENT", "UNBLOCK",
+                                                 self._client_id)
+            await asyncio.sleep(UNBLOCK_RETRY_SECONDS)
+

@@ -2,12 +2,14 @@
 
 An upload (PUT /v1/rate-decks/{currency}) is parsed and validated whole in the gateway,
 then stored with one FCALL (lua/80_deck_put.lua): the CSV, a global version counter and a
-``deck.replaced`` event, atomically. Every worker runs `poll_decks`, which reads the
-version counter (one GET) every `DECK_POLL_SECONDS`; when it moved, the worker reads the
-per-currency versions, fetches and parses only the decks that changed, and swaps them into
-its `Decks` holder. The call path never touches Redis for a deck: it reads
-``Decks.current`` (a plain dict, replaced whole, never mutated in place), so a call rates
-either entirely with the old deck or entirely with the new one.
+``deck.replaced`` event, atomically, and the new version PUBLISHed on the channel named like
+the counter. Every worker listens there (gateway.redis.changes) and, woken, runs
+`deck_poll_step`, which reads the version counter (one GET); when it moved, the worker reads
+the per-currency versions, fetches and parses only the decks that changed, and swaps them
+into its `Decks` holder. The same step runs when the listener (re)connects and every
+`DECK_RECHECK_SECONDS`, the safety net for a message lost. The call path never touches
+Redis for a deck: it reads ``Decks.current`` (a plain dict, replaced whole, never mutated in
+place), so a call rates either entirely with the old deck or entirely with the new one.
 
 Decks from the configuration files are the defaults while Redis holds none for a currency.
 """
@@ -22,7 +24,6 @@ import orjson
 from aiohttp import web
 
 from gateway import metrics
-from gateway.polling import poll_quietly
 from gateway.redis import contract
 from gateway.redis.keys import DECKS_EVENTS, DECKS_VERSION, DECKS_VERSIONS, deck_key, deck_rows_key
 from gateway.redis.store import Store
@@ -30,9 +31,9 @@ from gateway.rules.rating import KINDS, DeckError, Rate, RateDeck
 
 log = logging.getLogger(__name__)
 
-# How often a worker asks Redis whether a deck changed: several polls fit in the 1 s within
-# which every worker must rate with a new deck. One GET of a small key each time.
-DECK_POLL_SECONDS = 0.25
+# How often a worker reads the decks' version although nothing was pushed: the safety net
+# under the pushed changes, not the path an upload takes (see TOKEN_RECHECK_SECONDS).
+DECK_RECHECK_SECONDS = 5.0
 # Largest accepted upload: a 100,000-row deck is about 5 MB of CSV.
 DECK_LIMIT_BYTES = 32 * 1024 * 1024
 
@@ -109,7 +110,7 @@ def deck_from_rows(rows_json: str, currency: str) -> RateDeck:
 
 
 def deck_poll_step(store: Store, decks: Decks) -> Callable[[], Awaitable[None]]:
-    """One poll of the decks' version (a reload when it moved)."""
+    """One read of the decks' version (a reload when it moved)."""
 
     async def step() -> None:
         if await decks.refresh(store):
@@ -120,12 +121,6 @@ def deck_poll_step(store: Store, decks: Decks) -> Callable[[], Awaitable[None]]:
 
 def count_deck_poll_failure() -> None:
     metrics.count_deck_reload(False)
-
-
-async def poll_decks(store: Store, decks: Decks, interval_s: float = DECK_POLL_SECONDS) -> None:
-    """Refresh `decks` forever; Redis being away only delays a new deck, never a call."""
-    await poll_quietly("rate-deck", deck_poll_step(store, decks), interval_s,
-                       on_failure=count_deck_poll_failure)
 
 
 async def store_deck(store: Store, deck: RateDeck, csv_text: str, now: int,
