@@ -27,7 +27,7 @@ from gateway.ledger import open_ledger
 from gateway.ledger.persister import Persister
 from gateway.redis.server import RedisServer, free_port
 from gateway.rules.clock import ManualClock
-from loadtest.sip import SCENARIOS, Tenancy, sip_proxy, tools_missing
+from loadtest.sip import SCENARIOS, Tenancy, kamcmd, sip_proxy, tools_missing
 from tests.support.gateway import T0, start_gateway
 from tests.support.gwclient import AUTH, OPERATOR_TOKEN, Gateway
 from tests.support.persist_helpers import drain
@@ -118,6 +118,11 @@ async def test_allowed_call_is_extended_and_billed_when_the_caller_hangs_up(
     assert len(call["grants"]) >= 2, call
     assert call["overrun_seconds"] == 0
     assert call["billed"]["domestic_pool_minutes"] == 1
+    # Its end removed its pending extension by name (not by a scan of the table): nothing
+    # of the call is left to fire later.
+    for table in ("extend", "extn"):
+        dump = kamcmd(sip.work, "htable.dump", table)
+        assert "kam-talk" not in dump, dump
 
 
 async def test_call_is_cut_when_the_money_runs_out(sip: Sip) -> None:
