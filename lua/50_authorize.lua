@@ -110,7 +110,7 @@ end
 local function over_concurrency(c, user)
   local umax = user.max_concurrent_calls
   if umax ~= nil and num(redis.call('HGET', c.k_uact, c.uid)) >= umax then return true end
-  return c.maxc ~= '' and c.maxc ~= false and num(c.act) >= tonumber(c.maxc)
+  return c.maxc ~= '' and c.maxc ~= false and num(c.act) >= num(c.maxc)
 end
 
 -- Outbound rules in order: emergency (D11) > unknown user (D26) > invalid / blocked (D13,
@@ -180,7 +180,7 @@ end
 -- tenant's own rate ('' or false: default_rate). False when the bucket is empty.
 local function take_token(k_rate, rl, default_rate)
   if not rl or rl == '' then rl = default_rate end
-  local rate = tonumber(rl)
+  local rate = num(rl)
   if rate <= 0 then return true end
   local n = redis.call('INCR', k_rate)
   if n == 1 then redis.call('EXPIRE', k_rate, 2) end
@@ -188,9 +188,9 @@ local function take_token(k_rate, rl, default_rate)
 end
 
 local function authorize(KEYS, ARGV)
-  local tid, cid, now, month = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+  local tid, cid, now, month = ARGV[1], ARGV[2], num(ARGV[3]), ARGV[4]
   local direction, to, from, dcountry, dtype = ARGV[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-  local started = tonumber(ARGV[24])
+  local started = num(ARGV[24])
   local k_call, k_active, k_events = KEYS[3], KEYS[9], KEYS[10]
   if past_deadline(ARGV[25]) then return {LATE} end
 
@@ -205,7 +205,7 @@ local function authorize(KEYS, ARGV)
 
   -- The request as decide_outbound / decide_inbound read it.
   local A = {to = to, dtype = dtype, zone = ARGV[13], emergency_regions = ARGV[14],
-             predeny = ARGV[15], grant_max = tonumber(ARGV[22])}
+             predeny = ARGV[15], grant_max = num(ARGV[22])}
   -- Every field set here, none added later (but the rate, credits only): a table that grows
   -- is rehashed.
   local c = {

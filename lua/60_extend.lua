@@ -104,8 +104,8 @@ end
 
 local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
-  local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local grant_max = tonumber(ARGV[8])
+  local tid, cid, now, used = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
+  local grant_max = num(ARGV[8])
   if past_deadline(ARGV[9]) then return {LATE} end
   local call, flat = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
@@ -120,8 +120,8 @@ local function extend(KEYS, ARGV)
   -- written at every extend.
   local grants = call.grants
   local at = string.find(grants, '"used_seconds":', #grants - 30, true)
-  local reported = at and tonumber(string.sub(grants, at + 15, -3)) or 0
-  if call.ru then reported = math.max(reported, tonumber(call.ru)) end
+  local reported = at and num(string.sub(grants, at + 15, -3)) or 0
+  if call.ru then reported = math.max(reported, num(call.ru)) end
   if used < reported then return {USED_BACKWARDS, reported} end
 
   local h = num(call.h)

@@ -69,8 +69,8 @@ end
 local function end_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
-  local tid, cid, now, duration = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local retention, how, grace = ARGV[8], ARGV[9], tonumber(ARGV[10] or '0')
+  local tid, cid, now, duration = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
+  local retention, how, grace = ARGV[8], ARGV[9], num(ARGV[10])
   local call = load_call_end(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
@@ -130,7 +130,7 @@ local function end_call(KEYS, ARGV)
     exp = call.exp, cls = call.cls, dc = call.dc, dt = call.dt, mon = call.mon,
     uid = call.uid, pool = call.pool, kind = call.kind, rp = call.rp, dur = istr(duration),
     bdp = istr(dom), bip = istr(intl), bc = istr(credits), over = istr(overrun),
-    ended_after_exp = istr(now - tonumber(call.exp))}, retention)
+    ended_after_exp = istr(now - num(call.exp))}, retention)
   redis.call('ZREM', k_active, tid .. '/' .. cid)
   -- The bill's event, written out when its text from outside (ids, user, pool, rate prefix,
   -- month) is plain, as authorize's (cjson formats each number as a float: most of the
