@@ -414,12 +414,11 @@ local function unpack_call_head(s)
   return s
 end
 
--- The whole call hash by field name (packed fields unpacked), and the flat field/value array
--- HGETALL returned, which extend turns into the event's record (with_changes); nil if the
--- call does not exist.
+-- The whole call hash by field name (packed fields unpacked); nil if the call does not
+-- exist.
 local function load_call(k_call)
   local flat = redis.pcall('HGETALL', k_call)
-  if is_closed_reply(flat) then return read_closed(k_call), {} end
+  if is_closed_reply(flat) then return read_closed(k_call) end
   -- Sized by naming the fields (a hint only: any field is read): a table grown key by key
   -- from empty is rehashed six times on the way to 40 keys.
   local s = {st = nil, i = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil,
@@ -430,7 +429,7 @@ local function load_call(k_call)
     bc = nil, over = nil}
   for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
   if not s.st then return nil end
-  return unpack_call(s), flat
+  return unpack_call(s)
 end
 
 -- How long a month hash outlives its first write: long after its month ends (the spec's
