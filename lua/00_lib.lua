@@ -414,21 +414,25 @@ local function unpack_call_head(s)
   return s
 end
 
--- The whole call hash by field name (packed fields unpacked); nil if the call does not
--- exist.
+-- The call by field name (packed fields unpacked): the fields extend reads of an open call
+-- of the current layout, or the whole hash of an older one; nil if the call does not exist.
 local function load_call(k_call)
-  local flat = redis.pcall('HGETALL', k_call)
-  if is_closed_reply(flat) then return read_closed(k_call) end
+  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'ext',
+    'grants', 'ru', 'cn')
+  if is_closed_reply(v) then return read_closed(k_call) end
+  if not v[1] then return nil end
   -- Sized by naming the fields (a hint only: any field is read): a table grown key by key
   -- from empty is rehashed six times on the way to 40 keys.
-  local s = {st = nil, i = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil,
-    t0 = nil, sa = nil, d = nil, rsn = nil, src = nil, g = nil, exp = nil, cls = nil,
-    dc = nil, dt = nil, free = nil, cnt = nil, pool = nil, kind = nil, co = nil, ca = nil,
-    sl = nil, rp = nil, rr = nil, rf = nil, ra = nil, rb = nil, h = nil, ps = nil, cs = nil,
-    pr = nil, cr = nil, gexp = nil, ext = nil, grants = nil, dur = nil, bdp = nil, bip = nil,
-    bc = nil, over = nil}
-  for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
-  if not s.st then return nil end
+  local s = {st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6], cr = v[7],
+    gexp = v[8], ext = v[9], grants = v[10], ru = v[11], cn = v[12], dir = nil, uid = nil,
+    to = nil, from = nil, mon = nil, t0 = nil, sa = nil, d = nil, rsn = nil, src = nil,
+    g = nil, exp = nil, cls = nil, dc = nil, dt = nil, free = nil, cnt = nil, pool = nil,
+    kind = nil, co = nil, ca = nil, sl = nil, rp = nil, rr = nil, rf = nil, ra = nil,
+    rb = nil}
+  if not v[2] then  -- every field its own
+    local flat = redis.call('HGETALL', k_call)
+    for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+  end
   return unpack_call(s)
 end
 
