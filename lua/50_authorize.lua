@@ -250,9 +250,9 @@ local function authorize(KEYS, ARGV)
   -- The call hash, every value as the text Redis stores: the fields that never change packed
   -- in 'i' (CALL_PACKED's order), the others their own; the same values are written with
   -- one HSET and carried by the event as the call's record (tests/test_call_records.py
-  -- checks that the two agree). ARGV
-  -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
-  -- the user's JSON record and is printed as redis.call prints a Lua number.
+  -- checks that the two agree). ARGV integers are stored as sent (store.py sends plain
+  -- decimal integers); 'sl' comes from the user's JSON record and is printed as redis.call
+  -- prints a Lua number.
   local sl = c.limit and string.format('%.17g', c.limit) or ''
   -- The text from outside that the call's record and its event carry (user, pool, numbers,
   -- rate prefix, call and tenant ids, attempt) is plain when cjson, encoding it, adds
