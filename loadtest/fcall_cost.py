@@ -10,7 +10,10 @@ the function, the Lua calls inside it, the AOF feed, reading the command and wri
 reply. ``--lua DIR`` loads another copy of the library (e.g. a variant under study) after
 the gateway's, to compare the two with the same requests.
 
-    python -m loadtest.fcall_cost [--calls 2000] [--lua DIR] [--write-baseline]
+    python -m loadtest.fcall_cost [--calls 2000] [--lua DIR] [--write-baseline] [--profile N]
+
+``--profile N`` prints, for each phase, the N Redis C functions of most inclusive
+instructions per call (callgrind_annotate): where a function's cost goes.
 
 Needs valgrind (Debian package valgrind; installed with apt when missing). About a minute.
 
@@ -65,6 +68,7 @@ class CallgrindRedis:
         self.work = work
         self.sock = work / "redis.sock"
         self.dumps = work / "callgrind.out"
+        self.phase_dumps: dict[str, Path] = {}
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                f"--callgrind-out-file={self.dumps}", find_redis_server(),
                "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
@@ -93,6 +97,7 @@ class CallgrindRedis:
         """Instructions counted since the last dump; dumps and zeroes the counters."""
         self.control("--dump=" + phase)
         newest = max(self.work.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+        self.phase_dumps[phase] = newest
         for line in newest.read_text().splitlines():
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
@@ -159,13 +164,34 @@ async def measure(args: argparse.Namespace, server: CallgrindRedis) -> dict[str,
     return out
 
 
-def run(calls: int, lua: str | None = None) -> dict[str, Any]:
-    """Instructions per FCALL of each function, measured over ``calls`` calls."""
+def profile(dump: Path, calls: int, top: int) -> list[str]:
+    """The ``top`` functions of a phase's dump by inclusive instructions, per call."""
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(dump)], check=True,
+                          capture_output=True, text=True).stdout
+    rows = []
+    for line in text.splitlines():
+        head, _, name = line.strip().partition(" ")
+        if not name or not head[:1].isdigit():
+            continue
+        try:
+            count = int(head.replace(",", ""))
+        except ValueError:
+            continue
+        rows.append(f"{count / calls:>10,.0f}  {name.strip()}")
+    return rows[:top]
+
+
+def run(calls: int, lua: str | None = None, top: int = 0) -> dict[str, Any]:
+    """Instructions per FCALL of each function, measured over ``calls`` calls (and with
+    ``top``, each phase's ``top`` C functions by inclusive instructions per call)."""
     ensure_tool("valgrind", "valgrind", "loadtest.fcall_cost")
     work = scratch_dir("fcall-cost")
     server = CallgrindRedis(work)
     try:
         out = asyncio.run(measure(argparse.Namespace(calls=calls, lua=lua), server))
+        if top:
+            out["profile"] = {f: profile(server.phase_dumps[f], calls, top)
+                              for f in FUNCTIONS}
     finally:
         server.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -186,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lua", help="a directory of lua/*.lua to load instead of the gateway's")
     p.add_argument("--write-baseline", action="store_true",
                    help=f"measure {BASELINE_CALLS} calls and write {BASELINE.name}")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="print each phase's N C functions of most inclusive instructions")
     args = p.parse_args(argv)
     if args.write_baseline:
         out = run(BASELINE_CALLS)
@@ -193,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             {"calls": BASELINE_CALLS, **{f: round(out[f]) for f in FUNCTIONS}}, indent=2) + "\n")
         print(f"wrote {BASELINE.name}: " + ", ".join(f"{f} {out[f]:,.0f}" for f in FUNCTIONS))
         return 0
-    out = run(args.calls, args.lua)
+    out = run(args.calls, args.lua, args.profile)
+    for f, rows in out.get("profile", {}).items():
+        print(f"{f}: inclusive instructions per call", *rows, sep="\n  ")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fcall_cost.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"instructions per FCALL inside redis-server ({out['library']}, {args.calls} calls "

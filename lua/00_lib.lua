@@ -52,13 +52,6 @@ local BALANCE_LIMIT = -9
 local MONTH_NEEDED = -10
 local LATE = -11
 
--- True when the caller's deadline (milliseconds since the epoch, "" or "0": none) has
--- passed on Redis's clock: the caller has answered without us, so we must change nothing.
-local function past_deadline(deadline_ms)
-  if deadline_ms == '' or deadline_ms == '0' or deadline_ms == nil then return false end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline_ms)
-end
 local USED_BACKWARDS = -12
 
 -- Minutes are 60 s; pools are charged in whole minutes per call (D8).
@@ -71,16 +64,57 @@ end
 -- BENCHMARKS.md), and tostring / '..' / cjson keep only 14 significant digits. The same text Redis
 -- printed for every integer below 1e17 (all times, seconds and amounts here: balances stay
 -- below 1e14).
+--
+-- istr and num remember what they converted: the values of the call path recur from call
+-- to call (the time of the current second, grant sizes, a tenant's settings, pool sizes,
+-- durations), and a table lookup costs a small part of string.format or of tonumber's
+-- strtod (figures: BENCHMARKS.md). A value seen once costs one insert more. Each memo is
+-- emptied when it reaches MEMO_MAX entries, which bounds its memory (~100 bytes an entry).
+local MEMO_MAX = 4096
+local istr_memo, istr_memoed = {}, 0
+
 local function istr(n)
-  if n == 0 then return '0' end  -- the most common value, without string.format
-  return string.format('%d', n)
+  if n == 0 then return '0' end  -- the most common value, without a lookup
+  local text = istr_memo[n]
+  if text == nil then
+    text = string.format('%d', n)
+    if istr_memoed >= MEMO_MAX then istr_memo, istr_memoed = {}, 0 end
+    istr_memo[n] = text
+    istr_memoed = istr_memoed + 1
+  end
+  return text
 end
 
--- A number from a field or reply that may be missing. '0', the most common value of the
--- call's counters, skips tonumber (strtod is dear: BENCHMARKS.md).
+-- A number from a field or reply that may be missing ('', false, nil: 0). '0', the most
+-- common value of the call's counters, needs no lookup.
+local num_memo, num_memoed = {}, 0
+
 local function num(v)
   if v == '0' or v == false or v == nil or v == '' then return 0 end
+  local n = num_memo[v]
+  if n == nil then
+    n = tonumber(v)
+    if num_memoed >= MEMO_MAX then num_memo, num_memoed = {}, 0 end
+    num_memo[v] = n
+    num_memoed = num_memoed + 1
+  end
+  return n
+end
+
+-- As num, for a value rarely seen twice (a month's running totals, a wallet's balance):
+-- converted without the memo, which it would only fill.
+local function num_once(v)
+  if v == '0' or v == false or v == nil or v == '' then return 0 end
   return tonumber(v)
+end
+
+-- True when the caller's deadline (milliseconds since the epoch, "" or "0": none) has
+-- passed on Redis's clock: the caller has answered without us, so we must change nothing.
+-- The deadline and the microseconds are new at every call: not through the memo.
+local function past_deadline(deadline_ms)
+  if deadline_ms == '' or deadline_ms == '0' or deadline_ms == nil then return false end
+  local t = redis.call('TIME')
+  return num(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline_ms)
 end
 
 -- Billable seconds under increments A/B (D20): 0 unanswered, else max(A, A + ceil((d-A)/B)*B).
@@ -183,7 +217,7 @@ end
 local function pool_usage(month_key, pool)
   local r_field = 'r:' .. pool
   local vals = redis.call('HMGET', month_key, 'u:' .. pool, r_field)
-  return num(vals[1]), num(vals[2]), r_field, not vals[1] and not vals[2]
+  return num_once(vals[1]), num_once(vals[2]), r_field, not vals[1] and not vals[2]
 end
 
 -- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user. kind
@@ -380,23 +414,26 @@ local function unpack_call_head(s)
   return s
 end
 
--- The whole call hash by field name (packed fields unpacked), and the flat field/value array
--- HGETALL returned, which extend turns into the event's record (with_changes); nil if the
--- call does not exist.
+-- The call by field name (packed fields unpacked): the fields extend reads of an open call
+-- of the current layout, or the whole hash of an older one; nil if the call does not exist.
 local function load_call(k_call)
-  local flat = redis.pcall('HGETALL', k_call)
-  if is_closed_reply(flat) then return read_closed(k_call), {} end
+  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'ext',
+    'grants', 'ru', 'cn')
+  if is_closed_reply(v) then return read_closed(k_call) end
+  if not v[1] then return nil end
   -- Sized by naming the fields (a hint only: any field is read): a table grown key by key
   -- from empty is rehashed six times on the way to 40 keys.
-  local s = {st = nil, i = nil, dir = nil, uid = nil, to = nil, from = nil, mon = nil,
-    t0 = nil, sa = nil, d = nil, rsn = nil, src = nil, g = nil, exp = nil, cls = nil,
-    dc = nil, dt = nil, free = nil, cnt = nil, pool = nil, kind = nil, co = nil, ca = nil,
-    sl = nil, rp = nil, rr = nil, rf = nil, ra = nil, rb = nil, h = nil, ps = nil, cs = nil,
-    pr = nil, cr = nil, gexp = nil, ext = nil, grants = nil, dur = nil, bdp = nil, bip = nil,
-    bc = nil, over = nil}
-  for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
-  if not s.st then return nil end
-  return unpack_call(s), flat
+  local s = {st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6], cr = v[7],
+    gexp = v[8], ext = v[9], grants = v[10], ru = v[11], cn = v[12], dir = nil, uid = nil,
+    to = nil, from = nil, mon = nil, t0 = nil, sa = nil, d = nil, rsn = nil, src = nil,
+    g = nil, exp = nil, cls = nil, dc = nil, dt = nil, free = nil, cnt = nil, pool = nil,
+    kind = nil, co = nil, ca = nil, sl = nil, rp = nil, rr = nil, rf = nil, ra = nil,
+    rb = nil}
+  if not v[2] then  -- every field its own
+    local flat = redis.call('HGETALL', k_call)
+    for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+  end
+  return unpack_call(s)
 end
 
 -- How long a month hash outlives its first write: long after its month ends (the spec's

@@ -41,14 +41,14 @@ end
 local function credit_grant(c, cred_s, cred_r, cap)
   local r = rate_of(c)
   local t = redis.call('HMGET', c.k_tenant, 'bal', 'res', 'alb', 'arb')
-  local avail = num(t[1]) - num(t[2])
+  local avail = num_once(t[1]) - num_once(t[2])
   local len = cred_s + cap
   local sfield, srfield = 's:' .. c.uid, 'sr:' .. c.uid
   -- The user's own monthly limit first (D22): when it is spent, topping the wallet up
   -- would not help, and the admin must see that.
   if c.limit ~= nil then
     local s = redis.call('HMGET', c.k_month, sfield, srfield)
-    local room = c.limit - num(s[1]) - num(s[2]) + cred_r
+    local room = c.limit - num_once(s[1]) - num_once(s[2]) + cred_r
     len = max_affordable(room, r.rate, r.fee, r.a, r.b, len)
     if len - cred_s <= 0 then
       spend_limit_reached(c)

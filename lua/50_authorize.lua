@@ -80,13 +80,15 @@ local function call_reply(k_call, replayed, attempt)
   return {OK, replayed, s.d, s.rsn, s.src, tonumber(s.g), tonumber(s.exp), s.cls, s.dc, s.dt}
 end
 
+-- A decision is seven values, not a table (a Lua table costs several hundred instructions
+-- per field: BENCHMARKS.md): decision, reason, source, granted seconds, class, free (the
+-- call's time is free), counted (it counts against the concurrency limits).
 local function deny(reason, class)
-  return {decision = 'deny', reason = reason, source = '', granted = 0, class = class or ''}
+  return 'deny', reason, '', 0, class or '', false, false
 end
 
 local function allow_free(reason, class, cap, counted)
-  return {decision = 'allow', reason = reason, source = 'free', granted = cap, class = class,
-          free = true, counted = counted}
+  return 'allow', reason, 'free', cap, class, true, counted
 end
 
 -- Decoded user records by their JSON text, as stored verbatim by user_put: the same text is
@@ -107,80 +109,81 @@ local function decode_user(raw)
   return user
 end
 
-local function over_concurrency(c, user)
+-- t: the tenant's HMGET (maxc, act at 3, 4).
+local function over_concurrency(c, user, k_uact, t)
   local umax = user.max_concurrent_calls
-  if umax ~= nil and num(redis.call('HGET', c.k_uact, c.uid)) >= umax then return true end
-  return c.maxc ~= '' and c.maxc ~= false and num(c.act) >= tonumber(c.maxc)
+  if umax ~= nil and num(redis.call('HGET', k_uact, c.uid)) >= umax then return true end
+  local maxc = t[3]
+  return maxc ~= '' and maxc ~= false and num(t[4]) >= num(maxc)
 end
 
 -- Outbound rules in order: emergency (D11) > unknown user (D26) > invalid / blocked (D13,
 -- D14) > no plan (D24) > dial-out policy (D23) > concurrency (D25) > toll-free (D12) >
 -- sources (D15, D16).
-local function decide_outbound(c, st, A)
-  local raw = redis.call('HGET', c.k_users, c.uid)
+local function decide_outbound(c, st, KEYS, ARGV, t, grant_max)
+  local raw = redis.call('HGET', KEYS[2], c.uid)
   local user = raw and decode_user(raw)
-  if A.emergency_regions ~= '' then
+  local emergency_regions = ARGV[14]
+  if emergency_regions ~= '' then
     -- Decided before Redis already; here only confirmed against the user's country. A
     -- caller we cannot place (unknown user) still gets the call: life safety first.
-    if not user or in_list(A.emergency_regions, user.country) then
-      return allow_free('emergency', 'emergency', A.grant_max, false)
+    if not user or in_list(emergency_regions, user.country) then
+      return allow_free('emergency', 'emergency', grant_max, false)
     end
     return deny('invalid_destination')
   end
   if not user then return deny('unknown_user') end
-  if A.predeny ~= '' then return deny(A.predeny) end
-  local domestic = in_list(A.zone, user.country)
+  if ARGV[15] ~= '' then return deny(ARGV[15]) end
+  local domestic = in_list(ARGV[13], user.country)
   local class = domestic and 'domestic' or 'international'
   if not user.pstn then return deny('no_calling_plan', class) end
   if user.dial_out == 'none' or (user.dial_out == 'domestic_only' and not domestic) then
     return deny('dial_out_policy', class)
   end
-  if over_concurrency(c, user) then return deny('concurrency_limit', class) end
-  if A.dtype == 'toll_free' and domestic then
-    return allow_free('toll_free', 'toll_free', A.grant_max, true)
+  if over_concurrency(c, user, KEYS[8], t) then return deny('concurrency_limit', class) end
+  if ARGV[12] == 'toll_free' and domestic then
+    return allow_free('toll_free', 'toll_free', grant_max, true)
   end
   c.credits_allowed = user.credits_allowed
   c.limit = user.monthly_spend_limit_micro
   st.kind = class
   st.pool = user.country .. ':' .. user.plan .. ':' .. class
-  local g, what = pay(c, st, A.grant_max)
+  local g, what = pay(c, st, grant_max)
   if g == 0 then return deny(what, class) end
-  return {decision = 'allow', reason = what, source = what, granted = g, class = class,
-          counted = true}
+  return 'allow', what, what, g, class, false, true
 end
 
 -- Inbound (D27, D28): to the tenant's toll-free number (credits at the origin's toll-free
 -- rate), to a user's number (free, or D15 when the tenant charges inbound calls).
-local function decide_inbound(c, st, A)
-  if redis.call('HEXISTS', c.k_tollfree, A.to) == 1 then
+local function decide_inbound(c, st, KEYS, ARGV, grant_max)
+  local to = ARGV[9]
+  if redis.call('HEXISTS', KEYS[7], to) == 1 then
     c.credits_allowed, c.credits_only = true, true
-    local g, what = pay(c, st, A.grant_max)
+    local g, what = pay(c, st, grant_max)
     if g == 0 then return deny('insufficient_credits', 'toll_free_inbound') end
-    return {decision = 'allow', reason = 'credits', source = 'credits', granted = g,
-            class = 'toll_free_inbound', counted = false}
+    return 'allow', 'credits', 'credits', g, 'toll_free_inbound', false, false
   end
-  local uid = redis.call('HGET', c.k_numbers, A.to)
+  local uid = redis.call('HGET', KEYS[6], to)
   if not uid then return deny('unknown_user', 'inbound') end
   c.uid = uid
   if redis.call('HGET', c.k_tenant, 'chg_in') ~= '1' then
-    return allow_free('inbound_free', 'inbound', A.grant_max, false)
+    return allow_free('inbound_free', 'inbound', grant_max, false)
   end
-  local user = decode_user(redis.call('HGET', c.k_users, uid))
+  local user = decode_user(redis.call('HGET', KEYS[2], uid))
   c.credits_allowed = user.credits_allowed
   c.limit = user.monthly_spend_limit_micro
   st.kind = 'domestic'
   st.pool = user.country .. ':' .. user.plan .. ':domestic'
-  local g, what = pay(c, st, A.grant_max)
+  local g, what = pay(c, st, grant_max)
   if g == 0 then return deny(what, 'inbound') end
-  return {decision = 'allow', reason = what, source = what, granted = g, class = 'inbound',
-          counted = false}
+  return 'allow', what, what, g, 'inbound', false, false
 end
 
 -- One new call from the tenant's bucket of the current second (see ARGV[27]); rl: the
 -- tenant's own rate ('' or false: default_rate). False when the bucket is empty.
 local function take_token(k_rate, rl, default_rate)
   if not rl or rl == '' then rl = default_rate end
-  local rate = tonumber(rl)
+  local rate = num(rl)
   if rate <= 0 then return true end
   local n = redis.call('INCR', k_rate)
   if n == 1 then redis.call('EXPIRE', k_rate, 2) end
@@ -188,9 +191,9 @@ local function take_token(k_rate, rl, default_rate)
 end
 
 local function authorize(KEYS, ARGV)
-  local tid, cid, now, month = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+  local tid, cid, now, month = ARGV[1], ARGV[2], num(ARGV[3]), ARGV[4]
   local direction, to, from, dcountry, dtype = ARGV[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-  local started = tonumber(ARGV[24])
+  local started = num(ARGV[24])
   local k_call, k_active, k_events = KEYS[3], KEYS[9], KEYS[10]
   if past_deadline(ARGV[25]) then return {LATE} end
 
@@ -203,49 +206,53 @@ local function authorize(KEYS, ARGV)
     return {OK, 0, 'deny', 'rate_limited', '', 0, now, '', dcountry, dtype}
   end
 
-  -- The request as decide_outbound / decide_inbound read it.
-  local A = {to = to, dtype = dtype, zone = ARGV[13], emergency_regions = ARGV[14],
-             predeny = ARGV[15], grant_max = tonumber(ARGV[22])}
-  -- Every field set here, none added later (but the rate, credits only): a table that grows
-  -- is rehashed.
+  -- What pay (lua/06_grants.lua) reads, and no more: decide_outbound / decide_inbound read
+  -- the rest of the request from KEYS and ARGV. Every field set here, none added later (but
+  -- the rate, credits only): a table that grows is rehashed.
   local c = {
-    k_tenant = KEYS[1], k_users = KEYS[2], k_pools = KEYS[4], k_month = KEYS[5],
-    k_numbers = KEYS[6], k_tollfree = KEYS[7], k_uact = KEYS[8], maxc = t[3], act = t[4],
-    uid = ARGV[8], credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
+    k_tenant = KEYS[1], k_pools = KEYS[4], k_month = KEYS[5], uid = ARGV[8],
+    credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
     rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
   }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0, pend = 0}
   alert_context(tid, now, month, k_events, KEYS[12])  -- lua/05_alerts.lua
-  local o
-  if direction == 'inbound' then o = decide_inbound(c, st, A) else o = decide_outbound(c, st, A) end
+  local decision, reason, source, granted, class, free, counted
+  if direction == 'inbound' then
+    decision, reason, source, granted, class, free, counted = decide_inbound(c, st, KEYS, ARGV,
+      num(ARGV[22]))
+  else
+    decision, reason, source, granted, class, free, counted = decide_outbound(c, st, KEYS,
+      ARGV, t, num(ARGV[22]))
+  end
 
-  local granted_text = istr(o.granted)
-  if o.decision ~= 'allow' then
+  local granted_text = istr(granted)
+  if decision ~= 'allow' then
     -- Denied: the call hash is its closed record from the start (close_call); the event
     -- carries the rest, for the ledger.
     local now_text = ARGV[3]
-    local z = closed_text({st = 'denied', d = o.decision, rsn = o.reason, src = o.source,
-      g = granted_text, exp = now_text, cls = o.class, dc = dcountry, dt = dtype, mon = month,
+    local z = closed_text({st = 'denied', d = decision, rsn = reason, src = source,
+      g = granted_text, exp = now_text, cls = class, dc = dcountry, dt = dtype, mon = month,
       uid = c.uid, pool = st.pool, kind = st.kind, rp = c.rp})
     redis.call('SET', k_call, z, 'EX', ARGV[23])  -- retention (s), as sent
     emit(k_events, 'call.denied', tid, now, {
       call_id = cid, direction = direction, user = c.uid, to = to, from = from,
-      reason = o.reason, source = o.source, granted_seconds = o.granted, class = o.class,
+      reason = reason, source = source, granted_seconds = granted, class = class,
       country = dcountry, number_type = dtype, month = month, started_at = started,
       pool = st.pool, pool_reserved_minutes = st.pool_r, credits_reserved_micro = st.cred_r,
-      rate_prefix = c.rp, counted = o.counted and true or false})
-    return {OK, 0, o.decision, o.reason, o.source, o.granted, now, o.class, dcountry, dtype}
+      rate_prefix = c.rp, counted = counted and true or false})
+    return {OK, 0, decision, reason, source, granted, now, class, dcountry, dtype}
   end
 
-  local expires = now + o.granted
+  local expires = now + granted
   local expires_text = istr(expires)
-  local grants = '[' .. grant_json(o.source, granted_text, ARGV[3], expires_text) .. ']'
+  local grants = '[' .. grant_json(source, granted_text, ARGV[3], expires_text) .. ']'
   -- The call hash, every value as the text Redis stores: the fields that never change packed
-  -- in 'i' (CALL_PACKED's order), the others their own; the same array is written with one
-  -- HSET and carried by the event as the call's record, so the two cannot differ. ARGV
-  -- integers are stored as sent (store.py sends plain decimal integers); 'sl' comes from
-  -- the user's JSON record and is printed as redis.call prints a Lua number.
+  -- in 'i' (CALL_PACKED's order), the others their own; the same values are written with
+  -- one HSET and carried by the event as the call's record (tests/test_call_records.py
+  -- checks that the two agree). ARGV integers are stored as sent (store.py sends plain
+  -- decimal integers); 'sl' comes from the user's JSON record and is printed as redis.call
+  -- prints a Lua number.
   local sl = c.limit and string.format('%.17g', c.limit) or ''
   -- The text from outside that the call's record and its event carry (user, pool, numbers,
   -- rate prefix, call and tenant ids, attempt) is plain when cjson, encoding it, adds
@@ -258,30 +265,28 @@ local function authorize(KEYS, ARGV)
   local plain = #cjson.encode(outside) == #outside + 2
   local packed
   if plain then
-    packed = '["' .. uid .. '","' .. month .. '","' .. (o.counted and '1' or '0') .. '","' ..
+    packed = '["' .. uid .. '","' .. month .. '","' .. (counted and '1' or '0') .. '","' ..
       pool .. '","' .. st.kind .. '","' .. c.rp .. '","' .. c.rr .. '","' .. c.rf ..
       '","' .. c.ra .. '","' .. c.rb .. '","' .. direction .. '","' .. to .. '","' .. from ..
-      '","' .. ARGV[3] .. '","' .. ARGV[24] .. '","' .. o.decision .. '","' .. o.reason ..
-      '","' .. o.source .. '","' .. granted_text .. '","' .. expires_text .. '","' ..
-      o.class .. '","' .. dcountry .. '","' .. dtype .. '","' .. (o.free and '1' or '0') ..
+      '","' .. ARGV[3] .. '","' .. ARGV[24] .. '","' .. decision .. '","' .. reason ..
+      '","' .. source .. '","' .. granted_text .. '","' .. expires_text .. '","' ..
+      class .. '","' .. dcountry .. '","' .. dtype .. '","' .. (free and '1' or '0') ..
       '","' .. (c.credits_only and '1' or '0') .. '","' ..
       (c.credits_allowed and '1' or '0') .. '","' .. sl .. '"]'
   else
-    packed = cjson.encode({uid, month, o.counted and '1' or '0', pool, st.kind,
-      c.rp, c.rr, c.rf, c.ra, c.rb, direction, to, from, ARGV[3], ARGV[24], o.decision,
-      o.reason, o.source, granted_text, expires_text, o.class, dcountry, dtype,
-      o.free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
+    packed = cjson.encode({uid, month, counted and '1' or '0', pool, st.kind,
+      c.rp, c.rr, c.rf, c.ra, c.rb, direction, to, from, ARGV[3], ARGV[24], decision,
+      reason, source, granted_text, expires_text, class, dcountry, dtype,
+      free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
       sl})
   end
-  local rec = {
-    'st', 'active', 'i', packed, 'h', granted_text,
-    'ps', istr(st.pool_s), 'cs', istr(st.cred_s), 'pr', istr(st.pool_r),
-    'cr', istr(st.cred_r), 'gexp', expires_text, 'ext', '0', 'grants', grants}
-  redis.call('HSET', k_call, 'n', ARGV[26], unpack(rec))
+  local ps, cs, pr, cr = istr(st.pool_s), istr(st.cred_s), istr(st.pool_r), istr(st.cred_r)
+  redis.call('HSET', k_call, 'n', ARGV[26], 'st', 'active', 'i', packed, 'h', granted_text,
+    'ps', ps, 'cs', cs, 'pr', pr, 'cr', cr, 'gexp', expires_text, 'ext', '0', 'grants', grants)
   redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
-  if o.counted then
+  if counted then
     redis.call('HINCRBY', c.k_tenant, 'act', '1')
-    redis.call('HINCRBY', c.k_uact, c.uid, '1')
+    redis.call('HINCRBY', KEYS[8], c.uid, '1')
   end
   -- The open call's whole record, so that `callgate rebuild` can restore it from the
   -- ledger. Everything else the ledger keeps of the call is a field of it (dir, uid, to,
@@ -295,15 +300,15 @@ local function authorize(KEYS, ARGV)
   if plain then
     emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
       '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' ..
-      rec[8] .. '","cs","' .. rec[10] .. '","pr","' .. rec[12] .. '","cr","' .. rec[14] ..
+      ps .. '","cs","' .. cs .. '","pr","' .. pr .. '","cr","' .. cr ..
       '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
       grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
   else
-    table.insert(rec, 1, ARGV[26])
-    table.insert(rec, 1, 'n')
-    emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = rec})
+    emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = {'n', ARGV[26],
+      'st', 'active', 'i', packed, 'h', granted_text, 'ps', ps, 'cs', cs, 'pr', pr, 'cr', cr,
+      'gexp', expires_text, 'ext', '0', 'grants', grants}})
   end
-  return {OK, 0, o.decision, o.reason, o.source, o.granted, expires, o.class, dcountry, dtype}
+  return {OK, 0, decision, reason, source, granted, expires, class, dcountry, dtype}
 end
 
 redis.register_function('authorize', authorize)

@@ -37,25 +37,6 @@ An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so tha
 tenant looks the same on every route (and the same as another tenant's, api.md).
 --]]
 
--- The flat array of a hash (as HGETALL returned it) after an HSET of the flat pairs
--- `changed`: the hash's record without reading it again. Modifies and returns flat.
-local function with_changes(flat, changed)
-  local new = {}
-  for i = 1, #changed, 2 do new[changed[i]] = changed[i + 1] end
-  for i = 1, #flat, 2 do
-    local v = new[flat[i]]
-    if v then
-      flat[i + 1] = v
-      new[flat[i]] = nil
-    end
-  end
-  for f, v in pairs(new) do  -- fields the hash did not have yet (none, for authorize's)
-    flat[#flat + 1] = f
-    flat[#flat + 1] = v
-  end
-  return flat
-end
-
 local function ctx_of(KEYS, call, k_month)
   return {
     k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
@@ -104,10 +85,10 @@ end
 
 local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
-  local tid, cid, now, used = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local grant_max = tonumber(ARGV[8])
+  local tid, cid, now, used = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
+  local grant_max = num(ARGV[8])
   if past_deadline(ARGV[9]) then return {LATE} end
-  local call, flat = load_call(k_call)
+  local call = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
   -- Time only moves forward: fewer seconds used than already reported would release
@@ -120,8 +101,8 @@ local function extend(KEYS, ARGV)
   -- written at every extend.
   local grants = call.grants
   local at = string.find(grants, '"used_seconds":', #grants - 30, true)
-  local reported = at and tonumber(string.sub(grants, at + 15, -3)) or 0
-  if call.ru then reported = math.max(reported, tonumber(call.ru)) end
+  local reported = at and num(string.sub(grants, at + 15, -3)) or 0
+  if call.ru then reported = math.max(reported, num(call.ru)) end
   if used < reported then return {USED_BACKWARDS, reported} end
 
   local h = num(call.h)
@@ -152,32 +133,53 @@ local function extend(KEYS, ARGV)
     end
   end
 
-  local decision = g > 0 and 'allow' or 'deny'
-  local expires, record
   if g == 0 then
-    expires = num(call.gexp)  -- denied: the current grant stands
+    -- Denied: the current grant stands, and so does the record.
     if u > reported then redis.call('HSET', k_call, 'ru', istr(u)) end
-  else
-    expires = now + g
-    local expires_text = istr(expires)
-    -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
-    local grant = grant_json(source, istr(g), ARGV[3], expires_text, istr(u))
-    local grants = call.grants
-    if grants == '[]' then grants = '[' .. grant .. ']'
-    else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
-    local changed = {'h', istr(u + g), 'ps', istr(st.pool_s), 'cs', istr(st.cred_s),
-      'pr', istr(st.pool_r), 'cr', istr(st.cred_r), 'gexp', expires_text,
-      'ext', istr(num(call.ext) + 1), 'grants', grants}
-    redis.call('HSET', k_call, unpack(changed))
-    redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
-    -- The open call's whole record after the change, for `callgate rebuild`.
-    record = with_changes(flat, changed)
+    emit(k_events, 'call.extension_denied', tid, now, {call_id = cid, used_seconds = u,
+      reason = reason, source = '', granted_seconds = 0, pool_reserved_minutes = st.pool_r,
+      credits_reserved_micro = st.cred_r})
+    return {OK, 'deny', reason, '', 0, num(call.gexp), call.cls, call.dc, call.dt}
   end
-  emit(k_events, decision == 'allow' and 'call.extended' or 'call.extension_denied', tid, now,
-    {call_id = cid, used_seconds = u, reason = reason, source = g > 0 and source or '',
-     granted_seconds = g, pool_reserved_minutes = st.pool_r,
-     credits_reserved_micro = st.cred_r, call = record})
-  return {OK, decision, reason, g > 0 and source or '', g, expires, call.cls, call.dc, call.dt}
+  local expires = now + g
+  local expires_text, g_text, u_text = istr(expires), istr(g), istr(u)
+  -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
+  local grant = grant_json(source, g_text, ARGV[3], expires_text, u_text)
+  if grants == '[]' then grants = '[' .. grant .. ']'
+  else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
+  local h_text, ps_text, cs_text, pr_text, cr_text, ext_text = istr(u + g), istr(st.pool_s),
+    istr(st.cred_s), istr(st.pool_r), istr(st.cred_r), istr(num(call.ext) + 1)
+  redis.call('HSET', k_call, 'h', h_text, 'ps', ps_text, 'cs', cs_text, 'pr', pr_text,
+    'cr', cr_text, 'gexp', expires_text, 'ext', ext_text, 'grants', grants)
+  redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
+  -- The event carries the fields the extension changed ('set', and 'grants' beside it as
+  -- JSON), not the whole record: the ledger keeps the record call.allowed carried and lays
+  -- the last extension's fields over it (gateway/ledger/project.py), which is the call hash
+  -- (for `callgate rebuild`). The confirming attempt a replay wrote ('cn') goes with them.
+  -- Written out: every value is integer text, our own word or the grants' JSON; the ids
+  -- (and the attempt) are the only text from outside, and one that JSON must escape takes
+  -- the cjson way, whose event reads the same (the grants inside 'set' as a string).
+  local cn = call.cn
+  local ids = cid .. tid .. (cn or '')
+  if #cjson.encode(ids) == #ids + 2 then
+    emit_text(k_events, 'call.extended', tid, '{"call_id":"' .. cid .. '","used_seconds":' ..
+      u_text .. ',"reason":"' .. reason .. '","source":"' .. source ..
+      '","granted_seconds":' .. g_text .. ',"pool_reserved_minutes":' .. pr_text ..
+      ',"credits_reserved_micro":' .. cr_text .. ',"set":["h","' .. h_text .. '","ps","' ..
+      ps_text .. '","cs","' .. cs_text .. '","pr","' .. pr_text .. '","cr","' .. cr_text ..
+      '","gexp","' .. expires_text .. '","ext","' .. ext_text ..
+      (cn and ('","cn","' .. cn) or '') ..
+      '"],"grants":' .. grants .. ',"type":"call.extended","tenant":"' .. tid .. '","ts":' ..
+      ARGV[3] .. '}')
+  else
+    local set = {'h', h_text, 'ps', ps_text, 'cs', cs_text, 'pr', pr_text, 'cr', cr_text,
+      'gexp', expires_text, 'ext', ext_text, 'grants', grants}
+    if cn then set[17], set[18] = 'cn', cn end
+    emit(k_events, 'call.extended', tid, now, {call_id = cid, used_seconds = u,
+      reason = reason, source = source, granted_seconds = g, pool_reserved_minutes = st.pool_r,
+      credits_reserved_micro = st.cred_r, set = set})
+  end
+  return {OK, 'allow', reason, source, g, expires, call.cls, call.dc, call.dt}
 end
 
 redis.register_function('extend', extend)

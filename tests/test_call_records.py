@@ -14,7 +14,14 @@ import redis
 from gateway.http.web import CALLS, STORE
 from gateway.ledger import open_ledger
 from gateway.ledger.persister import Persister
-from gateway.ledger.project import CALL_INSERT, _record, statements
+from gateway.ledger.project import (
+    CALL_INSERT,
+    CALL_RESERVED_CHANGES,
+    CALL_RESERVED_RECORD,
+    _record,
+    call_record_of,
+    statements,
+)
 from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
 from gateway.redis.server import RedisServer
 from gateway.rules.calls import AuthorizeRequest
@@ -27,11 +34,13 @@ LONDON = "+442071838750"
 NEW_YORK = "+12125550123"
 
 
-def last_event(redis_sync: redis.Redis, stream: str, call_id: str) -> tuple[str, dict[str, Any]]:
+def last_event(redis_sync: redis.Redis, stream: str, call_id: str,
+               etype: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The call's last event (of type etype, if given)."""
     # The sync client's stubs type every reply as maybe-awaitable.
     for _, fields in reversed(cast(list[Any], redis_sync.xrange(stream))):
         data = orjson.loads(fields[b"data"])
-        if data.get("call_id") == call_id:
+        if data.get("call_id") == call_id and etype in (None, fields[b"type"].decode()):
             return fields[b"type"].decode(), data
     raise AssertionError(f"no event of call {call_id}")
 
@@ -51,19 +60,33 @@ async def pool_and_credit_users(gw: Gateway, t: str) -> None:
 
 def assert_record_is_hash(redis_sync: redis.Redis, gw: Gateway, t: str, call_id: str,
                           etype: str, written_out: bool = True) -> None:
+    """The ledger's record of the call after its last event (call.allowed's record, and
+    the fields call.extended wrote laid over it) is the call hash."""
     k = tenant_keys(t, gw.settings.partitions)
     got_type, data = last_event(redis_sync, k.partition.events, call_id)
     assert got_type == etype
     stored = call_hash(redis_sync, k.call(call_id))
-    assert orjson.loads(_record(data)) == stored
+    if etype == "call.allowed":
+        assert orjson.loads(_record(data)) == stored
+        flat = data["call"]
+    else:
+        _, allowed = last_event(redis_sync, k.partition.events, call_id, "call.allowed")
+        assert call_record_of(_record(allowed), _record(data, "set")) == stored
+        # An extension writes its fields only: the record's fixed part stays in the ledger.
+        assert "call" not in data and "i" not in data
+        flat = data["set"]
+        assert {flat[i] for i in range(0, len(flat), 2)} | {"grants"} == {
+            "h", "ps", "cs", "pr", "cr", "gexp", "ext", "grants"} | (
+            {"cn"} if "cn" in stored else set())
     beside = [f for f in ("i", "grants") if f in data]
-    if etype == "call.allowed" and written_out:
+    if written_out:
         # Written out by concatenation: the record's JSON fields beside it, as JSON.
-        assert beside == ["i", "grants"]
-        assert isinstance(data["i"], list) and isinstance(data["grants"], list)
+        assert beside == (["i", "grants"] if etype == "call.allowed" else ["grants"])
+        assert all(isinstance(data[f], list) for f in beside)
     else:
         assert beside == []
-    assert len(data["call"]) + 2 * len(beside) == 2 * len(stored)  # no field twice
+    flat_fields = [flat[i] for i in range(0, len(flat), 2)]
+    assert len(set(flat_fields) | set(beside)) == len(flat_fields) + len(beside)  # no field twice
 
 
 async def test_records_of_authorize_and_extend_are_the_call_hash(
@@ -146,6 +169,39 @@ async def test_an_id_that_json_must_escape_takes_the_cjson_way(
                                                      None))
     assert body["decision"] == "allow"
     assert_record_is_hash(redis_sync, gw, t, odd, "call.allowed", written_out=False)
+    gw.clock.advance(30)
+    ext = await calls.extend(t, odd, 30)
+    assert ext["decision"] == "allow"
+    assert_record_is_hash(redis_sync, gw, t, odd, "call.extended", written_out=False)
+
+
+async def test_an_extension_projects_its_fields_over_the_record(
+    gw: Gateway, tenant_id: str, redis_sync: redis.Redis
+) -> None:
+    """call.extended carries the fields the extension wrote, which the ledger keeps beside
+    the record (calls.record_changes); an event of the earlier shape, whole record in
+    "call", still replaces the record."""
+    t = tenant_id
+    await pool_and_credit_users(gw, t)
+    await gw.call(t, "x", NEW_YORK, user="us0")
+    # A replay confirms the call by its attempt ('cn'): the extension carries it too.
+    assert (await gw.call(t, "x", NEW_YORK, user="us0"))["decision"] == "allow"
+    gw.clock.advance(30)
+    await gw.extend(t, "x", 30)
+    assert_record_is_hash(redis_sync, gw, t, "x", "call.extended")
+    k = tenant_keys(t, gw.settings.partitions)
+    etype, data = last_event(redis_sync, k.partition.events, "x")
+    assert etype == "call.extended"
+    stored = call_hash(redis_sync, k.call("x"))
+    [(sql, params)] = statements("1-0", etype, t, data, {})
+    assert sql == CALL_RESERVED_CHANGES
+    assert params[:2] == (int(stored["pr"]), int(stored["cr"])) and params[3:] == (t, "x")
+    assert "cn" in stored and orjson.loads(params[2]) == {f: stored[f] for f in (
+        "h", "ps", "cs", "pr", "cr", "gexp", "ext", "grants", "cn")}
+    old = {**{f: v for f, v in data.items() if f not in ("set", "grants")},
+           "call": [x for kv in stored.items() for x in kv]}
+    [(sql, params)] = statements("1-0", etype, t, old, {})
+    assert sql == CALL_RESERVED_RECORD and orjson.loads(params[2]) == stored
 
 
 async def test_the_fields_that_never_change_are_one_packed_field(

@@ -6,8 +6,7 @@ import base64
 import re
 from typing import Any
 
-import orjson
-
+from gateway.ledger.project import call_record_of
 from gateway.redis.keys import call_fields
 from gateway.rules.clock import rfc3339
 from gateway.rules.money import format_money
@@ -49,8 +48,8 @@ def cdr_view(row: dict[str, Any]) -> dict[str, Any]:
 CALL_SQL = (
     "SELECT c.state, c.direction, c.user_id, c.from_number, c.to_number, c.dest_country, "
     "c.dest_class, c.month, c.pool, c.rate_prefix, c.reason, c.started_at, c.authorized_at, "
-    "c.record, d.duration_seconds, d.domestic_pool_minutes, d.international_pool_minutes, "
-    "d.credits_micro, d.overrun_seconds, d.ended_at "
+    "c.record, c.record_changes, d.duration_seconds, d.domestic_pool_minutes, "
+    "d.international_pool_minutes, d.credits_micro, d.overrun_seconds, d.ended_at "
     "FROM calls c LEFT JOIN cdrs d ON d.tenant = c.tenant AND d.call_id = c.call_id "
     "WHERE c.tenant = ? AND c.call_id = ?")
 
@@ -60,9 +59,9 @@ def call_record(row: Any) -> dict[str, str]:
     names), for the view of a call Redis no longer holds: what the record carried (an
     allowed call's), the call's columns, and its bill."""
     (state, direction, user_id, from_number, to_number, country, klass, month, pool,
-     rate_prefix, reason, started_at, authorized_at, record, duration, dom, intl, credits,
-     overrun, ended_at) = row
-    rec: dict[str, str] = call_fields(orjson.loads(record or "{}"))
+     rate_prefix, reason, started_at, authorized_at, record, changes, duration, dom, intl,
+     credits, overrun, ended_at) = row
+    rec: dict[str, str] = call_fields(call_record_of(record, changes))
     allowed = bool(rec.get("d") == "allow") and state != "denied"
     rec.update({
         "st": str(state), "dir": str(direction), "uid": str(user_id or ""),

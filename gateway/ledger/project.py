@@ -36,9 +36,10 @@ def _i(v: Any) -> int:
 _JSON_FIELDS_BESIDE = ("i", "grants")
 
 
-def _flat_record(d: dict[str, Any]) -> dict[str, str]:
-    """The call's Redis record carried by the event (HGETALL, flat) by field name."""
-    flat = d.get("call") or []
+def _flat_record(d: dict[str, Any], key: str = "call") -> dict[str, str]:
+    """The call's Redis record carried by the event (HGETALL, flat) by field name; with
+    key "set", the fields of it that call.extended carries."""
+    flat = d.get(key) or []
     if isinstance(flat, dict):  # cjson writes an empty table as {}
         return {}
     rec = {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
@@ -51,10 +52,20 @@ def _flat_record(d: dict[str, Any]) -> dict[str, str]:
     return rec
 
 
-def _record(d: dict[str, Any]) -> str:
+def _record(d: dict[str, Any], key: str = "call") -> str:
     """The record as the ledger keeps it: a JSON object of the values Redis holds, keys
     sorted (the same text whichever shape of event carried it)."""
-    return orjson.dumps(_flat_record(d), option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(_flat_record(d, key), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def call_record_of(record: str | None, changes: str | None) -> dict[str, str]:
+    """An open call's Redis record from its ledger row: the record call.allowed carried
+    (``calls.record``) with the fields its last extension wrote (``calls.record_changes``,
+    carried by call.extended) laid over it."""
+    rec: dict[str, str] = orjson.loads(record or "{}")
+    if changes and changes != "{}":
+        rec.update(orjson.loads(changes))
+    return rec
 
 
 # call.allowed carries only the call id and the call's record (lua/50_authorize.lua): the
@@ -108,9 +119,13 @@ CALL_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 CALL_RESERVED = ("UPDATE calls SET pool_reserved_minutes = ?, credits_reserved_micro = ? "
                  "WHERE tenant = ? AND call_id = ?")
+# An extension's event of the earlier shape carried the whole record.
 CALL_RESERVED_RECORD = ("UPDATE calls SET pool_reserved_minutes = ?, "
-                        "credits_reserved_micro = ?, record = ? "
+                        "credits_reserved_micro = ?, record = ?, record_changes = '{}' "
                         "WHERE tenant = ? AND call_id = ?")
+CALL_RESERVED_CHANGES = ("UPDATE calls SET pool_reserved_minutes = ?, "
+                         "credits_reserved_micro = ?, record_changes = ? "
+                         "WHERE tenant = ? AND call_id = ?")
 CALL_VOID = ("UPDATE calls SET state = 'denied', reason = ?, pool_reserved_minutes = 0, "
              "credits_reserved_micro = 0 WHERE tenant = ? AND call_id = ?")
 CALL_CLOSE = ("UPDATE calls SET state = ?, pool_reserved_minutes = 0, "
@@ -183,6 +198,8 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
     if etype in (E.CALL_EXTENDED, E.CALL_EXTENSION_DENIED):
         pr, cr, cid = _i(d.get("pool_reserved_minutes")), _i(d.get("credits_reserved_micro")), \
             _s(d.get("call_id"))
+        if d.get("set"):
+            return [(CALL_RESERVED_CHANGES, (pr, cr, _record(d, "set"), t, cid))]
         if d.get("call"):
             return [(CALL_RESERVED_RECORD, (pr, cr, _record(d), t, cid))]
         return [(CALL_RESERVED, (pr, cr, t, cid))]

@@ -20,6 +20,7 @@ import orjson
 
 from gateway.ledger import Ledger
 from gateway.ledger.progress import Progress
+from gateway.ledger.project import call_record_of
 from gateway.redis import contract as c
 from gateway.redis.contract import AUDIT_MAX_ENTRIES, MONTH_TTL_SECONDS
 from gateway.redis.keys import active_member, tenant_keys
@@ -95,11 +96,12 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
     for (t, number, added) in await ledger.query(
             "SELECT tenant, number, added_at FROM tollfree_numbers"):
         ex.h(tenant_keys(t, partitions).tollfree)[number] = str(added)
-    for (t, cid, uid, pool, month, pr, cr, record, counted) in await ledger.query(
+    for (t, cid, uid, pool, month, pr, cr, record, changes, counted) in await ledger.query(
             "SELECT tenant, call_id, user_id, pool, month, pool_reserved_minutes, "
-            "credits_reserved_micro, record, counted FROM calls WHERE state = 'active'"):
+            "credits_reserved_micro, record, record_changes, counted FROM calls "
+            "WHERE state = 'active'"):
         k = tenant_keys(t, partitions)
-        rec: dict[str, str] = orjson.loads(record)
+        rec = call_record_of(record, changes)
         rec["pr"], rec["cr"] = str(pr), str(cr)
         ex.hashes[k.call(cid)] = rec
         ex.call_keys.add(k.call(cid))

@@ -64,6 +64,12 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         # `callgate rebuild` restores with the other settings.
         "ALTER TABLE tenants ADD COLUMN authorizations_per_second TEXT NOT NULL DEFAULT ''",
     )),
+    (4, (
+        # The fields of the record the call's last extension wrote (JSON object; an
+        # extension writes every field it changes, so the last one holds them all): the
+        # open call's Redis record is `record` with these laid over it.
+        "ALTER TABLE calls ADD COLUMN record_changes TEXT NOT NULL DEFAULT '{}'",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -124,11 +124,13 @@ EVENT_FIELDS: Mapping[str, tuple[str, ...]] = {
                     "granted_seconds", "class", "country", "number_type", "month",
                     "started_at", "pool", "pool_reserved_minutes", "credits_reserved_micro",
                     "rate_prefix", "counted"),
+    # "set": the record's fields the extension wrote, flat (with "grants" beside it as JSON
+    # when written out, as call.allowed's): the ledger lays them over call.allowed's record.
     "call.extended": ("call_id", "used_seconds", "reason", "source", "granted_seconds",
-                      "pool_reserved_minutes", "credits_reserved_micro", "call"),
+                      "pool_reserved_minutes", "credits_reserved_micro", "set", "grants"),
     "call.extension_denied": ("call_id", "used_seconds", "reason", "source",
                               "granted_seconds", "pool_reserved_minutes",
-                              "credits_reserved_micro", "call"),
+                              "credits_reserved_micro"),
     "call.ended": ("call_id", "duration_seconds", "billed_seconds", "overrun_seconds", "pool",
                    "pool_minutes", "credits_micro", "month", "user", "rate_prefix"),
     "call.expired": ("call_id", "duration_seconds", "billed_seconds", "overrun_seconds",
@@ -148,6 +150,7 @@ EVENT_FIELDS: Mapping[str, tuple[str, ...]] = {
 # needs escaping: the cjson path); credits.topped_up names the recharge it settled, if any.
 EVENT_OPTIONAL_FIELDS: Mapping[str, tuple[str, ...]] = {
     "call.allowed": ("i", "grants"),
+    "call.extended": ("grants",),
     "credits.topped_up": ("recharge_settled",),
 }
 
