@@ -146,7 +146,7 @@ test: venv redis postgres sip valgrind $(PROMTOOL)
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway loadtest tests
+	$(BIN)/mypy gateway loadtest tests integrations/kamailio/callgate_client.py
 
 # bench: authorize throughput and latency against an aiohttp hello-world ceiling (wrk), then
 # CPU per call at a switch's pace (100/300/1000 calls/s, 8 connections) and at idle;
