@@ -42,7 +42,7 @@ from gateway.ledger import Entry, Ledger
 from gateway.ledger.backoff import Outage
 from gateway.redis.client import ReplyError
 from gateway.redis.keys import DECKS_EVENTS, TOKENS_EVENTS, all_partitions
-from gateway.redis.store import BlockingRead, Store
+from gateway.redis.store import BlockingRead, Store, read_new_entries
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -247,14 +247,9 @@ class Persister:
         room = min(rooms)
         if room <= 0:
             return batches
-        block: tuple[str | int, ...] = (
-            ("BLOCK", block_ms) if block_ms > 0 and not any(batches) else ())
-        head = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", room)
-        tail = ("STREAMS", *streams, *(">" for _ in streams))
-        if self._blocking is not None:  # run()'s: a stop ends the wait at once
-            reply = await self._blocking.read(block_ms if block else 0, head, tail)
-        else:
-            reply = await waiter.backend.execute(streams[0], *head, *block, *tail)
+        wait_ms = block_ms if not any(batches) else 0  # something to do already: no wait
+        reply = await read_new_entries(waiter, self._blocking, GROUP, self.consumer, room,
+                                       streams, wait_ms)
         got = {str(stream): _entries(raw) for stream, raw in (reply or [])}
         return [b + got.get(s, []) for s, b in zip(streams, batches, strict=True)]
 
@@ -320,18 +315,15 @@ class Persister:
         """Until ``stop``: rounds back to back while there is a backlog, paced when idle,
         backed off exponentially (``self.outage``) while Redis or the ledger fails."""
         stop = stop or asyncio.Event()
-        unblocker = None
         if self.waiter is not None:
             self._blocking = BlockingRead(self.store, self.waiter, self._streams_list()[0])
-            unblocker = asyncio.create_task(self._blocking.unblock_on(stop))
+            self._blocking.start(stop)
         try:
             await self._run(stop)
         finally:
-            self._blocking = None
-            if unblocker is not None:
-                unblocker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await unblocker
+            if self._blocking is not None:
+                await self._blocking.close()
+                self._blocking = None
 
     async def _run(self, stop: asyncio.Event) -> None:
         last_status = 0.0

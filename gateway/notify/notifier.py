@@ -58,7 +58,7 @@ from gateway.redis.keys import (
     all_partitions,
     tenant_keys,
 )
-from gateway.redis.store import BlockingRead, Store
+from gateway.redis.store import BlockingRead, Store, read_new_entries
 from gateway.rules.clock import Clock, rfc3339
 from gateway.rules.money import format_money
 
@@ -197,15 +197,10 @@ class Notifier:
                     self._own_checked.add(p.notify)
             old.append(entries)
         streams = [p.notify for p in partitions]
-        block: tuple[str | int, ...] = (
-            ("BLOCK", block_ms) if block_ms > 0 and not any(old) else ())
+        wait_ms = block_ms if not any(old) else 0  # something to do already: no wait
         try:
-            head = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", BATCH)
-            tail = ("STREAMS", *streams, *(">" for _ in streams))
-            if self._blocking is not None:  # run()'s: a stop ends the wait at once
-                reply = await self._blocking.read(block_ms if block else 0, head, tail)
-            else:
-                reply = await waiter.backend.execute(streams[0], *head, *block, *tail)
+            reply = await read_new_entries(waiter, self._blocking, GROUP, self.consumer, BATCH,
+                                           streams, wait_ms)
         except ReplyError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -393,10 +388,9 @@ class Notifier:
         scan_needed = True
         last_scan = 0.0
         block_ms = 0
-        unblocker = None
         if self.waiter is not None:
             self._blocking = BlockingRead(self.store, self.waiter, self.partitions[0].notify)
-            unblocker = asyncio.create_task(self._blocking.unblock_on(stop))
+            self._blocking.start(stop)
         try:
             while not stop.is_set():
                 busy = 0
@@ -432,9 +426,7 @@ class Notifier:
                         await asyncio.wait_for(stop.wait(),
                                                min(IDLE_SLEEP_SECONDS, until_due / 1000))
         finally:
-            self._blocking = None
-            if unblocker is not None:
-                unblocker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await unblocker
+            if self._blocking is not None:
+                await self._blocking.close()
+                self._blocking = None
             await self.close()

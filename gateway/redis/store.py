@@ -650,6 +650,21 @@ async def call_record_of(store: Store, key: str) -> dict[str, str] | None:
 UNBLOCK_RETRY_SECONDS = 0.05
 
 
+async def read_new_entries(waiter: Store, blocking: BlockingRead | None, group: str,
+                           consumer: str, count: int, streams: Sequence[str],
+                           block_ms: int) -> Any:
+    """One XREADGROUP of ``streams``' entries never delivered to ``group`` (at most
+    ``count`` a stream) for ``consumer``, waiting up to ``block_ms`` for one (0: no wait):
+    through ``blocking`` when there is one (a stop then ends the wait at once), else on
+    ``waiter``'s connection. The raw reply (None when nothing came)."""
+    head = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
+    tail = ("STREAMS", *streams, *(">" for _ in streams))
+    if blocking is not None:
+        return await blocking.read(block_ms, head, tail)
+    block = ("BLOCK", block_ms) if block_ms > 0 else ()
+    return await waiter.backend.execute(streams[0], *head, *block, *tail)
+
+
 class BlockingRead:
     """A blocking read on a connection of its own (``waiter``) that a stop ends at once:
     then the process may block for long when idle (few wake-ups of it and of Redis) and
@@ -665,6 +680,19 @@ class BlockingRead:
         self.stopping = False
         self._client_id: int | None = None
         self._reading = False
+        self._unblocker: asyncio.Task[None] | None = None
+
+    def start(self, stop: asyncio.Event) -> None:
+        """From now on, ``stop`` ends the read in flight (until ``close``)."""
+        self._unblocker = asyncio.create_task(self.unblock_on(stop))
+
+    async def close(self) -> None:
+        """No longer watch ``stop`` (the reads are over)."""
+        if self._unblocker is not None:
+            self._unblocker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._unblocker
+            self._unblocker = None
 
     async def read(self, block_ms: int, head: Sequence[Arg], tail: Sequence[Arg]) -> Any:
         """``head``, then ``BLOCK block_ms`` (none if 0 or stopping), then ``tail``: one
