@@ -262,30 +262,24 @@ end
 local CLOSED_FIELDS = {'st', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt', 'mon', 'uid',
   'pool', 'rp', 'dur', 'bdp', 'bip', 'bc', 'over', 'ended'}
 local CLOSED_CODED = {1, 2, 3, 4, 7, 9}  -- positions in CLOSED_FIELDS
--- Mirrors gateway/redis/keys.py CLOSED_WORDS (code: the position's character of
--- A-Z, a-z, 0-9); CLOSED_WORD is its inverse.
-local CLOSED_CODE = {
-  ended = 'A', expired = 'B', denied = 'C', allow = 'D', deny = 'E', free = 'F',
-  domestic_pool = 'G', international_pool = 'H', credits = 'I', emergency = 'J',
-  toll_free = 'K', inbound_free = 'L', no_calling_plan = 'M', dial_out_policy = 'N',
-  destination_blocked = 'O', invalid_destination = 'P', pool_exhausted_no_credits = 'Q',
-  insufficient_credits = 'R', credits_not_allowed = 'S', spend_limit_reached = 'T',
-  concurrency_limit = 'U', unknown_user = 'V', service_unavailable = 'W',
-  rate_limited = 'X', domestic = 'Y', international = 'Z', toll_free_inbound = 'a',
-  inbound = 'b', fixed_line = 'c', mobile = 'd', fixed_line_or_mobile = 'e',
-  premium_rate = 'f', shared_cost = 'g', voip = 'h', personal_number = 'i', pager = 'j',
-  uan = 'k', voicemail = 'l', unknown = 'm', invalid = 'n'}
-local CLOSED_WORD = {
-  A = 'ended', B = 'expired', C = 'denied', D = 'allow', E = 'deny', F = 'free',
-  G = 'domestic_pool', H = 'international_pool', I = 'credits', J = 'emergency',
-  K = 'toll_free', L = 'inbound_free', M = 'no_calling_plan', N = 'dial_out_policy',
-  O = 'destination_blocked', P = 'invalid_destination', Q = 'pool_exhausted_no_credits',
-  R = 'insufficient_credits', S = 'credits_not_allowed', T = 'spend_limit_reached',
-  U = 'concurrency_limit', V = 'unknown_user', W = 'service_unavailable',
-  X = 'rate_limited', Y = 'domestic', Z = 'international', a = 'toll_free_inbound',
-  b = 'inbound', c = 'fixed_line', d = 'mobile', e = 'fixed_line_or_mobile',
-  f = 'premium_rate', g = 'shared_cost', h = 'voip', i = 'personal_number', j = 'pager',
-  k = 'uan', l = 'voicemail', m = 'unknown', n = 'invalid'}
+-- Mirrors gateway/redis/keys.py CLOSED_WORDS and CODE_ALPHABET: a word's code is the
+-- alphabet's character at the word's position. CLOSED_CODE (word -> code) and its inverse
+-- CLOSED_WORD are built from the two at load.
+local CLOSED_WORDS = {'ended', 'expired', 'denied', 'allow', 'deny', 'free', 'domestic_pool',
+  'international_pool', 'credits', 'emergency', 'toll_free', 'inbound_free',
+  'no_calling_plan', 'dial_out_policy', 'destination_blocked', 'invalid_destination',
+  'pool_exhausted_no_credits', 'insufficient_credits', 'credits_not_allowed',
+  'spend_limit_reached', 'concurrency_limit', 'unknown_user', 'service_unavailable',
+  'rate_limited', 'domestic', 'international', 'toll_free_inbound', 'inbound', 'fixed_line',
+  'mobile', 'fixed_line_or_mobile', 'premium_rate', 'shared_cost', 'voip',
+  'personal_number', 'pager', 'uan', 'voicemail', 'unknown', 'invalid'}
+local CODE_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
+local CLOSED_CODE, CLOSED_WORD = {}, {}
+for i = 1, #CLOSED_WORDS do
+  local code = CODE_ALPHABET:sub(i, i)  -- (the global string is not reachable at load)
+  CLOSED_CODE[CLOSED_WORDS[i]] = code
+  CLOSED_WORD[code] = CLOSED_WORDS[i]
+end
 
 -- The kind (pool name's last part) of a call of class cls: its own for an outbound call,
 -- domestic for an inbound one.

@@ -30,12 +30,10 @@ def test_lua_closes_a_call_with_the_fields_python_reads() -> None:
     assert tuple(re.findall(r"'([a-z0-9]+)'", body)) == CLOSED_FIELDS
     coded = LIB.split("local CLOSED_CODED = {", 1)[1].split("}", 1)[0]
     assert tuple(CLOSED_FIELDS[int(k) - 1] for k in re.findall(r"\d+", coded)) == CLOSED_CODED
-    codes = LIB.split("local CLOSED_CODE = {", 1)[1].split("}", 1)[0]
-    assert re.findall(r"([a-z_]+) = '(.)'", codes) == list(zip(CLOSED_WORDS, CODE_ALPHABET,
-                                                             strict=False))
-    words = LIB.split("local CLOSED_WORD = {", 1)[1].split("}", 1)[0]
-    assert re.findall(r"(.) = '([a-z_]+)'", words) == list(zip(CODE_ALPHABET, CLOSED_WORDS,
-                                                             strict=False))
+    words = LIB.split("local CLOSED_WORDS = {", 1)[1].split("}", 1)[0]
+    assert tuple(re.findall(r"'([a-z_]+)'", words)) == CLOSED_WORDS
+    assert f"local CODE_ALPHABET = '{CODE_ALPHABET}'" in LIB
+    assert len(CLOSED_WORDS) <= len(CODE_ALPHABET)
 
 
 def test_lua_status_codes_are_the_store_status() -> None:
