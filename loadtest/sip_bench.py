@@ -32,7 +32,6 @@ import asyncio
 import collections
 import contextlib
 import csv
-import itertools
 import json
 import math
 import os
@@ -427,9 +426,9 @@ def run_cnxcc(work: Path, rates: list[int], args: argparse.Namespace) -> list[di
     with RedisServer(work / "cnxcc-redis", port=free_low_port(), appendonly=True,
                      appendfsync="everysec", name="sipbench-cnxcc-redis") as redis:
         assert redis.pid is not None
-        for proxy in itertools.count(1):
-            if not plan:
-                break
+        proxy = 0
+        while plan:  # a new proxy after each crash, for the runs left
+            proxy += 1
             proxy_work = work / f"proxy-cnxcc-{proxy}"
             proxy_work.mkdir()
             with cnxcc_proxy(redis.port, proxy_work, shm_mb=args.shm_mb) as port:
