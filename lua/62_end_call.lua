@@ -128,8 +128,7 @@ local function end_call(KEYS, ARGV)
   local state = how == 'expired' and 'expired' or 'ended'
   -- The bill replaces the call's record (close_call): what its repeats answer, nothing more.
   -- The call's own table is the closed record: it has the answer's fields by their names,
-  -- and load_call_end sized it for the bill's (a table of its own: +13 k instructions,
-  -- BENCHMARKS.md).
+  -- and load_call_end sized it for the bill's (a table of its own costs more: BENCHMARKS.md).
   call.st, call.dur, call.bdp, call.bip, call.bc, call.over = state, istr(duration),
     istr(dom), istr(intl), istr(credits), istr(overrun)
   call.ended_after_exp = istr(now - num(call.exp))

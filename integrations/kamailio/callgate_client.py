@@ -4,16 +4,16 @@ Loaded by kamailio.cfg through app_python3 (Debian's kamailio-python3-modules) a
 Kamailio's own Python 3, standard library only. Kamailio 5.6's `http_client_query()`
 opens and closes a TCP connection for every request, since only a named `httpcon` keeps
 one, and a named connection cannot carry the switch's bearer token. The gateway then pays
-an accept, a set-up and a close per request, which costs it four times the CPU of the
-request itself (docs/kamailio.md). Here each async worker keeps its own connection, made
-at its first request, and reuses it.
+an accept, a set-up and a close per request (what that costs: docs/kamailio.md). Here
+each async worker keeps its own connection, made at its first request, and reuses it.
 
 Called as `python_exec("post", "<retry>")` with `$var(path)`, `$var(body)` and
 `$var(token)` set; sets `$var(status)` (the HTTP status, or 0 when the gateway could not be
 asked or did not answer) and `$var(answer)` (the body). The token is sent, never logged.
 
-A connection the gateway closed while it was idle (its keep-alive timeout is 75 s) is
-never used: one idle for IDLE_SECONDS_MAX is replaced before the request. A request that
+The gateway closes a connection idle for its keep-alive timeout (75 s): one idle for
+IDLE_SECONDS_MAX is replaced before the request, so that a request does not meet a
+connection being closed. A request that
 fails on a reused connection, before any byte of an answer came back, is sent once more
 on a new connection when the caller passes "retry" ("1"): authorize and end, which the
 gateway answers the same when asked twice (D31, D32). An extension is never sent twice:
@@ -43,8 +43,8 @@ class Stale(Exception):
 
 class Client:
     """HTTP/1.1 over one socket: the request in one write, the answer read up to its
-    Content-Length. (http.client parses headers with the email package: it doubled
-    Kamailio's CPU per call.)"""
+    Content-Length. (Not http.client: its header parsing, through the email package, is
+    dear in Kamailio's per-call CPU.)"""
 
     def __init__(self) -> None:
         url = urllib.parse.urlsplit(os.environ["CALLGATE_URL"])
