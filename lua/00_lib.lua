@@ -368,11 +368,8 @@ end
 
 -- The fields of a call that authorize sets and nothing changes after, in the order they are
 -- packed, as one JSON array of strings, into the call hash's field 'i' (mirrors
--- gateway/redis/keys.py CALL_PACKED_FIELDS). One field instead of 27 makes the authorize HSET,
--- its AOF entry and the call's memory a fraction of what they were. The fields that change
--- (st, h, ps, cs, pr, cr, gexp, ext, grants; at the end dur, bdp, bip, bc, over, ended)
--- stay fields of their own. A hash with every field its own (written before, or restored
--- by `callgate rebuild` from an older ledger's record) reads the same.
+-- gateway/redis/keys.py CALL_PACKED_FIELDS): what call.allowed carries as 'i', and what a call
+-- hash of an older layout holds in 'i'. An open call's hash holds them in 'v' (below).
 local CALL_PACKED = {'uid', 'mon', 'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra',
   'rb', 'dir', 'to', 'from', 't0', 'sa', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt', 'free',
   'co', 'ca', 'sl'}
@@ -387,47 +384,68 @@ local function unpack_call(s)
   return s
 end
 
--- end_call needs the first 23 packed fields (CALL_PACKED's order, up to dt: what it bills
--- and what the closed record keeps): identifiers, digits and our own words, read straight
--- from the JSON text when none holds an escape (a JSON string without a backslash is its
--- own text), else decoded in full.
-local PX = '"([^"\\]*)",'
-local PACKED_HEAD = '^%[' .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX ..
-  PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX .. PX
+-- An open call is a hash of two fields, 'v' and 'grants' (and 'cn', 'ru' once a replay or a
+-- denied extend wrote them). 'v' holds the call's values, each followed by a NUL byte: first
+-- those that change over its life (CALL_COUNTERS: horizon, pool and credit seconds, pool and
+-- credit reservations, the current grant's expiry, extensions so far, the attempt that
+-- created it), then CALL_PACKED's. Both lists mirror gateway/redis/keys.py
+-- (CALL_COUNTER_FIELDS, CALL_PACKED_FIELDS). One struct.unpack reads them all, for a third
+-- of a pattern's cost and a quarter of cjson's, and the writes of authorize and extend are
+-- one HSET of two fields (figures: BENCHMARKS.md). No value holds a NUL: authorize writes
+-- this layout only when its text from outside is plain (lua/50_authorize.lua), else the
+-- older one below. The ledger keeps the record by field name, as the events carry it.
+local CALL_COUNTERS = {'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'ext', 'n'}
+local COUNTER_VALUES, PACKED_VALUES = ('s'):rep(#CALL_COUNTERS), ('s'):rep(#CALL_PACKED)
 
-local function unpack_call_head(s)
-  local packed = s.i
-  if packed then
-    local uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, _, _, _, _, _, d, rsn, src, g, exp,
-      cls, dc, dt = string.match(packed, PACKED_HEAD)
-    if not uid then return unpack_call(s) end
-    s.uid, s.mon, s.cnt, s.pool, s.kind, s.rp, s.rr, s.rf, s.ra, s.rb = uid, mon, cnt, pool,
-      kind, rp, rr, rf, ra, rb
-    s.d, s.rsn, s.src, s.g, s.exp, s.cls, s.dc, s.dt = d, rsn, src, g, exp, cls, dc, dt
-  end
-  return s
+-- The counters' part of 'v' (the packed fields' part follows it).
+local function counters_text(h, ps, cs, pr, cr, gexp, ext, n)
+  return h .. '\0' .. ps .. '\0' .. cs .. '\0' .. pr .. '\0' .. cr .. '\0' .. gexp .. '\0' ..
+    ext .. '\0' .. n .. '\0'
 end
 
--- The call by field name (packed fields unpacked): the fields extend reads of an open call
--- of the current layout, or the whole hash of an older one; nil if the call does not exist.
-local function load_call(k_call)
-  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'ext',
-    'grants', 'ru', 'cn')
-  if is_closed_reply(v) then return read_closed(k_call) end
-  if not v[1] then return nil end
-  -- Sized by naming the fields (a hint only: any field is read): a table grown key by key
-  -- from empty is rehashed six times on the way to 40 keys.
-  local s = {st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6], cr = v[7],
-    gexp = v[8], ext = v[9], grants = v[10], ru = v[11], cn = v[12], dir = nil, uid = nil,
-    to = nil, from = nil, mon = nil, t0 = nil, sa = nil, d = nil, rsn = nil, src = nil,
-    g = nil, exp = nil, cls = nil, dc = nil, dt = nil, free = nil, cnt = nil, pool = nil,
-    kind = nil, co = nil, ca = nil, sl = nil, rp = nil, rr = nil, rf = nil, ra = nil,
-    rb = nil}
-  if not v[2] then  -- every field its own
-    local flat = redis.call('HGETALL', k_call)
-    for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+-- The call at k_call by field name; its closed record once closed (read_closed); nil if it
+-- does not exist. wide: with 'grants', 'ru' and 'cn' (extend, void_call), else 'v' alone.
+-- 'at': where the packed fields start in 'v' (extend writes them back as they are). A
+-- hash of an older layout (every value its own field, or 'i', the packed fields as JSON,
+-- beside the others: such calls are in Redis when a new library is loaded, and authorize
+-- writes one for text that is not plain) is read whole, and marked 'legacy': its writers
+-- keep its layout.
+local function load_call(k_call, wide)
+  local v, grants, ru, cn
+  if wide then
+    local r = redis.pcall('HMGET', k_call, 'v', 'grants', 'ru', 'cn')
+    if is_closed_reply(r) then return read_closed(k_call) end
+    v, grants, ru, cn = r[1], r[2], r[3], r[4]
+  else
+    v = redis.pcall('HGET', k_call, 'v')
+    if is_closed_reply(v) then return read_closed(k_call) end
   end
-  return unpack_call(s)
+  if not v then
+    local flat = redis.call('HGETALL', k_call)
+    if #flat == 0 then return nil end
+    -- Sized by naming the fields (a hint only): a table grown key by key from empty is
+    -- rehashed six times on the way to 40 keys.
+    local s = {st = nil, i = nil, grants = nil, ru = nil, cn = nil, h = nil, ps = nil,
+      cs = nil, pr = nil, cr = nil, gexp = nil, ext = nil, n = nil, dir = nil, uid = nil,
+      to = nil, from = nil, mon = nil, t0 = nil, sa = nil, d = nil, rsn = nil, src = nil,
+      g = nil, exp = nil, cls = nil, dc = nil, dt = nil, free = nil, cnt = nil, pool = nil,
+      kind = nil, co = nil, ca = nil, sl = nil, rp = nil, rr = nil, rf = nil, ra = nil,
+      rb = nil, dur = nil, bdp = nil, bip = nil, bc = nil, over = nil, ended_after_exp = nil,
+      legacy = true}
+    for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
+    return unpack_call(s)
+  end
+  local h, ps, cs, pr, cr, gexp, ext, n, at = struct.unpack(COUNTER_VALUES, v)
+  local uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, dir, to, from, t0, sa, d, rsn, src, g,
+    exp, cls, dc, dt, free, co, ca, sl = struct.unpack(PACKED_VALUES, v, at)
+  -- end_call closes the call with this table as its closed record: sized for the bill's
+  -- fields too (dur to ended_after_exp).
+  return {st = 'active', v = v, at = at, grants = grants, ru = ru, cn = cn, h = h, ps = ps,
+    cs = cs, pr = pr, cr = cr, gexp = gexp, ext = ext, n = n, uid = uid, mon = mon, cnt = cnt,
+    pool = pool, kind = kind, rp = rp, rr = rr, rf = rf, ra = ra, rb = rb, dir = dir, to = to,
+    from = from, t0 = t0, sa = sa, d = d, rsn = rsn, src = src, g = g, exp = exp, cls = cls,
+    dc = dc, dt = dt, free = free, co = co, ca = ca, sl = sl, dur = nil, bdp = nil, bip = nil,
+    bc = nil, over = nil, ended_after_exp = nil}
 end
 
 -- How long a month hash outlives its first write: long after its month ends (the spec's

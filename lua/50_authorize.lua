@@ -65,16 +65,8 @@ ERRORS   TENANT_NOT_FOUND TENANT_SETTINGS_CHANGED LATE
 -- The first answer again (D32), from the stored call. A live call answered allow again is
 -- confirmed by this attempt: if its answer is lost too, void_call undoes the call for it.
 local function call_reply(k_call, replayed, attempt)
-  local v = redis.pcall('HMGET', k_call, 'i', 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt',
-    'st')
-  local s
-  if is_closed_reply(v) then
-    s = read_closed(k_call)
-  else
-    s = unpack_call({i = v[1], d = v[2], rsn = v[3], src = v[4], g = v[5], exp = v[6],
-      cls = v[7], dc = v[8], dt = v[9]})
-  end
-  if v[10] == 'active' and s.d == 'allow' and attempt ~= '' then
+  local s = load_call(k_call)
+  if s.st == 'active' and s.d == 'allow' and attempt ~= '' then
     redis.call('HSET', k_call, 'cn', attempt)
   end
   return {OK, replayed, s.d, s.rsn, s.src, tonumber(s.g), tonumber(s.exp), s.cls, s.dc, s.dt}
@@ -248,9 +240,9 @@ local function authorize(KEYS, ARGV)
   local expires_text = istr(expires)
   local grants = '[' .. grant_json(source, granted_text, ARGV[3], expires_text) .. ']'
   -- The call hash, every value as the text Redis stores: the fields that never change packed
-  -- in 'i' (CALL_PACKED's order), the others their own; the same values are written with
-  -- one HSET and carried by the event as the call's record (tests/test_call_records.py
-  -- checks that the two agree). ARGV integers are stored as sent (store.py sends plain
+  -- in 'i' (CALL_PACKED's order) and the others by name; the hash holds the same values in
+  -- 'v' (lua/00_lib.lua load_call), written with one HSET (tests/test_call_records.py checks
+  -- that the two agree). ARGV integers are stored as sent (store.py sends plain
   -- decimal integers); 'sl' comes from the user's JSON record and is printed as redis.call
   -- prints a Lua number.
   local sl = c.limit and string.format('%.17g', c.limit) or ''
@@ -281,8 +273,20 @@ local function authorize(KEYS, ARGV)
       sl})
   end
   local ps, cs, pr, cr = istr(st.pool_s), istr(st.cred_s), istr(st.pool_r), istr(st.cred_r)
-  redis.call('HSET', k_call, 'n', ARGV[26], 'st', 'active', 'i', packed, 'h', granted_text,
-    'ps', ps, 'cs', cs, 'pr', pr, 'cr', cr, 'gexp', expires_text, 'ext', '0', 'grants', grants)
+  if plain then  -- no value holds a NUL (cjson would have escaped it): lua/00_lib.lua load_call
+    local z = '\0'
+    redis.call('HSET', k_call, 'v', counters_text(granted_text, ps, cs, pr, cr, expires_text,
+      '0', attempt) .. uid .. z .. month .. z .. (counted and '1' or '0') .. z .. pool .. z ..
+      st.kind .. z .. c.rp .. z .. c.rr .. z .. c.rf .. z .. c.ra .. z .. c.rb .. z ..
+      direction .. z .. to .. z .. from .. z .. ARGV[3] .. z .. ARGV[24] .. z .. decision ..
+      z .. reason .. z .. source .. z .. granted_text .. z .. expires_text .. z .. class .. z ..
+      dcountry .. z .. dtype .. z .. (free and '1' or '0') .. z ..
+      (c.credits_only and '1' or '0') .. z .. (c.credits_allowed and '1' or '0') .. z .. sl ..
+      z, 'grants', grants)
+  else  -- the older layout, which every reader reads
+    redis.call('HSET', k_call, 'n', attempt, 'st', 'active', 'i', packed, 'h', granted_text,
+      'ps', ps, 'cs', cs, 'pr', pr, 'cr', cr, 'gexp', expires_text, 'ext', '0', 'grants', grants)
+  end
   redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
   if counted then
     redis.call('HINCRBY', c.k_tenant, 'act', '1')

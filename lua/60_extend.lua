@@ -88,7 +88,7 @@ local function extend(KEYS, ARGV)
   local tid, cid, now, used = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
   local grant_max = num(ARGV[8])
   if past_deadline(ARGV[9]) then return {LATE} end
-  local call = load_call(k_call)
+  local call = load_call(k_call, true)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
   -- Time only moves forward: fewer seconds used than already reported would release
@@ -149,8 +149,13 @@ local function extend(KEYS, ARGV)
   else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
   local h_text, ps_text, cs_text, pr_text, cr_text, ext_text = istr(u + g), istr(st.pool_s),
     istr(st.cred_s), istr(st.pool_r), istr(st.cred_r), istr(num(call.ext) + 1)
-  redis.call('HSET', k_call, 'h', h_text, 'ps', ps_text, 'cs', cs_text, 'pr', pr_text,
-    'cr', cr_text, 'gexp', expires_text, 'ext', ext_text, 'grants', grants)
+  if call.legacy then  -- a hash of an older layout keeps it (lua/00_lib.lua load_call)
+    redis.call('HSET', k_call, 'h', h_text, 'ps', ps_text, 'cs', cs_text, 'pr', pr_text,
+      'cr', cr_text, 'gexp', expires_text, 'ext', ext_text, 'grants', grants)
+  else
+    redis.call('HSET', k_call, 'v', counters_text(h_text, ps_text, cs_text, pr_text, cr_text,
+      expires_text, ext_text, call.n) .. string.sub(call.v, call.at), 'grants', grants)
+  end
   redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
   -- The event carries the fields the extension changed ('set', and 'grants' beside it as
   -- JSON), not the whole record: the ledger keeps the record call.allowed carried and lays

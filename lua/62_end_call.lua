@@ -34,34 +34,6 @@ ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED MONTH_NEEDED
          again with that month's key.
 --]]
 
--- What end_call reads of a call (it needs no record), by name: the fields an open call of
--- the current layout has. A hash of an older layout (every field its own, see CALL_PACKED;
--- or ended, its bill in fields) is read again for the rest: every absent field costs
--- HMGET a scan of the hash, a fifth of end_call's cost when they were read at once.
-local function load_call_end(k_call)
-  local v = redis.pcall('HMGET', k_call, 'st', 'i', 'h', 'ps', 'cs', 'pr', 'cr', 'gexp')
-  if is_closed_reply(v) then return read_closed(k_call) end
-  if not v[1] then return nil end
-  local s = {st = v[1], i = v[2], h = v[3], ps = v[4], cs = v[5], pr = v[6], cr = v[7],
-    gexp = v[8], dur = nil, bdp = nil, bip = nil, bc = nil, over = nil, ended_after_exp = nil,
-    uid = nil, mon = nil, cnt = nil, pool = nil, kind = nil, rp = nil, rr = nil, rf = nil,
-    ra = nil, rb = nil}
-  if v[1] ~= 'active' or not v[2] then
-    local w = redis.call('HMGET', k_call, 'dur', 'bdp', 'bip', 'bc', 'over', 'uid', 'mon',
-      'cnt', 'pool', 'kind', 'rp', 'rr', 'rf', 'ra', 'rb')
-    s.dur, s.bdp, s.bip, s.bc, s.over, s.uid, s.mon, s.cnt, s.pool, s.kind, s.rp, s.rr, s.rf,
-      s.ra, s.rb = w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11], w[12],
-      w[13], w[14], w[15]
-  end
-  s = unpack_call_head(s)
-  if not v[2] then  -- every field its own: the answer the closed record keeps, by name
-    local a = redis.call('HMGET', k_call, 'd', 'rsn', 'src', 'g', 'exp', 'cls', 'dc', 'dt')
-    s.d, s.rsn, s.src, s.g, s.exp, s.cls, s.dc, s.dt = a[1] or '', a[2] or '', a[3] or '',
-      a[4] or '0', a[5] or '0', a[6] or '', a[7] or '', a[8] or ''
-  end
-  return s
-end
-
 local function bill_reply(call, replayed)
   return {OK, call.st, num(call.dur), num(call.bdp), num(call.bip), num(call.bc),
           num(call.over), replayed}
@@ -72,7 +44,7 @@ local function end_call(KEYS, ARGV)
     KEYS[9]
   local tid, cid, now, duration = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
   local retention, how, grace = ARGV[8], ARGV[9], num(ARGV[10])
-  local call = load_call_end(k_call)
+  local call = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
   -- A denied call ends like any other with nothing granted: billed nothing, the reported
@@ -128,7 +100,7 @@ local function end_call(KEYS, ARGV)
   local state = how == 'expired' and 'expired' or 'ended'
   -- The bill replaces the call's record (close_call): what its repeats answer, nothing more.
   -- The call's own table is the closed record: it has the answer's fields by their names,
-  -- and load_call_end sized it for the bill's (a table of its own costs more: BENCHMARKS.md).
+  -- and load_call sized it for the bill's (a table of its own costs more: BENCHMARKS.md).
   call.st, call.dur, call.bdp, call.bip, call.bc, call.over = state, istr(duration),
     istr(dom), istr(intl), istr(credits), istr(overrun)
   call.ended_after_exp = istr(now - num(call.exp))

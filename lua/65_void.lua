@@ -37,12 +37,11 @@ local function void_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
   local tid, cid, now, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-  local v = redis.pcall('HMGET', k_call, 'st', 'n', 'cn', 'ext', 'i', 'pr', 'cr')
-  if is_closed_reply(v) then return {OK, 0} end  -- closed: nothing to undo
-  if v[1] ~= 'active' or v[4] ~= '0' or not v[5] or attempt == '' then return {OK, 0} end
-  if (v[3] or v[2]) ~= attempt then return {OK, 0} end
-  local call = unpack_call({i = v[5]})
-  local pr, cr = num(v[6]), num(v[7])
+  local call = load_call(k_call, true)
+  -- Closed, or extended: nothing to undo.
+  if not call or call.st ~= 'active' or call.ext ~= '0' or attempt == '' then return {OK, 0} end
+  if (call.cn or call.n) ~= attempt then return {OK, 0} end
+  local pr, cr = num(call.pr), num(call.cr)
   local k_month = month_key(KEYS, ARGV, call.mon)
   if not k_month and (pr ~= 0 or cr ~= 0) then return {MONTH_NEEDED, call.mon} end
   if k_month then

@@ -22,7 +22,7 @@ from gateway.ledger.project import (
     call_record_of,
     statements,
 )
-from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields, tenant_keys
+from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields, open_call_hash, tenant_keys
 from gateway.redis.server import RedisServer
 from gateway.rules.calls import AuthorizeRequest
 from gateway.rules.clock import ManualClock, rfc3339
@@ -61,17 +61,23 @@ async def pool_and_credit_users(gw: Gateway, t: str) -> None:
 def assert_record_is_hash(redis_sync: redis.Redis, gw: Gateway, t: str, call_id: str,
                           etype: str, written_out: bool = True) -> None:
     """The ledger's record of the call after its last event (call.allowed's record, and
-    the fields call.extended wrote laid over it) is the call hash."""
+    the fields call.extended wrote laid over it) is the call hash: the hash `callgate
+    rebuild` writes from it (keys.open_call_hash) is the one Redis holds."""
     k = tenant_keys(t, gw.settings.partitions)
     got_type, data = last_event(redis_sync, k.partition.events, call_id)
     assert got_type == etype
     stored = call_hash(redis_sync, k.call(call_id))
     if etype == "call.allowed":
-        assert orjson.loads(_record(data)) == stored
+        want = open_call_hash(orjson.loads(_record(data)))
         flat = data["call"]
     else:
         _, allowed = last_event(redis_sync, k.partition.events, call_id, "call.allowed")
-        assert call_record_of(_record(allowed), _record(data, "set")) == stored
+        want = open_call_hash(call_record_of(_record(allowed), _record(data, "set")))
+    # Text that is not plain takes the older layout in authorize: the same fields.
+    assert call_fields(want) == call_fields(stored)
+    if written_out:
+        assert want == stored
+    if etype != "call.allowed":
         # An extension writes its fields only: the record's fixed part stays in the ledger.
         assert "call" not in data and "i" not in data
         flat = data["set"]
@@ -151,7 +157,8 @@ async def test_ledger_row_of_an_allowed_call_read_from_its_record(
     assert statements("1-0", etype, t, old, {}) == [(sql, params)]
     # The shape cjson writes (the record's JSON fields inside it, as strings): the same row.
     inside = {**{k: v for k, v in data.items() if k not in ("i", "grants")},
-              "call": [x for kv in stored.items() for x in kv]}
+              "call": [*data["call"], "i", orjson.dumps(data["i"]).decode(), "grants",
+                       stored["grants"]]}
     assert statements("1-0", etype, t, inside, {}) == [(sql, params)]
 
 
@@ -192,7 +199,11 @@ async def test_an_extension_projects_its_fields_over_the_record(
     k = tenant_keys(t, gw.settings.partitions)
     etype, data = last_event(redis_sync, k.partition.events, "x")
     assert etype == "call.extended"
-    stored = call_hash(redis_sync, k.call("x"))
+    packed = call_hash(redis_sync, k.call("x"))
+    # The record by field name, as the ledger keeps it (the packed fields in 'i').
+    fields = call_fields(packed)
+    stored = {"i": orjson.dumps([fields[f] for f in CALL_PACKED_FIELDS]).decode(),
+              **{f: v for f, v in fields.items() if f not in CALL_PACKED_FIELDS}}
     [(sql, params)] = statements("1-0", etype, t, data, {})
     assert sql == CALL_RESERVED_CHANGES
     assert params[:2] == (int(stored["pr"]), int(stored["cr"])) and params[3:] == (t, "x")
@@ -204,7 +215,7 @@ async def test_an_extension_projects_its_fields_over_the_record(
     assert sql == CALL_RESERVED_RECORD and orjson.loads(params[2]) == stored
 
 
-async def test_the_fields_that_never_change_are_one_packed_field(
+async def test_an_open_call_is_two_fields(
     gw: Gateway, tenant_id: str, redis_sync: redis.Redis
 ) -> None:
     t = tenant_id
@@ -213,10 +224,9 @@ async def test_the_fields_that_never_change_are_one_packed_field(
     k = tenant_keys(t, gw.settings.partitions)
     body = await gw.call(t, "pool", NEW_YORK, user="us0")
     stored = call_hash(redis_sync, k.call("pool"))
-    # n: the attempt that created the call (gateway.rules.voids), its own field: a replay may
-    # write cn beside it.
-    assert set(stored) == {"st", "i", "h", "ps", "cs", "pr", "cr", "gexp", "ext", "grants",
-                           "n"}
+    # Every value in 'v' (n, the attempt that created the call, among them: a replay may
+    # write cn beside it), the grants their own field.
+    assert set(stored) == {"v", "grants"}
     fields = call_fields(stored)
     assert (fields["dir"], fields["uid"], fields["to"], fields["d"], fields["src"],
             fields["g"], fields["dc"], fields["pool"], fields["cnt"]) == (
@@ -224,7 +234,8 @@ async def test_the_fields_that_never_change_are_one_packed_field(
         "US", "US:domestic:domestic", "1")
     await gw.extend(t, "pool", 30)
     after = call_hash(redis_sync, k.call("pool"))
-    assert after["i"] == stored["i"]  # extend changes only fields of its own
+    assert {f: call_fields(after)[f] for f in CALL_PACKED_FIELDS} == {
+        f: fields[f] for f in CALL_PACKED_FIELDS}  # extend changes only the counters
     assert not set(after) & set(CALL_PACKED_FIELDS)
     await gw.end(t, "pool", 40)
     # Closed: only what its repeats answer (D31, D32), the rest is in the ledger.
@@ -239,41 +250,49 @@ async def test_a_call_stored_field_by_field_reads_and_bills_the_same(
 ) -> None:
     """A call hash with every field its own (the layout before packing: such calls are in
     Redis when the new library is loaded, and `callgate rebuild` restores them from an
-    older ledger's records), and one whose packed text spells every character as a JSON
-    escape (end_call's shortcut reads the text as is only when it holds no escape), answer
-    retries, extends, ends and reads exactly as a packed twin does."""
+    older ledger's records), one with its counters their own fields beside 'i' (the layout
+    before 'v', which authorize still writes for text that is not plain), and one of that
+    layout whose 'i' spells every character as a JSON escape, answer retries, extends, ends
+    and reads exactly as a packed twin does."""
     t = tenant_id
     await pool_and_credit_users(gw, t)
     k = tenant_keys(t, gw.settings.partitions)
     first: dict[str, Any] = {}
     for user, to in (("us0", NEW_YORK), ("payg", LONDON)):
-        for twin in ("packed", "fields", "escaped"):
+        for twin in ("packed", "fields", "counters", "escaped"):
             first[f"{user}-{twin}"] = await gw.call(t, f"{user}-{twin}", to, user=user)
+        for twin in ("counters", "escaped"):  # the layout before 'v'
+            key = k.call(f"{user}-{twin}")
+            fields = call_fields(call_hash(redis_sync, key))
+            values = [fields[f] for f in CALL_PACKED_FIELDS]
+            packed = orjson.dumps(values).decode()
+            if twin == "escaped":
+                packed = "[" + ",".join(
+                    '"' + "".join(f"\\u{ord(ch):04x}" for ch in v) + '"' for v in values) + "]"
+                assert orjson.loads(packed) == values and "\\u" in packed
+            redis_sync.delete(key)
+            redis_sync.hset(key, mapping={"i": packed, **{
+                f: v for f, v in fields.items() if f not in CALL_PACKED_FIELDS}})
+            assert "v" not in call_hash(redis_sync, key) and "h" in call_hash(redis_sync, key)
         key = k.call(f"{user}-fields")
         fields = call_fields(call_hash(redis_sync, key))
         redis_sync.delete(key)
         redis_sync.hset(key, mapping=fields)
         assert "i" not in call_hash(redis_sync, key)
-        key = k.call(f"{user}-escaped")
-        values = orjson.loads(call_hash(redis_sync, key)["i"])
-        escaped = "[" + ",".join(
-            '"' + "".join(f"\\u{ord(ch):04x}" for ch in v) + '"' for v in values) + "]"
-        assert orjson.loads(escaped) == values
-        redis_sync.hset(key, "i", escaped)
 
     def same(a: dict[str, Any], b: dict[str, Any]) -> None:
         assert {**a, "call_id": ""} == {**b, "call_id": ""}
 
     for user, to in (("us0", NEW_YORK), ("payg", LONDON)):
         p = f"{user}-packed"
-        for f in (f"{user}-fields", f"{user}-escaped"):
+        for f in (f"{user}-fields", f"{user}-counters", f"{user}-escaped"):
             same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),
                  await gw.req("GET", f"/v1/tenants/{t}/calls/{f}"))
             retried = await gw.call(t, f, to, user=user)  # D32: the first answer again
             same(retried, first[f])
         ext = await gw.extend(t, p, 100)
         bill = await gw.end(t, p, 150)
-        for f in (f"{user}-fields", f"{user}-escaped"):
+        for f in (f"{user}-fields", f"{user}-counters", f"{user}-escaped"):
             same(await gw.extend(t, f, 100), ext)
             same(await gw.end(t, f, 150), bill)
             same(await gw.req("GET", f"/v1/tenants/{t}/calls/{p}"),

@@ -23,7 +23,7 @@ from gateway.ledger.progress import Progress
 from gateway.ledger.project import call_record_of
 from gateway.redis import contract as c
 from gateway.redis.contract import AUDIT_MAX_ENTRIES, MONTH_TTL_SECONDS
-from gateway.redis.keys import active_member, tenant_keys
+from gateway.redis.keys import active_member, open_call_hash, tenant_keys
 from gateway.redis.store import Store
 from gateway.rules.clock import candidate_months
 from gateway.vocab import EventType as E
@@ -103,7 +103,7 @@ async def expected_state(ledger: Ledger, partitions: int, now: int,
         k = tenant_keys(t, partitions)
         rec = call_record_of(record, changes)
         rec["pr"], rec["cr"] = str(pr), str(cr)
-        ex.hashes[k.call(cid)] = rec
+        ex.hashes[k.call(cid)] = open_call_hash(rec)
         ex.call_keys.add(k.call(cid))
         ex.zsets.setdefault(k.partition.active, {})[active_member(t, cid)] = int(
             rec.get("gexp", "0"))

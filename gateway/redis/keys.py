@@ -186,6 +186,16 @@ class TenantKeys:
 CALL_PACKED_FIELDS = ("uid", "mon", "cnt", "pool", "kind", "rp", "rr", "rf", "ra", "rb",
                       "dir", "to", "from", "t0", "sa", "d", "rsn", "src", "g", "exp", "cls", "dc",
                       "dt", "free", "co", "ca", "sl")
+# An open call's hash holds its values in the field 'v', each followed by a NUL byte: those
+# that change over its life (CALL_COUNTER_FIELDS; 'n', the attempt that created the call,
+# last), then CALL_PACKED_FIELDS's (lua/00_lib.lua load_call). Beside 'v': 'grants' and, once
+# written, 'cn' and 'ru'. An open call has no 'st' of its own: it is active. A hash of an
+# older layout has 'i' (the packed fields as JSON) and the others by name, or every field
+# by name: such hashes read the same.
+CALL_COUNTER_FIELDS = ("h", "ps", "cs", "pr", "cr", "gexp", "ext", "n")
+_CALL_VALUE_FIELDS = CALL_COUNTER_FIELDS + CALL_PACKED_FIELDS
+# The fields of an open call's hash that are neither packed nor counters.
+CALL_OWN_FIELDS = ("grants", "cn", "ru")
 
 
 # A closed call (ended, expired, denied or voided) is a string key, no longer a hash: what its
@@ -236,12 +246,31 @@ def call_fields(record: dict[str, str]) -> dict[str, str]:
     closed = record.get("z")
     if closed is not None:
         return {**record, **closed_fields(closed)}
-    packed = record.get("i")
-    if packed is None:
+    values, packed = record.get("v"), record.get("i")
+    if values is None and packed is None:
         return record
-    out = {k: v for k, v in record.items() if k != "i"}
-    # Not strict: a later version may append fields, which this one does not know.
-    out.update(zip(CALL_PACKED_FIELDS, orjson.loads(packed), strict=False))
+    out = {k: v for k, v in record.items() if k not in ("i", "v")}
+    if values is not None:
+        out["st"] = "active"
+        # Not strict: a later version may append fields, which this one does not know.
+        out.update(zip(_CALL_VALUE_FIELDS, values.split("\0"), strict=False))
+    if packed is not None:
+        out.update(zip(CALL_PACKED_FIELDS, orjson.loads(packed), strict=False))
+    return out
+
+
+def open_call_hash(record: dict[str, str]) -> dict[str, str]:
+    """The hash of an open call, in the layout lua/50_authorize.lua writes, from its record
+    in any layout (by field name, as the ledger keeps it, or packed): what `callgate
+    rebuild` writes back. A value holding a NUL (which the API's grammar lets through in
+    none) takes the older layout, as in authorize."""
+    fields = call_fields(record)
+    values = [fields.get(f, "") for f in _CALL_VALUE_FIELDS]
+    if any("\0" in v for v in values):
+        packed = orjson.dumps([fields.get(f, "") for f in CALL_PACKED_FIELDS]).decode()
+        return {"i": packed, **{f: v for f, v in fields.items() if f not in CALL_PACKED_FIELDS}}
+    out = {"v": "".join(v + "\0" for v in values)}
+    out.update((f, fields[f]) for f in CALL_OWN_FIELDS if f in fields)
     return out
 
 
