@@ -108,13 +108,21 @@ local function num_once(v)
   return tonumber(v)
 end
 
--- True when the caller's deadline (milliseconds since the epoch, "" or "0": none) has
+-- True when the caller's deadline (microseconds since the epoch, "" or "0": none) has
 -- passed on Redis's clock: the caller has answered without us, so we must change nothing.
--- The deadline and the microseconds are new at every call: not through the memo.
-local function past_deadline(deadline_ms)
-  if deadline_ms == '' or deadline_ms == '0' or deadline_ms == nil then return false end
+-- TIME's two parts are joined as text into microseconds (PAD: the zeros that make its
+-- microseconds six digits, by their length), and two texts of as many digits compare as
+-- their numbers do: no conversion, which cost as much as TIME itself (figures:
+-- BENCHMARKS.md). A deadline of another length (never before the year 2286) is compared
+-- as a number.
+local PAD = {'00000', '0000', '000', '00', '0', ''}
+
+local function past_deadline(deadline_us)
+  if deadline_us == '' or deadline_us == '0' or deadline_us == nil then return false end
   local t = redis.call('TIME')
-  return num(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline_ms)
+  local now = t[1] .. PAD[#t[2]] .. t[2]
+  if #now == #deadline_us then return now > deadline_us end
+  return tonumber(now) > tonumber(deadline_us)
 end
 
 -- Billable seconds under increments A/B (D20): 0 unanswered, else max(A, A + ceil((d-A)/B)*B).
@@ -193,9 +201,13 @@ local function emit(stream, etype, tenant_id, now, data)
     'data', cjson.encode(data))
 end
 
--- An event whose data the caller wrote as JSON text (type, tenant and ts included).
-local function emit_text(stream, etype, tenant_id, data_text)
-  return redis.call('XADD', stream, '*', 'type', etype, 'tenant', tenant_id, 'data', data_text)
+-- An event whose data the caller wrote as JSON text (type, tenant and ts included): the
+-- entry's one field 'data', since its text names the type and the tenant (the ledger reads
+-- them there when the entry has no fields of their own; two fields fewer make the XADD, its
+-- AOF entry and the persister's read a quarter cheaper: BENCHMARKS.md). The call-control
+-- events take this way; the admin events and alerts keep the three fields.
+local function emit_text(stream, data_text)
+  return redis.call('XADD', stream, '*', 'data', data_text)
 end
 
 -- An admin change: its event on the partition stream and, in the same atomic step, the same
@@ -384,42 +396,37 @@ local function unpack_call(s)
   return s
 end
 
--- An open call is a hash of two fields, 'v' and 'grants' (and 'cn', 'ru' once a replay or a
--- denied extend wrote them). 'v' holds the call's values, each followed by a NUL byte: first
+-- An open call is a hash of one field, 'v': its values, each followed by a NUL byte, first
 -- those that change over its life (CALL_COUNTERS: horizon, pool and credit seconds, pool and
 -- credit reservations, the current grant's expiry, extensions so far, the attempt that
--- created it), then CALL_PACKED's. Both lists mirror gateway/redis/keys.py
--- (CALL_COUNTER_FIELDS, CALL_PACKED_FIELDS). One struct.unpack reads them all, for a third
--- of a pattern's cost and a quarter of cjson's, and the writes of authorize and extend are
--- one HSET of two fields (figures: BENCHMARKS.md). No value holds a NUL: authorize writes
--- this layout only when its text from outside is plain (lua/50_authorize.lua), else the
--- older one below. The ledger keeps the record by field name, as the events carry it.
-local CALL_COUNTERS = {'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'ext', 'n'}
+-- created it, the attempt that confirmed it since ('' none), the used seconds a denied
+-- extend reported ('' none)), then CALL_PACKED's, then the grants (JSON, to the end). Both
+-- lists mirror gateway/redis/keys.py (CALL_COUNTER_FIELDS, CALL_PACKED_FIELDS). One HGET and
+-- two struct.unpack read the call, for a fraction of what a field per value, or a pattern,
+-- or cjson cost, and every write of it is one HSET of one field (figures: BENCHMARKS.md).
+-- No value holds a NUL: authorize writes this layout only when its text from outside is
+-- plain (lua/50_authorize.lua), else the older one below. The ledger keeps the record by
+-- field name, as the events carry it.
+local CALL_COUNTERS = {'h', 'ps', 'cs', 'pr', 'cr', 'gexp', 'ext', 'n', 'cn', 'ru'}
 local COUNTER_VALUES, PACKED_VALUES = ('s'):rep(#CALL_COUNTERS), ('s'):rep(#CALL_PACKED)
 
--- The counters' part of 'v' (the packed fields' part follows it).
-local function counters_text(h, ps, cs, pr, cr, gexp, ext, n)
+-- The counters' part of 'v' (the packed fields and the grants follow it).
+local function counters_text(h, ps, cs, pr, cr, gexp, ext, n, cn, ru)
   return h .. '\0' .. ps .. '\0' .. cs .. '\0' .. pr .. '\0' .. cr .. '\0' .. gexp .. '\0' ..
-    ext .. '\0' .. n .. '\0'
+    ext .. '\0' .. n .. '\0' .. cn .. '\0' .. ru .. '\0'
 end
 
--- The call at k_call by field name; its closed record once closed (read_closed); nil if it
--- does not exist. wide: with 'grants', 'ru' and 'cn' (extend, void_call), else 'v' alone.
--- 'at': where the packed fields start in 'v' (extend writes them back as they are). A
--- hash of an older layout (every value its own field, or 'i', the packed fields as JSON,
--- beside the others: such calls are in Redis when a new library is loaded, and authorize
--- writes one for text that is not plain) is read whole, and marked 'legacy': its writers
--- keep its layout.
-local function load_call(k_call, wide)
-  local v, grants, ru, cn
-  if wide then
-    local r = redis.pcall('HMGET', k_call, 'v', 'grants', 'ru', 'cn')
-    if is_closed_reply(r) then return read_closed(k_call) end
-    v, grants, ru, cn = r[1], r[2], r[3], r[4]
-  else
-    v = redis.pcall('HGET', k_call, 'v')
-    if is_closed_reply(v) then return read_closed(k_call) end
-  end
+-- The call at k_call by field name ('' cn and ru read as nil); its closed record once
+-- closed (read_closed); nil if it does not exist. 'v', 'at' and 'grants_at' are kept: the
+-- packed fields are string.sub(v, at, grants_at - 1), which its writers write back as they
+-- are, and the grants follow (call_grants, read only by those who need them). A hash
+-- of an older layout (every value its own field, or 'i', the packed fields as JSON, beside
+-- the others: such calls are in Redis when a new library is loaded, and authorize writes
+-- one for text that is not plain) is read whole, and marked 'legacy': its writers keep its
+-- layout.
+local function load_call(k_call)
+  local v = redis.pcall('HGET', k_call, 'v')
+  if is_closed_reply(v) then return read_closed(k_call) end
   if not v then
     local flat = redis.call('HGETALL', k_call)
     if #flat == 0 then return nil end
@@ -435,17 +442,37 @@ local function load_call(k_call, wide)
     for i = 1, #flat, 2 do s[flat[i]] = flat[i + 1] end
     return unpack_call(s)
   end
-  local h, ps, cs, pr, cr, gexp, ext, n, at = struct.unpack(COUNTER_VALUES, v)
+  local h, ps, cs, pr, cr, gexp, ext, n, cn, ru, at = struct.unpack(COUNTER_VALUES, v)
   local uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, dir, to, from, t0, sa, d, rsn, src, g,
-    exp, cls, dc, dt, free, co, ca, sl = struct.unpack(PACKED_VALUES, v, at)
+    exp, cls, dc, dt, free, co, ca, sl, grants_at = struct.unpack(PACKED_VALUES, v, at)
   -- end_call closes the call with this table as its closed record: sized for the bill's
   -- fields too (dur to ended_after_exp).
-  return {st = 'active', v = v, at = at, grants = grants, ru = ru, cn = cn, h = h, ps = ps,
-    cs = cs, pr = pr, cr = cr, gexp = gexp, ext = ext, n = n, uid = uid, mon = mon, cnt = cnt,
-    pool = pool, kind = kind, rp = rp, rr = rr, rf = rf, ra = ra, rb = rb, dir = dir, to = to,
-    from = from, t0 = t0, sa = sa, d = d, rsn = rsn, src = src, g = g, exp = exp, cls = cls,
-    dc = dc, dt = dt, free = free, co = co, ca = ca, sl = sl, dur = nil, bdp = nil, bip = nil,
-    bc = nil, over = nil, ended_after_exp = nil}
+  return {st = 'active', v = v, at = at, grants_at = grants_at, grants = nil,
+    cn = cn ~= '' and cn or nil, ru = ru ~= '' and ru or nil,
+    h = h, ps = ps, cs = cs, pr = pr, cr = cr, gexp = gexp, ext = ext, n = n, uid = uid,
+    mon = mon, cnt = cnt, pool = pool, kind = kind, rp = rp, rr = rr, rf = rf, ra = ra, rb = rb,
+    dir = dir, to = to, from = from, t0 = t0, sa = sa, d = d, rsn = rsn, src = src, g = g,
+    exp = exp, cls = cls, dc = dc, dt = dt, free = free, co = co, ca = ca, sl = sl, dur = nil,
+    bdp = nil, bip = nil, bc = nil, over = nil, ended_after_exp = nil}
+end
+
+-- The grants of call s (as load_call read it), JSON text.
+local function call_grants(s)
+  return s.grants or string.sub(s.v, s.grants_at)
+end
+
+-- Writes call s (as load_call read it) with its counters as given and grants: its one field,
+-- or the older layout's fields for a hash of that layout.
+local function save_call(k_call, s, h, ps, cs, pr, cr, gexp, ext, cn, ru, grants)
+  if s.legacy then
+    redis.call('HSET', k_call, 'h', h, 'ps', ps, 'cs', cs, 'pr', pr, 'cr', cr, 'gexp', gexp,
+      'ext', ext, 'grants', grants)
+    if cn then redis.call('HSET', k_call, 'cn', cn) end
+    if ru then redis.call('HSET', k_call, 'ru', ru) end
+    return
+  end
+  redis.call('HSET', k_call, 'v', counters_text(h, ps, cs, pr, cr, gexp, ext, s.n, cn or '',
+    ru or '') .. string.sub(s.v, s.at, s.grants_at - 1) .. grants)
 end
 
 -- How long a month hash outlives its first write: long after its month ends (the spec's

@@ -42,9 +42,9 @@ ARGV[21] subsequent_increment   B (s)
 ARGV[22] grant_max_seconds      largest grant (s)
 ARGV[23] retention_seconds      of a closed call record (s)
 ARGV[24] started_at             (s)
-ARGV[25] deadline_ms            the caller answers without us from this moment on, in ms
-                                since the epoch ("0": none); a request Redis starts later
-                                changes nothing (LATE)
+ARGV[25] deadline_us            the caller answers without us from this moment on, in
+                                microseconds since the epoch ("0": none); a request Redis
+                                starts later changes nothing (LATE)
 ARGV[26] attempt                names this request. A new call stores it ('n'), a replay
                                 that answers an active allow stores it as the call's
                                 confirming attempt ('cn'): void_call undoes a call only for
@@ -67,7 +67,8 @@ ERRORS   TENANT_NOT_FOUND TENANT_SETTINGS_CHANGED LATE
 local function call_reply(k_call, replayed, attempt)
   local s = load_call(k_call)
   if s.st == 'active' and s.d == 'allow' and attempt ~= '' then
-    redis.call('HSET', k_call, 'cn', attempt)
+    save_call(k_call, s, s.h, s.ps, s.cs, s.pr, s.cr, s.gexp, s.ext, attempt, s.ru,
+      call_grants(s))
   end
   return {OK, replayed, s.d, s.rsn, s.src, tonumber(s.g), tonumber(s.exp), s.cls, s.dc, s.dt}
 end
@@ -276,13 +277,13 @@ local function authorize(KEYS, ARGV)
   if plain then  -- no value holds a NUL (cjson would have escaped it): lua/00_lib.lua load_call
     local z = '\0'
     redis.call('HSET', k_call, 'v', counters_text(granted_text, ps, cs, pr, cr, expires_text,
-      '0', attempt) .. uid .. z .. month .. z .. (counted and '1' or '0') .. z .. pool .. z ..
+      '0', attempt, '', '') .. uid .. z .. month .. z .. (counted and '1' or '0') .. z .. pool .. z ..
       st.kind .. z .. c.rp .. z .. c.rr .. z .. c.rf .. z .. c.ra .. z .. c.rb .. z ..
       direction .. z .. to .. z .. from .. z .. ARGV[3] .. z .. ARGV[24] .. z .. decision ..
       z .. reason .. z .. source .. z .. granted_text .. z .. expires_text .. z .. class .. z ..
       dcountry .. z .. dtype .. z .. (free and '1' or '0') .. z ..
       (c.credits_only and '1' or '0') .. z .. (c.credits_allowed and '1' or '0') .. z .. sl ..
-      z, 'grants', grants)
+      z .. grants)
   else  -- the older layout, which every reader reads
     redis.call('HSET', k_call, 'n', attempt, 'st', 'active', 'i', packed, 'h', granted_text,
       'ps', ps, 'cs', cs, 'pr', pr, 'cr', cr, 'gexp', expires_text, 'ext', '0', 'grants', grants)
@@ -302,7 +303,7 @@ local function authorize(KEYS, ARGV)
   -- and tenant ids are the only text from outside; one the API would never let through
   -- takes the cjson way, whose event reads the same.
   if plain then
-    emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
+    emit_text(k_events, '{"call_id":"' .. cid ..
       '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' ..
       ps .. '","cs","' .. cs .. '","pr","' .. pr .. '","cr","' .. cr ..
       '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..

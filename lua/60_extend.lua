@@ -23,7 +23,7 @@ ARGV[5]  month_1             YYYYMM of KEYS[4]
 ARGV[6]  month_2             YYYYMM of KEYS[5]
 ARGV[7]  month_3             YYYYMM of KEYS[6]
 ARGV[8]  grant_max_seconds   largest grant (s)
-ARGV[9]  deadline_ms         ms since the epoch ("0": none), as authorize's
+ARGV[9]  deadline_us         microseconds since the epoch ("0": none), as authorize's
 REPLY    {OK, decision, reason, source, granted_seconds, grant_expires_at,
           destination_class, destination_country, destination_type}
 ERRORS   TENANT_NOT_FOUND CALL_NOT_FOUND CALL_ENDED LATE USED_BACKWARDS
@@ -88,7 +88,7 @@ local function extend(KEYS, ARGV)
   local tid, cid, now, used = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
   local grant_max = num(ARGV[8])
   if past_deadline(ARGV[9]) then return {LATE} end
-  local call = load_call(k_call, true)
+  local call = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
   -- Time only moves forward: fewer seconds used than already reported would release
@@ -99,7 +99,7 @@ local function extend(KEYS, ARGV)
   -- bytes of the text (the field, at most 8 digits and '}]'; a negative start counts from
   -- the end, and below the start of the text, from its start) costs less than a field
   -- written at every extend.
-  local grants = call.grants
+  local grants = call_grants(call)
   local at = string.find(grants, '"used_seconds":', #grants - 30, true)
   local reported = at and num(string.sub(grants, at + 15, -3)) or 0
   if call.ru then reported = math.max(reported, num(call.ru)) end
@@ -135,7 +135,10 @@ local function extend(KEYS, ARGV)
 
   if g == 0 then
     -- Denied: the current grant stands, and so does the record.
-    if u > reported then redis.call('HSET', k_call, 'ru', istr(u)) end
+    if u > reported then
+      save_call(k_call, call, call.h, call.ps, call.cs, call.pr, call.cr, call.gexp, call.ext,
+        call.cn, istr(u), grants)
+    end
     emit(k_events, 'call.extension_denied', tid, now, {call_id = cid, used_seconds = u,
       reason = reason, source = '', granted_seconds = 0, pool_reserved_minutes = st.pool_r,
       credits_reserved_micro = st.cred_r})
@@ -149,13 +152,8 @@ local function extend(KEYS, ARGV)
   else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
   local h_text, ps_text, cs_text, pr_text, cr_text, ext_text = istr(u + g), istr(st.pool_s),
     istr(st.cred_s), istr(st.pool_r), istr(st.cred_r), istr(num(call.ext) + 1)
-  if call.legacy then  -- a hash of an older layout keeps it (lua/00_lib.lua load_call)
-    redis.call('HSET', k_call, 'h', h_text, 'ps', ps_text, 'cs', cs_text, 'pr', pr_text,
-      'cr', cr_text, 'gexp', expires_text, 'ext', ext_text, 'grants', grants)
-  else
-    redis.call('HSET', k_call, 'v', counters_text(h_text, ps_text, cs_text, pr_text, cr_text,
-      expires_text, ext_text, call.n) .. string.sub(call.v, call.at), 'grants', grants)
-  end
+  save_call(k_call, call, h_text, ps_text, cs_text, pr_text, cr_text, expires_text, ext_text,
+    call.cn, call.ru, grants)
   redis.call('ZADD', k_active, expires_text, tid .. '/' .. cid)
   -- The event carries the fields the extension changed ('set', and 'grants' beside it as
   -- JSON), not the whole record: the ledger keeps the record call.allowed carried and lays
@@ -167,7 +165,7 @@ local function extend(KEYS, ARGV)
   local cn = call.cn
   local ids = cid .. tid .. (cn or '')
   if #cjson.encode(ids) == #ids + 2 then
-    emit_text(k_events, 'call.extended', tid, '{"call_id":"' .. cid .. '","used_seconds":' ..
+    emit_text(k_events, '{"call_id":"' .. cid .. '","used_seconds":' ..
       u_text .. ',"reason":"' .. reason .. '","source":"' .. source ..
       '","granted_seconds":' .. g_text .. ',"pool_reserved_minutes":' .. pr_text ..
       ',"credits_reserved_micro":' .. cr_text .. ',"set":["h","' .. h_text .. '","ps","' ..

@@ -37,7 +37,7 @@ local function void_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
   local tid, cid, now, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-  local call = load_call(k_call, true)
+  local call = load_call(k_call)
   -- Closed, or extended: nothing to undo.
   if not call or call.st ~= 'active' or call.ext ~= '0' or attempt == '' then return {OK, 0} end
   if (call.cn or call.n) ~= attempt then return {OK, 0} end

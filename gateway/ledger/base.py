@@ -21,7 +21,8 @@ from gateway.ledger.tx import Row, Tx
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stream entry: id "ms-seq", event type, tenant and the JSON ``data`` field."""
+    """One stream entry: id "ms-seq", event type, tenant and the JSON ``data`` field (type
+    and tenant "" when the entry has only ``data``, whose JSON names them)."""
 
     entry_id: str
     type: str
@@ -123,9 +124,11 @@ class Ledger(abc.ABC):
                 continue
             present.add(e.entry_id)
             data: dict[str, Any] = orjson.loads(e.data)
-            rows.append((stream, e.entry_id, e.ms, e.type, e.tenant, int(data.get("ts", 0)),
+            # A call-control event's entry has 'data' only: its type and tenant are in it.
+            etype, tenant = e.type or str(data["type"]), e.tenant or str(data["tenant"])
+            rows.append((stream, e.entry_id, e.ms, etype, tenant, int(data.get("ts", 0)),
                          e.data))
-            stmts += statements(e.entry_id, e.type, e.tenant, data, balance)
+            stmts += statements(e.entry_id, etype, tenant, data, balance)
         return rows
 
     async def query(self, sql: str, *args: Any) -> list[Row]:

@@ -360,12 +360,12 @@ AUTHORIZE = Function(
      "to", "from_", "dest_country", "dest_type", "dest_zone", "emergency_regions", "predeny",
      "credits_only", "rate_prefix", "rate_micro_per_minute", "connection_fee_micro",
      "initial_increment", "subsequent_increment", "grant_max_seconds", "retention_seconds",
-     "started_at", "deadline_ms", "attempt", "default_authorizations_per_second"),
+     "started_at", "deadline_us", "attempt", "default_authorizations_per_second"),
     AuthorizeReply, (S.TENANT_NOT_FOUND, S.TENANT_SETTINGS_CHANGED, S.LATE))
 EXTEND = Function(
     "extend", (*_LIFECYCLE_KEYS, "notify"),
     ("tenant_id", "call_id", "now", "used_seconds", *_MONTHS, "grant_max_seconds",
-     "deadline_ms"),
+     "deadline_us"),
     ExtendReply,
     (S.TENANT_NOT_FOUND, S.CALL_NOT_FOUND, S.CALL_ENDED, S.LATE, S.USED_BACKWARDS))
 END_CALL = Function(

@@ -186,16 +186,14 @@ class TenantKeys:
 CALL_PACKED_FIELDS = ("uid", "mon", "cnt", "pool", "kind", "rp", "rr", "rf", "ra", "rb",
                       "dir", "to", "from", "t0", "sa", "d", "rsn", "src", "g", "exp", "cls", "dc",
                       "dt", "free", "co", "ca", "sl")
-# An open call's hash holds its values in the field 'v', each followed by a NUL byte: those
-# that change over its life (CALL_COUNTER_FIELDS; 'n', the attempt that created the call,
-# last), then CALL_PACKED_FIELDS's (lua/00_lib.lua load_call). Beside 'v': 'grants' and, once
-# written, 'cn' and 'ru'. An open call has no 'st' of its own: it is active. A hash of an
-# older layout has 'i' (the packed fields as JSON) and the others by name, or every field
-# by name: such hashes read the same.
-CALL_COUNTER_FIELDS = ("h", "ps", "cs", "pr", "cr", "gexp", "ext", "n")
+# An open call's hash holds one field, 'v': its values, each followed by a NUL byte, those
+# that change over its life (CALL_COUNTER_FIELDS; 'cn' and 'ru' empty until written), then
+# CALL_PACKED_FIELDS's, then the grants (JSON, to the end): lua/00_lib.lua load_call. An open
+# call has no 'st' of its own: it is active. A hash of an older layout has 'i' (the packed
+# fields as JSON) and the others by name, or every field by name: such hashes read the same.
+CALL_COUNTER_FIELDS = ("h", "ps", "cs", "pr", "cr", "gexp", "ext", "n", "cn", "ru")
 _CALL_VALUE_FIELDS = CALL_COUNTER_FIELDS + CALL_PACKED_FIELDS
-# The fields of an open call's hash that are neither packed nor counters.
-CALL_OWN_FIELDS = ("grants", "cn", "ru")
+_OPTIONAL_COUNTERS = ("cn", "ru")
 
 
 # A closed call (ended, expired, denied or voided) is a string key, no longer a hash: what its
@@ -252,8 +250,12 @@ def call_fields(record: dict[str, str]) -> dict[str, str]:
     out = {k: v for k, v in record.items() if k not in ("i", "v")}
     if values is not None:
         out["st"] = "active"
-        # Not strict: a later version may append fields, which this one does not know.
-        out.update(zip(_CALL_VALUE_FIELDS, values.split("\0"), strict=False))
+        parts = values.split("\0", len(_CALL_VALUE_FIELDS))
+        out.update(zip(_CALL_VALUE_FIELDS, parts, strict=False))
+        out["grants"] = parts[-1]
+        for f in _OPTIONAL_COUNTERS:
+            if not out.get(f):
+                out.pop(f, None)
     if packed is not None:
         out.update(zip(CALL_PACKED_FIELDS, orjson.loads(packed), strict=False))
     return out
@@ -266,12 +268,11 @@ def open_call_hash(record: dict[str, str]) -> dict[str, str]:
     none) takes the older layout, as in authorize."""
     fields = call_fields(record)
     values = [fields.get(f, "") for f in _CALL_VALUE_FIELDS]
-    if any("\0" in v for v in values):
+    grants = fields.get("grants", "[]")
+    if any("\0" in v for v in (*values, grants)):
         packed = orjson.dumps([fields.get(f, "") for f in CALL_PACKED_FIELDS]).decode()
         return {"i": packed, **{f: v for f, v in fields.items() if f not in CALL_PACKED_FIELDS}}
-    out = {"v": "".join(v + "\0" for v in values)}
-    out.update((f, fields[f]) for f in CALL_OWN_FIELDS if f in fields)
-    return out
+    return {"v": "".join(v + "\0" for v in values) + grants}
 
 
 # Audit entries kept per tenant in Redis; older ones live only in the ledger (one value with

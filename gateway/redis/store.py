@@ -164,9 +164,9 @@ class AuthorizeArgs(NamedTuple):
     grant_max_seconds: int
     retention_seconds: int
     started_at: int
-    # The moment the caller answers without Redis, in wall-clock milliseconds since the
+    # The moment the caller answers without Redis, in wall-clock microseconds since the
     # epoch (0: none), and the id of this attempt (void_call undoes the call for it only).
-    deadline_ms: int = 0
+    deadline_us: int = 0
     attempt: str = ""
     # Authorizations per second of a tenant without a rate of its own (0: no limit).
     default_authorizations_per_second: int = 0
@@ -505,9 +505,9 @@ class Store:
     async def extend(
         self, tenant_id: str, call_id: str, now: int, used_seconds: int,
         months: Sequence[str], grant_max_seconds: int, deadline: float | None = None,
-        deadline_ms: int = 0,
+        deadline_us: int = 0,
     ) -> Decision:
-        """``deadline`` (loop time): fail with TimeoutError then; ``deadline_ms`` (wall
+        """``deadline`` (loop time): fail with TimeoutError then; ``deadline_us`` (wall
         clock): Redis changes nothing if it starts the function later (Status.LATE)."""
         f = c.EXTEND
         month_1, month_2, month_3 = months
@@ -517,7 +517,7 @@ class Store:
                                  notify=self.hot_keys(tenant_id).notify),
             f.argv_of(tenant_id=tenant_id, call_id=call_id, now=now, used_seconds=used_seconds,
                       month_1=month_1, month_2=month_2, month_3=month_3,
-                      grant_max_seconds=grant_max_seconds, deadline_ms=deadline_ms),
+                      grant_max_seconds=grant_max_seconds, deadline_us=deadline_us),
             deadline,
         ))
         return _decision(reply)

@@ -140,6 +140,11 @@ class CallService:
             self._dearest_rates[key] = rate
         return rate
 
+    def _redis_deadline_us(self) -> int:
+        """When Redis must refuse the function it has not started (wall clock, microseconds
+        since the epoch: lua/00_lib.lua past_deadline)."""
+        return time.time_ns() // 1000 + self._redis_budget_ms * 1000
+
     def _args(
         self, tenant_id: str, req: AuthorizeRequest, dest: Destination, now: int,
         currency: str, tz: str, attempt: str,
@@ -171,7 +176,7 @@ class CallService:
             subsequent_increment=rate.subsequent_increment_seconds,
             grant_max_seconds=self.settings.grant_seconds,
             retention_seconds=self.settings.call_retention_seconds, started_at=started,
-            deadline_ms=int(time.time() * 1000) + self._redis_budget_ms, attempt=attempt,
+            deadline_us=self._redis_deadline_us(), attempt=attempt,
             default_authorizations_per_second=self.settings.tenant_authorizations_per_second,
         )
 
@@ -277,7 +282,7 @@ class CallService:
             try:
                 decision = await self.store.extend(
                     tenant_id, call_id, now, used_seconds, months, self.settings.grant_seconds,
-                    deadline, int(time.time() * 1000) + self._redis_budget_ms,
+                    deadline, self._redis_deadline_us(),
                 )
             except StoreError as exc:
                 if exc.status is not Status.LATE:
