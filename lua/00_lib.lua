@@ -445,15 +445,14 @@ local function load_call(k_call)
   local h, ps, cs, pr, cr, gexp, ext, n, cn, ru, at = struct.unpack(COUNTER_VALUES, v)
   local uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, dir, to, from, t0, sa, d, rsn, src, g,
     exp, cls, dc, dt, free, co, ca, sl, grants_at = struct.unpack(PACKED_VALUES, v, at)
-  -- end_call closes the call with this table as its closed record: sized for the bill's
-  -- fields too (dur to ended_after_exp).
-  return {st = 'active', v = v, at = at, grants_at = grants_at, grants = nil,
+  -- More than 32 fields: the table has room for 64, and for what its users add (end_call's
+  -- bill, extend's paying state) without growing.
+  return {st = 'active', v = v, at = at, grants_at = grants_at,
     cn = cn ~= '' and cn or nil, ru = ru ~= '' and ru or nil,
     h = h, ps = ps, cs = cs, pr = pr, cr = cr, gexp = gexp, ext = ext, n = n, uid = uid,
     mon = mon, cnt = cnt, pool = pool, kind = kind, rp = rp, rr = rr, rf = rf, ra = ra, rb = rb,
     dir = dir, to = to, from = from, t0 = t0, sa = sa, d = d, rsn = rsn, src = src, g = g,
-    exp = exp, cls = cls, dc = dc, dt = dt, free = free, co = co, ca = ca, sl = sl, dur = nil,
-    bdp = nil, bip = nil, bc = nil, over = nil, ended_after_exp = nil}
+    exp = exp, cls = cls, dc = dc, dt = dt, free = free, co = co, ca = ca, sl = sl}
 end
 
 -- The grants of call s (as load_call read it), JSON text.

@@ -37,13 +37,14 @@ An unknown call of a tenant that does not exist answers TENANT_NOT_FOUND, so tha
 tenant looks the same on every route (and the same as another tenant's, api.md).
 --]]
 
-local function ctx_of(KEYS, call, k_month)
-  return {
-    k_tenant = KEYS[1], k_call = KEYS[2], k_pools = KEYS[3], k_month = k_month,
-    uid = call.uid, credits_only = call.co == '1', credits_allowed = call.ca == '1',
-    limit = tonumber(call.sl),
-    rp = call.rp, rr = call.rr, rf = call.rf, ra = call.ra, rb = call.rb,  -- rate_of
-  }
+-- The call as pay's context (lua/06_grants.lua): its own table, with the keys and the
+-- user's terms pay reads set on it (it has the rest: uid, rp, rr, rf, ra, rb), rather than
+-- a table of its own (figures: BENCHMARKS.md). load_call's table has room for them.
+local function as_context(KEYS, call, k_month)
+  call.k_tenant, call.k_pools, call.k_month = KEYS[1], KEYS[3], k_month
+  call.credits_only, call.credits_allowed = call.co == '1', call.ca == '1'
+  call.limit = tonumber(call.sl)
+  return call
 end
 
 -- Shrink the call's horizon to u seconds, releasing reservations beyond it. The pool's
@@ -71,16 +72,15 @@ local function settle_pool(c, st)
   st.pend = 0
 end
 
--- Undo truncate(): reserve again what it released, back to the held state (its pool
--- release, unwritten, is dropped).
-local function restore(c, st, held)
+-- Undo truncate(): reserve again what it released, back to the state it held (pool_s,
+-- pool_r, cred_s, cred_r; its pool release, unwritten, is dropped).
+local function restore(c, st, pool_s, pool_r, cred_s, cred_r)
   st.pend = 0
-  if held.cred_r ~= st.cred_r then
-    hincr(c.k_tenant, 'res', held.cred_r - st.cred_r)
-    if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, held.cred_r - st.cred_r) end
+  if cred_r ~= st.cred_r then
+    hincr(c.k_tenant, 'res', cred_r - st.cred_r)
+    if c.uid ~= '' then hincr_or_del(c.k_month, 'sr:' .. c.uid, cred_r - st.cred_r) end
   end
-  st.pool_s, st.pool_r, st.cred_s, st.cred_r = held.pool_s, held.pool_r, held.cred_s,
-    held.cred_r
+  st.pool_s, st.pool_r, st.cred_s, st.cred_r = pool_s, pool_r, cred_s, cred_r
 end
 
 local function extend(KEYS, ARGV)
@@ -109,17 +109,19 @@ local function extend(KEYS, ARGV)
   local u = math.max(0, math.min(used, h))
   local g, source, reason = grant_max, 'free', call.rsn
   local k_month = month_key(KEYS, ARGV, call.mon)
-  local st = {pool = call.pool, kind = call.kind, pool_s = num(call.ps), pool_r = num(call.pr),
-              cred_s = num(call.cs), cred_r = num(call.cr), pend = 0}
+  -- The paying state (lua/06_grants.lua pay's st: pool, kind, pool_s, pool_r, cred_s, cred_r,
+  -- pend) is the call's own table too, which has pool and kind and room for the rest.
+  local st = call
+  st.pool_s, st.pool_r, st.cred_s, st.cred_r, st.pend = num(call.ps), num(call.pr),
+    num(call.cs), num(call.cr), 0
   if call.free ~= '1' then
     if not k_month then
       -- The call started before the previous month: no further time (its month is closed).
       g, reason = 0, 'service_unavailable'
     else
-      local c = ctx_of(KEYS, call, k_month)
+      local c = as_context(KEYS, call, k_month)
       alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/05_alerts.lua
-      local held = {pool_s = st.pool_s, pool_r = st.pool_r, cred_s = st.cred_s,
-                    cred_r = st.cred_r}
+      local pool_s, pool_r, cred_s, cred_r = st.pool_s, st.pool_r, st.cred_s, st.cred_r
       truncate(c, st, u)
       g, reason = pay(c, st, grant_max)
       if g > 0 then
@@ -128,7 +130,7 @@ local function extend(KEYS, ARGV)
       else
         -- Denied: the call keeps its current grant to the end (api.md), so it keeps what
         -- that grant reserved; put back what the truncation released.
-        restore(c, st, held)
+        restore(c, st, pool_s, pool_r, cred_s, cred_r)
       end
     end
   end
@@ -162,9 +164,11 @@ local function extend(KEYS, ARGV)
   -- Written out: every value is integer text, our own word or the grants' JSON; the ids
   -- (and the attempt) are the only text from outside, and one that JSON must escape takes
   -- the cjson way, whose event reads the same (the grants inside 'set' as a string).
+  -- A call of the one-field layout had its ids checked plain by authorize, which writes that
+  -- layout only then (the confirming attempt is the gateway's own text, checked anyway).
   local cn = call.cn
   local ids = cid .. tid .. (cn or '')
-  if #cjson.encode(ids) == #ids + 2 then
+  if (call.v and not cn) or #cjson.encode(ids) == #ids + 2 then
     emit_text(k_events, '{"call_id":"' .. cid .. '","used_seconds":' ..
       u_text .. ',"reason":"' .. reason .. '","source":"' .. source ..
       '","granted_seconds":' .. g_text .. ',"pool_reserved_minutes":' .. pr_text ..

@@ -110,8 +110,14 @@ local function end_call(KEYS, ARGV)
   -- month) is plain, as authorize's (cjson formats each number as a float: most of the
   -- cost of encoding it); else through cjson, the same JSON.
   local pool, uid, mon, rp = call.pool, call.uid, call.mon, call.rp
-  local outside = pool and uid and mon and rp and (cid .. tid .. pool .. uid .. mon .. rp)
-  if outside and #cjson.encode(outside) == #outside + 2 then
+  -- A call of the one-field layout had that text checked plain by authorize, which writes
+  -- that layout only then.
+  local plain = call.v ~= nil
+  if not plain then
+    local outside = pool and uid and mon and rp and (cid .. tid .. pool .. uid .. mon .. rp)
+    plain = outside and #cjson.encode(outside) == #outside + 2
+  end
+  if plain then
     emit_text(k_events, '{"call_id":"' .. cid ..
       '","duration_seconds":' .. istr(duration) .. ',"billed_seconds":' .. istr(billed_s) ..
       ',"overrun_seconds":' .. istr(overrun) .. ',"pool":"' .. pool .. '","pool_minutes":' ..
