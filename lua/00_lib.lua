@@ -248,6 +248,11 @@ local function hincr(key, field, delta)
   return redis.call('HINCRBY', key, field, istr(delta))
 end
 
+-- USER_ACTIVE: a user's count of active calls (the user_active hash) stays at 0 when its
+-- last call ends, rather than being deleted: in service most ends take a user from one call
+-- to none, and the HDEL was a write of its own at each (figures: BENCHMARKS.md). The hash
+-- holds at most one field per user who has called.
+
 -- As hincr, deleting the field at zero so hashes stay small.
 local function hincr_or_del(key, field, delta)
   if delta == 0 then return 0 end

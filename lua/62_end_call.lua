@@ -93,7 +93,7 @@ local function end_call(KEYS, ARGV)
   end
   if call.cnt == '1' then
     redis.call('HINCRBY', k_tenant, 'act', '-1')
-    hincr_or_del(k_uact, call.uid, -1)
+    redis.call('HINCRBY', k_uact, call.uid, '-1')  -- kept at 0: lua/00_lib.lua USER_ACTIVE
   end
   local dom = call.kind == 'domestic' and pool_min or 0
   local intl = call.kind == 'international' and pool_min or 0

@@ -51,7 +51,7 @@ local function void_call(KEYS, ARGV)
   hincr(k_tenant, 'res', -cr)
   if call.cnt == '1' then
     redis.call('HINCRBY', k_tenant, 'act', '-1')
-    hincr_or_del(k_uact, call.uid, -1)
+    redis.call('HINCRBY', k_uact, call.uid, '-1')  -- kept at 0: lua/00_lib.lua USER_ACTIVE
   end
   -- The answer the switch was given, as a denied call's closed record: a replay answers
   -- it, an end bills nothing and gives back no concurrency slot.

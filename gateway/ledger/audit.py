@@ -21,7 +21,13 @@ from gateway.ledger.rebuild import (
     latest_tokens,
 )
 from gateway.redis.contract import MONTH_COUNTER_PREFIXES
-from gateway.redis.keys import TOKENS, all_partitions, call_fields, deck_key
+from gateway.redis.keys import (
+    TOKENS,
+    USER_ACTIVE_SUFFIX,
+    all_partitions,
+    call_fields,
+    deck_key,
+)
 from gateway.redis.store import Store, call_record_of
 
 
@@ -78,6 +84,10 @@ async def audit(store: Store, ledger: Ledger, now: int, clock_skew_seconds: int)
             problems += diff_hash(key, want, have, TENANT_FIELDS)
         elif key in ex.months:
             have = {k: v for k, v in have.items() if k.startswith(MONTH_COUNTER_PREFIXES)}
+            problems += diff_hash(key, want, have, None)
+        elif key.endswith(USER_ACTIVE_SUFFIX):
+            # A user's count stays at 0 once its last call ended (lua/00_lib.lua USER_ACTIVE).
+            have = {k: v for k, v in have.items() if v != "0"}
             problems += diff_hash(key, want, have, None)
         else:
             problems += diff_hash(key, want, have, None)

@@ -17,11 +17,11 @@ Layout (``T`` tenant id, ``U`` user id, ``C`` call id, ``YYYYMM`` month in the t
     {pNNN}:t:T:m:YYYYMM      hash   u:/r:CC:PLAN:KIND used / reserved minutes; s:/sr:U
                                     spent / reserved credits (micro-units); expires 400
                                     days after its last write
-    {pNNN}:t:T:uact          hash   U -> active PSTN calls of that user
+    {pNNN}:t:T:uact          hash   U -> active PSTN calls of that user (kept at 0)
     {pNNN}:t:T:topups        hash   idempotency key -> "amount_micro|balance_after_micro"
-    {pNNN}:t:T:c:C           hash   one call: decision, grants, reservations, bill (the
-                                    fields that never change packed in 'i':
-                                    CALL_PACKED_FIELDS)
+    {pNNN}:t:T:c:C           hash   an open call: its answer, reservations and grants, all
+                                    in the field 'v' (CALL_COUNTER_FIELDS, CALL_PACKED_FIELDS);
+                                    once closed, a string: its compact record (CLOSED_FIELDS)
     {pNNN}:active            zset   "T/C" scored by current grant expiry (seconds), for the reaper
     {pNNN}:events            stream every change of state, for the persister
     {pNNN}:t:T:audit         list   newest-first JSON of the tenant's admin changes (who, what,
@@ -154,7 +154,7 @@ class TenantKeys:
 
     @property
     def user_active(self) -> str:
-        return f"{self.tenant}:uact"
+        return self.tenant + USER_ACTIVE_SUFFIX
 
     @property
     def topups(self) -> str:
@@ -180,6 +180,10 @@ class TenantKeys:
     def rate(self, second: int) -> str:
         return f"{self.tenant}:rl:{second}"
 
+
+# The end of a tenant's user_active key: U -> active calls of user U, kept at 0 once its
+# last call ended (lua/00_lib.lua USER_ACTIVE).
+USER_ACTIVE_SUFFIX = ":uact"
 
 # The fields of a call hash that authorize sets and nothing changes after, in the order
 # lua/00_lib.lua (CALL_PACKED) packs them, as a JSON array of strings, into the field 'i'.
