@@ -201,13 +201,12 @@ local function emit(stream, etype, tenant_id, now, data)
     'data', cjson.encode(data))
 end
 
--- An event whose data the caller wrote as JSON text (type, tenant and ts included): the
--- entry's one field 'data', since its text names the type and the tenant (the ledger reads
--- them there when the entry has no fields of their own; two fields fewer make the XADD, its
--- AOF entry and the persister's read a quarter cheaper: BENCHMARKS.md). The call-control
--- events take this way; the admin events and alerts keep the three fields.
-local function emit_text(stream, data_text)
-  return redis.call('XADD', stream, '*', 'data', data_text)
+-- An event whose data the caller wrote as JSON text (type, tenant and ts included). The
+-- entry keeps its type and tenant fields although the text names them too: a persister of
+-- the previous version, still running during an upgrade, reads them there (BENCHMARKS.md
+-- prices the two fields).
+local function emit_text(stream, etype, tenant_id, data_text)
+  return redis.call('XADD', stream, '*', 'type', etype, 'tenant', tenant_id, 'data', data_text)
 end
 
 -- An admin change: its event on the partition stream and, in the same atomic step, the same

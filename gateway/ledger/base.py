@@ -124,7 +124,8 @@ class Ledger(abc.ABC):
                 continue
             present.add(e.entry_id)
             data: dict[str, Any] = orjson.loads(e.data)
-            # A call-control event's entry has 'data' only: its type and tenant are in it.
+            # An entry of 'data' alone (the shape a later version may write for call events,
+            # once every persister reads it) names its type and tenant in its JSON.
             etype, tenant = e.type or str(data["type"]), e.tenant or str(data["tenant"])
             rows.append((stream, e.entry_id, e.ms, etype, tenant, int(data.get("ts", 0)),
                          e.data))
