@@ -113,8 +113,9 @@ end
 -- TIME's two parts are joined as text into microseconds (PAD: the zeros that make its
 -- microseconds six digits, by their length), and two texts of as many digits compare as
 -- their numbers do: no conversion, which cost as much as TIME itself (figures:
--- BENCHMARKS.md). A deadline of another length (never before the year 2286) is compared
--- as a number.
+-- BENCHMARKS.md). A deadline of another length is compared as a number: of 13 digits or
+-- fewer, it is in milliseconds, as a gateway of the previous version sends it during an
+-- upgrade.
 local PAD = {'00000', '0000', '000', '00', '0', ''}
 
 local function past_deadline(deadline_us)
@@ -122,7 +123,9 @@ local function past_deadline(deadline_us)
   local t = redis.call('TIME')
   local now = t[1] .. PAD[#t[2]] .. t[2]
   if #now == #deadline_us then return now > deadline_us end
-  return tonumber(now) > tonumber(deadline_us)
+  local deadline = tonumber(deadline_us)
+  if #deadline_us <= 13 then deadline = deadline * 1000 end
+  return tonumber(now) > deadline
 end
 
 -- Billable seconds under increments A/B (D20): 0 unanswered, else max(A, A + ceil((d-A)/B)*B).

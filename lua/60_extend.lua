@@ -13,7 +13,8 @@ KEYS[5]  month_2                         started in (the caller's candidates; se
 KEYS[6]  month_3                         gateway/redis/store.py), ARGV[5..7] in that order
 KEYS[7]  active        {p}:active        zset
 KEYS[8]  events        {p}:events        partition stream
-KEYS[9]  notify        {p}:notify        stream
+KEYS[9]  user_active   {p}:t:T:uact      (end_call's; unused here)
+KEYS[10] notify        {p}:notify        stream
 ARGV[1]  tenant_id
 ARGV[2]  call_id
 ARGV[3]  now                 (s)
@@ -119,7 +120,7 @@ local function extend(KEYS, ARGV)
       g, reason = 0, 'service_unavailable'
     else
       local c = as_context(KEYS, call, k_month)
-      alert_context(tid, now, call.mon, k_events, KEYS[9])  -- lua/05_alerts.lua
+      alert_context(tid, now, call.mon, k_events, KEYS[10])  -- lua/05_alerts.lua
       local pool_s, pool_r, cred_s, cred_r = st.pool_s, st.pool_r, st.cred_s, st.cred_r
       truncate(c, st, u)
       g, reason = pay(c, st, grant_max)

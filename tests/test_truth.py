@@ -226,6 +226,27 @@ async def test_a_late_extension_is_refused_and_keeps_the_current_grant(
     assert redis_sync.hgetall(tenant_keys(t, 64).call("e")) == before
 
 
+async def test_a_deadline_in_milliseconds_from_the_previous_version_still_holds(
+        gw: Gateway, tenant_id: str, redis_sync: redis.Redis) -> None:
+    """During an upgrade a gateway of the previous version sends its deadline in
+    milliseconds since the epoch: a past one is refused (LATE) and changes nothing, a
+    future one is not."""
+    t = tenant_id
+    await setup_tenant(gw, t)
+    assert (await gw.call(t, "ms", NEW_YORK, user="p"))["decision"] == "allow"
+    key = tenant_keys(t, 64).call("ms")
+    before = redis_sync.hgetall(key)
+    now, store = int(gw.clock.now()), store_of(gw)
+    months = candidate_months(now, 300)
+    past_ms = int(time.time() * 1000) - 60_000
+    with pytest.raises(StoreError) as late:
+        await store.extend(t, "ms", now, 30, months, 300, None, past_ms)
+    assert late.value.status is Status.LATE
+    assert redis_sync.hgetall(key) == before
+    decision = await store.extend(t, "ms", now, 30, months, 300, None, past_ms + 3_600_000)
+    assert decision.decision == "allow"
+
+
 async def test_past_the_in_flight_bound_requests_are_shed_without_redis(
         own_redis: RedisServer, aiohttp_client: Any, tenant_id: str) -> None:
     """Overload is shed at once (deny / service_unavailable, SIP 503), before Redis, while

@@ -323,8 +323,7 @@ S = Status
 _ADMIN_KEYS = ("events", "audit")
 _USER_KEYS = ("tenant", "users", "pools", "numbers", "tollfree", *_ADMIN_KEYS)
 _MONTHS = ("month_1", "month_2", "month_3")
-_CALL_KEYS = ("tenant", "call", "pools", *_MONTHS, "active", "events")
-_LIFECYCLE_KEYS = (*_CALL_KEYS, "user_active")
+_LIFECYCLE_KEYS = ("tenant", "call", "pools", *_MONTHS, "active", "events", "user_active")
 
 TENANT_PUT = Function(
     "tenant_put", ("tenant", *_ADMIN_KEYS),
@@ -364,7 +363,7 @@ AUTHORIZE = Function(
      "started_at", "deadline_us", "attempt", "default_authorizations_per_second"),
     AuthorizeReply, (S.TENANT_NOT_FOUND, S.TENANT_SETTINGS_CHANGED, S.LATE))
 EXTEND = Function(
-    "extend", (*_CALL_KEYS, "notify"),
+    "extend", (*_LIFECYCLE_KEYS, "notify"),
     ("tenant_id", "call_id", "now", "used_seconds", *_MONTHS, "grant_max_seconds",
      "deadline_us"),
     ExtendReply,

@@ -497,11 +497,10 @@ class Store:
         month_1, month_2, month_3 = months
         k = self.hot_keys(tenant_id)
         p = k.month_prefix
-        if "user_active" in f.keys:  # end_call's and void_call's, not extend's
-            more["user_active"] = k.user_active
         return f.keys_of(tenant=k.tenant, call=k.call_prefix + call_id, pools=k.pools,
                          month_1=p + month_1, month_2=p + month_2, month_3=p + month_3,
-                         active=k.active, events=k.events, **more)
+                         active=k.active, events=k.events, user_active=k.user_active,
+                         **more)
 
     async def extend(
         self, tenant_id: str, call_id: str, now: int, used_seconds: int,
