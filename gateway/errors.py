@@ -41,6 +41,20 @@ class ConfigError(Exception):
         super().__init__(f"configuration key {key!r}: {message}")
 
 
+class NewerLibrary(ConfigError):
+    """Redis holds a function library of a higher version than this process's: a newer
+    gateway runs against it, whose data this version could not read (docs/operations.md,
+    "Upgrading"). Raised at start-up instead of replacing that library."""
+
+    def __init__(self, held: int, ours: int) -> None:
+        Exception.__init__(
+            self, f"Redis holds callgate's function library version {held}, newer than this "
+            f"version's {ours}: a newer gateway runs against it; upgrade this one rather than "
+            "load the older library over it")
+        self.key = "redis_url"
+        self.held, self.ours = held, ours
+
+
 # -- refusals of the domain (each one problem document) -----------------------------------
 
 

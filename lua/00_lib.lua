@@ -39,6 +39,13 @@ Lua numbers are IEEE doubles: integers are exact below 2^53 (9e15 micro-units = 
 of currency), far above any balance or per-call product computed here.
 --]]
 
+-- This library's version (gateway/redis/contract.py LIBRARY_VERSION holds the same value):
+-- a process refuses to replace a library of a higher version with its own
+-- (gateway/redis/store.py load_functions). Raised with every change that the code of an
+-- earlier version cannot read or call: the layout of what the functions store, their KEYS
+-- and ARGV.
+local LIBRARY_VERSION = 2
+
 local OK = 0
 local TENANT_NOT_FOUND = -1
 local TENANT_SETTINGS_CHANGED = -2

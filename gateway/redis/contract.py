@@ -55,12 +55,19 @@ AUDIT_MAX_ENTRIES = 1000
 # Alert thresholds of a pool without its own setting (percent of capacity).
 POOL_THRESHOLDS_DEFAULT = (80, 100)
 
+# The version of the Lua library (lua/00_lib.lua): a process does not replace a library of a
+# higher version with its own (gateway.redis.store.Store.load_functions). 2: an open call is
+# one hash field (docs/decisions/0008-one-field-open-call.md); libraries before it declare
+# none.
+LIBRARY_VERSION = 2
+
 # The Lua library's declaration of each (``local NAME = value`` in a library file of lua/):
 # tests/test_redis_contract.py compares the literals with these values.
 LUA_CONSTANTS: Mapping[str, int | tuple[int, ...]] = {
     "MONTH_TTL_SECONDS": MONTH_TTL_SECONDS,
     "AUDIT_MAX_ENTRIES": AUDIT_MAX_ENTRIES,
     "POOL_THRESHOLDS_DEFAULT": POOL_THRESHOLDS_DEFAULT,
+    "LIBRARY_VERSION": LIBRARY_VERSION,
     **{s.name: s.value for s in Status},
 }
 

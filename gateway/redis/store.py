@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,13 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.errors import StoreDisconnected, StoreErrorReply, StoreTimeout, StoreUnavailable
+from gateway.errors import (
+    NewerLibrary,
+    StoreDisconnected,
+    StoreErrorReply,
+    StoreTimeout,
+    StoreUnavailable,
+)
 from gateway.redis import contract as c
 from gateway.redis.client import (
     Arg,
@@ -186,6 +193,21 @@ def authorize_argv(a: AuthorizeArgs) -> list[Arg]:
     return argv
 
 
+_LIBRARY_VERSION_LINE = re.compile(r"^local LIBRARY_VERSION = (\d+)\s*$", re.MULTILINE)
+
+
+def library_version(listed: Any) -> int:
+    """The LIBRARY_VERSION declared by the code of the library a FUNCTION LIST ... WITHCODE
+    reply shows (0: none listed, or one of a version before the declaration)."""
+    for library in listed or ():
+        fields = list(library)
+        for i in range(0, len(fields) - 1, 2):
+            if str(fields[i]) == "library_code":
+                found = _LIBRARY_VERSION_LINE.search(str(fields[i + 1]))
+                return int(found.group(1)) if found else 0
+    return 0
+
+
 def _str(v: Any) -> str:
     return "" if v is None or v is False else str(v)
 
@@ -242,8 +264,17 @@ class Store:
         return hk
 
     async def load_functions(self) -> None:
+        """Load this version's function library on every primary, unless one holds a
+        library of a higher version (a newer gateway has started): that raises NewerLibrary
+        and changes nothing, since this version's code could not read what that library
+        stores nor call it (docs/operations.md, "Upgrading")."""
         try:
             async with asyncio.timeout(self.admin_timeout_s):
+                listed = await self.backend.on_all_primaries(
+                    "FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME, "WITHCODE")
+                newer = max((library_version(r) for r in listed), default=0)
+                if newer > c.LIBRARY_VERSION:
+                    raise NewerLibrary(newer, c.LIBRARY_VERSION)
                 await self.backend.on_all_primaries("FUNCTION", "LOAD", "REPLACE", self._source)
         except _TRANSPORT_ERRORS as exc:
             raise unavailable(exc) from exc
