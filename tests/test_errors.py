@@ -28,8 +28,8 @@ from gateway.redis.store import Status, StoreError, unavailable
 from gateway.rules.refusals import domain_error
 
 # Not answered through the table: bad input carries its fields (and 400 or 413); a bad
-# configuration stops the start-up.
-NOT_IN_TABLE = {ValidationError, errors.ConfigError}
+# configuration, or a newer function library in Redis, stops the start-up.
+NOT_IN_TABLE = {ValidationError, errors.ConfigError, errors.NewerLibrary}
 
 
 def domain_errors() -> list[type[BaseException]]:
