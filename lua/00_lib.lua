@@ -77,35 +77,46 @@ end
 -- durations), and a table lookup costs a small part of string.format or of tonumber's
 -- strtod (figures: BENCHMARKS.md). A value seen once costs one insert more. Each memo is
 -- emptied when it reaches MEMO_MAX entries, which bounds its memory (~100 bytes an entry).
+--
+-- A memo (memo, remember): a table of at most max entries, looked up by the caller as
+-- m[key] (the hit is the hot path: a function call or a second index there would cost more
+-- than the memo saves); on a miss the caller computes the value and remembers it. Full, it
+-- is emptied in place, which bounds its memory. Its count and size are kept under keys of
+-- their own (tables, equal to no key of the callers).
+local MEMO_COUNT, MEMO_SIZE = {}, {}
+
+local function memo(max)
+  return {[MEMO_COUNT] = 0, [MEMO_SIZE] = max}
+end
+
+local function remember(m, key, value)
+  local count = m[MEMO_COUNT]
+  if count >= m[MEMO_SIZE] then
+    for k in next, m do
+      if k ~= MEMO_COUNT and k ~= MEMO_SIZE then m[k] = nil end
+    end
+    count = 0
+  end
+  m[key] = value
+  m[MEMO_COUNT] = count + 1
+  return value
+end
+
 local MEMO_MAX = 4096
-local istr_memo, istr_memoed = {}, 0
+local istr_memo = memo(MEMO_MAX)
 
 local function istr(n)
   if n == 0 then return '0' end  -- the most common value, without a lookup
-  local text = istr_memo[n]
-  if text == nil then
-    text = string.format('%d', n)
-    if istr_memoed >= MEMO_MAX then istr_memo, istr_memoed = {}, 0 end
-    istr_memo[n] = text
-    istr_memoed = istr_memoed + 1
-  end
-  return text
+  return istr_memo[n] or remember(istr_memo, n, string.format('%d', n))
 end
 
 -- A number from a field or reply that may be missing ('', false, nil: 0). '0', the most
 -- common value of the call's counters, needs no lookup.
-local num_memo, num_memoed = {}, 0
+local num_memo = memo(MEMO_MAX)
 
 local function num(v)
   if v == '0' or v == false or v == nil or v == '' then return 0 end
-  local n = num_memo[v]
-  if n == nil then
-    n = tonumber(v)
-    if num_memoed >= MEMO_MAX then num_memo, num_memoed = {}, 0 end
-    num_memo[v] = n
-    num_memoed = num_memoed + 1
-  end
-  return n
+  return num_memo[v] or remember(num_memo, v, tonumber(v))
 end
 
 -- As num, for a value rarely seen twice (a month's running totals, a wallet's balance):

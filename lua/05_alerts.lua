@@ -55,10 +55,10 @@ local function month_dash(yyyymm)
 end
 
 local POOL_THRESHOLDS_DEFAULT = {80, 100}
--- Parsed thresholds by their text (a handful of distinct texts in practice); emptied past
--- THRESHOLDS_CACHE_MAX entries.
+-- Parsed thresholds by their text (a handful of distinct texts in practice), in a memo of
+-- THRESHOLDS_CACHE_MAX entries (lua/00_lib.lua memo).
 local THRESHOLDS_CACHE_MAX = 1000
-local thresholds_cache, thresholds_cached = {}, 0
+local thresholds_cache = memo(THRESHOLDS_CACHE_MAX)
 
 local function pool_thresholds(text)
   if not text then return POOL_THRESHOLDS_DEFAULT end
@@ -66,9 +66,7 @@ local function pool_thresholds(text)
   if t == nil then
     t = {}
     for n in string.gmatch(text, '%d+') do t[#t + 1] = tonumber(n) end
-    if thresholds_cached >= THRESHOLDS_CACHE_MAX then thresholds_cache, thresholds_cached = {}, 0 end
-    thresholds_cache[text] = t
-    thresholds_cached = thresholds_cached + 1
+    remember(thresholds_cache, text, t)
   end
   return t
 end

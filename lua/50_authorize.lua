@@ -86,20 +86,13 @@ end
 
 -- Decoded user records by their JSON text, as stored verbatim by user_put: the same text is
 -- the same record, so the decoding (as dear as several redis.calls: BENCHMARKS.md) is done
--- once per version of a user. Callers must treat a record as read-only. Emptied when it
--- reaches USER_CACHE_MAX entries, which bounds its memory (~1 kB an entry).
+-- once per version of a user. Callers must treat a record as read-only. A memo of
+-- USER_CACHE_MAX entries (lua/00_lib.lua memo), which bounds its memory (~1 kB an entry).
 local USER_CACHE_MAX = 1000
-local user_cache, user_cache_size = {}, 0
+local user_cache = memo(USER_CACHE_MAX)
 
 local function decode_user(raw)
-  local user = user_cache[raw]
-  if user == nil then
-    user = cjson.decode(raw)
-    if user_cache_size >= USER_CACHE_MAX then user_cache, user_cache_size = {}, 0 end
-    user_cache[raw] = user
-    user_cache_size = user_cache_size + 1
-  end
-  return user
+  return user_cache[raw] or remember(user_cache, raw, cjson.decode(raw))
 end
 
 -- t: the tenant's HMGET (maxc, act at 3, 4).
