@@ -44,7 +44,7 @@ of currency), far above any balance or per-call product computed here.
 -- (gateway/redis/store.py load_functions). Raised with every change that the code of an
 -- earlier version cannot read or call: the layout of what the functions store, their KEYS
 -- and ARGV.
-local LIBRARY_VERSION = 2
+local LIBRARY_VERSION = 3
 
 local OK = 0
 local TENANT_NOT_FOUND = -1
@@ -60,6 +60,17 @@ local MONTH_NEEDED = -10
 local LATE = -11
 
 local USED_BACKWARDS = -12
+
+-- The arguments of the call path's functions (authorize, extend, end_call), in their
+-- header's order. They come packed: ARGV[1] holds every value, each followed by a NUL byte
+-- (gateway/redis/contract.py Function.packed), read with one struct.unpack (format: an 's'
+-- per value), because each argument of an FCALL costs Redis more to read than the unpacking
+-- (figures: BENCHMARKS.md). A caller whose values hold a NUL, and one of the previous
+-- version, sends them as arguments of their own.
+local function args(format, ARGV)
+  if #ARGV == 1 then return struct.unpack(format, ARGV[1]) end
+  return unpack(ARGV)
+end
 
 -- Minutes are 60 s; pools are charged in whole minutes per call (D8).
 local function ceil_div(a, b)

@@ -13,6 +13,8 @@ KEYS[9]  active          {p}:active        zset
 KEYS[10] events          {p}:events        partition stream
 KEYS[11] rate            {p}:t:T:rl:S      rate bucket (S: now, the second of ARGV[3])
 KEYS[12] notify          {p}:notify        alert crossings (lua/05_alerts.lua)
+PACKED   the ARGV below come as one argument, each value followed by a NUL byte
+         (lua/00_lib.lua args)
 ARGV[1]  tenant_id
 ARGV[2]  call_id
 ARGV[3]  now                    (s)
@@ -106,10 +108,10 @@ end
 -- Outbound rules in order: emergency (D11) > unknown user (D26) > invalid / blocked (D13,
 -- D14) > no plan (D24) > dial-out policy (D23) > concurrency (D25) > toll-free (D12) >
 -- sources (D15, D16).
-local function decide_outbound(c, st, KEYS, ARGV, t, grant_max)
+local function decide_outbound(c, st, KEYS, t, grant_max, emergency_regions, predeny, dzone,
+    dtype)
   local raw = redis.call('HGET', KEYS[2], c.uid)
   local user = raw and decode_user(raw)
-  local emergency_regions = ARGV[14]
   if emergency_regions ~= '' then
     -- Decided before Redis already; here only confirmed against the user's country. A
     -- caller we cannot place (unknown user) still gets the call: life safety first.
@@ -119,15 +121,15 @@ local function decide_outbound(c, st, KEYS, ARGV, t, grant_max)
     return deny('invalid_destination')
   end
   if not user then return deny('unknown_user') end
-  if ARGV[15] ~= '' then return deny(ARGV[15]) end
-  local domestic = in_list(ARGV[13], user.country)
+  if predeny ~= '' then return deny(predeny) end
+  local domestic = in_list(dzone, user.country)
   local class = domestic and 'domestic' or 'international'
   if not user.pstn then return deny('no_calling_plan', class) end
   if user.dial_out == 'none' or (user.dial_out == 'domestic_only' and not domestic) then
     return deny('dial_out_policy', class)
   end
   if over_concurrency(c, user, KEYS[8], t) then return deny('concurrency_limit', class) end
-  if ARGV[12] == 'toll_free' and domestic then
+  if dtype == 'toll_free' and domestic then
     return allow_free('toll_free', 'toll_free', grant_max, true)
   end
   c.credits_allowed = user.credits_allowed
@@ -141,8 +143,7 @@ end
 
 -- Inbound (D27, D28): to the tenant's toll-free number (credits at the origin's toll-free
 -- rate), to a user's number (free, or D15 when the tenant charges inbound calls).
-local function decide_inbound(c, st, KEYS, ARGV, grant_max)
-  local to = ARGV[9]
+local function decide_inbound(c, st, KEYS, to, grant_max)
   if redis.call('HEXISTS', KEYS[7], to) == 1 then
     c.credits_allowed, c.credits_only = true, true
     local g, what = pay(c, st, grant_max)
@@ -165,7 +166,7 @@ local function decide_inbound(c, st, KEYS, ARGV, grant_max)
   return 'allow', what, what, g, 'inbound', false, false
 end
 
--- One new call from the tenant's bucket of the current second (see ARGV[27]); rl: the
+-- One new call from the tenant's bucket of the current second (see default_rate); rl: the
 -- tenant's own rate ('' or false: default_rate). False when the bucket is empty.
 local function take_token(k_rate, rl, default_rate)
   if not rl or rl == '' then rl = default_rate end
@@ -176,51 +177,53 @@ local function take_token(k_rate, rl, default_rate)
   return n <= rate
 end
 
+local AUTHORIZE_ARGV = ('s'):rep(27)
+
 local function authorize(KEYS, ARGV)
-  local tid, cid, now, month = ARGV[1], ARGV[2], num(ARGV[3]), ARGV[4]
-  local direction, to, from, dcountry, dtype = ARGV[7], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-  local started = num(ARGV[24])
+  local tid, cid, now_text, month, currency, timezone, direction, uid, to, from, dcountry,
+    dtype, dzone, eregions, predeny, credits_only, rp, rr, rf, ra, rb, grant_max, retention,
+    started_text, deadline, attempt, default_rate = args(AUTHORIZE_ARGV, ARGV)
+  local now, started = num(now_text), num(started_text)
   local k_call, k_active, k_events = KEYS[3], KEYS[9], KEYS[10]
-  if past_deadline(ARGV[25]) then return {LATE} end
+  if past_deadline(deadline) then return {LATE} end
 
   -- The tenant's cap and count of active calls (D25) come with its settings: one read.
   local t = redis.call('HMGET', KEYS[1], 'cur', 'tz', 'maxc', 'act', 'rl')
   if not t[1] then return {TENANT_NOT_FOUND} end
-  if t[1] ~= ARGV[5] or t[2] ~= ARGV[6] then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
-  if redis.call('EXISTS', k_call) == 1 then return call_reply(k_call, 1, ARGV[26]) end  -- D32
-  if ARGV[14] == '' and not take_token(KEYS[11], t[5], ARGV[27]) then
+  if t[1] ~= currency or t[2] ~= timezone then return {TENANT_SETTINGS_CHANGED, t[1], t[2]} end
+  if redis.call('EXISTS', k_call) == 1 then return call_reply(k_call, 1, attempt) end  -- D32
+  if eregions == '' and not take_token(KEYS[11], t[5], default_rate) then
     return {OK, 0, 'deny', 'rate_limited', '', 0, now, '', dcountry, dtype}
   end
 
   -- What pay (lua/06_grants.lua) reads, and no more: decide_outbound / decide_inbound read
-  -- the rest of the request from KEYS and ARGV. Every field set here, none added later (but
+  -- the rest of the request from KEYS and the arguments. Every field set here, none added later (but
   -- the rate, credits only): a table that grows is rehashed.
   local c = {
-    k_tenant = KEYS[1], k_pools = KEYS[4], k_month = KEYS[5], uid = ARGV[8],
-    credits_only = ARGV[16] == '1', credits_allowed = true, limit = nil,
-    rp = ARGV[17], rr = ARGV[18], rf = ARGV[19], ra = ARGV[20], rb = ARGV[21],  -- rate_of
+    k_tenant = KEYS[1], k_pools = KEYS[4], k_month = KEYS[5], uid = uid,
+    credits_only = credits_only == '1', credits_allowed = true, limit = nil,
+    rp = rp, rr = rr, rf = rf, ra = ra, rb = rb,  -- rate_of
   }
 
   local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0, pend = 0}
   alert_context(tid, now, month, k_events, KEYS[12])  -- lua/05_alerts.lua
   local decision, reason, source, granted, class, free, counted
   if direction == 'inbound' then
-    decision, reason, source, granted, class, free, counted = decide_inbound(c, st, KEYS, ARGV,
-      num(ARGV[22]))
+    decision, reason, source, granted, class, free, counted = decide_inbound(c, st, KEYS, to,
+      num(grant_max))
   else
-    decision, reason, source, granted, class, free, counted = decide_outbound(c, st, KEYS,
-      ARGV, t, num(ARGV[22]))
+    decision, reason, source, granted, class, free, counted = decide_outbound(c, st, KEYS, t,
+      num(grant_max), eregions, predeny, dzone, dtype)
   end
 
   local granted_text = istr(granted)
   if decision ~= 'allow' then
     -- Denied: the call hash is its closed record from the start (close_call); the event
     -- carries the rest, for the ledger.
-    local now_text = ARGV[3]
     local z = closed_text({st = 'denied', d = decision, rsn = reason, src = source,
       g = granted_text, exp = now_text, cls = class, dc = dcountry, dt = dtype, mon = month,
       uid = c.uid, pool = st.pool, kind = st.kind, rp = c.rp})
-    redis.call('SET', k_call, z, 'EX', ARGV[23])  -- retention (s), as sent
+    redis.call('SET', k_call, z, 'EX', retention)  -- retention (s), as sent
     emit(k_events, 'call.denied', tid, now, {
       call_id = cid, direction = direction, user = c.uid, to = to, from = from,
       reason = reason, source = source, granted_seconds = granted, class = class,
@@ -232,11 +235,11 @@ local function authorize(KEYS, ARGV)
 
   local expires = now + granted
   local expires_text = istr(expires)
-  local grants = '[' .. grant_json(source, granted_text, ARGV[3], expires_text) .. ']'
+  local grants = '[' .. grant_json(source, granted_text, now_text, expires_text) .. ']'
   -- The call hash, every value as the text Redis stores: the fields that never change packed
   -- in 'i' (CALL_PACKED's order) and the others by name; the hash holds the same values in
   -- 'v' (lua/00_lib.lua load_call), written with one HSET (tests/test_call_records.py checks
-  -- that the two agree). ARGV integers are stored as sent (store.py sends plain
+  -- that the two agree). Integer arguments are stored as sent (store.py sends plain
   -- decimal integers); 'sl' comes from the user's JSON record and is printed as redis.call
   -- prints a Lua number.
   local sl = c.limit and string.format('%.17g', c.limit) or ''
@@ -246,7 +249,7 @@ local function authorize(KEYS, ARGV)
   -- both are written out, the same text cjson writes, for a small part of cjson's cost on
   -- the whole record (27 values) and less than a pattern scan (figures: BENCHMARKS.md).
   -- Every other value is our own word or text store.py makes (integers, country, type).
-  local uid, pool, attempt = c.uid, st.pool, ARGV[26]
+  local uid, pool, attempt = c.uid, st.pool, attempt
   local outside = uid .. pool .. to .. from .. c.rp .. cid .. tid .. attempt
   local plain = #cjson.encode(outside) == #outside + 2
   local packed
@@ -254,14 +257,14 @@ local function authorize(KEYS, ARGV)
     packed = '["' .. uid .. '","' .. month .. '","' .. (counted and '1' or '0') .. '","' ..
       pool .. '","' .. st.kind .. '","' .. c.rp .. '","' .. c.rr .. '","' .. c.rf ..
       '","' .. c.ra .. '","' .. c.rb .. '","' .. direction .. '","' .. to .. '","' .. from ..
-      '","' .. ARGV[3] .. '","' .. ARGV[24] .. '","' .. decision .. '","' .. reason ..
+      '","' .. now_text .. '","' .. started_text .. '","' .. decision .. '","' .. reason ..
       '","' .. source .. '","' .. granted_text .. '","' .. expires_text .. '","' ..
       class .. '","' .. dcountry .. '","' .. dtype .. '","' .. (free and '1' or '0') ..
       '","' .. (c.credits_only and '1' or '0') .. '","' ..
       (c.credits_allowed and '1' or '0') .. '","' .. sl .. '"]'
   else
     packed = cjson.encode({uid, month, counted and '1' or '0', pool, st.kind,
-      c.rp, c.rr, c.rf, c.ra, c.rb, direction, to, from, ARGV[3], ARGV[24], decision,
+      c.rp, c.rr, c.rf, c.ra, c.rb, direction, to, from, now_text, started_text, decision,
       reason, source, granted_text, expires_text, class, dcountry, dtype,
       free and '1' or '0', c.credits_only and '1' or '0', c.credits_allowed and '1' or '0',
       sl})
@@ -272,7 +275,7 @@ local function authorize(KEYS, ARGV)
     redis.call('HSET', k_call, 'v', counters_text(granted_text, ps, cs, pr, cr, expires_text,
       '0', attempt, '', '') .. uid .. z .. month .. z .. (counted and '1' or '0') .. z .. pool .. z ..
       st.kind .. z .. c.rp .. z .. c.rr .. z .. c.rf .. z .. c.ra .. z .. c.rb .. z ..
-      direction .. z .. to .. z .. from .. z .. ARGV[3] .. z .. ARGV[24] .. z .. decision ..
+      direction .. z .. to .. z .. from .. z .. now_text .. z .. started_text .. z .. decision ..
       z .. reason .. z .. source .. z .. granted_text .. z .. expires_text .. z .. class .. z ..
       dcountry .. z .. dtype .. z .. (free and '1' or '0') .. z ..
       (c.credits_only and '1' or '0') .. z .. (c.credits_allowed and '1' or '0') .. z .. sl ..
@@ -297,12 +300,12 @@ local function authorize(KEYS, ARGV)
   -- takes the cjson way, whose event reads the same.
   if plain then
     emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
-      '","call":["n","' .. ARGV[26] .. '","st","active","h","' .. granted_text .. '","ps","' ..
+      '","call":["n","' .. attempt .. '","st","active","h","' .. granted_text .. '","ps","' ..
       ps .. '","cs","' .. cs .. '","pr","' .. pr .. '","cr","' .. cr ..
       '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..
-      grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
+      grants .. ',"type":"call.allowed","tenant":"' .. tid .. '","ts":' .. now_text .. '}')
   else
-    emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = {'n', ARGV[26],
+    emit(k_events, 'call.allowed', tid, now, {call_id = cid, call = {'n', attempt,
       'st', 'active', 'i', packed, 'h', granted_text, 'ps', ps, 'cs', cs, 'pr', pr, 'cr', cr,
       'gexp', expires_text, 'ext', '0', 'grants', grants}})
   end

@@ -15,6 +15,8 @@ KEYS[7]  active        {p}:active        zset
 KEYS[8]  events        {p}:events        partition stream
 KEYS[9]  user_active   {p}:t:T:uact      (end_call's; unused here)
 KEYS[10] notify        {p}:notify        stream
+PACKED   the ARGV below come as one argument, each value followed by a NUL byte
+         (lua/00_lib.lua args)
 ARGV[1]  tenant_id
 ARGV[2]  call_id
 ARGV[3]  now                 (s)
@@ -83,11 +85,14 @@ local function restore(c, st, pool_s, pool_r, cred_s, cred_r)
   st.pool_s, st.pool_r, st.cred_s, st.cred_r = pool_s, pool_r, cred_s, cred_r
 end
 
+local EXTEND_ARGV = ('s'):rep(9)
+
 local function extend(KEYS, ARGV)
   local k_call, k_active, k_events = KEYS[2], KEYS[7], KEYS[8]
-  local tid, cid, now, used = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
-  local grant_max = num(ARGV[8])
-  if past_deadline(ARGV[9]) then return {LATE} end
+  local tid, cid, now_text, used_text, m1, m2, m3, grant_max_text, deadline =
+    args(EXTEND_ARGV, ARGV)
+  local now, used, grant_max = num(now_text), num(used_text), num(grant_max_text)
+  if past_deadline(deadline) then return {LATE} end
   local call = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st ~= 'active' then return {CALL_ENDED} end
@@ -108,7 +113,7 @@ local function extend(KEYS, ARGV)
   local h = num(call.h)
   local u = math.max(0, math.min(used, h))
   local g, source, reason = grant_max, 'free', call.rsn
-  local k_month = month_key(KEYS, ARGV, call.mon)
+  local k_month = month_key(KEYS, m1, m2, m3, call.mon)
   -- The paying state (lua/06_grants.lua pay's st: pool, kind, pool_s, pool_r, cred_s, cred_r,
   -- pend) is the call's own table too, which has pool and kind and room for the rest.
   local st = call
@@ -149,7 +154,7 @@ local function extend(KEYS, ARGV)
   local expires = now + g
   local expires_text, g_text, u_text = istr(expires), istr(g), istr(u)
   -- The new grant is appended to the stored JSON text: the earlier ones stay as they are.
-  local grant = grant_json(source, g_text, ARGV[3], expires_text, u_text)
+  local grant = grant_json(source, g_text, now_text, expires_text, u_text)
   if grants == '[]' then grants = '[' .. grant .. ']'
   else grants = string.sub(grants, 1, -2) .. ',' .. grant .. ']' end
   local h_text, ps_text, cs_text, pr_text, cr_text, ext_text = istr(u + g), istr(st.pool_s),
@@ -177,7 +182,7 @@ local function extend(KEYS, ARGV)
       '","gexp","' .. expires_text .. '","ext","' .. ext_text ..
       (cn and ('","cn","' .. cn) or '') ..
       '"],"grants":' .. grants .. ',"type":"call.extended","tenant":"' .. tid .. '","ts":' ..
-      ARGV[3] .. '}')
+      now_text .. '}')
   else
     local set = {'h', h_text, 'ps', ps_text, 'cs', cs_text, 'pr', pr_text, 'cr', cr_text,
       'gexp', expires_text, 'ext', ext_text, 'grants', grants}

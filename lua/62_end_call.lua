@@ -13,6 +13,8 @@ KEYS[6]  month_3
 KEYS[7]  active        {p}:active        zset
 KEYS[8]  events        {p}:events        partition stream
 KEYS[9]  user_active   {p}:t:T:uact      hash
+PACKED   the ARGV below come as one argument, each value followed by a NUL byte
+         (lua/00_lib.lua args)
 ARGV[1]  tenant_id
 ARGV[2]  call_id
 ARGV[3]  now                 (s)
@@ -39,11 +41,14 @@ local function bill_reply(call, replayed)
           num(call.over), replayed}
 end
 
+local END_ARGV = ('s'):rep(10)
+
 local function end_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
     KEYS[9]
-  local tid, cid, now, duration = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
-  local retention, how, grace = ARGV[8], ARGV[9], num(ARGV[10])
+  local tid, cid, now_text, duration_text, m1, m2, m3, retention, how, grace_text =
+    args(END_ARGV, ARGV)
+  local now, duration, grace = num(now_text), num(duration_text), num(grace_text)
   local call = load_call(k_call)
   if not call then return missing_call(KEYS[1]) end
   if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
@@ -54,7 +59,7 @@ local function end_call(KEYS, ARGV)
     if now < num(call.gexp) + grace then return {CALL_ENDED} end
     duration = h  -- D33: the switch was told to cut the call at the end of its grant
   end
-  local k_month = month_key(KEYS, ARGV, call.mon)
+  local k_month = month_key(KEYS, m1, m2, m3, call.mon)
   if not k_month and ((call.pool ~= '' and (num(call.pr) ~= 0 or num(call.ps) ~= 0))
       or (call.uid ~= '' and (num(call.cr) ~= 0 or num(call.cs) ~= 0))) then
     return {MONTH_NEEDED, call.mon}
@@ -123,7 +128,7 @@ local function end_call(KEYS, ARGV)
       ',"overrun_seconds":' .. istr(overrun) .. ',"pool":"' .. pool .. '","pool_minutes":' ..
       istr(pool_min) .. ',"credits_micro":' .. istr(credits) .. ',"month":"' .. mon ..
       '","user":"' .. uid .. '","rate_prefix":"' .. rp .. '","type":"call.' .. state ..
-      '","tenant":"' .. tid .. '","ts":' .. ARGV[3] .. '}')
+      '","tenant":"' .. tid .. '","ts":' .. now_text .. '}')
   else
     emit(k_events, 'call.' .. state, tid, now, {call_id = cid, duration_seconds = duration,
       billed_seconds = billed_s, overrun_seconds = overrun, pool = pool,

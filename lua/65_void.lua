@@ -42,7 +42,7 @@ local function void_call(KEYS, ARGV)
   if not call or call.st ~= 'active' or call.ext ~= '0' or attempt == '' then return {OK, 0} end
   if (call.cn or call.n) ~= attempt then return {OK, 0} end
   local pr, cr = num(call.pr), num(call.cr)
-  local k_month = month_key(KEYS, ARGV, call.mon)
+  local k_month = month_key(KEYS, ARGV[5], ARGV[6], ARGV[7], call.mon)
   if not k_month and (pr ~= 0 or cr ~= 0) then return {MONTH_NEEDED, call.mon} end
   if k_month then
     if call.pool ~= '' then hincr_or_del(k_month, 'r:' .. call.pool, -pr) end

@@ -27,6 +27,7 @@ class Header(NamedTuple):
     argv_rest: str
     reply: tuple[str, ...]
     errors: frozenset[str]
+    packed: bool
 
 
 def registered(text: str) -> list[str]:
@@ -37,7 +38,8 @@ def registered(text: str) -> list[str]:
 def parse_header(text: str) -> Header:
     """The machine-readable lines of a file's first --[[ ]] block: ``KEYS[i] name``,
     ``ARGV[i] name``, ``KEYS[i..] name`` (a repeated tail), ``REPLY {OK, name, ...}`` (may
-    run on over indented lines) and ``ERRORS NAME ...`` (status names, first line)."""
+    run on over indented lines), ``ERRORS NAME ...`` (status names, first line) and
+    ``PACKED`` (ARGV sent as one argument)."""
     block = text.split("--[[", 1)[1].split("--]]", 1)[0]
     lists: dict[str, list[tuple[int, str]]] = {"KEYS": [], "ARGV": []}
     rest = {"KEYS": "", "ARGV": ""}
@@ -55,14 +57,15 @@ def parse_header(text: str) -> Header:
     return Header(tuple(n for _, n in lists["KEYS"]), rest["KEYS"],
                   tuple(n for _, n in lists["ARGV"]), rest["ARGV"],
                   tuple(re.findall(r"\w+", reply.group(1))),
-                  frozenset(errors.group(1).split()) if errors else frozenset())
+                  frozenset(errors.group(1).split()) if errors else frozenset(),
+                  re.search(r"^PACKED\s", block, re.MULTILINE) is not None)
 
 
 def mismatches(header: Header, f: contract.Function[Any]) -> list[str]:
     """What differs between a header and a function's contract, one line each."""
     python = Header(f.keys, f.keys_rest, f.argv, f.argv_rest,
                     tuple(f.reply._fields[1:]),
-                    frozenset(s.name for s in f.errors))
+                    frozenset(s.name for s in f.errors), f.packed)
     return [f"{f.name} {field}: lua {lua!r} != python {py!r}"
             for field, lua, py in zip(Header._fields, header, python, strict=True)
             if lua != py]
@@ -92,7 +95,7 @@ def test_the_check_names_a_swapped_argument() -> None:
     argv = list(f.argv)
     argv[2], argv[3] = argv[3], argv[2]
     header = Header(f.keys, "", tuple(argv), "", tuple(f.reply._fields[1:]),
-                    frozenset(s.name for s in f.errors))
+                    frozenset(s.name for s in f.errors), False)
     (problem,) = mismatches(header, f)
     assert problem.startswith("topup argv: lua (") and "'now', 'amount_micro'" in problem
 

@@ -57,9 +57,10 @@ POOL_THRESHOLDS_DEFAULT = (80, 100)
 
 # The version of the Lua library (lua/00_lib.lua): a process does not replace a library of a
 # higher version with its own (gateway.redis.store.Store.load_functions). 2: an open call is
-# one hash field (docs/decisions/0008-one-field-open-call.md); libraries before it declare
-# none.
-LIBRARY_VERSION = 2
+# one hash field (docs/decisions/0008-one-field-open-call.md); 3: the call path's ARGV
+# packed (Function.packed), which a library of version 2 cannot read; libraries before 2
+# declare none.
+LIBRARY_VERSION = 3
 
 # The Lua library's declaration of each (``local NAME = value`` in a library file of lua/):
 # tests/test_redis_contract.py compares the literals with these values.
@@ -176,6 +177,8 @@ class Function(Generic[R]):
     """One registered function: its KEYS and ARGV by name in order, and its reply.
 
     ``keys_rest`` / ``argv_rest``: the name of a repeated tail (``KEYS[4..]``), "" if none.
+    ``packed``: ARGV goes as one argument, every value followed by a NUL byte (pack_argv;
+    the header's PACKED line, lua/00_lib.lua args).
     ``reply``: the named tuple of an OK reply, status first. ``errors``: the statuses it
     may answer besides OK."""
 
@@ -187,6 +190,7 @@ class Function(Generic[R]):
     keys_rest: str = ""
     argv_rest: str = ""
     flags: tuple[str, ...] = field(default=())  # registered flags, e.g. no-writes
+    packed: bool = False
     _n_reply: int = field(init=False, repr=False, compare=False)
     _get_keys: _Getter = field(init=False, repr=False, compare=False)
     _get_argv: _Getter = field(init=False, repr=False, compare=False)
@@ -202,8 +206,10 @@ class Function(Generic[R]):
         return self._ordered("KEYS", self.keys, self._get_keys, self.keys_rest, rest, named)
 
     def argv_of(self, rest: Sequence[Arg] = (), /, **named: Arg) -> list[Arg]:
-        """ARGV in the function's order, from every argument by its contract name."""
-        return self._ordered("ARGV", self.argv, self._get_argv, self.argv_rest, rest, named)
+        """ARGV in the function's order, from every argument by its contract name (packed,
+        for a packed function)."""
+        argv = self._ordered("ARGV", self.argv, self._get_argv, self.argv_rest, rest, named)
+        return pack_argv(argv) if self.packed else argv
 
     def _ordered(self, what: str, names: tuple[str, ...], get: _Getter,
                  rest_allowed: str, rest: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
@@ -227,6 +233,17 @@ class Function(Generic[R]):
         if len(reply) != n:
             reply = [*reply[:n], *[None] * (n - len(reply))]
         return self.reply._make(reply)  # type: ignore[attr-defined, no-any-return]
+
+
+def pack_argv(values: Sequence[Arg]) -> list[Arg]:
+    """The ARGV of a packed function: one argument, every value (text or integer) followed
+    by a NUL byte, which Redis reads for less than one argument each (BENCHMARKS.md). Values
+    of which one holds a NUL (or is bytes) go as they are, one argument each, which the
+    function reads too (lua/00_lib.lua args)."""
+    text = "\0".join(map(str, values)) + "\0"
+    if text.count("\0") != len(values) or any(isinstance(v, bytes) for v in values):
+        return list(values)
+    return [text]
 
 
 def _getter(names: tuple[str, ...]) -> _Getter:
@@ -368,18 +385,20 @@ AUTHORIZE = Function(
      "credits_only", "rate_prefix", "rate_micro_per_minute", "connection_fee_micro",
      "initial_increment", "subsequent_increment", "grant_max_seconds", "retention_seconds",
      "started_at", "deadline_us", "attempt", "default_authorizations_per_second"),
-    AuthorizeReply, (S.TENANT_NOT_FOUND, S.TENANT_SETTINGS_CHANGED, S.LATE))
+    AuthorizeReply, (S.TENANT_NOT_FOUND, S.TENANT_SETTINGS_CHANGED, S.LATE), packed=True)
 EXTEND = Function(
     "extend", (*_LIFECYCLE_KEYS, "notify"),
     ("tenant_id", "call_id", "now", "used_seconds", *_MONTHS, "grant_max_seconds",
      "deadline_us"),
     ExtendReply,
-    (S.TENANT_NOT_FOUND, S.CALL_NOT_FOUND, S.CALL_ENDED, S.LATE, S.USED_BACKWARDS))
+    (S.TENANT_NOT_FOUND, S.CALL_NOT_FOUND, S.CALL_ENDED, S.LATE, S.USED_BACKWARDS),
+    packed=True)
 END_CALL = Function(
     "end_call", _LIFECYCLE_KEYS,
     ("tenant_id", "call_id", "now", "duration_seconds", *_MONTHS, "retention_seconds", "how",
      "grace_seconds"),
-    EndReply, (S.TENANT_NOT_FOUND, S.CALL_NOT_FOUND, S.CALL_ENDED, S.MONTH_NEEDED))
+    EndReply, (S.TENANT_NOT_FOUND, S.CALL_NOT_FOUND, S.CALL_ENDED, S.MONTH_NEEDED),
+    packed=True)
 VOID_CALL = Function(
     "void_call", _LIFECYCLE_KEYS,
     ("tenant_id", "call_id", "now", "attempt", *_MONTHS, "retention_seconds"),

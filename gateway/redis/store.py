@@ -186,11 +186,11 @@ _AUTHORIZE_FLAGS = tuple(c.AUTHORIZE.argv.index(n) for n in ("credits_only",))
 
 
 def authorize_argv(a: AuthorizeArgs) -> list[Arg]:
-    """The authorize FCALL's ARGV: the fields of ``a`` in contract order."""
+    """The authorize FCALL's ARGV: the fields of ``a`` in contract order, packed."""
     argv: list[Any] = list(a)
     for i in _AUTHORIZE_FLAGS:
         argv[i] = int(argv[i])
-    return argv
+    return c.pack_argv(argv)
 
 
 _LIBRARY_VERSION_LINE = re.compile(r"^local LIBRARY_VERSION = (\d+)\s*$", re.MULTILINE)
