@@ -233,12 +233,13 @@ local function emit(stream, etype, tenant_id, now, data)
     'data', cjson.encode(data))
 end
 
--- An event whose data the caller wrote as JSON text (type, tenant and ts included). The
--- entry keeps its type and tenant fields although the text names them too: a persister of
--- the previous version, still running during an upgrade, reads them there (BENCHMARKS.md
--- prices the two fields).
-local function emit_text(stream, etype, tenant_id, data_text)
-  return redis.call('XADD', stream, '*', 'type', etype, 'tenant', tenant_id, 'data', data_text)
+-- An event whose data the caller wrote as JSON text, type, tenant and ts included: the entry
+-- is that one field, 'data' (two fields fewer to write, AOF and read: BENCHMARKS.md). The
+-- persisters of this version and of library version 2 read type and tenant in the text
+-- (gateway/ledger/base.py); those of earlier versions did not, hence docs/operations.md,
+-- "Upgrading".
+local function emit_text(stream, data_text)
+  return redis.call('XADD', stream, '*', 'data', data_text)
 end
 
 -- An admin change: its event on the partition stream and, in the same atomic step, the same

@@ -299,7 +299,7 @@ local function authorize(KEYS, ARGV)
   -- and tenant ids are the only text from outside; one the API would never let through
   -- takes the cjson way, whose event reads the same.
   if plain then
-    emit_text(k_events, 'call.allowed', tid, '{"call_id":"' .. cid ..
+    emit_text(k_events, '{"call_id":"' .. cid ..
       '","call":["n","' .. attempt .. '","st","active","h","' .. granted_text .. '","ps","' ..
       ps .. '","cs","' .. cs .. '","pr","' .. pr .. '","cr","' .. cr ..
       '","gexp","' .. expires_text .. '","ext","0"],"i":' .. packed .. ',"grants":' ..

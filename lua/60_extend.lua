@@ -174,7 +174,7 @@ local function extend(KEYS, ARGV)
   local cn = call.cn
   local ids = cid .. tid .. (cn or '')
   if (call.v and not cn) or #cjson.encode(ids) == #ids + 2 then
-    emit_text(k_events, 'call.extended', tid, '{"call_id":"' .. cid .. '","used_seconds":' ..
+    emit_text(k_events, '{"call_id":"' .. cid .. '","used_seconds":' ..
       u_text .. ',"reason":"' .. reason .. '","source":"' .. source ..
       '","granted_seconds":' .. g_text .. ',"pool_reserved_minutes":' .. pr_text ..
       ',"credits_reserved_micro":' .. cr_text .. ',"set":["h","' .. h_text .. '","ps","' ..

@@ -123,7 +123,7 @@ local function end_call(KEYS, ARGV)
     plain = outside and #cjson.encode(outside) == #outside + 2
   end
   if plain then
-    emit_text(k_events, 'call.' .. state, tid, '{"call_id":"' .. cid ..
+    emit_text(k_events, '{"call_id":"' .. cid ..
       '","duration_seconds":' .. istr(duration) .. ',"billed_seconds":' .. istr(billed_s) ..
       ',"overrun_seconds":' .. istr(overrun) .. ',"pool":"' .. pool .. '","pool_minutes":' ..
       istr(pool_min) .. ',"credits_micro":' .. istr(credits) .. ',"month":"' .. mon ..

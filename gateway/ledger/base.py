@@ -124,8 +124,8 @@ class Ledger(abc.ABC):
                 continue
             present.add(e.entry_id)
             data: dict[str, Any] = orjson.loads(e.data)
-            # An entry of 'data' alone (the shape a later version may write for call events,
-            # once every persister reads it) names its type and tenant in its JSON.
+            # An entry of 'data' alone (call events since library version 3: lua/00_lib.lua
+            # emit_text) names its type and tenant in its JSON.
             etype, tenant = e.type or str(data["type"]), e.tenant or str(data["tenant"])
             rows.append((stream, e.entry_id, e.ms, etype, tenant, int(data.get("ts", 0)),
                          e.data))
