@@ -19,10 +19,11 @@ from tests.test_call_records import LONDON, NEW_YORK, call_hash, pool_and_credit
 def test_pack_argv_joins_the_values_or_leaves_them_when_one_holds_a_nul() -> None:
     assert contract.pack_argv(["t1", 42, ""]) == ["t1\x0042\x00\x00"]
     assert contract.pack_argv(["t1", "a\x00b", 1]) == ["t1", "a\x00b", 1]
-    assert contract.pack_argv([b"t1", "x"]) == [b"t1", "x"]
     f = contract.END_CALL
-    named = dict(zip(f.argv, map(str, range(len(f.argv))), strict=True))
+    named: dict[str, contract.Arg] = dict(zip(f.argv, map(str, range(len(f.argv))),
+                                              strict=True))
     assert f.argv_of(**named) == ["".join(f"{i}\x00" for i in range(len(f.argv)))]
+    assert f.argv_of(**{**named, "how": b"switch"}) == [*map(str, range(8)), b"switch", "9"]
     assert all(f.packed for f in (contract.AUTHORIZE, contract.EXTEND, contract.END_CALL))
 
 
