@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.ledger.tx import Tx
-from gateway.redis.keys import call_fields
+from gateway.redis.keys import CALL_PACKED_FIELDS, call_fields
 from gateway.vocab import EventType as E
 
 Stmt = tuple[str, tuple[Any, ...]]
@@ -86,10 +86,18 @@ def _denied_record(d: dict[str, Any]) -> str:
                         option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _with_record_fields(d: dict[str, Any]) -> dict[str, Any]:
+def _with_record_fields(d: dict[str, Any], flat: dict[str, str]) -> dict[str, Any]:
+    """d with the event fields the projection reads taken from its record (flat: the
+    record, _flat_record)."""
     if "direction" in d:
         return d
-    rec = call_fields(_flat_record(d))
+    packed = d.get("i")
+    if isinstance(packed, list):
+        # The packed values beside the record as JSON (authorize's usual shape), read as
+        # they are rather than from flat's text of them.
+        rec = {**flat, **dict(zip(CALL_PACKED_FIELDS, packed, strict=False))}
+    else:
+        rec = call_fields(flat)
     if not rec:
         return d
     out: dict[str, Any] = {k: rec.get(f) for k, f in _FIELDS_IN_RECORD.items()}
@@ -185,7 +193,12 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
     if etype == E.TOLLFREE_REMOVED:
         return [(TOLLFREE_REMOVE, (t, _s(d.get("number"))))]
     if etype in (E.CALL_ALLOWED, E.CALL_DENIED):
-        d = _with_record_fields(d)
+        if etype == E.CALL_ALLOWED:
+            flat = _flat_record(d)
+            record = orjson.dumps(flat, option=orjson.OPT_SORT_KEYS).decode()
+        else:
+            flat, record = {}, ""
+        d = _with_record_fields(d, flat)
         return [(CALL_INSERT, (
             t, _s(d.get("call_id")), "active" if etype == E.CALL_ALLOWED else "denied",
             _s(d.get("direction")), _s(d.get("user")), _s(d.get("from")), _s(d.get("to")),
@@ -193,7 +206,7 @@ def statements(entry_id: str, etype: str, t: str, d: dict[str, Any],
             _s(d.get("rate_prefix")), _s(d.get("reason")), _i(d.get("started_at")),
             _i(d.get("ts")), _i(d.get("pool_reserved_minutes")),
             _i(d.get("credits_reserved_micro")),
-            _record(d) if etype == E.CALL_ALLOWED else _denied_record(d),
+            record if etype == E.CALL_ALLOWED else _denied_record(d),
             1 if d.get("counted") else 0))]
     if etype in (E.CALL_EXTENDED, E.CALL_EXTENSION_DENIED):
         pr, cr, cid = _i(d.get("pool_reserved_minutes")), _i(d.get("credits_reserved_micro")), \
