@@ -337,44 +337,45 @@ local function pool_kind(cls)
   return 'domestic'
 end
 
--- The text of closed record r (CLOSED_FIELDS by name, each text, '' when none; the kind of
--- its pool in r.kind): st to rp (the answer and the call) and, once the call is billed
--- (r.dur), dur to ended (the bill). Written out as one concatenation rather than looped
--- over CLOSED_FIELDS, on end_call's path. Only uid and pool come from outside (the API's id
--- grammar has no '|'); with a '|' in them, the cjson way.
-local function closed_text(r)
-  local pool, kind, uid = r.pool, r.kind, r.uid
+-- The text of a closed record, given its CLOSED_FIELDS in that order, each text ('' when
+-- none), with the kind of its pool after pool: st to rp (the answer and the call) and, once
+-- the call is billed (dur not nil), dur to ended_after_exp (the bill). Values rather than
+-- a table: end_call, its hottest caller, reads the call into locals (a table of the call's
+-- fields costs more than the rest of the closing: BENCHMARKS.md). Written out as one
+-- concatenation rather than looped over CLOSED_FIELDS. Only uid and pool come from outside
+-- (the API's id grammar has no '|'); with a '|' in them, the cjson way.
+local function closed_text(st, d, rsn, src, g, exp, cls, dc, dt, mon, uid, pool, kind, rp,
+    dur, bdp, bip, bc, over, ended_after_exp)
   -- "C:P:K" without ":K" when K is the class's kind: second ':' right before K.
-  if kind ~= '' and kind == pool_kind(r.cls) then
+  if kind ~= '' and kind == pool_kind(cls) then
     local first = string.find(pool, ':', 1, true)
     if first and string.find(pool, ':', first + 1, true) == #pool - #kind then
       pool = string.sub(pool, 1, -#kind - 2)
     end
   end
-  local st, d, rsn, src, cls, dt = r.st, r.d, r.rsn, r.src, r.cls, r.dt
-  if string.find(uid .. pool, '|', 1, true) then
+  if string.find(uid, '|', 1, true) or string.find(pool, '|', 1, true) then
     local v = {CLOSED_CODE[st] or st, CLOSED_CODE[d] or d, CLOSED_CODE[rsn] or rsn,
-      CLOSED_CODE[src] or src, r.g, r.exp, CLOSED_CODE[cls] or cls, r.dc,
-      CLOSED_CODE[dt] or dt, r.mon, uid, pool, r.rp}
-    if r.dur then
-      v[14], v[15], v[16], v[17], v[18], v[19] = r.dur, r.bdp, r.bip, r.bc, r.over,
-        r.ended_after_exp
+      CLOSED_CODE[src] or src, g, exp, CLOSED_CODE[cls] or cls, dc,
+      CLOSED_CODE[dt] or dt, mon, uid, pool, rp}
+    if dur then
+      v[14], v[15], v[16], v[17], v[18], v[19] = dur, bdp, bip, bc, over, ended_after_exp
     end
     return cjson.encode(v)
   end
   local z = (CLOSED_CODE[st] or st) .. '|' .. (CLOSED_CODE[d] or d) .. '|' ..
-    (CLOSED_CODE[rsn] or rsn) .. '|' .. (CLOSED_CODE[src] or src) .. '|' .. r.g .. '|' ..
-    r.exp .. '|' .. (CLOSED_CODE[cls] or cls) .. '|' .. r.dc .. '|' ..
-    (CLOSED_CODE[dt] or dt) .. '|' .. r.mon .. '|' .. uid .. '|' .. pool .. '|' .. r.rp
-  if r.dur == nil then return z end
-  return z .. '|' .. r.dur .. '|' .. r.bdp .. '|' .. r.bip .. '|' .. r.bc .. '|' .. r.over ..
-    '|' .. r.ended_after_exp
+    (CLOSED_CODE[rsn] or rsn) .. '|' .. (CLOSED_CODE[src] or src) .. '|' .. g .. '|' ..
+    exp .. '|' .. (CLOSED_CODE[cls] or cls) .. '|' .. dc .. '|' ..
+    (CLOSED_CODE[dt] or dt) .. '|' .. mon .. '|' .. uid .. '|' .. pool .. '|' .. rp
+  if dur == nil then return z end
+  return z .. '|' .. dur .. '|' .. bdp .. '|' .. bip .. '|' .. bc .. '|' .. over .. '|' ..
+    ended_after_exp
 end
 
--- Replaces call k_call by its closed record r, kept retention seconds (ARGV text): a string
--- key, written over the open call's hash by one SET (the type changes with it).
-local function close_call(k_call, r, retention)
-  redis.call('SET', k_call, closed_text(r), 'EX', retention)
+-- Replaces call k_call by its closed record (closed_text), kept retention seconds (ARGV
+-- text): a string key, written over the open call's hash by one SET (the type changes with
+-- it).
+local function close_call(k_call, text, retention)
+  redis.call('SET', k_call, text, 'EX', retention)
 end
 
 local function split_part(text, v)

@@ -220,10 +220,8 @@ local function authorize(KEYS, ARGV)
   if decision ~= 'allow' then
     -- Denied: the call hash is its closed record from the start (close_call); the event
     -- carries the rest, for the ledger.
-    local z = closed_text({st = 'denied', d = decision, rsn = reason, src = source,
-      g = granted_text, exp = now_text, cls = class, dc = dcountry, dt = dtype, mon = month,
-      uid = c.uid, pool = st.pool, kind = st.kind, rp = c.rp})
-    redis.call('SET', k_call, z, 'EX', retention)  -- retention (s), as sent
+    close_call(k_call, closed_text('denied', decision, reason, source, granted_text, now_text,
+      class, dcountry, dtype, month, c.uid, st.pool, st.kind, c.rp), retention)
     emit(k_events, 'call.denied', tid, now, {
       call_id = cid, direction = direction, user = c.uid, to = to, from = from,
       reason = reason, source = source, granted_seconds = granted, class = class,

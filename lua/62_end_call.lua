@@ -42,6 +42,8 @@ local function bill_reply(call, replayed)
 end
 
 local END_ARGV = ('s'):rep(10)
+-- The packed values up to dt, the last the end takes (CALL_PACKED's first 23).
+local END_PACKED_VALUES = ('s'):rep(23)
 
 local function end_call(KEYS, ARGV)
   local k_tenant, k_call, k_active, k_events, k_uact = KEYS[1], KEYS[2], KEYS[7], KEYS[8],
@@ -49,84 +51,100 @@ local function end_call(KEYS, ARGV)
   local tid, cid, now_text, duration_text, m1, m2, m3, retention, how, grace_text =
     args(END_ARGV, ARGV)
   local now, duration, grace = num(now_text), num(duration_text), num(grace_text)
-  local call = load_call(k_call)
-  if not call then return missing_call(KEYS[1]) end
-  if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
-  -- A denied call ends like any other with nothing granted: billed nothing, the reported
-  -- duration kept, all of it overrun (D31).
-  local h = num(call.h)
-  if how == 'expired' then
-    if now < num(call.gexp) + grace then return {CALL_ENDED} end
-    duration = h  -- D33: the switch was told to cut the call at the end of its grant
+  -- The call's values as locals: those of CALL_COUNTERS and CALL_PACKED that the bill and
+  -- the closed record take. A call of one field is read here with the two struct.unpack of
+  -- load_call, in its order, without the table load_call makes of them (its 40 fields cost
+  -- the end a tenth of its instructions: BENCHMARKS.md); any other (closed, of an older
+  -- layout, missing) through load_call.
+  local h, ps, cs, pr, cr, gexp, uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, d, rsn, src,
+    g, exp, cls, dc, dt
+  local v = redis.pcall('HGET', k_call, 'v')
+  local one_field = type(v) == 'string'
+  if one_field then
+    local skip, at
+    h, ps, cs, pr, cr, gexp, skip, skip, skip, skip, at = struct.unpack(COUNTER_VALUES, v)
+    -- (ext n cn ru; then dir to from t0 sa, which the end does not take)
+    uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, skip, skip, skip, skip, skip, d, rsn, src,
+      g, exp, cls, dc, dt = struct.unpack(END_PACKED_VALUES, v, at)
+  else
+    local call = load_call(k_call)
+    if not call then return missing_call(KEYS[1]) end
+    if call.st == 'ended' or call.st == 'expired' then return bill_reply(call, 1) end  -- D31
+    -- A denied call ends like any other with nothing granted: billed nothing, the reported
+    -- duration kept, all of it overrun (D31).
+    h, ps, cs, pr, cr, gexp, uid, mon, cnt, pool, kind, rp, rr, rf, ra, rb, d, rsn, src, g,
+      exp, cls, dc, dt = call.h, call.ps, call.cs, call.pr, call.cr, call.gexp, call.uid,
+      call.mon, call.cnt, call.pool, call.kind, call.rp, call.rr, call.rf, call.ra, call.rb,
+      call.d, call.rsn, call.src, call.g, call.exp, call.cls, call.dc, call.dt
   end
-  local k_month = month_key(KEYS, m1, m2, m3, call.mon)
-  if not k_month and ((call.pool ~= '' and (num(call.pr) ~= 0 or num(call.ps) ~= 0))
-      or (call.uid ~= '' and (num(call.cr) ~= 0 or num(call.cs) ~= 0))) then
-    return {MONTH_NEEDED, call.mon}
+  local horizon = num(h)
+  if how == 'expired' then
+    if now < num(gexp) + grace then return {CALL_ENDED} end
+    duration = horizon  -- D33: the switch was told to cut the call at the end of its grant
+  end
+  local pool_r, cred_r, pool_s, cred_s = num(pr), num(cr), num(ps), num(cs)
+  local k_month = month_key(KEYS, m1, m2, m3, mon)
+  if not k_month and ((pool ~= '' and (pool_r ~= 0 or pool_s ~= 0))
+      or (uid ~= '' and (cred_r ~= 0 or cred_s ~= 0))) then
+    return {MONTH_NEEDED, mon}
   end
   if duration < 0 then duration = 0 end
-  local billed_s = math.min(duration, h)
+  local billed_s = math.min(duration, horizon)
   local overrun = duration - billed_s
-  local ps, cs = num(call.ps), num(call.cs)
   -- Free time (emergency, toll-free, inbound) is in the horizon but in neither segment.
-  local pool_used = math.min(billed_s, ps)
-  local cred_used = math.min(billed_s - pool_used, cs)
+  local pool_used = math.min(billed_s, pool_s)
+  local cred_used = math.min(billed_s - pool_used, cred_s)
   local pool_min = ceil_div(pool_used, 60)
   local credits = 0
   if cred_used > 0 then
-    credits = credit_cost(cred_used, num(call.rr), num(call.rf), num(call.ra), num(call.rb))
+    credits = credit_cost(cred_used, num(rr), num(rf), num(ra), num(rb))
   end
-  local pr, cr = num(call.pr), num(call.cr)
 
   if k_month then
     -- Use before release: what is used (at most what was reserved) is added while the
     -- reservation still holds a field of the hash, so the hash is never emptied and written
     -- again here, and keeps the time to live its first write set: no EXPIRE at each end.
     -- Releasing may empty it: then it is gone, as it should be.
-    if call.pool ~= '' then
-      hincr_or_del(k_month, 'u:' .. call.pool, pool_min)
-      hincr_or_del(k_month, 'r:' .. call.pool, -pr)
+    if pool ~= '' then
+      hincr_or_del(k_month, 'u:' .. pool, pool_min)
+      hincr_or_del(k_month, 'r:' .. pool, -pool_r)
     end
-    if call.uid ~= '' and (credits ~= 0 or cr ~= 0) then
-      hincr_or_del(k_month, 's:' .. call.uid, credits)
-      hincr_or_del(k_month, 'sr:' .. call.uid, -cr)
+    if uid ~= '' and (credits ~= 0 or cred_r ~= 0) then
+      hincr_or_del(k_month, 's:' .. uid, credits)
+      hincr_or_del(k_month, 'sr:' .. uid, -cred_r)
     end
   end
-  if credits ~= 0 or cr ~= 0 then
-    hincr(k_tenant, 'res', -cr)
+  if credits ~= 0 or cred_r ~= 0 then
+    hincr(k_tenant, 'res', -cred_r)
     hincr(k_tenant, 'bal', -credits)
   end
-  if call.cnt == '1' then
+  if cnt == '1' then
     redis.call('HINCRBY', k_tenant, 'act', '-1')
-    redis.call('HINCRBY', k_uact, call.uid, '-1')  -- kept at 0: lua/00_lib.lua USER_ACTIVE
+    redis.call('HINCRBY', k_uact, uid, '-1')  -- kept at 0: lua/00_lib.lua USER_ACTIVE
   end
-  local dom = call.kind == 'domestic' and pool_min or 0
-  local intl = call.kind == 'international' and pool_min or 0
+  local dom = kind == 'domestic' and pool_min or 0
+  local intl = kind == 'international' and pool_min or 0
   local state = how == 'expired' and 'expired' or 'ended'
+  local duration_t, credits_t, overrun_t = istr(duration), istr(credits), istr(overrun)
   -- The bill replaces the call's record (close_call): what its repeats answer, nothing more.
-  -- The call's own table is the closed record: it has the answer's fields by their names,
-  -- and load_call sized it for the bill's (a table of its own costs more: BENCHMARKS.md).
-  call.st, call.dur, call.bdp, call.bip, call.bc, call.over = state, istr(duration),
-    istr(dom), istr(intl), istr(credits), istr(overrun)
-  call.ended_after_exp = istr(now - num(call.exp))
-  close_call(k_call, call, retention)
+  close_call(k_call, closed_text(state, d, rsn, src, g, exp, cls, dc, dt, mon, uid, pool,
+    kind, rp, duration_t, istr(dom), istr(intl), credits_t, overrun_t, istr(now - num(exp))),
+    retention)
   redis.call('ZREM', k_active, tid .. '/' .. cid)
   -- The bill's event, written out when its text from outside (ids, user, pool, rate prefix,
   -- month) is plain, as authorize's (cjson formats each number as a float: most of the
-  -- cost of encoding it); else through cjson, the same JSON.
-  local pool, uid, mon, rp = call.pool, call.uid, call.mon, call.rp
-  -- A call of the one-field layout had that text checked plain by authorize, which writes
-  -- that layout only then.
-  local plain = call.v ~= nil
+  -- cost of encoding it); else through cjson, the same JSON. A call of the one-field
+  -- layout had that text checked plain by authorize, which writes that layout only then.
+  local plain = one_field
   if not plain then
     local outside = pool and uid and mon and rp and (cid .. tid .. pool .. uid .. mon .. rp)
     plain = outside and #cjson.encode(outside) == #outside + 2
   end
   if plain then
     emit_text(k_events, '{"call_id":"' .. cid ..
-      '","duration_seconds":' .. istr(duration) .. ',"billed_seconds":' .. istr(billed_s) ..
-      ',"overrun_seconds":' .. istr(overrun) .. ',"pool":"' .. pool .. '","pool_minutes":' ..
-      istr(pool_min) .. ',"credits_micro":' .. istr(credits) .. ',"month":"' .. mon ..
+      '","duration_seconds":' .. duration_t .. ',"billed_seconds":' .. istr(billed_s) ..
+      ',"overrun_seconds":' .. overrun_t .. ',"pool":"' .. pool .. '","pool_minutes":' ..
+      istr(pool_min) .. ',"credits_micro":' .. credits_t .. ',"month":"' .. mon ..
       '","user":"' .. uid .. '","rate_prefix":"' .. rp .. '","type":"call.' .. state ..
       '","tenant":"' .. tid .. '","ts":' .. now_text .. '}')
   else
@@ -135,7 +153,7 @@ local function end_call(KEYS, ARGV)
       pool_minutes = pool_min, credits_micro = credits, month = mon, user = uid,
       rate_prefix = rp})
   end
-  return bill_reply(call, 0)
+  return {OK, state, duration, dom, intl, credits, overrun, 0}
 end
 
 redis.register_function('end_call', end_call)

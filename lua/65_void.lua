@@ -55,9 +55,8 @@ local function void_call(KEYS, ARGV)
   end
   -- The answer the switch was given, as a denied call's closed record: a replay answers
   -- it, an end bills nothing and gives back no concurrency slot.
-  close_call(k_call, {st = 'denied', d = 'deny', rsn = 'service_unavailable', src = '', g = '0',
-    exp = ARGV[3], cls = call.cls, dc = call.dc, dt = call.dt, mon = call.mon,
-    uid = call.uid, pool = call.pool, kind = call.kind, rp = call.rp}, ARGV[8])
+  close_call(k_call, closed_text('denied', 'deny', 'service_unavailable', '', '0', ARGV[3],
+    call.cls, call.dc, call.dt, call.mon, call.uid, call.pool, call.kind, call.rp), ARGV[8])
   redis.call('ZREM', k_active, tid .. '/' .. cid)
   emit(k_events, 'call.voided', tid, now, {call_id = cid, reason = 'service_unavailable',
     attempt = attempt, pool = call.pool, pool_reserved_minutes = pr,
