@@ -67,7 +67,22 @@ local USED_BACKWARDS = -12
 -- per value), because each argument of an FCALL costs Redis more to read than the unpacking
 -- (figures: BENCHMARKS.md). A caller whose values hold a NUL, and one of the previous
 -- version, sends them as arguments of their own.
+--
+-- args is the first step of those functions, and sets, once per Lua VM, the pace of its
+-- collector, which Redis leaves at Lua's default pause of 200 %: a new cycle each time the
+-- heap doubles. The functions' live heap is small (this library and its bounded memos), so
+-- at that pace cycles are frequent, and each marks and sweeps every live object again. At
+-- 300 % the heap may grow to three times its live size (a few MB) and the collector's
+-- share of a call falls by about a third (figures: BENCHMARKS.md). Not settable at load:
+-- the library's code sees no globals then.
+local GC_PAUSE_PERCENT = 300
+local gc_paced = false
+
 local function args(format, ARGV)
+  if not gc_paced then
+    collectgarbage('setpause', GC_PAUSE_PERCENT)
+    gc_paced = true
+  end
   if #ARGV == 1 then return struct.unpack(format, ARGV[1]) end
   return unpack(ARGV)
 end

@@ -164,7 +164,8 @@ KEYWORDS = {"and", "break", "do", "else", "elseif", "end", "false", "for", "func
             "while"}
 BUILTINS = {"redis", "cjson", "cmsgpack", "bit", "struct", "string", "math", "table",
             "tonumber", "tostring", "type", "ipairs", "pairs", "unpack", "next", "select",
-            "error", "pcall", "assert", "setmetatable", "getmetatable", "rawget", "rawset"}
+            "error", "pcall", "assert", "setmetatable", "getmetatable", "rawget", "rawset",
+            "collectgarbage"}
 
 
 def code_of(text: str) -> str:
