@@ -179,6 +179,16 @@ end
 
 local AUTHORIZE_ARGV = ('s'):rep(27)
 
+-- The context (c) and paying state (st) of the call being decided, as pay reads them: one
+-- table each for the life of the library, every field set again at the start of each call,
+-- rather than two new tables a call (their fields cost more to make, and to collect, than
+-- to set: BENCHMARKS.md). Redis runs one function at a time, to its end, so they always
+-- belong to the running call. Made with every field pay may set, so that none is added.
+local CONTEXT = {k_tenant = '', k_pools = '', k_month = '', uid = '', credits_only = false,
+  credits_allowed = true, limit = false, rate = false, rp = '', rr = '', rf = '', ra = '',
+  rb = ''}
+local STATE = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0, pend = 0}
+
 local function authorize(KEYS, ARGV)
   local tid, cid, now_text, month, currency, timezone, direction, uid, to, from, dcountry,
     dtype, dzone, eregions, predeny, credits_only, rp, rr, rf, ra, rb, grant_max, retention,
@@ -197,15 +207,12 @@ local function authorize(KEYS, ARGV)
   end
 
   -- What pay (lua/06_grants.lua) reads, and no more: decide_outbound / decide_inbound read
-  -- the rest of the request from KEYS and the arguments. Every field set here, none added later (but
-  -- the rate, credits only): a table that grows is rehashed.
-  local c = {
-    k_tenant = KEYS[1], k_pools = KEYS[4], k_month = KEYS[5], uid = uid,
-    credits_only = credits_only == '1', credits_allowed = true, limit = nil,
-    rp = rp, rr = rr, rf = rf, ra = ra, rb = rb,  -- rate_of
-  }
-
-  local st = {pool = '', kind = '', pool_s = 0, pool_r = 0, cred_s = 0, cred_r = 0, pend = 0}
+  -- the rest of the request from KEYS and the arguments. Every field set again (CONTEXT).
+  local c, st = CONTEXT, STATE
+  c.k_tenant, c.k_pools, c.k_month, c.uid = KEYS[1], KEYS[4], KEYS[5], uid
+  c.credits_only, c.credits_allowed, c.limit, c.rate = credits_only == '1', true, nil, nil
+  c.rp, c.rr, c.rf, c.ra, c.rb = rp, rr, rf, ra, rb  -- rate_of
+  st.pool, st.kind, st.pool_s, st.pool_r, st.cred_s, st.cred_r, st.pend = '', '', 0, 0, 0, 0, 0
   alert_context(tid, now, month, k_events, KEYS[12])  -- lua/05_alerts.lua
   local decision, reason, source, granted, class, free, counted
   if direction == 'inbound' then
