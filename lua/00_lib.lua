@@ -271,20 +271,37 @@ local function audit(k_audit, stream, etype, tenant_id, now, data)
   return id
 end
 
+-- The hash fields of pool "CC:PLAN:KIND" (kind: its last part, domestic | international,
+-- as every call records it): u, r its used and reserved minutes in a month hash; lic, per
+-- its licences and minutes per licence in the pools hash. Made once per pool name and
+-- remembered (a memo of MEMO_MAX entries): a tenant's few pools recur on every call, and
+-- each name made is a string to intern and collect (figures: BENCHMARKS.md).
+local pool_fields_memo = memo(MEMO_MAX)
+
+local function pool_fields(pool, kind)
+  local f = pool_fields_memo[pool]
+  if f == nil then
+    local cc_plan = string.sub(pool, 1, #pool - #kind - 1)
+    local per_field = (kind == 'domestic') and 'dmin:' or 'imin:'
+    f = remember(pool_fields_memo, pool,
+      {u = 'u:' .. pool, r = 'r:' .. pool, lic = 'lic:' .. cc_plan, per = per_field .. cc_plan})
+  end
+  return f
+end
+
 -- Current used and reserved minutes of a pool in one month hash, the reserved field's
 -- name, and whether the pool has neither field yet this month.
-local function pool_usage(month_key, pool)
-  local r_field = 'r:' .. pool
-  local vals = redis.call('HMGET', month_key, 'u:' .. pool, r_field)
-  return num_once(vals[1]), num_once(vals[2]), r_field, not vals[1] and not vals[2]
+local function pool_usage(month_key, pool, kind)
+  local f = pool_fields(pool, kind)
+  local vals = redis.call('HMGET', month_key, f.u, f.r)
+  return num_once(vals[1]), num_once(vals[2]), f.r, not vals[1] and not vals[2]
 end
 
 -- Capacity in minutes of pool "CC:PLAN:KIND" (D4, D6): licences x minutes per user. kind
 -- (domestic | international) is the pool name's last part, as every call records it.
 local function pool_capacity(pools_key, pool, kind)
-  local cc_plan = string.sub(pool, 1, #pool - #kind - 1)
-  local per_field = (kind == 'domestic') and 'dmin:' or 'imin:'
-  local vals = redis.call('HMGET', pools_key, 'lic:' .. cc_plan, per_field .. cc_plan)
+  local f = pool_fields(pool, kind)
+  local vals = redis.call('HMGET', pools_key, f.lic, f.per)
   return num(vals[1]) * num(vals[2])
 end
 

@@ -12,7 +12,7 @@ credit_grant and pay; registers nothing. Uses lua/00_lib.lua and lua/05_alerts.l
 local function pool_grant(k_pools, k_month, pool, kind, pool_s, pool_r, cap, pend)
   local capacity = pool_capacity(k_pools, pool, kind)
   if capacity <= 0 then return nil end
-  local used, reserved, r_field, first = pool_usage(k_month, pool)
+  local used, reserved, r_field, first = pool_usage(k_month, pool, kind)
   reserved = reserved + pend
   local remaining = capacity - used - reserved
   if remaining < 0 then remaining = 0 end  -- D6: capacity fell below use

@@ -88,13 +88,21 @@ end
 
 -- Decoded user records by their JSON text, as stored verbatim by user_put: the same text is
 -- the same record, so the decoding (as dear as several redis.calls: BENCHMARKS.md) is done
--- once per version of a user. Callers must treat a record as read-only. A memo of
+-- once per version of a user, with the names of its two pools made then too (pool_domestic,
+-- pool_international: "CC:PLAN:KIND"). Callers must treat a record as read-only. A memo of
 -- USER_CACHE_MAX entries (lua/00_lib.lua memo), which bounds its memory (~1 kB an entry).
 local USER_CACHE_MAX = 1000
 local user_cache = memo(USER_CACHE_MAX)
 
 local function decode_user(raw)
-  return user_cache[raw] or remember(user_cache, raw, cjson.decode(raw))
+  local user = user_cache[raw]
+  if user == nil then
+    user = cjson.decode(raw)
+    user.pool_domestic = user.country .. ':' .. user.plan .. ':domestic'
+    user.pool_international = user.country .. ':' .. user.plan .. ':international'
+    remember(user_cache, raw, user)
+  end
+  return user
 end
 
 -- t: the tenant's HMGET (maxc, act at 3, 4).
@@ -135,7 +143,7 @@ local function decide_outbound(c, st, KEYS, t, grant_max, emergency_regions, pre
   c.credits_allowed = user.credits_allowed
   c.limit = user.monthly_spend_limit_micro
   st.kind = class
-  st.pool = user.country .. ':' .. user.plan .. ':' .. class
+  st.pool = domestic and user.pool_domestic or user.pool_international
   local g, what = pay(c, st, grant_max)
   if g == 0 then return deny(what, class) end
   return 'allow', what, what, g, class, false, true
@@ -160,7 +168,7 @@ local function decide_inbound(c, st, KEYS, to, grant_max)
   c.credits_allowed = user.credits_allowed
   c.limit = user.monthly_spend_limit_micro
   st.kind = 'domestic'
-  st.pool = user.country .. ':' .. user.plan .. ':domestic'
+  st.pool = user.pool_domestic
   local g, what = pay(c, st, grant_max)
   if g == 0 then return deny(what, 'inbound') end
   return 'allow', what, what, g, 'inbound', false, false

@@ -70,7 +70,7 @@ end
 
 -- Writes the pool minutes truncate released when no pool grant wrote them.
 local function settle_pool(c, st)
-  if st.pend ~= 0 then hincr_or_del(c.k_month, 'r:' .. st.pool, st.pend) end
+  if st.pend ~= 0 then hincr_or_del(c.k_month, pool_fields(st.pool, st.kind).r, st.pend) end
   st.pend = 0
 end
 

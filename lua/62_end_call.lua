@@ -106,8 +106,9 @@ local function end_call(KEYS, ARGV)
     -- again here, and keeps the time to live its first write set: no EXPIRE at each end.
     -- Releasing may empty it: then it is gone, as it should be.
     if pool ~= '' then
-      hincr_or_del(k_month, 'u:' .. pool, pool_min)
-      hincr_or_del(k_month, 'r:' .. pool, -pool_r)
+      local f = pool_fields(pool, kind)
+      hincr_or_del(k_month, f.u, pool_min)
+      hincr_or_del(k_month, f.r, -pool_r)
     end
     if uid ~= '' and (credits ~= 0 or cred_r ~= 0) then
       hincr_or_del(k_month, 's:' .. uid, credits)

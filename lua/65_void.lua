@@ -45,7 +45,7 @@ local function void_call(KEYS, ARGV)
   local k_month = month_key(KEYS, ARGV[5], ARGV[6], ARGV[7], call.mon)
   if not k_month and (pr ~= 0 or cr ~= 0) then return {MONTH_NEEDED, call.mon} end
   if k_month then
-    if call.pool ~= '' then hincr_or_del(k_month, 'r:' .. call.pool, -pr) end
+    if call.pool ~= '' then hincr_or_del(k_month, pool_fields(call.pool, call.kind).r, -pr) end
     if call.uid ~= '' then hincr_or_del(k_month, 'sr:' .. call.uid, -cr) end
   end
   hincr(k_tenant, 'res', -cr)
